@@ -1,0 +1,672 @@
+/*
+ * Record seal/open, batch variants, key update ratchet. See rolewire.h for
+ * the theory of operation and docs/PROTOCOL.md ("Records") for the format.
+ */
+#include "rolewire.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "replay.h"
+
+/* ---- libsodium through PyNaCl's function pointers ------------------------ */
+
+typedef int (*rw_aead_encrypt_fn)(unsigned char *c, unsigned long long *clen_p,
+                                  unsigned char *m, unsigned long long mlen,
+                                  unsigned char *ad, unsigned long long adlen,
+                                  unsigned char *nsec, unsigned char *npub,
+                                  unsigned char *k);
+typedef int (*rw_aead_decrypt_fn)(unsigned char *m, unsigned long long *mlen_p,
+                                  unsigned char *nsec, unsigned char *c,
+                                  unsigned long long clen, unsigned char *ad,
+                                  unsigned long long adlen, unsigned char *npub,
+                                  unsigned char *k);
+typedef void (*rw_memzero_fn)(void *pnt, size_t len);
+typedef int (*rw_blake2b_fn)(unsigned char *out, size_t outlen,
+                             unsigned char *in, unsigned long long inlen,
+                             unsigned char *key, size_t keylen,
+                             unsigned char *salt, unsigned char *personal);
+
+static struct {
+    rw_aead_encrypt_fn encrypt[3];
+    rw_aead_decrypt_fn decrypt[3];
+    rw_memzero_fn memzero;
+    rw_blake2b_fn blake2b;
+    int ready;
+} sodium;
+
+int rw_install_sodium(uintptr_t chacha_encrypt, uintptr_t chacha_decrypt,
+                      uintptr_t aegis256_encrypt, uintptr_t aegis256_decrypt,
+                      uintptr_t memzero, uintptr_t blake2b_salt_personal)
+{
+    if (!chacha_encrypt || !chacha_decrypt || !aegis256_encrypt ||
+        !aegis256_decrypt || !memzero || !blake2b_salt_personal) {
+        return RW_ERR_ARG;
+    }
+    sodium.encrypt[RW_SUITE_CHACHA20_POLY1305] = (rw_aead_encrypt_fn)chacha_encrypt;
+    sodium.decrypt[RW_SUITE_CHACHA20_POLY1305] = (rw_aead_decrypt_fn)chacha_decrypt;
+    sodium.encrypt[RW_SUITE_AEGIS_256] = (rw_aead_encrypt_fn)aegis256_encrypt;
+    sodium.decrypt[RW_SUITE_AEGIS_256] = (rw_aead_decrypt_fn)aegis256_decrypt;
+    sodium.memzero = (rw_memzero_fn)memzero;
+    sodium.blake2b = (rw_blake2b_fn)blake2b_salt_personal;
+    sodium.ready = 1;
+    return RW_OK;
+}
+
+/* ---- small helpers ------------------------------------------------------- */
+
+#if defined(_MSC_VER)
+#include <intrin.h>
+typedef volatile char rw_lock_t;
+#define RW_TRY_LOCK(p) (_InterlockedExchange8((p), 1) == 0)
+#define RW_UNLOCK(p) ((void)_InterlockedExchange8((p), 0))
+#else
+typedef char rw_lock_t;
+#define RW_TRY_LOCK(p) (!__atomic_test_and_set((p), __ATOMIC_ACQUIRE))
+#define RW_UNLOCK(p) __atomic_clear((p), __ATOMIC_RELEASE)
+#endif
+
+static int suite_valid(int suite)
+{
+    return suite == RW_SUITE_CHACHA20_POLY1305 || suite == RW_SUITE_AEGIS_256;
+}
+
+int rw_suite_iv_size(int suite)
+{
+    if (suite == RW_SUITE_CHACHA20_POLY1305) {
+        return 12;
+    }
+    if (suite == RW_SUITE_AEGIS_256) {
+        return 32;
+    }
+    return RW_ERR_SUITE;
+}
+
+int rw_suite_tag_size(int suite)
+{
+    if (suite == RW_SUITE_CHACHA20_POLY1305) {
+        return 16;
+    }
+    if (suite == RW_SUITE_AEGIS_256) {
+        return 32;
+    }
+    return RW_ERR_SUITE;
+}
+
+static void store_be32(uint8_t *p, uint32_t v)
+{
+    p[0] = (uint8_t)(v >> 24);
+    p[1] = (uint8_t)(v >> 16);
+    p[2] = (uint8_t)(v >> 8);
+    p[3] = (uint8_t)v;
+}
+
+static void store_be64(uint8_t *p, uint64_t v)
+{
+    store_be32(p, (uint32_t)(v >> 32));
+    store_be32(p + 4, (uint32_t)v);
+}
+
+static uint32_t load_be32(const uint8_t *p)
+{
+    return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) |
+           ((uint32_t)p[2] << 8) | (uint32_t)p[3];
+}
+
+static uint64_t load_be64(const uint8_t *p)
+{
+    return ((uint64_t)load_be32(p) << 32) | (uint64_t)load_be32(p + 4);
+}
+
+/* One epoch's key and per-direction IV. */
+typedef struct rw_keyslot {
+    uint8_t key[RW_KEY_SIZE];
+    uint8_t iv[RW_MAX_IV_SIZE];
+    uint32_t epoch;
+    int live;
+} rw_keyslot;
+
+static void wipe_slot(rw_keyslot *slot)
+{
+    sodium.memzero(slot, sizeof(*slot));
+}
+
+static void make_nonce(uint8_t *nonce, const rw_keyslot *slot, size_t iv_len,
+                       uint64_t counter)
+{
+    size_t i;
+
+    memcpy(nonce, slot->iv, iv_len);
+    for (i = 0; i < 8; i++) {
+        nonce[iv_len - 8 + i] ^= (uint8_t)(counter >> (56 - 8 * i));
+    }
+}
+
+static void write_header(uint8_t *out, int suite, uint32_t epoch, uint64_t counter)
+{
+    out[0] = RW_VERSION;
+    out[1] = (uint8_t)suite;
+    store_be32(out + 2, epoch);
+    store_be64(out + 6, counter);
+}
+
+/*
+ * One step of the key update ratchet:
+ *   okm = BLAKE2b-512(key = K_e, msg = IV_e || be32(e + 1),
+ *                     salt = 0^16, personal = "rolewire kupdate")
+ *   K_{e+1} = okm[0:32], IV_{e+1} = okm[32 : 32 + iv_len]
+ * One-way: K_e cannot be computed from K_{e+1}.
+ */
+static const uint8_t KUPDATE_PERSONAL[16] = {'r', 'o', 'l', 'e', 'w', 'i', 'r', 'e',
+                                             ' ', 'k', 'u', 'p', 'd', 'a', 't', 'e'};
+
+static int ratchet(rw_keyslot *slot, size_t iv_len)
+{
+    uint8_t input[RW_MAX_IV_SIZE + 4];
+    uint8_t okm[64];
+    uint8_t salt[16] = {0};
+    uint8_t personal[16];
+    int rc;
+
+    if (slot->epoch == UINT32_MAX) {
+        return RW_ERR_EPOCH_LIMIT;
+    }
+    memcpy(personal, KUPDATE_PERSONAL, sizeof(personal));
+    memcpy(input, slot->iv, iv_len);
+    store_be32(input + iv_len, slot->epoch + 1);
+    rc = sodium.blake2b(okm, sizeof(okm), input, iv_len + 4, slot->key, RW_KEY_SIZE,
+                        salt, personal);
+    if (rc == 0) {
+        memcpy(slot->key, okm, RW_KEY_SIZE);
+        memcpy(slot->iv, okm + RW_KEY_SIZE, iv_len);
+        slot->epoch += 1;
+    }
+    sodium.memzero(okm, sizeof(okm));
+    sodium.memzero(input, sizeof(input));
+    return rc == 0 ? RW_OK : RW_ERR_ARG;
+}
+
+static int limits_valid(const rw_limits *l)
+{
+    return l != NULL && l->hard_messages >= 1 && l->soft_messages <= l->hard_messages &&
+           l->soft_bytes <= l->hard_bytes && l->max_plaintext >= 1 &&
+           l->max_plaintext <= RW_PROTOCOL_MAX_PLAINTEXT;
+}
+
+/* ---- sender -------------------------------------------------------------- */
+
+struct rw_sender {
+    rw_lock_t lock;
+    int closed;
+    int suite;
+    size_t iv_len;
+    size_t tag_len;
+    rw_keyslot slot;
+    uint64_t next_counter;
+    uint64_t bytes;
+    rw_limits limits;
+};
+
+rw_sender *rw_sender_new(int suite, const uint8_t *key, const uint8_t *iv,
+                         uint32_t epoch, const rw_limits *limits)
+{
+    rw_sender *s;
+
+    if (!sodium.ready || !suite_valid(suite) || key == NULL || iv == NULL ||
+        !limits_valid(limits)) {
+        return NULL;
+    }
+    s = (rw_sender *)calloc(1, sizeof(*s));
+    if (s == NULL) {
+        return NULL;
+    }
+    s->suite = suite;
+    s->iv_len = (size_t)rw_suite_iv_size(suite);
+    s->tag_len = (size_t)rw_suite_tag_size(suite);
+    memcpy(s->slot.key, key, RW_KEY_SIZE);
+    memcpy(s->slot.iv, iv, s->iv_len);
+    s->slot.epoch = epoch;
+    s->slot.live = 1;
+    s->limits = *limits;
+    return s;
+}
+
+void rw_sender_free(rw_sender *s)
+{
+    if (s == NULL) {
+        return;
+    }
+    sodium.memzero(s, sizeof(*s));
+    free(s);
+}
+
+int rw_sender_close(rw_sender *s)
+{
+    if (!RW_TRY_LOCK(&s->lock)) {
+        return RW_ERR_BUSY;
+    }
+    wipe_slot(&s->slot);
+    s->closed = 1;
+    RW_UNLOCK(&s->lock);
+    return RW_OK;
+}
+
+uint32_t rw_sender_epoch(const rw_sender *s) { return s->slot.epoch; }
+uint64_t rw_sender_next_counter(const rw_sender *s) { return s->next_counter; }
+uint64_t rw_sender_bytes(const rw_sender *s) { return s->bytes; }
+
+static int rekey_flag(const rw_sender *s)
+{
+    return (s->next_counter >= s->limits.soft_messages || s->bytes >= s->limits.soft_bytes)
+               ? RW_REKEY_DUE
+               : RW_OK;
+}
+
+/* Seals one record; the caller holds the lock and has checked all limits. */
+static int seal_one(rw_sender *s, const uint8_t *pt, size_t pt_len, uint8_t *out)
+{
+    uint8_t nonce[RW_MAX_IV_SIZE];
+    unsigned long long clen = 0;
+    uint64_t counter = s->next_counter;
+    int rc;
+
+    write_header(out, s->suite, s->slot.epoch, counter);
+    make_nonce(nonce, &s->slot, s->iv_len, counter);
+    rc = sodium.encrypt[s->suite](out + RW_HEADER_SIZE, &clen, (unsigned char *)pt,
+                                  (unsigned long long)pt_len, out, RW_HEADER_SIZE, NULL,
+                                  nonce, s->slot.key);
+    if (rc != 0) {
+        return RW_ERR_ARG;
+    }
+    /* The counter advances even if a later step fails: a nonce is never
+     * reused, a skipped counter is harmless. */
+    s->next_counter = counter + 1;
+    s->bytes += pt_len;
+    return RW_OK;
+}
+
+static int sender_usable(const rw_sender *s)
+{
+    if (s->closed) {
+        return RW_ERR_CLOSED;
+    }
+    return RW_OK;
+}
+
+int rw_seal(rw_sender *s, const uint8_t *pt, size_t pt_len, uint8_t *out,
+            size_t out_cap, size_t *out_len)
+{
+    int rc;
+
+    if (!RW_TRY_LOCK(&s->lock)) {
+        return RW_ERR_BUSY;
+    }
+    rc = sender_usable(s);
+    if (rc == RW_OK && pt_len > s->limits.max_plaintext) {
+        rc = RW_ERR_TOO_LARGE;
+    }
+    if (rc == RW_OK && (s->next_counter >= s->limits.hard_messages ||
+                        s->limits.hard_bytes - s->bytes < pt_len)) {
+        rc = RW_ERR_EXHAUSTED;
+    }
+    if (rc == RW_OK && out_cap < RW_HEADER_SIZE + pt_len + s->tag_len) {
+        rc = RW_ERR_BUFFER;
+    }
+    if (rc == RW_OK) {
+        rc = seal_one(s, pt, pt_len, out);
+    }
+    if (rc == RW_OK) {
+        if (out_len != NULL) {
+            *out_len = RW_HEADER_SIZE + pt_len + s->tag_len;
+        }
+        rc = rekey_flag(s);
+    }
+    RW_UNLOCK(&s->lock);
+    return rc;
+}
+
+int rw_seal_batch(rw_sender *s, const uint8_t *in, size_t in_len, const uint64_t *in_off,
+                  size_t n, uint8_t *out, size_t out_cap, uint64_t *out_off)
+{
+    uint64_t total_pt = 0;
+    uint64_t need;
+    size_t i;
+    int rc;
+
+    if (!RW_TRY_LOCK(&s->lock)) {
+        return RW_ERR_BUSY;
+    }
+    rc = sender_usable(s);
+    /* Validate everything first: all or nothing. */
+    for (i = 0; rc == RW_OK && i < n; i++) {
+        if (in_off[i] > in_off[i + 1] || in_off[i + 1] > in_len) {
+            rc = RW_ERR_ARG;
+        } else if (in_off[i + 1] - in_off[i] > s->limits.max_plaintext) {
+            rc = RW_ERR_TOO_LARGE;
+        } else {
+            total_pt += in_off[i + 1] - in_off[i];
+        }
+    }
+    if (rc == RW_OK && (s->limits.hard_messages - s->next_counter < n ||
+                        s->next_counter >= s->limits.hard_messages ||
+                        s->limits.hard_bytes - s->bytes < total_pt)) {
+        rc = RW_ERR_EXHAUSTED;
+    }
+    need = total_pt + (uint64_t)n * (RW_HEADER_SIZE + s->tag_len);
+    if (rc == RW_OK && out_cap < need) {
+        rc = RW_ERR_BUFFER;
+    }
+    if (rc == RW_OK) {
+        out_off[0] = 0;
+        for (i = 0; i < n; i++) {
+            size_t len = (size_t)(in_off[i + 1] - in_off[i]);
+            rc = seal_one(s, in + in_off[i], len, out + out_off[i]);
+            if (rc != RW_OK) {
+                break;
+            }
+            out_off[i + 1] = out_off[i] + RW_HEADER_SIZE + len + s->tag_len;
+        }
+    }
+    if (rc == RW_OK) {
+        rc = rekey_flag(s);
+    }
+    RW_UNLOCK(&s->lock);
+    return rc;
+}
+
+int rw_sender_update_key(rw_sender *s)
+{
+    int rc;
+
+    if (!RW_TRY_LOCK(&s->lock)) {
+        return RW_ERR_BUSY;
+    }
+    rc = sender_usable(s);
+    if (rc == RW_OK) {
+        rc = ratchet(&s->slot, s->iv_len);
+    }
+    if (rc == RW_OK) {
+        s->next_counter = 0;
+        s->bytes = 0;
+    }
+    RW_UNLOCK(&s->lock);
+    return rc;
+}
+
+/* ---- receiver ------------------------------------------------------------ */
+
+/* How many epochs ahead a record may be and still make the receiver follow
+ * the sender's ratchet (the sender may rekey again before any record of the
+ * intermediate epoch arrived). */
+#define RW_MAX_EPOCH_SKIP 4
+
+struct rw_receiver {
+    rw_lock_t lock;
+    int closed;
+    int suite;
+    size_t iv_len;
+    size_t tag_len;
+    rw_keyslot current;
+    rw_keyslot previous; /* live only during a grace period */
+    rw_window current_window;
+    rw_window previous_window;
+    rw_limits limits;
+};
+
+rw_receiver *rw_receiver_new(int suite, const uint8_t *key, const uint8_t *iv,
+                             uint32_t epoch, const rw_limits *limits, uint32_t window)
+{
+    rw_receiver *r;
+
+    if (!sodium.ready || !suite_valid(suite) || key == NULL || iv == NULL ||
+        !limits_valid(limits)) {
+        return NULL;
+    }
+    r = (rw_receiver *)calloc(1, sizeof(*r));
+    if (r == NULL) {
+        return NULL;
+    }
+    if (rw_window_init(&r->current_window, window) != 0) {
+        free(r);
+        return NULL;
+    }
+    if (rw_window_init(&r->previous_window, window) != 0) {
+        rw_window_free(&r->current_window);
+        free(r);
+        return NULL;
+    }
+    r->suite = suite;
+    r->iv_len = (size_t)rw_suite_iv_size(suite);
+    r->tag_len = (size_t)rw_suite_tag_size(suite);
+    memcpy(r->current.key, key, RW_KEY_SIZE);
+    memcpy(r->current.iv, iv, r->iv_len);
+    r->current.epoch = epoch;
+    r->current.live = 1;
+    r->limits = *limits;
+    return r;
+}
+
+void rw_receiver_free(rw_receiver *r)
+{
+    if (r == NULL) {
+        return;
+    }
+    rw_window_free(&r->current_window);
+    rw_window_free(&r->previous_window);
+    sodium.memzero(r, sizeof(*r));
+    free(r);
+}
+
+int rw_receiver_close(rw_receiver *r)
+{
+    if (!RW_TRY_LOCK(&r->lock)) {
+        return RW_ERR_BUSY;
+    }
+    wipe_slot(&r->current);
+    wipe_slot(&r->previous);
+    r->closed = 1;
+    RW_UNLOCK(&r->lock);
+    return RW_OK;
+}
+
+int rw_receiver_retire_previous(rw_receiver *r)
+{
+    if (!RW_TRY_LOCK(&r->lock)) {
+        return RW_ERR_BUSY;
+    }
+    wipe_slot(&r->previous);
+    rw_window_reset(&r->previous_window);
+    RW_UNLOCK(&r->lock);
+    return RW_OK;
+}
+
+uint32_t rw_receiver_epoch(const rw_receiver *r) { return r->current.epoch; }
+int rw_receiver_has_previous(const rw_receiver *r) { return r->previous.live; }
+
+/* Opens one record; the caller holds the lock. On any error the output
+ * region is wiped, so unauthenticated plaintext never leaves this function. */
+static int open_one(rw_receiver *r, const uint8_t *rec, size_t rec_len, uint8_t *out,
+                    size_t out_cap, size_t *out_len)
+{
+    uint8_t nonce[RW_MAX_IV_SIZE];
+    rw_keyslot candidate;
+    rw_keyslot *slot = NULL;
+    rw_window *window = NULL;
+    unsigned long long mlen = 0;
+    uint64_t counter;
+    uint32_t epoch;
+    size_t pt_len;
+    int rc;
+
+    if (r->closed) {
+        return RW_ERR_CLOSED;
+    }
+    if (rec_len < RW_HEADER_SIZE + r->tag_len) {
+        return RW_ERR_MALFORMED;
+    }
+    if (rec[0] != RW_VERSION) {
+        return RW_ERR_VERSION;
+    }
+    if (rec[1] != r->suite) {
+        return RW_ERR_SUITE;
+    }
+    pt_len = rec_len - RW_HEADER_SIZE - r->tag_len;
+    if (pt_len > r->limits.max_plaintext) {
+        return RW_ERR_TOO_LARGE;
+    }
+    if (out_cap < pt_len) {
+        return RW_ERR_BUFFER;
+    }
+    epoch = load_be32(rec + 2);
+    counter = load_be64(rec + 6);
+    if (counter >= r->limits.hard_messages) {
+        return RW_ERR_COUNTER;
+    }
+
+    if (epoch == r->current.epoch) {
+        slot = &r->current;
+        window = &r->current_window;
+    } else if (r->previous.live && epoch == r->previous.epoch) {
+        slot = &r->previous;
+        window = &r->previous_window;
+    } else if (epoch > r->current.epoch && epoch - r->current.epoch <= RW_MAX_EPOCH_SKIP) {
+        /* A fresh epoch: its window is empty, so no replay check applies. */
+        candidate = r->current;
+        while (candidate.epoch < epoch) {
+            rc = ratchet(&candidate, r->iv_len);
+            if (rc != RW_OK) {
+                wipe_slot(&candidate);
+                return rc;
+            }
+        }
+        slot = &candidate;
+    } else {
+        return RW_ERR_UNKNOWN_EPOCH;
+    }
+
+    if (window != NULL) {
+        rc = rw_window_check(window, counter);
+        if (rc != RW_OK) {
+            return rc;
+        }
+    }
+    make_nonce(nonce, slot, r->iv_len, counter);
+    rc = sodium.decrypt[r->suite](out, &mlen, NULL, (unsigned char *)rec + RW_HEADER_SIZE,
+                                  (unsigned long long)(rec_len - RW_HEADER_SIZE),
+                                  (unsigned char *)rec, RW_HEADER_SIZE, nonce, slot->key);
+    if (rc != 0 || mlen != pt_len) {
+        sodium.memzero(out, pt_len);
+        if (window == NULL) {
+            wipe_slot(&candidate);
+        }
+        return RW_ERR_AUTH;
+    }
+    if (out_len != NULL) {
+        *out_len = pt_len;
+    }
+
+    if (window == NULL) {
+        /* Authenticated under a newer epoch: the current epoch becomes the
+         * previous one (open for a grace period), the older one is wiped. */
+        rw_window spare = r->previous_window;
+
+        wipe_slot(&r->previous);
+        r->previous = r->current;
+        r->previous_window = r->current_window;
+        r->current = candidate;
+        r->current_window = spare;
+        rw_window_reset(&r->current_window);
+        wipe_slot(&candidate);
+        rw_window_update(&r->current_window, counter);
+        return RW_EPOCH_ADVANCED;
+    }
+    rw_window_update(window, counter);
+    return RW_OK;
+}
+
+int rw_open(rw_receiver *r, const uint8_t *rec, size_t rec_len, uint8_t *out,
+            size_t out_cap, size_t *out_len)
+{
+    int rc;
+
+    if (!RW_TRY_LOCK(&r->lock)) {
+        return RW_ERR_BUSY;
+    }
+    rc = open_one(r, rec, rec_len, out, out_cap, out_len);
+    RW_UNLOCK(&r->lock);
+    return rc;
+}
+
+int64_t rw_open_batch(rw_receiver *r, const uint8_t *in, size_t in_len,
+                      const uint64_t *in_off, size_t n, uint8_t *out, size_t out_cap,
+                      uint64_t *out_off, int32_t *status)
+{
+    int64_t opened = 0;
+    size_t i;
+
+    for (i = 0; i < n; i++) {
+        if (in_off[i] > in_off[i + 1] || in_off[i + 1] > in_len) {
+            return RW_ERR_ARG;
+        }
+    }
+    /* Every plaintext is shorter than its record, so this bounds the output. */
+    if (n > 0 && out_cap < in_off[n] - in_off[0]) {
+        return RW_ERR_BUFFER;
+    }
+    if (!RW_TRY_LOCK(&r->lock)) {
+        return RW_ERR_BUSY;
+    }
+    out_off[0] = 0;
+    for (i = 0; i < n; i++) {
+        size_t pt_len = 0;
+        int rc = open_one(r, in + in_off[i], (size_t)(in_off[i + 1] - in_off[i]),
+                          out + out_off[i], out_cap - out_off[i], &pt_len);
+
+        status[i] = rc;
+        if (rc >= 0) {
+            opened++;
+        } else {
+            pt_len = 0;
+        }
+        out_off[i + 1] = out_off[i] + pt_len;
+    }
+    RW_UNLOCK(&r->lock);
+    return opened;
+}
+
+/* ---- benchmark only ------------------------------------------------------ */
+
+int rw_bench_raw_loop(int suite, size_t msg_len, uint64_t iterations)
+{
+    uint8_t key[RW_KEY_SIZE] = {1};
+    uint8_t nonce[RW_MAX_IV_SIZE] = {0};
+    uint8_t ad[RW_HEADER_SIZE] = {0};
+    unsigned long long clen = 0, mlen = 0;
+    uint8_t *msg, *ct;
+    uint64_t i;
+    int rc = RW_OK;
+
+    if (!sodium.ready) {
+        return RW_ERR_NOT_READY;
+    }
+    if (!suite_valid(suite) || msg_len > RW_PROTOCOL_MAX_PLAINTEXT) {
+        return RW_ERR_ARG;
+    }
+    msg = (uint8_t *)calloc(1, msg_len + 1);
+    ct = (uint8_t *)calloc(1, msg_len + RW_MAX_TAG_SIZE);
+    if (msg == NULL || ct == NULL) {
+        free(msg);
+        free(ct);
+        return RW_ERR_ARG;
+    }
+    for (i = 0; i < iterations && rc == RW_OK; i++) {
+        store_be64(nonce, i);
+        if (sodium.encrypt[suite](ct, &clen, msg, msg_len, ad, sizeof(ad), NULL, nonce, key) != 0 ||
+            sodium.decrypt[suite](msg, &mlen, NULL, ct, clen, ad, sizeof(ad), nonce, key) != 0) {
+            rc = RW_ERR_AUTH;
+        }
+    }
+    free(msg);
+    free(ct);
+    return rc;
+}

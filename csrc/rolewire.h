@@ -1,0 +1,129 @@
+/*
+ * rolewire native core: record seal/open (single and batch), the replay
+ * window, and the one-way key update ratchet.
+ *
+ * Theory of operation
+ * -------------------
+ * libsodium is not linked. PyNaCl's compiled module already contains it, so
+ * at import time Python hands us the addresses of the few functions we need
+ * (rw_install_sodium). Until that happened every entry point returns
+ * RW_ERR_NOT_READY. The function pointer types below follow PyNaCl's cdef
+ * exactly (non-const pointers, unsigned long long lengths): calling through a
+ * pointer of a different type would be undefined behaviour.
+ *
+ * A session direction is one object: rw_sender seals, rw_receiver opens.
+ * Each guards itself with a try-lock: using one object from two threads at
+ * once is refused with RW_ERR_BUSY (it would otherwise race on the counter,
+ * the key or the replay window), never silently corrupted. A sender and a
+ * receiver may be used from different threads at the same time.
+ *
+ * Key material lives only in these malloc'd structures and is wiped with
+ * sodium_memzero when a key is replaced or the object is freed.
+ *
+ * Wire format: see docs/PROTOCOL.md, section "Records".
+ */
+#ifndef ROLEWIRE_H
+#define ROLEWIRE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define RW_VERSION 1
+#define RW_HEADER_SIZE 14
+#define RW_KEY_SIZE 32
+#define RW_MAX_IV_SIZE 32
+#define RW_MAX_TAG_SIZE 32
+
+#define RW_SUITE_CHACHA20_POLY1305 1
+#define RW_SUITE_AEGIS_256 2
+
+/* Largest plaintext the format allows in one record (a configured limit may
+ * be lower). */
+#define RW_PROTOCOL_MAX_PLAINTEXT (1u << 24)
+
+/* Replay window bounds, in counters. */
+#define RW_WINDOW_MIN 64u
+#define RW_WINDOW_MAX (1u << 20)
+
+/* Status codes. >= 0 is success (possibly with a flag), < 0 an error. */
+#define RW_OK 0
+#define RW_REKEY_DUE 1         /* seal: soft limit reached, rekey soon */
+#define RW_EPOCH_ADVANCED 2    /* open: record authenticated under epoch+1 */
+#define RW_ERR_MALFORMED (-1)  /* truncated / bad header */
+#define RW_ERR_VERSION (-2)
+#define RW_ERR_SUITE (-3)
+#define RW_ERR_TOO_LARGE (-4)
+#define RW_ERR_COUNTER (-5)    /* counter at or beyond the hard limit */
+#define RW_ERR_UNKNOWN_EPOCH (-6)
+#define RW_ERR_REPLAY (-7)
+#define RW_ERR_TOO_OLD (-8)
+#define RW_ERR_AUTH (-9)
+#define RW_ERR_EXHAUSTED (-10) /* hard limit: nothing sealed */
+#define RW_ERR_CLOSED (-11)
+#define RW_ERR_BUSY (-12)      /* concurrent use of one object */
+#define RW_ERR_BUFFER (-13)    /* output buffer too small */
+#define RW_ERR_ARG (-14)
+#define RW_ERR_NOT_READY (-15)
+#define RW_ERR_EPOCH_LIMIT (-16)
+
+typedef struct rw_sender rw_sender;
+typedef struct rw_receiver rw_receiver;
+
+typedef struct rw_limits {
+    uint64_t soft_messages;
+    uint64_t soft_bytes;
+    uint64_t hard_messages;
+    uint64_t hard_bytes;
+    uint32_t max_plaintext;
+} rw_limits;
+
+int rw_install_sodium(uintptr_t chacha_encrypt, uintptr_t chacha_decrypt,
+                      uintptr_t aegis256_encrypt, uintptr_t aegis256_decrypt,
+                      uintptr_t memzero, uintptr_t blake2b_salt_personal);
+
+int rw_suite_iv_size(int suite);
+int rw_suite_tag_size(int suite);
+
+/* --- sender ------------------------------------------------------------- */
+rw_sender *rw_sender_new(int suite, const uint8_t *key, const uint8_t *iv,
+                         uint32_t epoch, const rw_limits *limits);
+void rw_sender_free(rw_sender *s);
+/* Seal one message into out (capacity out_cap); *out_len (may be NULL)
+ * receives the record length, always pt_len + RW_HEADER_SIZE + tag size. */
+int rw_seal(rw_sender *s, const uint8_t *pt, size_t pt_len, uint8_t *out,
+            size_t out_cap, size_t *out_len);
+/* Seal n messages packed in `in` (message i = in[in_off[i] : in_off[i+1]])
+ * into `out`; record i = out[out_off[i] : out_off[i+1]]. All or nothing:
+ * limits and capacity are checked before the first record is sealed. */
+int rw_seal_batch(rw_sender *s, const uint8_t *in, size_t in_len,
+                  const uint64_t *in_off, size_t n, uint8_t *out, size_t out_cap, uint64_t *out_off);
+int rw_sender_update_key(rw_sender *s);
+int rw_sender_close(rw_sender *s);
+uint32_t rw_sender_epoch(const rw_sender *s);
+uint64_t rw_sender_next_counter(const rw_sender *s);
+uint64_t rw_sender_bytes(const rw_sender *s);
+
+/* --- receiver ----------------------------------------------------------- */
+rw_receiver *rw_receiver_new(int suite, const uint8_t *key, const uint8_t *iv,
+                             uint32_t epoch, const rw_limits *limits,
+                             uint32_t window);
+void rw_receiver_free(rw_receiver *r);
+int rw_open(rw_receiver *r, const uint8_t *rec, size_t rec_len, uint8_t *out,
+            size_t out_cap, size_t *out_len);
+/* Open n packed records; status[i] gets each record's code, plaintext i is
+ * out[out_off[i] : out_off[i+1]] (empty on error). Returns the number of
+ * records opened, or a negative code if nothing could be attempted. */
+int64_t rw_open_batch(rw_receiver *r, const uint8_t *in, size_t in_len,
+                      const uint64_t *in_off, size_t n, uint8_t *out, size_t out_cap, uint64_t *out_off,
+                      int32_t *status);
+int rw_receiver_retire_previous(rw_receiver *r);
+int rw_receiver_close(rw_receiver *r);
+uint32_t rw_receiver_epoch(const rw_receiver *r);
+int rw_receiver_has_previous(const rw_receiver *r);
+
+/* --- benchmark only ----------------------------------------------------- */
+/* Raw libsodium seal+open loop with no record layer: the physical limit the
+ * benchmarks compare against. Returns 0 or a negative code. */
+int rw_bench_raw_loop(int suite, size_t msg_len, uint64_t iterations);
+
+#endif

@@ -1,0 +1,156 @@
+"""cffi build script for the private extension ``rolewire._native``.
+
+API mode, out-of-line: setuptools runs this through ``cffi_modules`` (see
+setup.py) and compiles the C sources under ``csrc/`` into one abi3 module.
+libsodium is *not* linked: ``rolewire._native_loader`` passes the addresses
+of PyNaCl's libsodium functions at import time.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from cffi import FFI
+
+# setuptools wants paths relative to setup.py, which is where it runs us.
+_CSRC = "csrc"
+
+CDEF = """
+#define RW_VERSION ...
+#define RW_HEADER_SIZE ...
+#define RW_KEY_SIZE ...
+#define RW_SUITE_CHACHA20_POLY1305 ...
+#define RW_SUITE_AEGIS_256 ...
+#define RW_PROTOCOL_MAX_PLAINTEXT ...
+#define RW_WINDOW_MIN ...
+#define RW_WINDOW_MAX ...
+#define RW_OK ...
+#define RW_REKEY_DUE ...
+#define RW_EPOCH_ADVANCED ...
+#define RW_ERR_MALFORMED ...
+#define RW_ERR_VERSION ...
+#define RW_ERR_SUITE ...
+#define RW_ERR_TOO_LARGE ...
+#define RW_ERR_COUNTER ...
+#define RW_ERR_UNKNOWN_EPOCH ...
+#define RW_ERR_REPLAY ...
+#define RW_ERR_TOO_OLD ...
+#define RW_ERR_AUTH ...
+#define RW_ERR_EXHAUSTED ...
+#define RW_ERR_CLOSED ...
+#define RW_ERR_BUSY ...
+#define RW_ERR_BUFFER ...
+#define RW_ERR_ARG ...
+#define RW_ERR_NOT_READY ...
+#define RW_ERR_EPOCH_LIMIT ...
+
+typedef struct rw_sender rw_sender;
+typedef struct rw_receiver rw_receiver;
+typedef struct rw_limits {
+    uint64_t soft_messages;
+    uint64_t soft_bytes;
+    uint64_t hard_messages;
+    uint64_t hard_bytes;
+    uint32_t max_plaintext;
+} rw_limits;
+
+int rw_install_sodium(uintptr_t, uintptr_t, uintptr_t, uintptr_t, uintptr_t, uintptr_t);
+int rw_suite_iv_size(int suite);
+int rw_suite_tag_size(int suite);
+
+rw_sender *rw_sender_new(int suite, const uint8_t *key, const uint8_t *iv,
+                         uint32_t epoch, const rw_limits *limits);
+void rw_sender_free(rw_sender *s);
+int rw_seal(rw_sender *s, const char *pt, size_t pt_len, char *out,
+            size_t out_cap, size_t *out_len);
+int rw_seal_batch(rw_sender *s, const char *in, size_t in_len, const uint64_t *in_off,
+                  size_t n, char *out, size_t out_cap, uint64_t *out_off);
+int rw_sender_update_key(rw_sender *s);
+int rw_sender_close(rw_sender *s);
+uint32_t rw_sender_epoch(const rw_sender *s);
+uint64_t rw_sender_next_counter(const rw_sender *s);
+uint64_t rw_sender_bytes(const rw_sender *s);
+
+rw_receiver *rw_receiver_new(int suite, const uint8_t *key, const uint8_t *iv,
+                             uint32_t epoch, const rw_limits *limits, uint32_t window);
+void rw_receiver_free(rw_receiver *r);
+int rw_open(rw_receiver *r, const char *rec, size_t rec_len, char *out,
+            size_t out_cap, size_t *out_len);
+int64_t rw_open_batch(rw_receiver *r, const char *in, size_t in_len, const uint64_t *in_off,
+                      size_t n, char *out, size_t out_cap, uint64_t *out_off,
+                      int32_t *status);
+int rw_receiver_retire_previous(rw_receiver *r);
+int rw_receiver_close(rw_receiver *r);
+uint32_t rw_receiver_epoch(const rw_receiver *r);
+int rw_receiver_has_previous(const rw_receiver *r);
+
+int rw_bench_raw_loop(int suite, size_t msg_len, uint64_t iterations);
+"""
+
+# The cdef declares byte buffers as ``char *`` so that Python ``bytes`` pass
+# without a copy and ``ffi.unpack`` returns ``bytes``; the C side uses
+# ``uint8_t *``. This small shim adapts the two without casts in record.c.
+SHIM = r"""
+#include "rolewire.h"
+#define RW_SHIM_U8(p) ((uint8_t *)(p))
+#define RW_SHIM_CU8(p) ((const uint8_t *)(p))
+static int rw_seal_shim(rw_sender *s, const char *pt, size_t pt_len, char *out,
+                        size_t out_cap, size_t *out_len)
+{
+    return rw_seal(s, RW_SHIM_CU8(pt), pt_len, RW_SHIM_U8(out), out_cap, out_len);
+}
+static int rw_seal_batch_shim(rw_sender *s, const char *in, size_t in_len,
+                              const uint64_t *in_off, size_t n, char *out,
+                              size_t out_cap, uint64_t *out_off)
+{
+    return rw_seal_batch(s, RW_SHIM_CU8(in), in_len, in_off, n, RW_SHIM_U8(out),
+                         out_cap, out_off);
+}
+static int rw_open_shim(rw_receiver *r, const char *rec, size_t rec_len, char *out,
+                        size_t out_cap, size_t *out_len)
+{
+    return rw_open(r, RW_SHIM_CU8(rec), rec_len, RW_SHIM_U8(out), out_cap, out_len);
+}
+static int64_t rw_open_batch_shim(rw_receiver *r, const char *in, size_t in_len,
+                                  const uint64_t *in_off, size_t n, char *out,
+                                  size_t out_cap, uint64_t *out_off, int32_t *status)
+{
+    return rw_open_batch(r, RW_SHIM_CU8(in), in_len, in_off, n, RW_SHIM_U8(out),
+                         out_cap, out_off, status);
+}
+#define rw_seal rw_seal_shim
+#define rw_seal_batch rw_seal_batch_shim
+#define rw_open rw_open_shim
+#define rw_open_batch rw_open_batch_shim
+"""
+
+
+def _compile_args() -> list[str]:
+    if sys.platform == "win32":
+        return ["/W4", "/WX"]
+    args = ["-Wall", "-Wextra", "-Werror", "-O2"]
+    extra = os.environ.get("ROLEWIRE_CFLAGS", "")
+    return args + extra.split()
+
+
+def _link_args() -> list[str]:
+    if sys.platform == "win32":
+        return []
+    return os.environ.get("ROLEWIRE_LDFLAGS", "").split()
+
+
+ffibuilder = FFI()
+ffibuilder.cdef(CDEF)
+ffibuilder.set_source(
+    "rolewire._native",
+    SHIM,
+    sources=[f"{_CSRC}/record.c", f"{_CSRC}/replay.c"],
+    include_dirs=[_CSRC],
+    extra_compile_args=_compile_args(),
+    extra_link_args=_link_args(),
+    py_limited_api=True,
+)
+
+if __name__ == "__main__":
+    ffibuilder.compile(verbose=True)
