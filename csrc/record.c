@@ -617,6 +617,7 @@ int64_t rw_open_batch(rw_receiver *r, const uint8_t *in, size_t in_len,
         return RW_ERR_BUSY;
     }
     out_off[0] = 0;
+    status[n] = RW_OK;
     for (i = 0; i < n; i++) {
         size_t pt_len = 0;
         int rc = open_one(r, in + in_off[i], (size_t)(in_off[i + 1] - in_off[i]),
@@ -625,6 +626,7 @@ int64_t rw_open_batch(rw_receiver *r, const uint8_t *in, size_t in_len,
         status[i] = rc;
         if (rc >= 0) {
             opened++;
+            status[n] |= rc;
         } else {
             pt_len = 0;
         }
@@ -632,6 +634,49 @@ int64_t rw_open_batch(rw_receiver *r, const uint8_t *in, size_t in_len,
     }
     RW_UNLOCK(&r->lock);
     return opened;
+}
+
+/* ---- test hooks ---------------------------------------------------------- */
+
+int rw_aead_seal(int suite, const uint8_t *key, const uint8_t *nonce, const uint8_t *ad,
+                 size_t ad_len, const uint8_t *pt, size_t pt_len, uint8_t *out)
+{
+    unsigned long long clen = 0;
+
+    if (!sodium.ready) {
+        return RW_ERR_NOT_READY;
+    }
+    if (!suite_valid(suite)) {
+        return RW_ERR_SUITE;
+    }
+    if (sodium.encrypt[suite](out, &clen, (unsigned char *)pt, pt_len, (unsigned char *)ad,
+                              ad_len, NULL, (unsigned char *)nonce,
+                              (unsigned char *)key) != 0) {
+        return RW_ERR_ARG;
+    }
+    return RW_OK;
+}
+
+int rw_aead_open(int suite, const uint8_t *key, const uint8_t *nonce, const uint8_t *ad,
+                 size_t ad_len, const uint8_t *ct, size_t ct_len, uint8_t *out)
+{
+    unsigned long long mlen = 0;
+
+    if (!sodium.ready) {
+        return RW_ERR_NOT_READY;
+    }
+    if (!suite_valid(suite)) {
+        return RW_ERR_SUITE;
+    }
+    if (ct_len < (size_t)rw_suite_tag_size(suite)) {
+        return RW_ERR_MALFORMED;
+    }
+    if (sodium.decrypt[suite](out, &mlen, NULL, (unsigned char *)ct, ct_len,
+                              (unsigned char *)ad, ad_len, (unsigned char *)nonce,
+                              (unsigned char *)key) != 0) {
+        return RW_ERR_AUTH;
+    }
+    return RW_OK;
 }
 
 /* ---- benchmark only ------------------------------------------------------ */

@@ -111,8 +111,11 @@ void rw_receiver_free(rw_receiver *r);
 int rw_open(rw_receiver *r, const uint8_t *rec, size_t rec_len, uint8_t *out,
             size_t out_cap, size_t *out_len);
 /* Open n packed records; status[i] gets each record's code, plaintext i is
- * out[out_off[i] : out_off[i+1]] (empty on error). Returns the number of
- * records opened, or a negative code if nothing could be attempted. */
+ * out[out_off[i] : out_off[i+1]] (empty on error). status has n + 1 entries:
+ * status[n] receives the OR of the success codes (RW_EPOCH_ADVANCED if any
+ * record advanced the epoch), so callers need not scan the array. Returns
+ * the number of records opened, or a negative code if nothing could be
+ * attempted. */
 int64_t rw_open_batch(rw_receiver *r, const uint8_t *in, size_t in_len,
                       const uint64_t *in_off, size_t n, uint8_t *out, size_t out_cap, uint64_t *out_off,
                       int32_t *status);
@@ -120,6 +123,16 @@ int rw_receiver_retire_previous(rw_receiver *r);
 int rw_receiver_close(rw_receiver *r);
 uint32_t rw_receiver_epoch(const rw_receiver *r);
 int rw_receiver_has_previous(const rw_receiver *r);
+
+/* --- test hooks ----------------------------------------------------------- */
+/* The suite's AEAD through the installed libsodium pointers, with a caller
+ * nonce and AD: lets known-answer vectors check the exact path records use.
+ * seal writes ct||tag (pt_len + tag bytes); open returns RW_ERR_AUTH on a bad
+ * tag. */
+int rw_aead_seal(int suite, const uint8_t *key, const uint8_t *nonce, const uint8_t *ad,
+                 size_t ad_len, const uint8_t *pt, size_t pt_len, uint8_t *out);
+int rw_aead_open(int suite, const uint8_t *key, const uint8_t *nonce, const uint8_t *ad,
+                 size_t ad_len, const uint8_t *ct, size_t ct_len, uint8_t *out);
 
 /* --- benchmark only ----------------------------------------------------- */
 /* Raw libsodium seal+open loop with no record layer: the physical limit the

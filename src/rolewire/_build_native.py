@@ -85,6 +85,10 @@ int rw_receiver_close(rw_receiver *r);
 uint32_t rw_receiver_epoch(const rw_receiver *r);
 int rw_receiver_has_previous(const rw_receiver *r);
 
+int rw_aead_seal(int suite, const uint8_t *key, const uint8_t *nonce, const uint8_t *ad,
+                 size_t ad_len, const uint8_t *pt, size_t pt_len, uint8_t *out);
+int rw_aead_open(int suite, const uint8_t *key, const uint8_t *nonce, const uint8_t *ad,
+                 size_t ad_len, const uint8_t *ct, size_t ct_len, uint8_t *out);
 int rw_bench_raw_loop(int suite, size_t msg_len, uint64_t iterations);
 """
 

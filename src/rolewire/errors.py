@@ -22,6 +22,22 @@ __all__ = [
     "RecordLayerClosed",
     "ConcurrentUseError",
     "HandshakeError",
+    "HandshakeStateError",
+    "HandshakeProtocolError",
+    "MalformedHandshakeMessage",
+    "HandshakeMessageTooLarge",
+    "UnexpectedHandshakeMessage",
+    "UnsupportedProtocolVersion",
+    "NoCommonSuite",
+    "InvalidKeyShare",
+    "HandshakeDecryptError",
+    "RoleProofInvalid",
+    "CertificateRejected",
+    "NoVerifiedRole",
+    "PasswordAttemptsExceeded",
+    "HandshakeTimeout",
+    "TooManyHandshakes",
+    "HandshakeRejected",
 ]
 
 
@@ -91,3 +107,91 @@ class ConcurrentUseError(RolewireError, RuntimeError):
 
 class HandshakeError(RolewireError):
     """The handshake failed. Subclasses (defined with the handshake) say why."""
+
+
+# --- handshake failures (rolewire.handshake) ----------------------------------
+# Each maps to one reject reason code sent to the peer (docs/PROTOCOL.md,
+# "Handshake / Reject"); the mapping lives in rolewire.handshake.reasons.
+
+
+class HandshakeStateError(HandshakeError, RuntimeError):
+    """Local misuse: a handshake object was driven in a way its state does not
+    allow (data fed after it finished or failed, ...). A bug in the caller,
+    never caused by the peer."""
+
+
+class HandshakeProtocolError(HandshakeError):
+    """The peer broke the handshake protocol (remote error)."""
+
+
+class MalformedHandshakeMessage(HandshakeProtocolError):
+    """A handshake message could not be parsed: truncated, trailing bytes, a
+    length or count out of range, an unknown kind or flag."""
+
+
+class HandshakeMessageTooLarge(MalformedHandshakeMessage):
+    """A handshake message is larger than the configured bound (64 KiB by
+    default), or carries more certificates or roles than allowed."""
+
+
+class UnexpectedHandshakeMessage(HandshakeProtocolError):
+    """A message of a type that is not allowed in the current state (reordered,
+    replayed, or reflected message)."""
+
+
+class UnsupportedProtocolVersion(HandshakeProtocolError):
+    """The peer speaks a protocol version this implementation does not."""
+
+
+class NoCommonSuite(HandshakeError):
+    """The two sides enable no suite in common."""
+
+
+class InvalidKeyShare(HandshakeProtocolError):
+    """A key share failed its checks: bad ML-KEM encapsulation key or
+    ciphertext, an X448/X25519 point giving an all-zero secret, a share for
+    the wrong group, an illegal suite choice or an invalid J-PAKE message."""
+
+
+class HandshakeDecryptError(HandshakeError):
+    """An encrypted handshake message did not authenticate: it was modified,
+    or the two sides do not hold the same transcript (tampering, downgrade,
+    replay of an old message)."""
+
+
+class RoleProofInvalid(HandshakeError):
+    """A role proof (key MAC, password confirmation MAC or certificate
+    signature) did not verify."""
+
+
+class CertificateRejected(RoleProofInvalid):
+    """A certificate chain did not validate to the role's trust anchors
+    (untrusted, expired, not yet valid, wrong key usage, bad CA constraints),
+    or its key type is not accepted."""
+
+
+class NoVerifiedRole(HandshakeError):
+    """The handshake verified no role of the peer (or not the required ones),
+    and the policy does not allow an anonymous session."""
+
+
+class PasswordAttemptsExceeded(HandshakeError):
+    """Too many failed password attempts from this peer in the window: password
+    roles are refused until the cool-down ends (J-PAKE is not run)."""
+
+
+class HandshakeTimeout(HandshakeError):
+    """The handshake did not finish within its time limit."""
+
+
+class TooManyHandshakes(HandshakeError):
+    """The bound on concurrent half-open handshakes is reached."""
+
+
+class HandshakeRejected(HandshakeError):
+    """The peer aborted the handshake with a Reject message. ``reason_code``
+    holds the code it sent (see rolewire.handshake.RejectReason)."""
+
+    def __init__(self, message: str, reason_code: int) -> None:
+        super().__init__(message)
+        self.reason_code = reason_code

@@ -54,7 +54,7 @@ def _limits_struct(limits: RecordLimits) -> Any:
 def _writable(out: Buffer, need: int) -> Any:
     try:
         view = _from_buffer(out, require_writable=True)
-    except TypeError as exc:
+    except (TypeError, BufferError) as exc:
         raise TypeError("out must be a writable, C-contiguous buffer") from exc
     if len(view) < need:
         raise ConfigurationError(f"out buffer too small: {need} bytes needed")
@@ -135,7 +135,8 @@ class CRecordLayer(RecordLayer):
         count = len(in_off) - 1
         if count < 0:
             raise ConfigurationError("offsets need at least one entry")
-        span = in_off[count] - in_off[0] if count else 0
+        # Bad offsets may make this negative; C rejects them (RW_ERR_ARG).
+        span = max(in_off[count] - in_off[0], 0) if count else 0
         need = span + count * self._overhead
         target = bytearray(need) if out is None else out
         view = _writable(target, need)
@@ -156,11 +157,11 @@ class CRecordLayer(RecordLayer):
         count = len(in_off) - 1
         if count < 0:
             raise ConfigurationError("offsets need at least one entry")
-        need = in_off[count] - in_off[0] if count else 0
+        need = max(in_off[count] - in_off[0], 0) if count else 0
         target = bytearray(need) if out is None else out
         view = _writable(target, need)
         out_off = array("Q", bytes(8 * (count + 1)))
-        status = array("i", bytes(4 * max(count, 1)))
+        status = array("i", bytes(4 * (count + 1)))  # status[count]: OR of flags
         opened = lib.rw_open_batch(
             self._receiver, src, len(src), _from_buffer("uint64_t[]", in_off), count,
             view, len(view), _from_buffer("uint64_t[]", out_off, require_writable=True),
@@ -169,15 +170,15 @@ class CRecordLayer(RecordLayer):
         if opened < 0:
             raise error_for(opened)
         errors: dict[int, RecordError] = {}
-        if opened != count or max(status[:count], default=0) > 0:
+        if status[count]:
+            self.recv_epoch_advanced_at = time.monotonic()
+        if opened != count:
             for index in range(count):
                 code = status[index]
                 if code < 0:
                     error = error_for(code)
                     assert isinstance(error, RecordError)
                     errors[index] = error
-                elif code > 0:
-                    self.recv_epoch_advanced_at = time.monotonic()
         return PackedOpenResult(memoryview(target).cast("B"), out_off, errors)
 
     # -- keys and state ------------------------------------------------------
@@ -223,3 +224,28 @@ def raw_loop(suite: Suite, size: int, iterations: int) -> None:
     rc = lib.rw_bench_raw_loop(int(suite), size, iterations)
     if rc < 0:
         raise error_for(rc)
+
+
+def aead_seal(suite: Suite, key: bytes, nonce: bytes, ad: bytes, plaintext: bytes) -> bytes:
+    """Test hook: the suite's raw AEAD through the exact libsodium pointers
+    records use (for known-answer vectors). Returns ct||tag."""
+    suite = Suite(suite)
+    if len(key) != suite.key_size or len(nonce) != suite.iv_size:
+        raise ConfigurationError("wrong key or nonce size")
+    out = ffi.new("uint8_t[]", len(plaintext) + suite.tag_size)
+    rc = lib.rw_aead_seal(suite, key, nonce, ad, len(ad), plaintext, len(plaintext), out)
+    if rc < 0:
+        raise error_for(rc)
+    return bytes(ffi.buffer(out))
+
+
+def aead_open(suite: Suite, key: bytes, nonce: bytes, ad: bytes, ciphertext: bytes) -> bytes:
+    """Test hook: inverse of :func:`aead_seal`; raises AuthenticationFailed."""
+    suite = Suite(suite)
+    if len(key) != suite.key_size or len(nonce) != suite.iv_size:
+        raise ConfigurationError("wrong key or nonce size")
+    out = ffi.new("uint8_t[]", max(len(ciphertext) - suite.tag_size, 1))
+    rc = lib.rw_aead_open(suite, key, nonce, ad, len(ad), ciphertext, len(ciphertext), out)
+    if rc < 0:
+        raise error_for(rc)
+    return bytes(ffi.buffer(out, len(ciphertext) - suite.tag_size))

@@ -1,0 +1,177 @@
+"""``rolewire bench record``: record seal+open throughput, always as ratios
+against baselines measured in the same run.
+
+Measured per message size (64 B, 1 KiB, 16 KiB, 64 KiB), seal followed by
+open, messages per second (median of repeated runs):
+
+- ``raw_c``: libsodium seal+open in a C loop with no record layer (the
+  physical limit; benchmark-only function in our extension);
+- ``single``: ``RecordLayer.seal`` + ``open``, one call each per message;
+- ``batch``: ``seal_packed`` + ``open_packed`` over up to 256 messages (at
+  most 1 MiB) per call, into preallocated buffers;
+- ``pure``: the pure-Python twin, single calls;
+- ``cryptography``: ``ChaCha20Poly1305.encrypt`` + ``decrypt`` per call
+  (fixed nonce and AD: the bare cost of an AEAD call from Python).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from array import array
+from collections.abc import Callable
+from typing import Any
+
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
+from rolewire.record import RecordLayer, RecordLimits, Suite
+from rolewire.record._c import raw_loop
+
+SIZES = (64, 1024, 16 * 1024, 64 * 1024)
+BATCH = 256
+BATCH_BYTES = 1 << 20
+
+
+def batch_count(size: int) -> int:
+    """Messages per batch call: 256, fewer for large messages (a batch that
+    outgrows the caches measures memory bandwidth, not the record layer)."""
+    return max(4, min(BATCH, BATCH_BYTES // max(size, 1)))
+
+Progress = Callable[[str], None]
+
+
+def _pair(suite: Suite, backend: str) -> tuple[RecordLayer, RecordLayer]:
+    key_a, key_b = os.urandom(32), os.urandom(32)
+    iv_a, iv_b = os.urandom(suite.iv_size), os.urandom(suite.iv_size)
+    # Soft limits off: a benchmark seals millions of records under one key.
+    limits = RecordLimits(soft_messages=1 << 60, soft_bytes=1 << 62)
+    alice = RecordLayer(suite, send_key=key_a, send_iv=iv_a, recv_key=key_b, recv_iv=iv_b,
+                        limits=limits, backend=backend)
+    bob = RecordLayer(suite, send_key=key_b, send_iv=iv_b, recv_key=key_a, recv_iv=iv_a,
+                      limits=limits, backend=backend)
+    return alice, bob
+
+
+def _rate(run: Callable[[int], None], per_call: int, budget: float, repeats: int) -> float:
+    """Median messages/s of ``repeats`` timed runs, each about ``budget`` s."""
+    calls = 1
+    while True:  # calibrate the call count to the budget
+        start = time.perf_counter()
+        run(calls)
+        elapsed = time.perf_counter() - start
+        if elapsed >= budget / 4 or calls >= 1 << 24:
+            break
+        calls *= 4
+    calls = max(1, int(calls * budget / max(elapsed, 1e-9)))
+    rates = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run(calls)
+        rates.append(calls * per_call / (time.perf_counter() - start))
+    return statistics.median(rates)
+
+
+def _single(suite: Suite, size: int, backend: str) -> Callable[[int], None]:
+    alice, bob = _pair(suite, backend)
+    message = os.urandom(size)
+    seal, open_ = alice.seal, bob.open
+
+    def run(n: int) -> None:
+        for _ in range(n):
+            open_(seal(message))
+
+    return run
+
+
+def _batch(suite: Suite, size: int) -> Callable[[int], None]:
+    alice, bob = _pair(suite, "c")
+    count = batch_count(size)
+    data = os.urandom(size * count)
+    offsets = array("Q", range(0, size * count + 1, size))
+    sealed_buf = bytearray(size * count + count * suite.overhead)
+    plain_buf = bytearray(len(sealed_buf))
+
+    def run(n: int) -> None:
+        for _ in range(n):
+            sealed = alice.seal_packed(data, offsets, out=sealed_buf)
+            opened = bob.open_packed(sealed_buf, sealed.offsets, out=plain_buf)
+            if opened.errors:
+                raise RuntimeError("benchmark batch failed to open")
+
+    return run
+
+
+def _raw(suite: Suite, size: int) -> Callable[[int], None]:
+    def run(n: int) -> None:
+        raw_loop(suite, size, n * BATCH)
+
+    return run
+
+
+def _cryptography(size: int) -> Callable[[int], None]:
+    aead = ChaCha20Poly1305(os.urandom(32))
+    nonce, ad, message = os.urandom(12), os.urandom(14), os.urandom(size)
+    encrypt, decrypt = aead.encrypt, aead.decrypt
+
+    def run(n: int) -> None:
+        for _ in range(n):
+            decrypt(nonce, encrypt(nonce, message, ad), ad)
+
+    return run
+
+
+def run(quick: bool = False, progress: Progress | None = None) -> dict[str, Any]:
+    """Run the record benchmark; returns a JSON-ready dict with every figure
+    (messages/s, medians) and the ratios the project tracks."""
+    budget, repeats = (0.12, 3) if quick else (0.5, 7)
+    sizes = SIZES
+    if os.environ.get("ROLEWIRE_BENCH_TINY"):  # tests: exercise the code, measure nothing
+        budget, repeats, sizes = 0.002, 1, (64, 1024)
+    say = progress or (lambda _msg: None)
+    results: dict[str, dict[str, dict[str, float]]] = {}
+
+    plan: list[tuple[str, str, int, Callable[[int], None], int]] = []
+    for suite in Suite:
+        for size in sizes:
+            plan.append((suite.wire_name, "raw_c", size, _raw(suite, size), BATCH))
+            plan.append((suite.wire_name, "single", size, _single(suite, size, "c"), 1))
+            plan.append((suite.wire_name, "batch", size, _batch(suite, size), batch_count(size)))
+            plan.append((suite.wire_name, "pure", size, _single(suite, size, "pure"), 1))
+    for size in sizes:
+        plan.append(("CHACHA20-POLY1305", "cryptography", size, _cryptography(size), 1))
+
+    for index, (suite_name, impl, size, runner, per_call) in enumerate(plan, 1):
+        say(f"[{index}/{len(plan)}] {suite_name} {impl} {size} B")
+        rate = _rate(runner, per_call, budget / (4 if impl == "pure" else 1), repeats)
+        results.setdefault(suite_name, {}).setdefault(impl, {})[str(size)] = rate
+
+    chacha, aegis = results["CHACHA20-POLY1305"], results["AEGIS-256"]
+    ratios = {
+        "record_batch64_vs_raw": chacha["batch"]["64"] / chacha["raw_c"]["64"],
+        "record_single64_vs_cryptography": chacha["single"]["64"] / chacha["cryptography"]["64"],
+        "aegis_batch64_vs_chacha_batch64": aegis["batch"]["64"] / chacha["batch"]["64"],
+    }
+    targets = {
+        "record_batch64_vs_raw": 0.80,
+        "record_single64_vs_cryptography": 1.0,
+        "aegis_batch64_vs_chacha_batch64": 5.0,
+    }
+    return {
+        "benchmark": "record",
+        "unit": "messages/s (seal+open), median of repeats",
+        "quick": quick,
+        "repeats": repeats,
+        "batch_size": BATCH,
+        "machine": {
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "processor": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(),
+        },
+        "results": results,
+        "ratios": ratios,
+        "targets": targets,
+        "targets_met": {name: ratios[name] >= goal for name, goal in targets.items()},
+    }

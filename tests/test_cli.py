@@ -1,0 +1,49 @@
+"""The rolewire command, run as a user would (subprocess)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+
+def rolewire(*args, env_extra=None):
+    env = dict(os.environ, ROLEWIRE_BENCH_TINY="1", **(env_extra or {}))
+    return subprocess.run([sys.executable, "-m", "rolewire.cli", *args], capture_output=True,
+                          text=True, env=env, timeout=300)
+
+
+def test_help():
+    result = rolewire("--help")
+    assert result.returncode == 0 and "bench" in result.stdout
+    for sub in ("bench", "demo"):
+        assert rolewire(sub, "--help").returncode == 0
+
+
+def test_bad_arguments_exit_2():
+    assert rolewire("no-such-command").returncode == 2
+    assert rolewire("bench", "nonsense").returncode == 2
+
+
+def test_bench_record_json(tmp_path):
+    out = tmp_path / "out.json"
+    result = rolewire("bench", "record", "--quick", "--json", str(out))
+    assert result.returncode == 0, result.stderr
+    report = json.loads(out.read_text())
+    for name in ("record_batch64_vs_raw", "record_single64_vs_cryptography",
+                 "aegis_batch64_vs_chacha_batch64"):
+        assert report["ratios"][name] > 0
+    impls = report["results"]["CHACHA20-POLY1305"]
+    assert set(impls) == {"raw_c", "single", "batch", "pure", "cryptography"}
+
+
+def test_bench_unwritable_json_path(tmp_path):
+    result = rolewire("bench", "record", "--json", str(tmp_path / "missing" / "x.json"))
+    assert result.returncode == 3 and "error" in result.stderr
+
+
+def test_demo():
+    result = rolewire("demo")
+    assert result.returncode == 0, result.stderr
+    assert "ReplayDetected" in result.stdout

@@ -1,0 +1,129 @@
+"""The C backend and the pure twin must produce byte-identical records and
+identical outcomes (plaintext or error type) for the same operations."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from rolewire._native_loader import lib
+from rolewire.record import RecordLimits, Suite, _format
+from tests.conftest import make_pair
+
+suites = st.sampled_from(list(Suite))
+
+# An operation script: ("seal", message) | ("update",) | ("batch", [messages])
+operations = st.lists(
+    st.one_of(
+        st.tuples(st.just("seal"), st.binary(max_size=300)),
+        st.tuples(st.just("update")),
+        st.tuples(st.just("batch"), st.lists(st.binary(max_size=100), max_size=6)),
+    ),
+    max_size=25,
+)
+
+
+def run_script(backend, suite, seed, ops):
+    alice, _ = make_pair(suite, backend, seed=seed)
+    produced = []
+    for op in ops:
+        if op[0] == "seal":
+            produced.append(alice.seal(op[1]))
+        elif op[0] == "update":
+            produced.append(alice.update_send_key())
+        else:
+            produced.extend(alice.seal_many(op[1]))
+    return produced
+
+
+@given(suites, st.integers(0, 1000), operations)
+def test_sealing_is_byte_identical(suite, seed, ops):
+    assert run_script("c", suite, seed, ops) == run_script("pure", suite, seed, ops)
+
+
+def outcome(layer, record):
+    try:
+        return layer.open(record)
+    except Exception as exc:  # noqa: BLE001 - comparing error types
+        return type(exc)
+
+
+@given(
+    suites,
+    st.lists(st.binary(max_size=50), min_size=1, max_size=12),
+    st.lists(
+        st.tuples(st.integers(0, 100), st.sampled_from(["deliver", "flip", "truncate"]),
+                  st.integers(0, 10_000)),
+        max_size=40,
+    ),
+    st.integers(0, 3),
+)
+def test_opening_outcomes_identical(suite, messages, deliveries, updates_at):
+    """Deliver (possibly tampered, duplicated, reordered) records to both
+    backends and compare every outcome, including epoch advances."""
+    outcomes = {}
+    for backend in ("c", "pure"):
+        alice, bob = make_pair(suite, backend, window=64)
+        records = []
+        for i, message in enumerate(messages):
+            if i == updates_at:
+                alice.update_send_key()
+            records.append(alice.seal(message))
+        results = []
+        for index, action, where in deliveries:
+            record = bytearray(records[index % len(records)])
+            if action == "flip":
+                record[where % len(record)] ^= 1 << (where % 8)
+            elif action == "truncate":
+                del record[where % len(record):]
+            results.append(outcome(bob, bytes(record)))
+            results.append((bob.recv_epoch, bob.has_previous_epoch))
+        outcomes[backend] = results
+    assert outcomes["c"] == outcomes["pure"]
+
+
+@given(suites, st.lists(st.binary(max_size=40), max_size=10), st.lists(st.integers(0, 30)))
+def test_batch_open_identical(suite, messages, order):
+    outcomes = {}
+    for backend in ("c", "pure"):
+        alice, bob = make_pair(suite, backend)
+        records = alice.seal_many(messages)
+        chosen = [records[i % len(records)] for i in order] if records else []
+        results = bob.open_many(chosen)
+        outcomes[backend] = [r if isinstance(r, bytes) else type(r) for r in results]
+    assert outcomes["c"] == outcomes["pure"]
+
+
+def test_limits_identical():
+    limits = RecordLimits(soft_messages=2, hard_messages=3, soft_bytes=10, hard_bytes=20)
+    for suite in Suite:
+        results = {}
+        for backend in ("c", "pure"):
+            alice, _ = make_pair(suite, backend, limits=limits)
+            seq = []
+            for size in (5, 6, 8, 1, 0):
+                try:
+                    seq.append((alice.seal(bytes(size)), alice.rekey_due))
+                except Exception as exc:  # noqa: BLE001
+                    seq.append(type(exc))
+            results[backend] = seq
+        assert results["c"] == results["pure"]
+
+
+@pytest.mark.parametrize(
+    "name",
+    [n for n in dir(_format) if n == "OK" or n.startswith(("ERR_", "REKEY", "EPOCH_ADV"))],
+)
+def test_status_codes_match_c(name):
+    assert getattr(lib, "RW_" + name) == getattr(_format, name)
+
+
+def test_format_constants_match_c():
+    assert lib.RW_HEADER_SIZE == _format.HEADER_SIZE
+    assert lib.RW_VERSION == _format.VERSION
+    assert lib.RW_PROTOCOL_MAX_PLAINTEXT == _format.PROTOCOL_MAX_PLAINTEXT
+    assert (lib.RW_WINDOW_MIN, lib.RW_WINDOW_MAX) == (_format.WINDOW_MIN, _format.WINDOW_MAX)
+    for suite in Suite:
+        assert lib.rw_suite_iv_size(suite) == suite.iv_size
+        assert lib.rw_suite_tag_size(suite) == suite.tag_size
