@@ -22,6 +22,12 @@ __all__ = [
     "RecordLayerClosed",
     "ConcurrentUseError",
     "HandshakeError",
+    "ProtocolViolation",
+    "ConnectionClosed",
+    "RemoteCallError",
+    "Forbidden",
+    "UnknownOperation",
+    "ServiceUnavailable",
     "HandshakeStateError",
     "HandshakeProtocolError",
     "MalformedHandshakeMessage",
@@ -100,6 +106,48 @@ class ConcurrentUseError(RolewireError, RuntimeError):
     Sealing (or opening) is serialised per direction; instead of racing on
     the counter, key or replay window, the second caller gets this error.
     Sealing in one thread while opening in another is fine."""
+
+
+# --- services ---------------------------------------------------------------
+
+
+class ProtocolViolation(RolewireError):
+    """The peer sent a frame or call message that breaks the protocol."""
+
+
+class ConnectionClosed(RolewireError, ConnectionError):
+    """The connection closed (or was closed) before the operation finished."""
+
+
+class RemoteCallError(RolewireError):
+    """The callee answered a request with an error. ``code`` is the
+    :class:`rolewire.rpc.ErrorCode`; ``operation`` the operation called."""
+
+    default_code = 3
+
+    def __init__(self, message: str, *, operation: str = "", code: int | None = None) -> None:
+        super().__init__(message)
+        self.operation = operation
+        self.code = self.default_code if code is None else code
+
+
+class Forbidden(RemoteCallError):
+    """The callee refused the call: the caller holds none of the roles the
+    operation requires."""
+
+    default_code = 1
+
+
+class UnknownOperation(RemoteCallError):
+    """The callee has no such operation."""
+
+    default_code = 2
+
+
+class ServiceUnavailable(RemoteCallError):
+    """The callee is shutting down or over its limits."""
+
+    default_code = 5
 
 
 # --- handshake --------------------------------------------------------------

@@ -1,0 +1,181 @@
+"""Role-based authorization of service operations.
+
+A :class:`Service` is a table of operations, each with the roles that may
+call it. Semantics follow the paper: the caller needs **at least one** of the
+listed roles, proven in the handshake. Two explicit markers replace a role
+list: :data:`ANY_AUTHENTICATED` (any caller with at least one verified role)
+and :data:`UNRESTRICTED` (anyone who completed a handshake, even an
+anonymous one where the server allows that). There is no default: every
+operation states who may call it.
+
+A refused call is answered with a typed ``FORBIDDEN`` error (the caller gets
+:class:`~rolewire.errors.Forbidden`) and logged as a structured audit event
+on the ``rolewire.audit`` logger; it is never dropped silently.
+
+Example::
+
+    shop = Service("payment")
+
+    @shop.operation("charge", roles=["payment"])
+    async def charge(call: CallContext, body: bytes) -> bytes:
+        ...
+"""
+
+from __future__ import annotations
+
+import enum
+import inspect
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Union
+
+from rolewire.errors import ConfigurationError
+from rolewire.rpc import CallMessage, ErrorCode, MessageType, error_message
+
+__all__ = [
+    "ANY_AUTHENTICATED",
+    "UNRESTRICTED",
+    "Access",
+    "CallContext",
+    "Operation",
+    "Service",
+]
+
+audit_log = logging.getLogger("rolewire.audit")
+
+
+class Access(enum.Enum):
+    """Markers that stand instead of a role list."""
+
+    ANY_AUTHENTICATED = "any-authenticated"
+    UNRESTRICTED = "unrestricted"
+
+
+ANY_AUTHENTICATED = Access.ANY_AUTHENTICATED
+UNRESTRICTED = Access.UNRESTRICTED
+
+
+@dataclass(frozen=True)
+class CallContext:
+    """What a handler knows about the call: the operation, the caller's
+    verified roles, and a description of the peer (address) for logs."""
+
+    service: str
+    operation: str
+    peer_roles: frozenset[str]
+    peer: str = ""
+    call_id: int = 0
+
+
+Handler = Callable[[CallContext, bytes], Union[Awaitable[bytes], bytes, None]]
+
+
+@dataclass(frozen=True)
+class Operation:
+    name: str
+    handler: Handler
+    allowed: frozenset[str] | Access
+
+    def permits(self, roles: frozenset[str]) -> bool:
+        if self.allowed is UNRESTRICTED:
+            return True
+        if self.allowed is ANY_AUTHENTICATED:
+            return bool(roles)
+        assert isinstance(self.allowed, frozenset)
+        return not self.allowed.isdisjoint(roles)
+
+    def describe(self) -> str:
+        if isinstance(self.allowed, Access):
+            return self.allowed.value
+        return " | ".join(sorted(self.allowed))
+
+
+@dataclass
+class Service:
+    """A named set of operations, each guarded by roles."""
+
+    name: str
+    operations: dict[str, Operation] = field(default_factory=dict)
+
+    def operation(
+        self, name: str | None = None, *, roles: Iterable[str] | Access
+    ) -> Callable[[Handler], Handler]:
+        """Decorator: register ``handler`` as operation ``name`` (default: the
+        function's name) callable by the given roles or marker."""
+
+        def register(handler: Handler) -> Handler:
+            self.add(name or handler.__name__, handler, roles=roles)
+            return handler
+
+        return register
+
+    def add(self, name: str, handler: Handler, *, roles: Iterable[str] | Access) -> None:
+        """Register an operation (the table form of :meth:`operation`)."""
+        if name in self.operations:
+            raise ConfigurationError(f"operation {name!r} is already defined")
+        if len(name.encode("utf-8")) > 255 or not name:
+            raise ConfigurationError("operation names are 1..255 UTF-8 bytes")
+        if isinstance(roles, Access):
+            allowed: frozenset[str] | Access = roles
+        else:
+            if isinstance(roles, str):
+                raise ConfigurationError("roles must be a list of role names, not a string")
+            allowed = frozenset(roles)
+            if not allowed:
+                raise ConfigurationError(
+                    f"operation {name!r} lists no roles; use ANY_AUTHENTICATED or UNRESTRICTED"
+                )
+        self.operations[name] = Operation(name, handler, allowed)
+
+    def access_table(self) -> dict[str, str]:
+        """``{operation: who may call it}`` for ``rolewire inspect`` and docs."""
+        return {name: op.describe() for name, op in sorted(self.operations.items())}
+
+    async def dispatch(
+        self, message: CallMessage, peer_roles: frozenset[str], peer: str = ""
+    ) -> CallMessage | None:
+        """Authorize and run one REQUEST or NOTIFY; returns the reply (None
+        for a notification). Handler exceptions become a HANDLER_FAILED reply
+        whose text names only the exception type."""
+        expects_reply = message.type is MessageType.REQUEST
+        operation = self.operations.get(message.operation)
+
+        def reply_error(code: ErrorCode, text: str) -> CallMessage | None:
+            if not expects_reply:
+                return None
+            return error_message(message.call_id, message.operation, code, text)
+
+        if operation is None:
+            audit_log.warning(
+                "unknown operation",
+                extra={"event": "unknown_operation", "service": self.name,
+                       "operation": message.operation, "peer": peer,
+                       "peer_roles": sorted(peer_roles)},
+            )
+            return reply_error(ErrorCode.UNKNOWN_OPERATION, "unknown operation")
+        if not operation.permits(peer_roles):
+            audit_log.warning(
+                "forbidden call",
+                extra={"event": "forbidden", "service": self.name,
+                       "operation": operation.name, "peer": peer,
+                       "peer_roles": sorted(peer_roles), "required": operation.describe()},
+            )
+            return reply_error(ErrorCode.FORBIDDEN,
+                               f"operation {operation.name!r} requires {operation.describe()}")
+        context = CallContext(self.name, operation.name, peer_roles, peer, message.call_id)
+        try:
+            result = operation.handler(context, message.body)
+            if inspect.isawaitable(result):
+                result = await result
+        except Exception as exc:  # noqa: BLE001 - a handler bug must not kill the session
+            logging.getLogger("rolewire.services").exception(
+                "handler failed",
+                extra={"event": "handler_failed", "service": self.name,
+                       "operation": operation.name},
+            )
+            return reply_error(ErrorCode.HANDLER_FAILED, f"handler raised {type(exc).__name__}")
+        if not expects_reply:
+            return None
+        return CallMessage(MessageType.RESPONSE, message.call_id, operation.name,
+                           bytes(result or b""))

@@ -1,0 +1,112 @@
+"""Role-based authorization and the call message codec."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from rolewire import errors
+from rolewire.rpc import CallMessage, ErrorCode, MessageType, decode, encode, parse_error
+from rolewire.services import ANY_AUTHENTICATED, UNRESTRICTED, Service
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def request(op, body=b"", call_id=7, kind=MessageType.REQUEST):
+    return CallMessage(kind, call_id, op, body)
+
+
+@pytest.fixture
+def payment():
+    service = Service("payment")
+
+    @service.operation("charge", roles=["payment", "admin"])
+    async def charge(call, body):
+        return b"charged " + body + b" for " + ",".join(sorted(call.peer_roles)).encode()
+
+    @service.operation(roles=ANY_AUTHENTICATED)
+    def status(call, body):
+        return b"ok"
+
+    @service.operation(roles=UNRESTRICTED)
+    def ping(call, body):
+        return b"pong"
+
+    @service.operation(roles=["payment"])
+    def broken(call, body):
+        raise KeyError("secret-detail")
+
+    return service
+
+
+def test_needs_one_of_the_roles(payment):
+    reply = run(payment.dispatch(request("charge", b"10"), frozenset({"admin", "other"})))
+    assert reply.type is MessageType.RESPONSE and reply.body == b"charged 10 for admin,other"
+    assert reply.call_id == 7
+
+
+def test_forbidden_reply_and_audit(payment, caplog):
+    with caplog.at_level(logging.WARNING, logger="rolewire.audit"):
+        reply = run(payment.dispatch(request("charge"), frozenset({"user-information"}),
+                                     peer="10.0.0.1:5"))
+    assert reply.type is MessageType.ERROR
+    code, text = parse_error(reply)
+    assert code == ErrorCode.FORBIDDEN and "payment" in text
+    event = [r for r in caplog.records if getattr(r, "event", "") == "forbidden"][0]
+    assert event.operation == "charge" and event.peer_roles == ["user-information"]
+
+
+def test_markers(payment):
+    assert run(payment.dispatch(request("status"), frozenset({"x"}))).body == b"ok"
+    denied = run(payment.dispatch(request("status"), frozenset()))
+    assert parse_error(denied)[0] == ErrorCode.FORBIDDEN
+    assert run(payment.dispatch(request("ping"), frozenset())).body == b"pong"
+
+
+def test_unknown_operation(payment):
+    reply = run(payment.dispatch(request("refund"), frozenset({"payment"})))
+    assert parse_error(reply)[0] == ErrorCode.UNKNOWN_OPERATION
+
+
+def test_handler_error_hides_details(payment):
+    reply = run(payment.dispatch(request("broken"), frozenset({"payment"})))
+    code, text = parse_error(reply)
+    assert code == ErrorCode.HANDLER_FAILED and "secret-detail" not in text
+
+
+def test_notify_gets_no_reply_even_when_forbidden(payment):
+    assert run(payment.dispatch(request("charge", kind=MessageType.NOTIFY), frozenset())) is None
+    assert run(payment.dispatch(request("ping", kind=MessageType.NOTIFY), frozenset())) is None
+
+
+def test_declaration_errors():
+    service = Service("s")
+    with pytest.raises(errors.ConfigurationError):
+        service.add("op", lambda c, b: b"", roles=[])
+    with pytest.raises(errors.ConfigurationError):
+        service.add("op", lambda c, b: b"", roles="payment")
+    service.add("op", lambda c, b: b"", roles=["a"])
+    with pytest.raises(errors.ConfigurationError):
+        service.add("op", lambda c, b: b"", roles=["a"])
+    assert service.access_table() == {"op": "a"}
+
+
+@given(st.sampled_from(list(MessageType)), st.integers(0, 2**64 - 1),
+       st.text(max_size=60), st.binary(max_size=100))
+def test_codec_roundtrip(kind, call_id, op, body):
+    message = CallMessage(kind, call_id, op, body)
+    assert decode(encode(message)) == message
+
+
+@given(st.binary(max_size=40))
+def test_codec_garbage_only_typed_errors(data):
+    try:
+        decode(data)
+    except errors.ProtocolViolation:
+        pass
