@@ -97,6 +97,93 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return cmd_bench(args)
 
 
+def cmd_keygen(args: argparse.Namespace) -> int:
+    """A new 32-byte role key, base64, in a file only the owner can read."""
+    import base64
+
+    from rolewire.pki import write_secret_file
+    from rolewire.roles.key import KeyRole
+
+    write_secret_file(args.path, base64.b64encode(KeyRole.generate_key()) + b"\n")
+    print(f"wrote role key {args.path} (mode 0600)")
+    return EXIT_OK
+
+
+def cmd_ca_init(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from rolewire.pki import create_ca
+
+    directory = Path(args.dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    cert, key = directory / "ca.pem", directory / "ca.key"
+    if cert.exists() or key.exists():
+        print(f"rolewire: error: {directory} already holds a CA", file=sys.stderr)
+        return EXIT_ERROR
+    create_ca(args.name, key_type=args.key_type, days=args.days).save(cert, key)
+    print(f"created CA {args.name!r}: {cert} (trust anchor), {key} (mode 0600)")
+    return EXIT_OK
+
+
+def cmd_ca_issue(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from rolewire.pki import issue, load_issued
+
+    directory = Path(args.dir)
+    ca = load_issued(directory / "ca.pem", directory / "ca.key")
+    out = Path(args.out) if args.out else directory
+    out.mkdir(parents=True, exist_ok=True)
+    cert, key = out / f"{args.name}.pem", out / f"{args.name}.key"
+    issued = issue(ca, args.name, key_type=args.key_type, days=args.days,
+                   dns_names=tuple(args.dns), ip_addresses=tuple(args.ip))
+    issued.save(cert, key)
+    print(f"issued {args.name!r}: {cert}, {key} (mode 0600), valid until "
+          f"{issued.certificate.not_valid_after_utc:%Y-%m-%d}")
+    return EXIT_OK
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    """What a service claims and accepts. Reads secrets only with --check,
+    and never prints them."""
+    from rolewire.config import load_config
+
+    config = load_config(args.config)
+    report: dict[str, Any] = {
+        "service": config.name,
+        "listen": f"{config.listen[0]}:{config.listen[1]}" if config.listen else None,
+        "claims": [s.describe() for s in config.roles if s.claims],
+        "verifies_only": [s.describe() for s in config.roles if not s.claims],
+        "access": {op: (sorted(v) if isinstance(v, frozenset) else v.value)
+                   for op, v in sorted(config.access.items())},
+        "peers": {p: f"{h}:{port}" for p, (h, port) in sorted(config.peers.items())},
+    }
+    if args.check:
+        config.load_roles()  # raises ConfigurationError naming the missing source
+        report["secrets"] = "all readable"
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return EXIT_OK
+    print(f"service {report['service']}" + (f" listening on {report['listen']}"
+                                            if report["listen"] else ""))
+    print("  claims (can prove):")
+    for line in report["claims"] or ["(none)"]:
+        print(f"    {line}")
+    print("  verifies only:")
+    for line in report["verifies_only"] or ["(none)"]:
+        print(f"    {line}")
+    print("  accepts:")
+    for op, who in report["access"].items() or [("(no operations)", "")]:
+        print(f"    {op}: {who}")
+    if report["peers"]:
+        print("  calls:")
+        for peer, address in report["peers"].items():
+            print(f"    {peer} at {address}")
+    if args.check:
+        print("  secrets: all readable")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rolewire",
@@ -114,6 +201,46 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", metavar="PATH", help="write every figure and ratio as JSON")
     bench.add_argument("--quick", action="store_true", help="short run (under a minute)")
     bench.set_defaults(func=cmd_bench)
+
+    keygen = sub.add_parser("keygen", help="create a role key file",
+                            description="Write a new random 32-byte role key (base64) to PATH "
+                                        "with mode 0600. Refuses to overwrite.")
+    keygen.add_argument("path", metavar="PATH")
+    keygen.set_defaults(func=cmd_keygen)
+
+    from rolewire.pki import KEY_TYPES
+
+    ca = sub.add_parser("ca", help="self-hosted PKI for certificate roles",
+                        description="A small certificate authority for certificate roles.")
+    ca_sub = ca.add_subparsers(dest="ca_command", required=True, metavar="COMMAND")
+    ca_init = ca_sub.add_parser("init", help="create a CA (ca.pem, ca.key) in DIR",
+                                description="Create a root CA in DIR: ca.pem is the trust "
+                                            "anchor to configure, ca.key stays private.")
+    ca_init.add_argument("dir", metavar="DIR")
+    ca_init.add_argument("--name", default="rolewire CA", help="CA common name")
+    ca_init.add_argument("--key-type", choices=KEY_TYPES, default="ec-p256")
+    ca_init.add_argument("--days", type=int, default=3650)
+    ca_init.set_defaults(func=cmd_ca_init)
+    ca_issue = ca_sub.add_parser("issue", help="issue a certificate signed by the CA in DIR",
+                                 description="Issue NAME.pem and NAME.key signed by DIR/ca.*")
+    ca_issue.add_argument("dir", metavar="DIR")
+    ca_issue.add_argument("name", metavar="NAME", help="service or holder name (DNS-safe)")
+    ca_issue.add_argument("--out", metavar="OUTDIR", help="where to write (default: DIR)")
+    ca_issue.add_argument("--key-type", choices=KEY_TYPES, default="ec-p256")
+    ca_issue.add_argument("--days", type=int, default=365)
+    ca_issue.add_argument("--dns", action="append", default=[], help="extra DNS SAN")
+    ca_issue.add_argument("--ip", action="append", default=[], help="IP address SAN")
+    ca_issue.set_defaults(func=cmd_ca_issue)
+
+    inspect = sub.add_parser("inspect", help="show what a service config claims and accepts",
+                             description="Show the roles a service claims, the roles it only "
+                                         "verifies, who may call each operation, and its "
+                                         "peers. Never prints secrets.")
+    inspect.add_argument("config", metavar="CONFIG")
+    inspect.add_argument("--check", action="store_true",
+                         help="also read every secret source (exit 3 if one is missing)")
+    inspect.add_argument("--json", action="store_true", help="machine-readable output")
+    inspect.set_defaults(func=cmd_inspect)
 
     demo = sub.add_parser("demo", help="run the demo",
                           description="Seal and open records with each suite, show replay "

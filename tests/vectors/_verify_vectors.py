@@ -2,8 +2,8 @@
 
 Not a pytest module (leading underscore): run it directly,
 
-    python tests/vectors/_verify_vectors.py          # all checks except the 1,000,000-step X448 loop
-    python tests/vectors/_verify_vectors.py --slow   # also the RFC 7748 one-million iteration vector
+    python tests/vectors/_verify_vectors.py          # all but the 1,000,000-step X448 loop
+    python tests/vectors/_verify_vectors.py --slow   # also that loop (about 7 minutes)
 
 It exits non-zero on the first mismatch. References: cryptography (ChaCha20-Poly1305, X448,
 ML-KEM-768), PyNaCl's libsodium (AEGIS-256), hashlib (BLAKE2b), and for the replay-window data an

@@ -1,0 +1,154 @@
+"""A small self-hosted PKI for certificate roles (and the mTLS baseline).
+
+``create_ca`` makes a root CA; ``issue`` signs a leaf certificate for a
+service or role holder. Keys are ECDSA P-256 by default (P-384 and RSA-2048
+on request); leaf certificates carry the extensions that
+``cryptography.x509.verification`` requires (SAN, EKU client+server auth,
+key usage, AKI/SKI), so they validate as role certificates and as TLS
+certificates alike. Private keys are written with mode 0600.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from rolewire.errors import ConfigurationError
+
+__all__ = ["KEY_TYPES", "Issued", "create_ca", "issue", "write_private_key", "load_issued"]
+
+KEY_TYPES = ("ec-p256", "ec-p384", "rsa-2048")
+PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+
+
+@dataclass(frozen=True)
+class Issued:
+    certificate: x509.Certificate
+    private_key: PrivateKey
+
+    def certificate_pem(self) -> bytes:
+        return self.certificate.public_bytes(serialization.Encoding.PEM)
+
+    def save(self, cert_path: str | os.PathLike[str], key_path: str | os.PathLike[str]) -> None:
+        Path(cert_path).write_bytes(self.certificate_pem())
+        write_private_key(key_path, self.private_key)
+
+
+def _new_key(key_type: str) -> PrivateKey:
+    if key_type == "ec-p256":
+        return ec.generate_private_key(ec.SECP256R1())
+    if key_type == "ec-p384":
+        return ec.generate_private_key(ec.SECP384R1())
+    if key_type == "rsa-2048":
+        return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    raise ConfigurationError(f"key type must be one of {', '.join(KEY_TYPES)}")
+
+
+def _hash_for(key: PrivateKey) -> hashes.HashAlgorithm:
+    if isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.key_size >= 384:
+        return hashes.SHA384()
+    return hashes.SHA256()
+
+
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.timezone.utc)
+
+
+def create_ca(common_name: str, *, key_type: str = "ec-p256", days: int = 3650,
+              path_length: int | None = 0) -> Issued:
+    """A self-signed root CA that may sign leaf certificates only (by default)."""
+    key = _new_key(key_type)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+                      x509.NameAttribute(NameOID.ORGANIZATION_NAME, "rolewire PKI")])
+    now = _now()
+    public = key.public_key()
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name).issuer_name(name).public_key(public)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
+        .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False,
+                                     key_encipherment=False, data_encipherment=False,
+                                     key_agreement=False, key_cert_sign=True, crl_sign=True,
+                                     encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
+        .sign(key, _hash_for(key))
+    )
+    return Issued(cert, key)
+
+
+def issue(ca: Issued, common_name: str, *, key_type: str = "ec-p256", days: int = 365,
+          dns_names: tuple[str, ...] = (), ip_addresses: tuple[str, ...] = ()) -> Issued:
+    """A leaf certificate signed by ``ca`` for ``common_name``.
+
+    The SAN always contains ``common_name`` as a DNS name (service names are
+    DNS-safe labels) plus any extra names or IP addresses given."""
+    key = _new_key(key_type)
+    now = _now()
+    names: list[x509.GeneralName] = [x509.DNSName(common_name)]
+    names += [x509.DNSName(d) for d in dns_names if d != common_name]
+    names += [x509.IPAddress(ipaddress.ip_address(a)) for a in ip_addresses]
+    public = key.public_key()
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+        .issuer_name(ca.certificate.subject).public_key(public)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(min(now + datetime.timedelta(days=days),
+                             ca.certificate.not_valid_after_utc))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False,
+                                     key_encipherment=isinstance(key, rsa.RSAPrivateKey),
+                                     data_encipherment=False, key_agreement=False,
+                                     key_cert_sign=False, crl_sign=False,
+                                     encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH,
+                                              ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.SubjectAlternativeName(names), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
+            ca.private_key.public_key()), critical=False)
+        .sign(ca.private_key, _hash_for(ca.private_key))
+    )
+    return Issued(cert, key)
+
+
+def write_private_key(path: str | os.PathLike[str], key: PrivateKey) -> None:
+    """Write an unencrypted PKCS#8 PEM key, readable by the owner only."""
+    data = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+    write_secret_file(path, data)
+
+
+def write_secret_file(path: str | os.PathLike[str], data: bytes) -> None:
+    """Create ``path`` with mode 0600 (refusing to overwrite) and write ``data``."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    try:
+        fd = os.open(path, flags, 0o600)
+    except FileExistsError:
+        raise ConfigurationError(f"{os.fspath(path)} already exists; not overwriting a secret")
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+
+
+def load_issued(cert_path: str | os.PathLike[str], key_path: str | os.PathLike[str]) -> Issued:
+    """Load a certificate and its private key (PEM)."""
+    try:
+        cert = x509.load_pem_x509_certificate(Path(cert_path).read_bytes())
+        key = serialization.load_pem_private_key(Path(key_path).read_bytes(), password=None)
+    except ValueError as exc:
+        raise ConfigurationError(f"cannot parse {os.fspath(cert_path)} / key: {exc}") from None
+    if not isinstance(key, (ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey)):
+        raise ConfigurationError("only ECDSA and RSA keys are supported")
+    return Issued(cert, key)
