@@ -43,7 +43,12 @@ def test_bench_unwritable_json_path(tmp_path):
     assert result.returncode == 3 and "error" in result.stderr
 
 
-def test_demo():
-    result = rolewire("demo")
+def test_demo_record(tmp_path):
+    result = rolewire("demo", "record", "--json-path", str(tmp_path / "r.json"),
+                      )
     assert result.returncode == 0, result.stderr
     assert "ReplayDetected" in result.stdout
+
+
+def test_demo_rejects_unknown_scene():
+    assert rolewire("demo", "nope").returncode == 2

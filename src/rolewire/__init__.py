@@ -8,6 +8,8 @@ docs/PROTOCOL.md.
 
 from __future__ import annotations
 
+import logging
+
 from rolewire.errors import (
     AuthenticationFailed,
     ConcurrentUseError,
@@ -23,12 +25,75 @@ from rolewire.errors import (
     RolewireError,
     UnknownEpoch,
 )
+from rolewire.aio import Channel, Server, ServerStats, connect, serve
+from rolewire.errors import (
+    CertificateRejected,
+    ConnectionClosed,
+    Forbidden,
+    HandshakeRejected,
+    HandshakeTimeout,
+    NoVerifiedRole,
+    PasswordAttemptsExceeded,
+    RemoteCallError,
+    RoleProofInvalid,
+    ServiceUnavailable,
+    UnknownOperation,
+)
+from rolewire.handshake import (
+    HandshakeComplete,
+    HandshakeConfig,
+    HandshakeFailed,
+    HandshakeLimiter,
+    HandshakeSuite,
+    Initiator,
+    Responder,
+)
 from rolewire.record import RecordLayer, RecordLimits, Suite
+from rolewire.roles import CertificateRole, KeyRole, PasswordRateLimiter, PasswordRole
+from rolewire.services import ANY_AUTHENTICATED, UNRESTRICTED, CallContext, Service
+from rolewire.session import Session
 
 __version__ = "0.1.0.dev0"
 
+# A library never configures logging; applications attach handlers to
+# "rolewire" (events: rolewire.handshake, rolewire.password, rolewire.aio,
+# rolewire.audit).
+logging.getLogger("rolewire").addHandler(logging.NullHandler())
+
 __all__ = [
     "__version__",
+    "ANY_AUTHENTICATED",
+    "Channel",
+    "Server",
+    "ServerStats",
+    "connect",
+    "serve",
+    "UNRESTRICTED",
+    "CallContext",
+    "CertificateRejected",
+    "CertificateRole",
+    "ConnectionClosed",
+    "Forbidden",
+    "HandshakeComplete",
+    "HandshakeConfig",
+    "HandshakeFailed",
+    "HandshakeLimiter",
+    "HandshakeRejected",
+    "HandshakeSuite",
+    "HandshakeTimeout",
+    "Initiator",
+    "KeyRole",
+    "NoVerifiedRole",
+    "PasswordAttemptsExceeded",
+    "PasswordRateLimiter",
+    "PasswordRole",
+    "RemoteCallError",
+    "Responder",
+    "RoleProofInvalid",
+    "Service",
+    "ServiceUnavailable",
+    "Session",
+    "UnknownOperation",
     "AuthenticationFailed",
     "ConcurrentUseError",
     "ConfigurationError",

@@ -56,27 +56,97 @@ def _print_record_table(report: dict[str, Any]) -> None:
         console.print(f"{name} = {value:.2f}{verdict}")
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
-    from rolewire.benchmarks import record
+def _print_ratios(report: dict[str, Any]) -> None:
+    from rich.console import Console
 
-    kinds = ["record"] if args.kind in ("record", "all") else []
-    if not kinds:
-        print(f"rolewire: bench {args.kind} is not available yet", file=sys.stderr)
-        return EXIT_ERROR
+    console = Console()
+    for name, value in report.get("ratios", {}).items():
+        goal = report.get("targets", {}).get(name)
+        verdict = "" if goal is None else (" (target >= %.2f: %s)" % (
+            goal, "met" if value >= goal else "MISSED"))
+        console.print(f"{name} = {value:.2f}{verdict}")
+
+
+def _print_handshake_table(report: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="rolewire bench handshake - full handshakes/s, both sides (median)")
+    table.add_column("suite")
+    kinds = list(next(iter(report["rolewire"].values())))
+    for kind in kinds:
+        table.add_column(kind, justify="right")
+    for suite, rates in report["rolewire"].items():
+        table.add_row(suite, *(f"{rates[k]:,.0f}" for k in kinds))
+    table.add_row("TLS 1.3 mTLS P-256 (ssl, memory BIO)",
+                  f"{report['tls13_mtls_p256']:,.0f}", *([""] * (len(kinds) - 1)))
+    Console().print(table)
+    _print_ratios(report)
+
+
+BENCH_KINDS = ("record", "handshake", "channel", "auth", "connect", "all")
+COMPARE_KINDS = ("channel", "auth", "connect")
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    kinds = ["record", "handshake", *COMPARE_KINDS] if args.kind == "all" else [args.kind]
+    wanted = [k for k in kinds if k in COMPARE_KINDS]
+    if getattr(args, "plot", None) and not wanted:
+        print("rolewire: --plot applies to channel, auth, connect and all", file=sys.stderr)
+        return EXIT_USAGE
     report: dict[str, Any] = {}
     if "record" in kinds:
+        from rolewire.benchmarks import record
+
         report["record"] = _progress_runner("bench record", record.run, quick=args.quick)
         _print_record_table(report["record"])
+    if "handshake" in kinds:
+        from rolewire.benchmarks import handshake
+
+        report["handshake"] = _progress_runner("bench handshake", handshake.run,
+                                               quick=args.quick)
+        _print_handshake_table(report["handshake"])
+    if wanted:
+        # One run for channel+auth+connect: servers start once, ratios from the same run.
+        try:
+            from rolewire.benchmarks import compare
+        except ImportError as exc:
+            print(f"rolewire: bench {args.kind} needs the baselines extra "
+                  f"(pip install 'rolewire[baselines]'): {exc}", file=sys.stderr)
+            return EXIT_ERROR
+        result = _progress_runner(f"bench {'+'.join(wanted)}", compare.run, which=wanted,
+                                  quick=args.quick)
+        compare.print_report(result)
+        report["compare" if len(kinds) > 1 else wanted[0]] = result
+        if getattr(args, "plot", None):
+            compare.plot(result, args.plot)
+            print(f"wrote {args.plot}", file=sys.stderr)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as handle:
-            json.dump(report if len(report) > 1 else report["record"], handle, indent=2)
+            json.dump(report if len(report) > 1 else report[kinds[0]], handle, indent=2)
         print(f"wrote {args.json}", file=sys.stderr)
     return EXIT_OK
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Until the service demo exists: a record-layer round trip per suite and
-    the quick record benchmark."""
+    """``rolewire demo [webshop|record]``."""
+    if args.scene == "record":
+        return _demo_record(args)
+    from rolewire.demo import webshop
+
+    console = _console()
+    with console.status("web shop demo") as status:
+        report = webshop.run(say=lambda msg: status.update(f"web shop: {msg}"))
+    if args.json:
+        print(json.dumps(report.to_json()))
+    else:
+        print(webshop.render(report))
+    return EXIT_OK if report.ok else EXIT_FAILED
+
+
+def _demo_record(args: argparse.Namespace) -> int:
+    """A record-layer round trip per suite, replay rejection, and the quick
+    record benchmark."""
     from rolewire.record import RecordLayer, Suite
 
     for suite in Suite:
@@ -93,7 +163,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
             return EXIT_FAILED
         except RolewireError as exc:
             print(f"{type(exc).__name__}")
-    args.kind, args.quick, args.json = "record", True, args.json
+    args.kind, args.quick = "record", True
+    args.json = args.json_path
     return cmd_bench(args)
 
 
@@ -174,7 +245,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         print(f"    {line}")
     print("  accepts:")
     for op, who in report["access"].items() or [("(no operations)", "")]:
-        print(f"    {op}: {who}")
+        print(f"    {op}: {' | '.join(who) if isinstance(who, list) else who}")
     if report["peers"]:
         print("  calls:")
         for peer, address in report["peers"].items():
@@ -195,11 +266,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="measure rolewire against baselines in one run",
                            description="Measure throughput/latency as ratios against "
                                        "baselines measured in the same run.")
-    bench.add_argument("kind", nargs="?", default="record",
-                       choices=["record", "handshake", "channel", "auth", "all"],
+    bench.add_argument("kind", nargs="?", default="record", choices=BENCH_KINDS,
                        help="what to measure (default: record)")
     bench.add_argument("--json", metavar="PATH", help="write every figure and ratio as JSON")
-    bench.add_argument("--quick", action="store_true", help="short run (under a minute)")
+    bench.add_argument("--quick", action="store_true", help="short run (under two minutes)")
+    bench.add_argument("--plot", metavar="PNG",
+                       help="channel/auth/connect/all: also draw a chart (needs the plot extra)")
     bench.set_defaults(func=cmd_bench)
 
     keygen = sub.add_parser("keygen", help="create a role key file",
@@ -242,10 +314,21 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--json", action="store_true", help="machine-readable output")
     inspect.set_defaults(func=cmd_inspect)
 
-    demo = sub.add_parser("demo", help="run the demo",
-                          description="Seal and open records with each suite, show replay "
-                                      "rejection, and run the quick record benchmark.")
-    demo.add_argument("--json", metavar="PATH", help="write the benchmark figures as JSON")
+    from rolewire.baselines.audit import add_audit_parser
+
+    add_audit_parser(sub)
+
+    demo = sub.add_parser("demo", help="run a demo (default: the web shop)",
+                          description="webshop: five services, four roles, one purchase and "
+                                      "a breached service that must not escalate (exit 0 only "
+                                      "if the purchase succeeded and every escalation was "
+                                      "denied). record: seal/open per suite and the quick "
+                                      "record benchmark.")
+    demo.add_argument("scene", nargs="?", default="webshop", choices=["webshop", "record"])
+    demo.add_argument("--json", action="store_true",
+                      help="webshop: print the outcome as JSON instead of the report")
+    demo.add_argument("--json-path", metavar="PATH",
+                      help="record: write the benchmark figures as JSON")
     demo.set_defaults(func=cmd_demo)
     return parser
 

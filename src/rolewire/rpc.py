@@ -24,6 +24,8 @@ __all__ = [
     "encode",
     "decode",
     "error_message",
+    "parse_error",
+    "remote_error",
     "MAX_OPERATION_NAME",
 ]
 
@@ -93,3 +95,16 @@ def parse_error(message: CallMessage) -> tuple[int, str]:
         raise ProtocolViolation("error message truncated")
     (code,) = struct.unpack_from(">H", message.body)
     return code, message.body[2:].decode("utf-8", "replace")
+
+
+def remote_error(message: CallMessage) -> RolewireError:
+    """The typed exception for an ERROR reply: :class:`~rolewire.errors.Forbidden`,
+    :class:`~rolewire.errors.UnknownOperation`,
+    :class:`~rolewire.errors.ServiceUnavailable` or
+    :class:`~rolewire.errors.RemoteCallError` (with ``code``)."""
+    from rolewire.errors import Forbidden, RemoteCallError, ServiceUnavailable, UnknownOperation
+
+    code, text = parse_error(message)
+    cls = {ErrorCode.FORBIDDEN: Forbidden, ErrorCode.UNKNOWN_OPERATION: UnknownOperation,
+           ErrorCode.UNAVAILABLE: ServiceUnavailable}.get(code, RemoteCallError)  # type: ignore[call-overload]
+    return cls(text, operation=message.operation, code=code)  # type: ignore[no-any-return]

@@ -1,0 +1,636 @@
+"""``rolewire bench channel`` and ``connect``: the same service over every
+system, over loopback TCP with asyncio.
+
+Systems (``register_system`` adds more):
+
+- ``tcp``: plain TCP, same framing and dispatch, no security (the ceiling);
+- ``mtls``: TLS 1.3 with client certificates (:mod:`rolewire.baselines.mtls`,
+  ``ssl`` defaults, P-256 certificates);
+- ``jwt``: a self-signed EdDSA JWT per message over server-authenticated
+  TLS 1.3 (:mod:`rolewire.baselines.jwt`; no audit store);
+- ``rolewire``: :mod:`rolewire.aio` (key role, default suites), if that
+  module provides ``serve`` and ``connect``; otherwise skipped with a note.
+
+The server runs in a separate process (``python -m
+rolewire.benchmarks.channel --serve``) for every system alike; by default
+the client and all servers are pinned to one CPU (Linux), so a figure is the
+CPU both ends spend per message and repeated runs agree within a few percent
+(unpinned, on a 2-vCPU VM, cross-CPU wake-ups make runs vary several-fold).
+With ``ROLEWIRE_BENCH_TINY=1`` (tests) everything runs in one process with
+tiny counts.
+
+Measured, per message size (64 B, 1 KiB, 16 KiB), medians of ``repeats``
+runs, each run sized to take about ``budget`` seconds. All systems are up at
+once and measured in interleaved rounds (A, B, C, D, A, B, ...), so the drift
+of a shared machine affects them alike and the ratios stay comparable:
+
+- ``stream``: the client sends N notifications as fast as it can, with
+  ``send_many`` in batches of 256 (one write per batch; with JWT one token
+  per message), then one request; a run ends when the server has *handled*
+  all N (it answers with its count, which must be N). messages/s and MB/s
+  (payload bytes).
+- ``calls``: sequential request/response (``echo``), one outstanding.
+- ``pipelined`` (64 B): 16 tasks calling at once on one connection.
+- ``connect`` (:func:`run_connect`): time from ``connect()`` to the reply of
+  the first call (64 B ``echo``): TCP + TLS or rolewire handshake, the
+  server greeting, one authenticated request; a new connection each time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rolewire.errors import RolewireError
+from rolewire.services import Service
+
+__all__ = [
+    "SIZES",
+    "BenchSystem",
+    "SystemUnavailable",
+    "bench_service",
+    "register_system",
+    "registered_systems",
+    "run",
+    "run_connect",
+    "run_suite",
+]
+
+SIZES = (64, 1024, 16 * 1024)
+BATCH = 256
+PIPELINE = 16
+Progress = Callable[[str], None]
+
+
+class SystemUnavailable(RolewireError):
+    """A benchmark system cannot run here (its module is missing...)."""
+
+
+@dataclass(frozen=True)
+class BenchSystem:
+    """One system under test.
+
+    ``prepare(dir)`` writes its credentials into a fresh directory (once, in
+    the parent process); ``serve(service, dir)`` returns a started server
+    (``.port``, ``.close()``, ``await .wait_closed()``); ``connect(host,
+    port, dir)`` returns a client (``call``, ``send_many`` or ``notify``,
+    ``close``). Both may run in another process than ``prepare``: pass only
+    the directory between them. ``connect`` is called many times by the
+    connect benchmark; cache contexts/configs built from ``dir``."""
+
+    name: str
+    label: str
+    prepare: Callable[[Path], None]
+    serve: Callable[[Service, Path], Awaitable[Any]]
+    connect: Callable[[str, int, Path], Awaitable[Any]]
+    note: str = ""
+
+
+SystemFactory = Callable[[], BenchSystem]
+_SYSTEMS: dict[str, SystemFactory] = {}
+
+
+def register_system(name: str, factory: SystemFactory) -> None:
+    """Add (or replace) a system. ``factory()`` returns a
+    :class:`BenchSystem` or raises :class:`SystemUnavailable`. A module-level
+    factory runs its server in a separate process like the built-in ones; a
+    local function or lambda runs it in the benchmark's own process (noted
+    in the JSON)."""
+    _SYSTEMS[name] = factory
+
+
+def registered_systems() -> list[str]:
+    return list(_SYSTEMS)
+
+
+def _tiny() -> bool:
+    return bool(os.environ.get("ROLEWIRE_BENCH_TINY"))
+
+
+# --- the service every system serves ----------------------------------------------
+
+
+def bench_service() -> Service:
+    """``sink`` (notification: counts), ``done`` (request: returns and resets
+    the count and bytes), ``echo`` (request: returns the body); all need role
+    ``bench``."""
+    svc = Service("bench")
+    state = {"messages": 0, "bytes": 0}
+
+    @svc.operation("sink", roles=["bench"])
+    def sink(call: Any, body: bytes) -> None:
+        state["messages"] += 1
+        state["bytes"] += len(body)
+
+    @svc.operation("done", roles=["bench"])
+    def done(call: Any, body: bytes) -> bytes:
+        out = b"%d %d" % (state["messages"], state["bytes"])
+        state.update(messages=0, bytes=0)
+        return out
+
+    @svc.operation("echo", roles=["bench"])
+    def echo(call: Any, body: bytes) -> bytes:
+        return body
+
+    return svc
+
+
+# --- built-in systems -------------------------------------------------------------------
+
+
+def _cached(build: Callable[[Path], Any]) -> Callable[[Path], Any]:
+    cache: dict[Path, Any] = {}
+
+    def get(directory: Path) -> Any:
+        if directory not in cache:
+            cache[directory] = build(directory)
+        return cache[directory]
+
+    return get
+
+
+def tcp_system() -> BenchSystem:
+    from rolewire.baselines._framing import connect_plain, serve_plain
+
+    async def serve(service: Service, directory: Path) -> Any:
+        return await serve_plain(service, peer_roles=["bench"])
+
+    async def connect(host: str, port: int, directory: Path) -> Any:
+        return await connect_plain(host, port)
+
+    return BenchSystem("tcp", "plain TCP (no security)", lambda d: None, serve, connect)
+
+
+def mtls_system() -> BenchSystem:
+    from rolewire import pki
+    from rolewire.baselines import mtls
+
+    def prepare(directory: Path) -> None:
+        ca = pki.create_ca("bench CA")
+        ca.save(directory / "ca.pem", directory / "ca.key")
+        mtls.issue_service_certificate(ca, "bench", ["bench"]).save(
+            directory / "server.pem", directory / "server.key")
+        mtls.issue_service_certificate(ca, "bench-client", ["bench"]).save(
+            directory / "client.pem", directory / "client.key")
+
+    connector = _cached(lambda d: mtls.MtlsConnector(d / "client.pem", d / "client.key",
+                                                     ca=d / "ca.pem"))
+
+    async def serve(service: Service, directory: Path) -> Any:
+        return await mtls.serve(service, cert=directory / "server.pem",
+                                key=directory / "server.key", ca=directory / "ca.pem")
+
+    async def connect(host: str, port: int, directory: Path) -> Any:
+        return await mtls.connect(host, port, connector=connector(directory))
+
+    return BenchSystem("mtls", "TLS 1.3 mTLS (ssl, P-256 certificates)", prepare, serve,
+                       connect)
+
+
+def jwt_system() -> BenchSystem:
+    try:
+        from rolewire.baselines import jwt
+    except ImportError as exc:  # PyJWT missing
+        raise SystemUnavailable(f"needs PyJWT (the baselines extra): {exc}") from None
+    from rolewire import pki
+    from rolewire.baselines import mtls
+
+    def prepare(directory: Path) -> None:
+        ca = pki.create_ca("bench CA")
+        ca.save(directory / "ca.pem", directory / "ca.key")
+        pki.issue(ca, "bench").save(directory / "server.pem", directory / "server.key")
+        client = jwt.ServiceIdentity.generate("bench-client", "EdDSA")
+        client.save(directory / "client.key")
+        registry = jwt.KeyRegistry()
+        registry.add_identity(client, ["bench"])
+        registry.save(directory / "keys")
+
+    def client_side(directory: Path) -> tuple[Any, Any]:
+        identity = jwt.ServiceIdentity.load("bench-client", directory / "client.key")
+        context = mtls.client_context(None, ca=directory / "ca.pem", check_hostname=True)
+        return identity, context
+
+    cached_client = _cached(client_side)
+
+    async def serve(service: Service, directory: Path) -> Any:
+        # The benchmark sends hundreds of thousands of tokens within their
+        # lifetime: size the replay cache for that (it is still checked).
+        verifier = jwt.TokenVerifier("bench", jwt.KeyRegistry.load(directory / "keys"),
+                                     replay_cache=jwt.ReplayCache(max_entries=10_000_000))
+        return await jwt.serve(service, cert=directory / "server.pem",
+                               key=directory / "server.key", registry=verifier.registry,
+                               verifier=verifier)
+
+    async def connect(host: str, port: int, directory: Path) -> Any:
+        identity, context = cached_client(directory)
+        return await jwt.connect(host, port, identity=identity, audience="bench",
+                                 ca=directory / "ca.pem", ssl_context=context)
+
+    return BenchSystem("jwt", "JWT EdDSA per message over TLS 1.3", prepare, serve, connect,
+                       note="no audit store")
+
+
+def rolewire_system() -> BenchSystem:
+    try:
+        aio = importlib.import_module("rolewire.aio")
+        from rolewire.handshake import HandshakeConfig
+        from rolewire.record import RecordLimits
+        from rolewire.roles.key import KeyRole
+    except ImportError as exc:
+        raise SystemUnavailable(f"rolewire.aio is not available: {exc}") from None
+    if not (callable(getattr(aio, "serve", None)) and callable(getattr(aio, "connect", None))):
+        raise SystemUnavailable("rolewire.aio does not provide serve/connect yet")
+
+    def prepare(directory: Path) -> None:
+        from rolewire.pki import write_secret_file
+
+        write_secret_file(directory / "rolewire.key", os.urandom(32).hex().encode())
+
+    def build(directory: Path) -> Any:
+        key = bytes.fromhex((directory / "rolewire.key").read_text())
+        # Soft rekey limits out of the way: a benchmark seals millions of records.
+        limits = RecordLimits(soft_messages=1 << 60, soft_bytes=1 << 62)
+        return HandshakeConfig(roles=[KeyRole("bench", key)], record_limits=limits)
+
+    config = _cached(build)
+
+    async def serve(service: Service, directory: Path) -> Any:
+        return await aio.serve(service, config(directory), idle_timeout=None)
+
+    async def connect(host: str, port: int, directory: Path) -> Any:
+        return await aio.connect(host, port, config(directory))
+
+    return BenchSystem("rolewire", "rolewire (key role, default suite)", prepare, serve,
+                       connect)
+
+
+register_system("tcp", tcp_system)
+register_system("mtls", mtls_system)
+register_system("jwt", jwt_system)
+register_system("rolewire", rolewire_system)
+
+
+# --- server placement -----------------------------------------------------------------
+
+
+def _factory_path(factory: SystemFactory) -> str | None:
+    module = getattr(factory, "__module__", None)
+    qualname = getattr(factory, "__qualname__", "")
+    if not module or "<" in qualname:
+        return None
+    return f"{module}:{qualname}"
+
+
+def _load_factory(path: str) -> SystemFactory:
+    module, _, qualname = path.partition(":")
+    target: Any = importlib.import_module(module)
+    for part in qualname.split("."):
+        target = getattr(target, part)
+    return target  # type: ignore[no-any-return]
+
+
+def _serve_stdio() -> None:
+    """Child side: read ``{"factory", "dir"}`` (JSON line) from stdin, print
+    the port, serve until stdin closes."""
+    spec = json.loads(sys.stdin.readline())
+    if spec.get("cpu") is not None:
+        os.sched_setaffinity(0, {spec["cpu"]})
+    system = _load_factory(spec["factory"])()
+
+    async def main() -> None:
+        server = await system.serve(bench_service(), Path(spec["dir"]))
+        print(server.port, flush=True)
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+        server.close()
+        await server.wait_closed()
+
+    asyncio.run(main())
+
+
+@contextmanager
+def _pinned(enabled: bool) -> Iterator[int | None]:
+    """Pin this thread to one CPU for the duration (yields the CPU, or None
+    where affinity cannot be set); the previous affinity is restored."""
+    getter = getattr(os, "sched_getaffinity", None)
+    setter = getattr(os, "sched_setaffinity", None)
+    if not enabled or getter is None or setter is None:
+        yield None
+        return
+    before = getter(0)
+    cpu = max(before)
+    setter(0, {cpu})
+    try:
+        yield cpu
+    finally:
+        setter(0, before)
+
+
+@contextmanager
+def _subprocess_server(factory: str, directory: Path, cpu: int | None = None
+                       ) -> Iterator[int]:
+    proc = subprocess.Popen([sys.executable, "-m", "rolewire.benchmarks.channel", "--serve"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        spec = {"factory": factory, "dir": str(directory), "cpu": cpu}
+        proc.stdin.write(json.dumps(spec).encode() + b"\n")
+        proc.stdin.flush()
+        line = proc.stdout.readline()
+        if not line.strip().isdigit():
+            raise RuntimeError("benchmark server did not start")
+        yield int(line)
+    finally:
+        try:
+            proc.stdin.close()
+            proc.wait(10)
+        except (OSError, subprocess.TimeoutExpired):
+            proc.kill()
+            proc.wait(5)
+
+
+# --- measurements -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Plan:
+    sizes: tuple[int, ...]
+    budget: float
+    repeats: int
+    fixed_count: int | None  # tiny mode: exactly this many, no calibration
+    connect_budget: float
+
+
+def _plan(quick: bool) -> _Plan:
+    if _tiny():
+        return _Plan(SIZES, 0.0, 1, 8, 0.0)
+    if quick:
+        return _Plan(SIZES, 0.2, 3, None, 0.25)
+    return _Plan(SIZES, 1.0, 5, None, 1.0)
+
+
+async def _stream_once(client: Any, size: int, count: int) -> float:
+    payload = os.urandom(size)
+    bodies = [payload] * BATCH
+    send_many = getattr(client, "send_many", None)
+    await client.call("done")  # reset the server's count
+    start = time.perf_counter()
+    sent = 0
+    while sent < count:
+        n = min(BATCH, count - sent)
+        chunk = bodies if n == BATCH else bodies[:n]
+        if send_many is not None:
+            await send_many("sink", chunk)
+        else:
+            for body in chunk:
+                await client.notify("sink", body)
+        sent += n
+    reply = await client.call("done", timeout=300.0)
+    elapsed = time.perf_counter() - start
+    handled = int(reply.split()[0])
+    if handled != count:
+        raise RuntimeError(f"server handled {handled} of {count} messages")
+    return elapsed
+
+
+async def _calls_once(client: Any, size: int, count: int) -> float:
+    payload = os.urandom(size)
+    call = client.call
+    start = time.perf_counter()
+    for _ in range(count):
+        await call("echo", payload)
+    return time.perf_counter() - start
+
+
+async def _pipelined_once(client: Any, size: int, count: int) -> float:
+    payload = os.urandom(size)
+    per_task = max(1, count // PIPELINE)
+
+    async def worker() -> None:
+        for _ in range(per_task):
+            await client.call("echo", payload)
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(PIPELINE)))
+    return time.perf_counter() - start
+
+
+Runner = Callable[[Any, int, int], Awaitable[float]]
+
+
+@dataclass
+class _Live:
+    """One system during a run: its client connection and where it serves."""
+
+    name: str
+    system: BenchSystem
+    directory: Path
+    port: int
+    client: Any = None
+    server: Any = None  # in-process server, if any
+
+
+async def _calibrate(runner: Runner, client: Any, size: int, plan: _Plan) -> int:
+    """A count that takes about ``plan.budget`` seconds (the calibration runs
+    double as warm-up)."""
+    if plan.fixed_count is not None:
+        return plan.fixed_count
+    count = 64
+    while True:
+        elapsed = await runner(client, size, count)
+        if elapsed >= plan.budget / 8 or count >= 1 << 22:
+            break
+        count *= 4
+    return max(32, int(count * plan.budget / max(elapsed, 1e-6)))
+
+
+async def _interleaved(live: list[_Live], runner: Runner, size: int, plan: _Plan,
+                       units: Callable[[int], int] = lambda n: n) -> dict[str, dict[str, Any]]:
+    """Calibrate each system, then time ``plan.repeats`` rounds, each round
+    running every system once: drift of a shared machine hits all alike."""
+    counts = {s.name: await _calibrate(runner, s.client, size, plan) for s in live}
+    rates: dict[str, list[float]] = {s.name: [] for s in live}
+    for _ in range(plan.repeats):
+        for s in live:
+            elapsed = await runner(s.client, size, counts[s.name])
+            rates[s.name].append(units(counts[s.name]) / elapsed)
+    return {name: {"count": counts[name], "rate": statistics.median(runs), "runs": runs}
+            for name, runs in rates.items()}
+
+
+async def _channel_figures(live: list[_Live], plan: _Plan, say: Progress
+                           ) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {s.name: {"stream": {}, "calls": {}} for s in live}
+    for size in plan.sizes:
+        say(f"stream {size} B")
+        for name, m in (await _interleaved(live, _stream_once, size, plan)).items():
+            out[name]["stream"][str(size)] = {
+                "messages_per_s": m["rate"], "mb_per_s": m["rate"] * size / 1e6,
+                "count": m["count"], "runs": m["runs"]}
+        say(f"calls {size} B")
+        for name, m in (await _interleaved(live, _calls_once, size, plan)).items():
+            out[name]["calls"][str(size)] = {
+                "calls_per_s": m["rate"], "latency_us": 1e6 / m["rate"],
+                "count": m["count"], "runs": m["runs"]}
+    say(f"pipelined calls 64 B ({PIPELINE} outstanding)")
+    pipelined = await _interleaved(live, _pipelined_once, 64, plan,
+                                   lambda n: max(1, n // PIPELINE) * PIPELINE)
+    for name, m in pipelined.items():
+        out[name]["pipelined"] = {"64": {"calls_per_s": m["rate"], "outstanding": PIPELINE,
+                                         "runs": m["runs"]}}
+    return out
+
+
+async def _connect_once(s: _Live, payload: bytes) -> float:
+    start = time.perf_counter()
+    client = await s.system.connect("127.0.0.1", s.port, s.directory)
+    await client.call("echo", payload)
+    elapsed = time.perf_counter() - start
+    await client.close()
+    return elapsed
+
+
+async def _connect_figures(live: list[_Live], plan: _Plan, say: Progress
+                           ) -> dict[str, dict[str, Any]]:
+    """Rounds of about ``connect_budget`` seconds per system; each round's
+    median connect time, then the median of the rounds."""
+    say("connect")
+    payload = os.urandom(64)
+    for s in live:
+        await _connect_once(s, payload)  # warm up (imports, caches)
+    runs: dict[str, list[float]] = {s.name: [] for s in live}
+    for _ in range(plan.repeats):
+        for s in live:
+            times = [await _connect_once(s, payload)]
+            deadline = time.perf_counter() + plan.connect_budget
+            while time.perf_counter() < deadline:
+                times.append(await _connect_once(s, payload))
+            runs[s.name].append(statistics.median(times))
+    out = {}
+    for name, values in runs.items():
+        ms = statistics.median(values) * 1e3
+        out[name] = {"ms": ms, "per_s": 1e3 / ms, "runs_ms": [v * 1e3 for v in values]}
+    return out
+
+
+async def _run_live(live: list[_Live], kinds: set[str], plan: _Plan, say: Progress
+                    ) -> dict[str, dict[str, dict[str, Any]]]:
+    try:
+        for s in live:
+            if s.port == 0:  # serve in this process
+                s.server = await s.system.serve(bench_service(), s.directory)
+                s.port = s.server.port
+        out: dict[str, dict[str, dict[str, Any]]] = {}
+        if "channel" in kinds:
+            for s in live:
+                s.client = await s.system.connect("127.0.0.1", s.port, s.directory)
+            try:
+                out["channel"] = await _channel_figures(live, plan, say)
+            finally:
+                for s in live:
+                    if s.client is not None:
+                        await s.client.close()
+        if "connect" in kinds:
+            out["connect"] = await _connect_figures(live, plan, say)
+        return out
+    finally:
+        for s in live:
+            if s.server is not None:
+                s.server.close()
+                await s.server.wait_closed()
+
+
+def run_suite(kinds: set[str], quick: bool = False, progress: Progress | None = None,
+              systems: list[str] | None = None, in_process: bool | None = None,
+              pin_cpu: bool = True) -> dict[str, dict[str, Any]]:
+    """Run the ``channel`` and/or ``connect`` measurements over every system.
+    All systems are up at once (one server each, serving both kinds) and
+    measured in interleaved rounds. Returns ``{"channel": {...}, "connect":
+    {...}}`` for the kinds asked.
+
+    ``pin_cpu``: run the client and every server on one CPU (Linux). The
+    figures then measure the CPU both ends spend per message, and stay within
+    a few percent between runs; unpinned, on a small shared VM, cross-CPU
+    wake-ups make single runs vary several-fold."""
+    say = progress or (lambda _msg: None)
+    plan = _plan(quick)
+    local = _tiny() if in_process is None else in_process
+    sections: dict[str, dict[str, Any]] = {}
+    for kind in ("channel", "connect"):
+        if kind in kinds:
+            sections[kind] = {"server": "in-process" if local else "subprocess",
+                              "repeats": plan.repeats, "systems": {}}
+    if "channel" in sections:
+        sections["channel"].update(
+            sizes=list(plan.sizes), batch=BATCH, budget_s=plan.budget,
+            unit="stream: messages/s and MB/s of payload; calls: calls/s (median of runs)")
+    if "connect" in sections:
+        sections["connect"]["unit"] = "ms from connect() to the first call's reply (median)"
+    with ExitStack() as stack:
+        cpu = stack.enter_context(_pinned(pin_cpu))
+        for section in sections.values():
+            section["cpu_pinning"] = (f"client and servers on CPU {cpu}" if cpu is not None
+                                      else "none")
+        live: list[_Live] = []
+        for name in systems or registered_systems():
+            factory = _SYSTEMS[name]
+            try:
+                system = factory()
+            except SystemUnavailable as exc:
+                for section in sections.values():
+                    section["systems"][name] = {"skipped": str(exc)}
+                continue
+            directory = Path(stack.enter_context(
+                tempfile.TemporaryDirectory(prefix="rolewire-bench-")))
+            system.prepare(directory)
+            path = _factory_path(factory)
+            port = 0
+            if not local and path is not None:
+                port = stack.enter_context(_subprocess_server(path, directory, cpu))
+            live.append(_Live(name, system, directory, port))
+        placement = {s.name: "in-process" if s.port == 0 else "subprocess" for s in live}
+        figures = asyncio.run(_run_live(live, set(sections), plan, say)) if live else {}
+    for s in live:
+        for kind, section in sections.items():
+            entry = {"label": s.system.label, **figures[kind][s.name]}
+            if s.system.note:
+                entry["note"] = s.system.note
+            if placement[s.name] != section["server"]:
+                entry["server"] = placement[s.name]
+            section["systems"][s.name] = entry
+    # Keep the registry's order (skipped ones included).
+    order = systems or registered_systems()
+    for section in sections.values():
+        section["systems"] = {n: section["systems"][n] for n in order
+                              if n in section["systems"]}
+    return sections
+
+
+def run(quick: bool = False, progress: Progress | None = None,
+        systems: list[str] | None = None, pin_cpu: bool = True) -> dict[str, Any]:
+    """The channel benchmark alone (see the module docs)."""
+    return run_suite({"channel"}, quick, progress, systems, pin_cpu=pin_cpu)["channel"]
+
+
+def run_connect(quick: bool = False, progress: Progress | None = None,
+                systems: list[str] | None = None, pin_cpu: bool = True) -> dict[str, Any]:
+    """The connect benchmark alone (see the module docs)."""
+    return run_suite({"connect"}, quick, progress, systems, pin_cpu=pin_cpu)["connect"]
+
+
+if __name__ == "__main__":  # python -m rolewire.benchmarks.channel --serve
+    if sys.argv[1:] == ["--serve"]:
+        _serve_stdio()
+    else:
+        print(json.dumps(run(quick="--quick" in sys.argv, progress=print), indent=2))

@@ -1,0 +1,253 @@
+"""``rolewire bench channel|auth|connect``: rolewire against the baselines,
+assembled into one report (JSON), a table and an optional chart.
+
+:func:`run` returns::
+
+    {"benchmark": "compare", "which": [...], "quick": bool,
+     "machine": {...},
+     "results": {"channel": {...}, "auth": {...}, "connect": {...}},
+     "ratios": {"stream64_vs_tls", "stream16k_vs_tls", "auth_vs_jwt",
+                "connect_vs_mtls"},
+     "targets": {...}, "targets_met": {...}, "notes": [...]}
+
+Ratios (> 1 means rolewire is better; ``None`` when not measured in this run
+or rolewire was unavailable):
+
+- ``stream64_vs_tls`` / ``stream16k_vs_tls``: rolewire one-way messages/s ÷
+  TLS 1.3 (the mTLS connection; once connected mTLS is plain TLS) at 64 B /
+  16 KiB;
+- ``auth_vs_jwt``: PyJWT EdDSA sign+verify time ÷ rolewire seal+open time
+  per 64-byte message;
+- ``connect_vs_mtls``: mTLS connect-to-first-reply time ÷ rolewire's.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import ssl
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from rolewire.errors import ConfigurationError
+
+__all__ = ["KINDS", "TARGETS", "plot", "print_report", "ratios", "render_table", "run"]
+
+KINDS = ("channel", "auth", "connect")
+#: What the project aims for (ratios, higher is better).
+TARGETS = {
+    "stream64_vs_tls": 1.0,
+    "stream16k_vs_tls": 1.0,
+    "auth_vs_jwt": 10.0,
+    "connect_vs_mtls": 1.0,
+}
+Progress = Callable[[str], None]
+
+
+def _machine() -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "processor": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "openssl_ssl_module": ssl.OPENSSL_VERSION,
+    }
+    try:
+        import cryptography
+
+        info["cryptography"] = cryptography.__version__
+    except ImportError:  # pragma: no cover - a hard dependency
+        pass
+    try:
+        import jwt
+
+        info["pyjwt"] = jwt.__version__
+    except ImportError:
+        info["pyjwt"] = None
+    return info
+
+
+def _get(tree: dict[str, Any], *path: str) -> float | None:
+    node: Any = tree
+    for key in path:
+        if not isinstance(node, dict) or key not in node:
+            return None
+        node = node[key]
+    return float(node) if isinstance(node, (int, float)) else None
+
+
+def _div(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def ratios(results: dict[str, Any]) -> dict[str, float | None]:
+    """The four headline ratios from a ``results`` dict (None where a figure
+    is missing)."""
+    channel = results.get("channel", {}).get("systems", {})
+
+    def stream(system: str, size: str) -> float | None:
+        return _get(channel, system, "stream", size, "messages_per_s")
+
+    connect = results.get("connect", {}).get("systems", {})
+    return {
+        "stream64_vs_tls": _div(stream("rolewire", "64"), stream("mtls", "64")),
+        "stream16k_vs_tls": _div(stream("rolewire", "16384"), stream("mtls", "16384")),
+        "auth_vs_jwt": _get(results, "auth", "ratios", "auth_vs_jwt"),
+        "connect_vs_mtls": _div(_get(connect, "mtls", "ms"), _get(connect, "rolewire", "ms")),
+    }
+
+
+def run(which: Sequence[str] = KINDS, quick: bool = False,
+        progress: Progress | None = None) -> dict[str, Any]:
+    """Run the chosen benchmarks (``"channel"``, ``"auth"``, ``"connect"`` or
+    ``"all"``) and assemble the report. ``ROLEWIRE_BENCH_TINY=1`` shrinks
+    everything to a smoke test."""
+    kinds = list(KINDS) if "all" in which else [k for k in KINDS if k in which]
+    unknown = set(which) - set(KINDS) - {"all"}
+    if unknown or not kinds:
+        raise ConfigurationError(f"bench kinds are {', '.join(KINDS)} or all")
+    results: dict[str, Any] = {}
+    socket_kinds = {k for k in kinds if k in ("channel", "connect")}
+    if socket_kinds:
+        from rolewire.benchmarks import channel
+
+        results.update(channel.run_suite(socket_kinds, quick, progress))
+    if "auth" in kinds:
+        from rolewire.benchmarks import auth
+
+        results["auth"] = auth.run(quick, progress)
+    notes = []
+    for kind in ("channel", "connect"):
+        for name, entry in results.get(kind, {}).get("systems", {}).items():
+            if "skipped" in entry:
+                notes.append(f"{kind}: {name} skipped: {entry['skipped']}")
+    notes += results.get("auth", {}).get("notes", [])
+    measured = ratios(results)
+    return {
+        "benchmark": "compare",
+        "which": kinds,
+        "quick": quick,
+        "tiny": bool(os.environ.get("ROLEWIRE_BENCH_TINY")),
+        "machine": _machine(),
+        "results": results,
+        "ratios": measured,
+        "targets": dict(TARGETS),
+        "targets_met": {name: (value >= TARGETS[name] if value is not None else None)
+                        for name, value in measured.items()},
+        "notes": notes,
+    }
+
+
+# --- presentation -----------------------------------------------------------------------
+
+
+def _fmt(value: float | None, digits: int = 0) -> str:
+    if value is None:
+        return "-"
+    return f"{value:,.{digits}f}"
+
+
+def render_table(result: dict[str, Any]) -> Any:
+    """A :class:`rich.table.Table` of every figure in ``result``."""
+    from rich.table import Table
+
+    results = result.get("results", {})
+    channel = results.get("channel", {})
+    sizes = [str(s) for s in channel.get("sizes", (64, 1024, 16384))]
+    table = Table(title="rolewire bench - rolewire vs mTLS vs JWT (medians)")
+    table.add_column("system")
+    table.add_column("measure")
+    for size in sizes:
+        table.add_column(f"{int(size):,} B" if int(size) < 1024 else f"{int(size) // 1024} KiB",
+                         justify="right")
+    for name, entry in channel.get("systems", {}).items():
+        if "skipped" in entry:
+            table.add_row(name, f"skipped: {entry['skipped']}", *[""] * len(sizes))
+            continue
+        stream, calls = entry.get("stream", {}), entry.get("calls", {})
+        table.add_row(name, "stream msg/s",
+                      *(_fmt(_get(stream, s, "messages_per_s")) for s in sizes))
+        table.add_row("", "stream MB/s", *(_fmt(_get(stream, s, "mb_per_s"), 1) for s in sizes))
+        table.add_row("", "calls/s (sequential)",
+                      *(_fmt(_get(calls, s, "calls_per_s")) for s in sizes))
+        pipelined = entry.get("pipelined", {}).get("64", {})
+        table.add_row("", f"calls/s ({pipelined.get('outstanding', 16)} outstanding)",
+                      _fmt(pipelined.get("calls_per_s")), *[""] * (len(sizes) - 1))
+    if channel:
+        table.add_section()
+    for name, entry in results.get("auth", {}).get("results", {}).items():
+        table.add_row(name, "auth µs/msg (64 B)", _fmt(entry["us_per_message"], 2),
+                      *[""] * (len(sizes) - 1))
+    if "auth" in results:
+        table.add_section()
+    for name, entry in results.get("connect", {}).get("systems", {}).items():
+        if "skipped" in entry:
+            table.add_row(name, f"connect skipped: {entry['skipped']}", *[""] * len(sizes))
+        else:
+            table.add_row(name, "connect + first call, ms", _fmt(entry["ms"], 2),
+                          *[""] * (len(sizes) - 1))
+    return table
+
+
+def print_report(result: dict[str, Any], console: Any = None) -> None:
+    """Print the table, the ratios against their targets, and the notes."""
+    from rich.console import Console
+
+    out = console or Console()
+    out.print(render_table(result))
+    for name, value in result.get("ratios", {}).items():
+        if value is None:
+            continue
+        goal = result.get("targets", {}).get(name)
+        verdict = "" if goal is None else (
+            f" (target >= {goal:.2f}: {'met' if value >= goal else 'MISSED'})")
+        out.print(f"{name} = {value:.2f}{verdict}")
+    for note in result.get("notes", []):
+        out.print(f"note: {note}")
+
+
+def plot(result: dict[str, Any], png_path: str | os.PathLike[str]) -> None:
+    """Write a chart of ``result`` to ``png_path`` (needs matplotlib: the
+    ``plot`` extra)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ConfigurationError(
+            "plotting needs matplotlib: pip install 'rolewire[plot]'") from None
+    results = result.get("results", {})
+    channel = {name: entry for name, entry in
+               results.get("channel", {}).get("systems", {}).items() if "skipped" not in entry}
+    panels = [p for p in ("stream", "calls", "auth", "connect")
+              if (p in ("stream", "calls") and channel) or p in results]
+    if not panels:
+        raise ConfigurationError("nothing to plot: the result holds no figures")
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
+    for ax, panel in zip(axes[0], panels):
+        if panel in ("stream", "calls"):
+            sizes = [str(s) for s in results["channel"].get("sizes", (64, 1024, 16384))]
+            width = 0.8 / max(len(channel), 1)
+            key = "messages_per_s" if panel == "stream" else "calls_per_s"
+            for i, (name, entry) in enumerate(channel.items()):
+                values = [_get(entry, panel, s, key) or 0.0 for s in sizes]
+                ax.bar([x + i * width for x in range(len(sizes))], values, width, label=name)
+            ax.set_xticks([x + width * (len(channel) - 1) / 2 for x in range(len(sizes))])
+            ax.set_xticklabels([f"{int(s)} B" for s in sizes])
+            ax.set_yscale("log")
+            ax.set_title("one-way messages/s" if panel == "stream" else "sequential calls/s")
+            ax.legend(fontsize="small")
+        elif panel == "auth":
+            items = results["auth"]["results"]
+            ax.barh(list(items), [v["us_per_message"] for v in items.values()])
+            ax.set_xscale("log")
+            ax.set_title("per-message authentication, µs (64 B)")
+            ax.tick_params(axis="y", labelsize="small")
+        else:
+            items = {n: e for n, e in results["connect"]["systems"].items() if "ms" in e}
+            ax.bar(list(items), [e["ms"] for e in items.values()])
+            ax.set_title("connect + first call, ms")
+    fig.tight_layout()
+    fig.savefig(os.fspath(png_path), dpi=120)
+    plt.close(fig)

@@ -1,0 +1,1 @@
+"""Demos run by ``rolewire demo``: the paper's web shop (:mod:`.webshop`)."""

@@ -1,0 +1,338 @@
+"""``rolewire demo webshop``: the paper's evaluation scene (section 6).
+
+Five asyncio services on loopback ports — user API, suggestion, payment,
+shipping, warehouse — secured by four roles (the paper's Figure 4):
+
+=================  ===========  ==========================================
+role               secret kind  who holds it
+=================  ===========  ==========================================
+``user-info``      key          user API, suggestion, shipping
+``payment``        certificate  user API, payment (each its own certificate
+                                from the payment-role CA)
+``approval``       password     payment, shipping
+``shipping``       key          shipping, warehouse
+=================  ===========  ==========================================
+
+Every secret is generated in a temporary directory, each service reads its
+own TOML config (rolewire.config) from there, then one purchase runs end to
+end: user API → payment (``payment``) → shipping (``approval``) → warehouse
+(``shipping``), with shipping asking the user API for the address
+(``user-info``) and the user API asking suggestion for recommendations
+(``user-info``).
+
+Then the demo plays an attacker who took over the suggestion service: it has
+suggestion's secrets (the ``user-info`` key) and nothing else, and tries to
+call payment, shipping and warehouse. Every attempt must be denied — by the
+handshake (no shared role) or by the callee's authorization (Forbidden).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import os
+import tempfile
+import textwrap
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rolewire import pki
+from rolewire.config import ServiceConfig, load_config
+from rolewire.errors import Forbidden, HandshakeError, RolewireError
+from rolewire.handshake import HandshakeConfig
+from rolewire.roles import PasswordRateLimiter
+from rolewire.services import UNRESTRICTED, CallContext, Service
+
+__all__ = ["run", "WebshopReport", "SERVICES", "write_secrets"]
+
+SERVICES = ("user-api", "suggestion", "payment", "shipping", "warehouse")
+APPROVAL_ENV = "ROLEWIRE_DEMO_APPROVAL_PASSWORD"
+
+# Which roles each service holds, as TOML [[role]] tables (paths relative to
+# the service's config file in <tmp>/<service>/service.toml).
+_ROLES = {
+    "user-api": [
+        ("user-info", "key", {"key_file": "../secrets/user-info.key"}),
+        ("payment", "certificate", {"anchor": "../pki/payment-ca.pem",
+                                    "cert": "../pki/user-api.pem",
+                                    "key": "../pki/user-api.key"}),
+    ],
+    "suggestion": [
+        ("user-info", "key", {"key_file": "../secrets/user-info.key"}),
+    ],
+    "payment": [
+        ("payment", "certificate", {"anchor": "../pki/payment-ca.pem",
+                                    "cert": "../pki/payment.pem",
+                                    "key": "../pki/payment.key"}),
+        ("approval", "password", {"password_env": APPROVAL_ENV}),
+    ],
+    "shipping": [
+        ("user-info", "key", {"key_file": "../secrets/user-info.key"}),
+        ("approval", "password", {"password_env": APPROVAL_ENV}),
+        ("shipping", "key", {"key_file": "../secrets/shipping.key"}),
+    ],
+    "warehouse": [
+        ("shipping", "key", {"key_file": "../secrets/shipping.key"}),
+    ],
+}
+
+# Who may call what (the [access] table of each config).
+_ACCESS = {
+    "user-api": {"purchase": "unrestricted", "profile": ["user-info"]},
+    "suggestion": {"suggest": ["user-info"]},
+    "payment": {"charge": ["payment"]},
+    "shipping": {"ship": ["approval"], "track": ["user-info"]},
+    "warehouse": {"pick": ["shipping"]},
+}
+
+
+def write_secrets(base: Path) -> dict[str, Path]:
+    """Creates throwaway secrets and one TOML config per service under
+    ``base``; returns ``{service: config path}``. The approval password goes
+    into the environment variable the configs name (never into a file)."""
+    secrets_dir, pki_dir = base / "secrets", base / "pki"
+    secrets_dir.mkdir(mode=0o700)
+    pki_dir.mkdir(mode=0o700)
+    for name in ("user-info", "shipping"):
+        pki.write_secret_file(secrets_dir / f"{name}.key",
+                              base64.b64encode(os.urandom(32)) + b"\n")
+    ca = pki.create_ca("webshop payment-role CA")
+    (pki_dir / "payment-ca.pem").write_bytes(ca.certificate_pem())
+    for holder in ("user-api", "payment"):
+        pki.issue(ca, holder).save(pki_dir / f"{holder}.pem", pki_dir / f"{holder}.key")
+    os.environ[APPROVAL_ENV] = base64.b64encode(os.urandom(12)).decode()
+    paths = {}
+    for service in SERVICES:
+        directory = base / service
+        directory.mkdir()
+        lines = [f'[service]\nname = "{service}"\nlisten = "127.0.0.1:0"\n']
+        for name, kind, sources in _ROLES[service]:
+            lines.append(f'[[role]]\nname = "{name}"\nkind = "{kind}"')
+            lines.extend(f'{k} = "{v}"' for k, v in sources.items())
+            lines.append("")
+        lines.append("[access]")
+        for op, who in _ACCESS[service].items():
+            lines.append(f"{op} = {json.dumps(who)}")
+        path = directory / "service.toml"
+        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        paths[service] = path
+    return paths
+
+
+@dataclass
+class CallRecord:
+    caller: str
+    callee: str
+    operation: str
+    result: str
+    detail: str = ""
+
+
+@dataclass
+class WebshopReport:
+    purchase: str = "failed"
+    purchase_detail: str = ""
+    calls: list[CallRecord] = field(default_factory=list)
+    breach: list[dict[str, str]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.purchase == "ok" and bool(self.breach) and all(
+            b["result"] == "denied" for b in self.breach)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"purchase": self.purchase, "breach": self.breach}
+
+
+class _Node:
+    """One running service: its config, roles, server and outgoing channels."""
+
+    def __init__(self, config: ServiceConfig, report: WebshopReport,
+                 limiter: PasswordRateLimiter) -> None:
+        self.name = config.name
+        self.config = config
+        self.report = report
+        roles = config.load_roles()
+        for role in roles:
+            if hasattr(role, "limiter"):
+                role.limiter = limiter  # type: ignore[attr-defined]
+        # The user API is the shop's front door: it accepts callers without a
+        # role (its `purchase` is unrestricted); everyone else requires one.
+        self.handshake = HandshakeConfig(roles=roles,
+                                         allow_anonymous=self.name == "user-api")
+        self.service = Service(self.name)
+        self.server: Any = None
+        self.port = 0
+        self.channels: dict[str, Any] = {}
+        self.addresses: dict[str, tuple[str, int]] = {}
+
+    async def call(self, peer: str, operation: str, body: bytes = b"") -> bytes:
+        from rolewire import aio
+
+        channel = self.channels.get(peer)
+        if channel is None:
+            host, port = self.addresses[peer]
+            channel = await aio.connect(host, port, self.handshake)
+            self.channels[peer] = channel
+        try:
+            result: bytes = await channel.call(operation, body)
+        except RolewireError as exc:
+            self.report.calls.append(CallRecord(self.name, peer, operation, "error",
+                                                type(exc).__name__))
+            raise
+        self.report.calls.append(CallRecord(self.name, peer, operation, "ok"))
+        return result
+
+    async def close(self) -> None:
+        for channel in self.channels.values():
+            with contextlib.suppress(Exception):
+                await channel.close()
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+
+
+def _define_operations(nodes: dict[str, _Node]) -> None:
+    user_api, suggestion, payment = nodes["user-api"], nodes["suggestion"], nodes["payment"]
+    shipping, warehouse = nodes["shipping"], nodes["warehouse"]
+    users = {"alice": {"address": "1 Loopback Lane, 127.0.0.1", "likes": "tea"}}
+    stock = {"teapot": 3}
+
+    def add(node: _Node, op: str, handler: Callable[..., Any]) -> None:
+        access = node.config.access[op]
+        node.service.add(op, handler, roles=access)
+
+    async def purchase(ctx: CallContext, body: bytes) -> bytes:
+        order = json.loads(body)
+        user = order["user"]
+        tips = json.loads(await user_api.call("suggestion", "suggest",
+                                              json.dumps({"user": user}).encode()))
+        receipt = json.loads(await user_api.call("payment", "charge", body))
+        return json.dumps({"status": "ok", "receipt": receipt, "suggestions": tips}).encode()
+
+    async def profile(ctx: CallContext, body: bytes) -> bytes:
+        return json.dumps(users[json.loads(body)["user"]]).encode()
+
+    async def suggest(ctx: CallContext, body: bytes) -> bytes:
+        user = json.loads(body)["user"]
+        likes = json.loads(await suggestion.call("user-api", "profile",
+                                                 json.dumps({"user": user}).encode()))["likes"]
+        return json.dumps([f"{likes} cosy", f"{likes} strainer"]).encode()
+
+    async def charge(ctx: CallContext, body: bytes) -> bytes:
+        order = json.loads(body)
+        shipment = json.loads(await payment.call("shipping", "ship", body))
+        return json.dumps({"charged": order["amount"], "shipment": shipment}).encode()
+
+    async def ship(ctx: CallContext, body: bytes) -> bytes:
+        order = json.loads(body)
+        address = json.loads(await shipping.call("user-api", "profile",
+                                                 json.dumps({"user": order["user"]}).encode())
+                             )["address"]
+        picked = json.loads(await shipping.call("warehouse", "pick", body))
+        return json.dumps({"to": address, "parcel": picked["parcel"]}).encode()
+
+    async def track(ctx: CallContext, body: bytes) -> bytes:
+        return b'{"status": "in transit"}'
+
+    async def pick(ctx: CallContext, body: bytes) -> bytes:
+        item = json.loads(body)["item"]
+        if stock.get(item, 0) <= 0:
+            raise LookupError("out of stock")
+        stock[item] -= 1
+        return json.dumps({"parcel": f"parcel-{item}-{stock[item]}"}).encode()
+
+    for node, op, handler in ((user_api, "purchase", purchase), (user_api, "profile", profile),
+                              (suggestion, "suggest", suggest), (payment, "charge", charge),
+                              (shipping, "ship", ship), (shipping, "track", track),
+                              (warehouse, "pick", pick)):
+        add(node, op, handler)
+
+
+async def _run(base: Path, say: Callable[[str], None]) -> WebshopReport:
+    from rolewire import aio
+
+    report = WebshopReport()
+    say("generating throwaway secrets and configs")
+    paths = write_secrets(base)
+    limiter = PasswordRateLimiter()
+    nodes = {name: _Node(load_config(path), report, limiter) for name, path in paths.items()}
+    _define_operations(nodes)
+    try:
+        for name, node in nodes.items():
+            node.server = await aio.serve(node.service, node.handshake, host="127.0.0.1", port=0)
+            node.port = node.server.port
+            say(f"started {name} on 127.0.0.1:{node.port}")
+        addresses = {name: ("127.0.0.1", node.port) for name, node in nodes.items()}
+        for node in nodes.values():
+            node.addresses = addresses
+
+        # --- one purchase, end to end ------------------------------------
+        say("running one purchase")
+        customer = HandshakeConfig(roles=[], allow_anonymous=True)
+        order = {"user": "alice", "item": "teapot", "amount": "19.90 EUR"}
+        try:
+            channel = await aio.connect("127.0.0.1", nodes["user-api"].port, customer)
+            async with channel:
+                result = json.loads(await channel.call("purchase", json.dumps(order).encode()))
+            report.calls.append(CallRecord("customer", "user-api", "purchase", "ok"))
+            report.purchase = "ok" if result.get("status") == "ok" else "failed"
+            report.purchase_detail = json.dumps(result)
+        except RolewireError as exc:
+            report.purchase_detail = f"{type(exc).__name__}: {exc}"
+
+        # --- the breach: suggestion's secrets, nothing more ---------------
+        say("attacker with the suggestion service's secrets")
+        stolen = HandshakeConfig(roles=load_config(paths["suggestion"]).load_roles())
+        attempts = (("payment", "charge", order), ("shipping", "ship", order),
+                    ("warehouse", "pick", {"item": "teapot"}))
+        for target, op, body in attempts:
+            entry = {"from": "suggestion", "to": target, "operation": op}
+            try:
+                channel = await aio.connect("127.0.0.1", nodes[target].port, stolen)
+                async with channel:
+                    await channel.call(op, json.dumps(body).encode())
+                entry.update(result="ALLOWED", detail="the call succeeded")
+            except Forbidden as exc:
+                entry.update(result="denied", detail=f"Forbidden: {exc}")
+            except HandshakeError as exc:
+                entry.update(result="denied", detail=f"handshake refused: {exc}")
+            except RolewireError as exc:
+                entry.update(result="error", detail=f"{type(exc).__name__}: {exc}")
+            report.breach.append(entry)
+    finally:
+        for node in nodes.values():
+            await node.close()
+        os.environ.pop(APPROVAL_ENV, None)
+    return report
+
+
+def run(say: Callable[[str], None] | None = None) -> WebshopReport:
+    """Runs the whole scene in a temporary directory (removed afterwards)."""
+    with tempfile.TemporaryDirectory(prefix="rolewire-webshop-") as tmp:
+        return asyncio.run(_run(Path(tmp), say or (lambda _m: None)))
+
+
+def render(report: WebshopReport) -> str:
+    """A readable report of every call and its outcome."""
+    lines = ["rolewire web shop (paper, section 6): 5 services, 4 roles", ""]
+    lines.append("Purchase (customer -> user-api -> payment -> shipping -> warehouse):")
+    for call in report.calls:
+        detail = f"  ({call.detail})" if call.detail else ""
+        lines.append(f"  {call.caller:>10} -> {call.callee:<10} {call.operation:<9} "
+                     f"{call.result}{detail}")
+    lines.append(f"  purchase: {report.purchase.upper()}")
+    lines.append("")
+    lines.append("Breach: an attacker holding the suggestion service's secrets calls ...")
+    for b in report.breach:
+        lines.append(f"  suggestion -> {b['to']:<10} {b['operation']:<7} "
+                     f"{b['result'].upper():<8} {b.get('detail', '')}")
+    lines.append("")
+    verdict = ("OK: the purchase succeeded and every escalation was denied" if report.ok
+               else "FAILED: see above")
+    lines.append(verdict)
+    return textwrap.dedent("\n".join(lines))

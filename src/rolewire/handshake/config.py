@@ -1,0 +1,83 @@
+"""Handshake configuration: the roles this process holds, suites, policy,
+limits and the session parameters handed to the record layer."""
+
+from __future__ import annotations
+
+import datetime
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from rolewire.errors import ConfigurationError
+from rolewire.handshake.messages import FRAME_HEADER_SIZE, MAX_MESSAGE_SIZE
+from rolewire.handshake.suites import DEFAULT_SUITES, HandshakeSuite
+from rolewire.roles.base import Role, RoleSet
+
+__all__ = ["HandshakeConfig", "utc_now"]
+
+
+def utc_now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.timezone.utc)
+
+
+@dataclass(frozen=True)
+class HandshakeConfig:
+    """Everything one side needs to run handshakes; build it once and share
+    it between handshakes (it is immutable).
+
+    Args:
+        roles: the roles this process holds or can verify (any iterable of
+            :class:`~rolewire.roles.base.Role`; stored as a :class:`RoleSet`).
+        suites: enabled suites, most preferred first. The initiator proposes
+            them in this order and sends key shares for the first; the
+            responder picks the first of *its* list that the initiator
+            proposed, preferring one that needs no HelloRetry.
+        allow_anonymous: accept a handshake that verified no role of the peer
+            (encryption only). Off by default.
+        required_peer_roles: names the peer must prove, or the handshake fails.
+        abort_on_bad_proof: a role proof that does not verify aborts the
+            handshake (default); if False the role is just not attached.
+        timeout: seconds from the start until the handshake must be done.
+        clock: monotonic clock (seconds) for timeouts and session rekeying.
+        wall_clock: UTC time for certificate validity.
+        max_message_size: bound on one handshake message, header included.
+        rekey_interval: the session ratchets its send key at least this often
+            (seconds, checked on every send).
+        grace_period: how long the previous receive epoch stays open after
+            the peer moved to a new one.
+        record_limits, record_window, record_backend: passed to RecordLayer.
+    """
+
+    roles: Any = ()
+    suites: tuple[HandshakeSuite, ...] = DEFAULT_SUITES
+    allow_anonymous: bool = False
+    required_peer_roles: frozenset[str] = frozenset()
+    abort_on_bad_proof: bool = True
+    timeout: float = 10.0
+    clock: Callable[[], float] = time.monotonic
+    wall_clock: Callable[[], datetime.datetime] = utc_now
+    max_message_size: int = MAX_MESSAGE_SIZE
+    rekey_interval: float = 600.0
+    grace_period: float = 30.0
+    record_limits: Any = None
+    record_window: int | None = None
+    record_backend: str | None = None
+
+    def __post_init__(self) -> None:
+        roles = self.roles
+        if not isinstance(roles, RoleSet):
+            if isinstance(roles, Role):
+                roles = (roles,)
+            roles = RoleSet(roles if isinstance(roles, Iterable) else ())
+            object.__setattr__(self, "roles", roles)
+        suites = tuple(HandshakeSuite.from_name(s) if isinstance(s, str) else HandshakeSuite(s)
+                       for s in self.suites)
+        if not suites or len(set(suites)) != len(suites):
+            raise ConfigurationError("suites must be a non-empty list without duplicates")
+        object.__setattr__(self, "suites", suites)
+        object.__setattr__(self, "required_peer_roles", frozenset(self.required_peer_roles))
+        if self.timeout <= 0 or self.rekey_interval <= 0 or self.grace_period < 0:
+            raise ConfigurationError("timeout, rekey_interval must be > 0; grace_period >= 0")
+        if not 4096 <= self.max_message_size <= FRAME_HEADER_SIZE + 0xFFFFFF:
+            raise ConfigurationError("max_message_size out of range (4096 .. 2^24+3)")

@@ -1,0 +1,74 @@
+"""Events a handshake reports from ``next_event()`` (h11 style)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from rolewire.errors import HandshakeError
+from rolewire.handshake.reasons import RejectReason
+from rolewire.handshake.suites import HandshakeSuite
+from rolewire.roles.base import RoleKind
+
+if TYPE_CHECKING:
+    from rolewire.session import Session
+
+__all__ = ["NEED_DATA", "NeedData", "HandshakeComplete", "HandshakeFailed", "Event"]
+
+
+class NeedData:
+    """Sentinel: feed more bytes (``receive_data``) before the next event."""
+
+    _instance: NeedData | None = None
+
+    def __new__(cls) -> NeedData:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "NEED_DATA"
+
+
+NEED_DATA = NeedData()
+
+
+@dataclass(frozen=True)
+class HandshakeComplete:
+    """Both sides agree on keys and transcript; ``session`` is ready.
+
+    ``peer_roles`` holds the names of the roles the peer proved *and* this
+    side could verify; ``peer_role_kinds`` says how each was proven.
+    ``transcript_hash`` is the final ``h`` (64 bytes; equal on both sides;
+    usable for channel binding)."""
+
+    peer_roles: frozenset[str]
+    suite: HandshakeSuite
+    transcript_hash: bytes
+    session: Session = field(repr=False)
+    peer_role_kinds: frozenset[tuple[RoleKind, str]] = frozenset()
+
+
+@dataclass(frozen=True)
+class HandshakeFailed:
+    """The handshake ended without a session.
+
+    ``remote`` is True when the peer sent a Reject (``reason_code`` is the
+    code it sent); otherwise this side detected the failure and (unless
+    ``reject_sent`` is False) queued a Reject carrying ``reason_code``.
+    ``error`` is the typed exception describing the cause."""
+
+    reason_code: int
+    error: HandshakeError
+    remote: bool = False
+    reject_sent: bool = True
+
+    @property
+    def reason(self) -> RejectReason | None:
+        try:
+            return RejectReason(self.reason_code)
+        except ValueError:
+            return None
+
+
+Event = NeedData | HandshakeComplete | HandshakeFailed

@@ -1,0 +1,100 @@
+"""The hybrid key exchange: X448 or X25519 together with ML-KEM-768.
+
+The initiator sends an ephemeral ECDH public value and an ML-KEM-768
+encapsulation key; the responder answers with its own ephemeral ECDH public
+value and an ML-KEM ciphertext. Both shared secrets go into the key schedule
+(ML-KEM first, as in X25519MLKEM768), bound to every public value through the
+transcript hash (see :mod:`rolewire.handshake.schedule`).
+
+Checks (docs/PROTOCOL.md, "Key exchange checks"):
+
+- the ML-KEM encapsulation key passes the FIPS 203 §7.2 type and modulus
+  checks (``cryptography``/OpenSSL run them when the key is loaded and raise
+  ``ValueError``; tests/handshake/test_kex.py proves it for a key with an
+  out-of-range coefficient);
+- the ML-KEM ciphertext has exactly 1088 bytes (checked by the parser and
+  again by ``decapsulate``);
+- an X448/X25519 shared secret of all zeros (a low-order or zero public value)
+  is refused: OpenSSL already refuses it, and we check again ourselves.
+"""
+
+from __future__ import annotations
+
+import hmac
+
+from cryptography.hazmat.primitives.asymmetric import x448, x25519
+from cryptography.hazmat.primitives.asymmetric.mlkem import MLKEM768PrivateKey, MLKEM768PublicKey
+
+from rolewire.errors import InvalidKeyShare
+from rolewire.handshake.suites import MLKEM768_CT_SIZE, MLKEM768_EK_SIZE, KexGroup
+
+__all__ = ["InitiatorShare", "responder_exchange"]
+
+_ZERO56 = bytes(56)
+_ZERO32 = bytes(32)
+
+
+def _ecdh_types(group: KexGroup):  # type: ignore[no-untyped-def]
+    if group is KexGroup.X448_MLKEM768:
+        return x448.X448PrivateKey, x448.X448PublicKey, _ZERO56
+    return x25519.X25519PrivateKey, x25519.X25519PublicKey, _ZERO32
+
+
+def _ecdh(private, peer_public: bytes, group: KexGroup) -> bytes:  # type: ignore[no-untyped-def]
+    _, pub_type, zero = _ecdh_types(group)
+    if len(peer_public) != group.ecdh_size:
+        raise InvalidKeyShare("ECDH public value has the wrong length")
+    try:
+        secret: bytes = private.exchange(pub_type.from_public_bytes(peer_public))
+    except ValueError:
+        raise InvalidKeyShare("ECDH public value gives no valid shared secret") from None
+    if hmac.compare_digest(secret, zero):  # pragma: no cover - OpenSSL refuses it first
+        raise InvalidKeyShare("ECDH shared secret is all zeros")
+    return secret
+
+
+class InitiatorShare:
+    """The initiator's ephemeral keys for one group (used once)."""
+
+    __slots__ = ("group", "_ecdh", "_kem", "ecdh_public", "mlkem_ek")
+
+    def __init__(self, group: KexGroup) -> None:
+        priv_type, _, _ = _ecdh_types(group)
+        self.group = group
+        self._ecdh = priv_type.generate()
+        self._kem = MLKEM768PrivateKey.generate()
+        self.ecdh_public: bytes = self._ecdh.public_key().public_bytes_raw()
+        self.mlkem_ek: bytes = self._kem.public_key().public_bytes_raw()
+
+    def finish(self, peer_ecdh: bytes, mlkem_ct: bytes) -> tuple[bytes, bytes]:
+        """Returns ``(ss_mlkem, ss_ecdh)`` and forgets the private keys."""
+        if self._kem is None:
+            raise InvalidKeyShare("key share already used")
+        if len(mlkem_ct) != MLKEM768_CT_SIZE:
+            raise InvalidKeyShare("ML-KEM ciphertext has the wrong length")
+        try:
+            ss_m = self._kem.decapsulate(mlkem_ct)
+        except ValueError:
+            raise InvalidKeyShare("invalid ML-KEM ciphertext") from None
+        ss_x = _ecdh(self._ecdh, peer_ecdh, self.group)
+        self._kem = self._ecdh = None
+        return ss_m, ss_x
+
+
+def responder_exchange(group: KexGroup, peer_ecdh: bytes, peer_ek: bytes
+                       ) -> tuple[bytes, bytes, bytes, bytes]:
+    """Checks the initiator's share and answers it.
+
+    Returns ``(ecdh_public, mlkem_ct, ss_mlkem, ss_ecdh)``.
+    """
+    if len(peer_ek) != MLKEM768_EK_SIZE:
+        raise InvalidKeyShare("ML-KEM encapsulation key has the wrong length")
+    try:
+        ek = MLKEM768PublicKey.from_public_bytes(peer_ek)  # FIPS 203 §7.2 checks
+    except ValueError:
+        raise InvalidKeyShare("invalid ML-KEM encapsulation key") from None
+    priv_type, _, _ = _ecdh_types(group)
+    mine = priv_type.generate()
+    ss_x = _ecdh(mine, peer_ecdh, group)
+    ss_m, ct = ek.encapsulate()
+    return mine.public_key().public_bytes_raw(), ct, ss_m, ss_x

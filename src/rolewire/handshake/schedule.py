@@ -1,0 +1,117 @@
+"""Transcript hash and key schedule (Noise-style SymmetricState).
+
+- ``h``: the transcript hash, BLAKE2b-512. ``mix_hash(data)``: ``h = H(h || data)``.
+- ``ck``: the chaining key. ``mix_key(ikm)``: ``ck, k = HKDF(ck, ikm)``.
+- ``HKDF`` is RFC 5869 extract-then-expand with HMAC-BLAKE2b-512 (the Noise
+  HKDF with HASH = BLAKE2b), every output given its own label::
+
+      prk   = HMAC(ck, ikm)
+      out_1 = HMAC(prk, label_1 || 0x01)
+      out_i = HMAC(prk, out_{i-1} || label_i || i)
+
+- ``encrypt_and_hash`` / ``decrypt_and_hash``: ChaCha20-Poly1305 under the
+  handshake key ``k`` with nonce ``n`` (32 zero bits, then n as 64-bit
+  little-endian, as in Noise) and the transcript hash ``h`` as associated
+  data, then ``mix_hash(ciphertext)``. ``n`` counts messages in both
+  directions (one handshake key, used alternately), so no nonce repeats and a
+  message cannot be reflected (its AD, the transcript, differs).
+- ``split``: the two record-layer directions, from ``ck`` and the final ``h``.
+
+Every label is listed in docs/PROTOCOL.md, "Key schedule".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import struct
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
+from rolewire.errors import HandshakeDecryptError, HandshakeStateError
+
+__all__ = ["SymmetricState", "hkdf", "PROTOCOL_NAME", "HASH_SIZE",
+           "LABEL_CK", "LABEL_HS_KEY", "LABEL_I2R_KEY", "LABEL_I2R_IV",
+           "LABEL_R2I_KEY", "LABEL_R2I_IV"]
+
+PROTOCOL_NAME = b"rolewire/1 handshake"
+HASH_SIZE = 64
+
+LABEL_CK = b"rolewire/1 ck"
+LABEL_HS_KEY = b"rolewire/1 handshake key"
+LABEL_I2R_KEY = b"rolewire/1 i2r key"
+LABEL_I2R_IV = b"rolewire/1 i2r iv"
+LABEL_R2I_KEY = b"rolewire/1 r2i key"
+LABEL_R2I_IV = b"rolewire/1 r2i iv"
+
+_blake2b = hashlib.blake2b
+_hmac = hmac.digest
+_NONCE = struct.Struct("<4xQ")
+_H0 = _blake2b(PROTOCOL_NAME).digest()
+
+
+def hkdf(ck: bytes, ikm: bytes, labels: tuple[bytes, ...]) -> list[bytes]:
+    """HKDF-BLAKE2b with one label per 64-byte output (see module docstring)."""
+    prk = _hmac(ck, ikm, "blake2b")
+    out: list[bytes] = []
+    prev = b""
+    for i, label in enumerate(labels, 1):
+        prev = _hmac(prk, prev + label + bytes((i,)), "blake2b")
+        out.append(prev)
+    return out
+
+
+class SymmetricState:
+    """``h``, ``ck`` and the handshake cipher of one handshake."""
+
+    __slots__ = ("h", "ck", "_aead", "_n")
+
+    def __init__(self) -> None:
+        self.h = _H0
+        self.ck = _H0
+        self._aead: ChaCha20Poly1305 | None = None
+        self._n = 0
+
+    def mix_hash(self, data: bytes) -> None:
+        self.h = _blake2b(self.h + data).digest()
+
+    def mix_key(self, ikm: bytes) -> None:
+        """Mixes ``ikm`` into ``ck`` and derives the handshake key ``k``."""
+        self.ck, k = hkdf(self.ck, ikm, (LABEL_CK, LABEL_HS_KEY))
+        self._aead = ChaCha20Poly1305(k[:32])
+        self._n = 0
+
+    @property
+    def has_key(self) -> bool:
+        return self._aead is not None
+
+    def encrypt_and_hash(self, plaintext: bytes) -> bytes:
+        if self._aead is None:
+            raise HandshakeStateError("no handshake key yet")
+        ct = self._aead.encrypt(_NONCE.pack(self._n), plaintext, self.h)
+        self._n += 1
+        self.mix_hash(ct)
+        return ct
+
+    def decrypt_and_hash(self, ciphertext: bytes) -> bytes:
+        if self._aead is None:
+            raise HandshakeStateError("no handshake key yet")
+        try:
+            pt = self._aead.decrypt(_NONCE.pack(self._n), ciphertext, self.h)
+        except InvalidTag:
+            raise HandshakeDecryptError(
+                "encrypted handshake message did not authenticate") from None
+        self._n += 1
+        self.mix_hash(ciphertext)
+        return pt
+
+    def split(self, iv_size: int) -> tuple[bytes, bytes, bytes, bytes]:
+        """``(i2r_key, i2r_iv, r2i_key, r2i_iv)`` for the record layer, derived
+        from ``ck`` and the final transcript hash; then forgets ``ck`` and
+        ``k`` (``h`` stays for channel binding)."""
+        k1, v1, k2, v2 = hkdf(self.ck, self.h,
+                              (LABEL_I2R_KEY, LABEL_I2R_IV, LABEL_R2I_KEY, LABEL_R2I_IV))
+        self.ck = b""
+        self._aead = None
+        return k1[:32], v1[:iv_size], k2[:32], v2[:iv_size]
