@@ -117,7 +117,10 @@ class CRecordLayer(RecordLayer):
             record = _from_buffer(record)
         size = len(record) - self._overhead
         if size < 0:
-            raise error_for(ERR_MALFORMED)
+            # Let C classify it: a closed layer reports "closed" before
+            # "malformed", as the pure twin does.
+            rc = _rw_open(self._receiver, record, len(record), _alloc("char[]", 1), 0, _NULL)
+            raise error_for(rc if rc < 0 else ERR_MALFORMED)
         out = _alloc("char[]", size or 1)
         rc = _rw_open(self._receiver, record, len(record), out, size, _NULL)
         if rc:
