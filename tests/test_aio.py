@@ -625,3 +625,38 @@ def test_call_message_header_matches_rpc_codec():
         CallMessage(MessageType.REQUEST, 7, "op", body))
     with pytest.raises(errors.ProtocolViolation):
         call_header(MessageType.NOTIFY, 0, "x" * 256)
+
+
+def test_hot_reload_of_role_secrets_keeps_live_sessions():
+    from rolewire import errors as _errors
+    from rolewire.aio import connect as _connect
+    from rolewire.aio import serve as _serve
+    from rolewire.handshake import HandshakeConfig as _Config
+    from rolewire.roles import KeyRole as _KeyRole
+    from rolewire.services import Service as _Service
+
+    old_key, new_key = os.urandom(32), os.urandom(32)
+    svc = _Service("reload")
+    svc.add("echo", lambda ctx, body: body, roles=["r"])
+
+    async def scenario():
+        server = await _serve(svc, _Config(roles=[_KeyRole("r", old_key)]))
+        try:
+            live = await _connect("127.0.0.1", server.port, _Config(roles=[_KeyRole("r", old_key)]))
+            assert await live.call("echo", b"1") == b"1"
+            server.reload_config(_Config(roles=[_KeyRole("r", new_key)]))
+            assert await live.call("echo", b"2") == b"2"  # not dropped
+            with pytest.raises(_errors.HandshakeError):
+                stale = await _connect("127.0.0.1", server.port,
+                                       _Config(roles=[_KeyRole("r", old_key)]))
+                await stale.call("echo", b"x")
+            fresh = await _connect("127.0.0.1", server.port,
+                                   _Config(roles=[_KeyRole("r", new_key)]))
+            assert await fresh.call("echo", b"3") == b"3"
+            await fresh.close()
+            await live.close()
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    asyncio.run(scenario())

@@ -348,6 +348,16 @@ class Server:
         """The listening port (useful with ``port=0``)."""
         return int(self.sockets[0].getsockname()[1])
 
+    def reload_config(self, config: HandshakeConfig) -> None:
+        """Hot reload: new handshakes use ``config`` (e.g. rotated role
+        secrets re-read with ``ServiceConfig.load_roles()``); sessions that
+        are already open keep their keys and peer roles and are not dropped."""
+        if not isinstance(config, HandshakeConfig):
+            raise ConfigurationError("config must be a HandshakeConfig")
+        self.config = config
+        logging.getLogger("rolewire.aio").info("handshake config reloaded", extra={
+            "event": "config_reloaded", "roles": sorted(r.name for r in config.roles)})
+
     def close(self) -> None:
         """Stop accepting; abort handshakes in progress; close established
         sessions gracefully (running calls finish, then CLOSE)."""
