@@ -97,6 +97,8 @@ class Service:
 
     name: str
     operations: dict[str, Operation] = field(default_factory=dict)
+    _contexts: dict[tuple[str, frozenset[str], str], CallContext] = field(
+        default_factory=dict, init=False, repr=False, compare=False)
 
     def operation(
         self, name: str | None = None, *, roles: Iterable[str] | Access
@@ -138,14 +140,21 @@ class Service:
         """Authorize and run one REQUEST or NOTIFY; returns the reply (None
         for a notification). Handler exceptions become a HANDLER_FAILED reply
         whose text names only the exception type."""
+        result = self._dispatch_nowait(message, peer_roles, peer)
+        if result is None or isinstance(result, CallMessage):
+            return result
+        return await result
+
+    def _dispatch_nowait(
+        self, message: CallMessage, peer_roles: frozenset[str], peer: str = ""
+    ) -> CallMessage | None | Awaitable[CallMessage | None]:
+        """:meth:`dispatch` without a coroutine where the handler is
+        synchronous (the common case on a message stream: creating and
+        awaiting a coroutine per message costs more than a small handler).
+        Returns the reply or None, or, for an asynchronous handler, an
+        awaitable of it. Used by the package's servers."""
         expects_reply = message.type is MessageType.REQUEST
         operation = self.operations.get(message.operation)
-
-        def reply_error(code: ErrorCode, text: str) -> CallMessage | None:
-            if not expects_reply:
-                return None
-            return error_message(message.call_id, message.operation, code, text)
-
         if operation is None:
             audit_log.warning(
                 "unknown operation",
@@ -153,7 +162,8 @@ class Service:
                        "operation": message.operation, "peer": peer,
                        "peer_roles": sorted(peer_roles)},
             )
-            return reply_error(ErrorCode.UNKNOWN_OPERATION, "unknown operation")
+            return _reply_error(message, expects_reply, ErrorCode.UNKNOWN_OPERATION,
+                                "unknown operation")
         if not operation.permits(peer_roles):
             audit_log.warning(
                 "forbidden call",
@@ -161,21 +171,66 @@ class Service:
                        "operation": operation.name, "peer": peer,
                        "peer_roles": sorted(peer_roles), "required": operation.describe()},
             )
-            return reply_error(ErrorCode.FORBIDDEN,
-                               f"operation {operation.name!r} requires {operation.describe()}")
-        context = CallContext(self.name, operation.name, peer_roles, peer, message.call_id)
+            return _reply_error(message, expects_reply, ErrorCode.FORBIDDEN,
+                                f"operation {operation.name!r} requires {operation.describe()}")
+        context = self._context(operation.name, peer_roles, peer, message.call_id)
         try:
             result = operation.handler(context, message.body)
-            if inspect.isawaitable(result):
-                result = await result
         except Exception as exc:  # noqa: BLE001 - a handler bug must not kill the session
-            logging.getLogger("rolewire.services").exception(
-                "handler failed",
-                extra={"event": "handler_failed", "service": self.name,
-                       "operation": operation.name},
-            )
-            return reply_error(ErrorCode.HANDLER_FAILED, f"handler raised {type(exc).__name__}")
+            return self._handler_failed(operation, message, expects_reply, exc)
+        if result is not None and not isinstance(result, (bytes, bytearray, memoryview)) \
+                and inspect.isawaitable(result):
+            return self._finish(operation, message, expects_reply, result)
         if not expects_reply:
             return None
         return CallMessage(MessageType.RESPONSE, message.call_id, operation.name,
                            bytes(result or b""))
+
+    async def _finish(self, operation: Operation, message: CallMessage, expects_reply: bool,
+                      pending: Awaitable[bytes | None]) -> CallMessage | None:
+        try:
+            result = await pending
+        except Exception as exc:  # noqa: BLE001 - a handler bug must not kill the session
+            return self._handler_failed(operation, message, expects_reply, exc)
+        if not expects_reply:
+            return None
+        return CallMessage(MessageType.RESPONSE, message.call_id, operation.name,
+                           bytes(result or b""))
+
+    def _handler_failed(self, operation: Operation, message: CallMessage, expects_reply: bool,
+                        exc: Exception) -> CallMessage | None:
+        logging.getLogger("rolewire.services").error(
+            "handler failed",
+            exc_info=exc,
+            extra={"event": "handler_failed", "service": self.name,
+                   "operation": operation.name},
+        )
+        return _reply_error(message, expects_reply, ErrorCode.HANDLER_FAILED,
+                            f"handler raised {type(exc).__name__}")
+
+    def _context(self, operation: str, peer_roles: frozenset[str], peer: str,
+                 call_id: int) -> CallContext:
+        """The handler's :class:`CallContext`. Those of notifications (call
+        id 0) are immutable and identical for every message of one peer to
+        one operation, so they are reused (a bounded cache)."""
+        if call_id:
+            return CallContext(self.name, operation, peer_roles, peer, call_id)
+        key = (operation, peer_roles, peer)
+        context = self._contexts.get(key)
+        if context is None:
+            context = CallContext(self.name, operation, peer_roles, peer, 0)
+            if len(self._contexts) >= _CONTEXT_CACHE_SIZE:
+                self._contexts.clear()
+            self._contexts[key] = context
+        return context
+
+
+#: Bound of a service's cache of notification contexts.
+_CONTEXT_CACHE_SIZE = 4096
+
+
+def _reply_error(message: CallMessage, expects_reply: bool, code: ErrorCode,
+                 text: str) -> CallMessage | None:
+    if not expects_reply:
+        return None
+    return error_message(message.call_id, message.operation, code, text)

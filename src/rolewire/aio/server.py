@@ -228,6 +228,7 @@ class _ServerConnection(RecordConnection):
         stats = self._stats
         op_cache = self.op_cache
         permitted = self._permitted
+        dispatch_nowait = service._dispatch_nowait
         for plaintext in self.open_records(records):
             message = decode_call(plaintext, op_cache)
             kind = message.type
@@ -243,7 +244,9 @@ class _ServerConnection(RecordConnection):
                         permitted[message.operation] = allowed
                 if not allowed:
                     stats.forbidden_calls += 1  # (services.py logs the audit event)
-                await service.dispatch(message, roles, peer)
+                done = dispatch_nowait(message, roles, peer)
+                if done is not None and not isinstance(done, CallMessage):
+                    await done
             elif kind is MessageType.REQUEST:
                 stats.requests += 1
                 if self._closing:
@@ -253,7 +256,10 @@ class _ServerConnection(RecordConnection):
                 elif not self._server.is_async(message.operation):
                     # Synchronous handler (or an unknown operation): answer
                     # inline, no task needed.
-                    self._reply(await service.dispatch(message, roles, peer))
+                    reply = dispatch_nowait(message, roles, peer)
+                    if reply is not None and not isinstance(reply, CallMessage):
+                        reply = await reply
+                    self._reply(reply)
                 elif self._inflight < self._server.max_inflight:
                     self._start(message)
                 else:

@@ -522,6 +522,7 @@ class BaselineServer:
         transport = writer.transport
         authorize = self._authorize
         dispatch = self.service.dispatch
+        dispatch_nowait = self.service._dispatch_nowait
         op_cache: dict[bytes, str] = {}
         who = peer.identity or peer.address
         while not self._closing:
@@ -589,7 +590,9 @@ class BaselineServer:
                     stats.protocol_errors += 1
                     return
                 if context is None:
-                    reply = await dispatch(message, roles, who)
+                    reply = dispatch_nowait(message, roles, who)
+                    if reply is not None and not isinstance(reply, CallMessage):
+                        reply = await reply
                 else:
                     token = _current.set(context)
                     try:

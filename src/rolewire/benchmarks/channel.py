@@ -8,8 +8,9 @@ Systems (``register_system`` adds more):
   ``ssl`` defaults, P-256 certificates);
 - ``jwt``: a self-signed EdDSA JWT per message over server-authenticated
   TLS 1.3 (:mod:`rolewire.baselines.jwt`; no audit store);
-- ``rolewire``: :mod:`rolewire.aio` (key role, default suites), if that
-  module provides ``serve`` and ``connect``; otherwise skipped with a note.
+- ``rolewire``: :mod:`rolewire.aio` (key role, default suite: X448+ML-KEM-768,
+  ChaCha20-Poly1305 records);
+- ``rolewire-aegis``: the same with AEGIS-256 records.
 
 The server runs in a separate process (``python -m
 rolewire.benchmarks.channel --serve``) for every system alike; by default
@@ -29,6 +30,9 @@ of a shared machine affects them alike and the ratios stay comparable:
   per message), then one request; a run ends when the server has *handled*
   all N (it answers with its count, which must be N). messages/s and MB/s
   (payload bytes).
+- ``stream_notify`` (64 B): the same stream sent with one ``await
+  notify()`` per message, as a loop over incoming work is usually written
+  (TLS seals and writes each message; rolewire coalesces them).
 - ``calls``: sequential request/response (``echo``), one outstanding.
 - ``pipelined`` (64 B): 16 tasks calling at once on one connection.
 - ``connect`` (:func:`run_connect`): time from ``connect()`` to the reply of
@@ -243,9 +247,19 @@ def jwt_system() -> BenchSystem:
 
 
 def rolewire_system() -> BenchSystem:
+    """rolewire with the default suite (X448+ML-KEM-768, ChaCha20-Poly1305)."""
+    return _rolewire_system("rolewire", None)
+
+
+def rolewire_aegis_system() -> BenchSystem:
+    """rolewire with the AEGIS-256 record suite (X448+ML-KEM-768, AEGIS-256)."""
+    return _rolewire_system("rolewire-aegis", "X448_MLKEM768_BLAKE2B_AEGIS256")
+
+
+def _rolewire_system(name: str, suite_name: str | None) -> BenchSystem:
     try:
         aio = importlib.import_module("rolewire.aio")
-        from rolewire.handshake import HandshakeConfig
+        from rolewire.handshake import DEFAULT_SUITES, HandshakeConfig, HandshakeSuite
         from rolewire.record import RecordLimits
         from rolewire.roles.key import KeyRole
     except ImportError as exc:
@@ -262,7 +276,9 @@ def rolewire_system() -> BenchSystem:
         key = bytes.fromhex((directory / "rolewire.key").read_text())
         # Soft rekey limits out of the way: a benchmark seals millions of records.
         limits = RecordLimits(soft_messages=1 << 60, soft_bytes=1 << 62)
-        return HandshakeConfig(roles=[KeyRole("bench", key)], record_limits=limits)
+        suites = (HandshakeSuite[suite_name],) if suite_name else tuple(DEFAULT_SUITES)
+        return HandshakeConfig(roles=[KeyRole("bench", key)], record_limits=limits,
+                               suites=suites)
 
     config = _cached(build)
 
@@ -272,14 +288,16 @@ def rolewire_system() -> BenchSystem:
     async def connect(host: str, port: int, directory: Path) -> Any:
         return await aio.connect(host, port, config(directory))
 
-    return BenchSystem("rolewire", "rolewire (key role, default suite)", prepare, serve,
-                       connect)
+    label = ("rolewire (key role, default suite: ChaCha20-Poly1305 records)"
+             if suite_name is None else "rolewire (key role, AEGIS-256 records)")
+    return BenchSystem(name, label, prepare, serve, connect)
 
 
 register_system("tcp", tcp_system)
 register_system("mtls", mtls_system)
 register_system("jwt", jwt_system)
 register_system("rolewire", rolewire_system)
+register_system("rolewire-aegis", rolewire_aegis_system)
 
 
 # --- server placement -----------------------------------------------------------------
@@ -404,6 +422,25 @@ async def _stream_once(client: Any, size: int, count: int) -> float:
     return elapsed
 
 
+async def _stream_notify_once(client: Any, size: int, count: int) -> float:
+    """Like :func:`_stream_once`, but the way a loop over incoming work is
+    usually written: one ``await notify()`` per message. What reaches the
+    socket is then up to the system: TLS seals and writes each message as it
+    comes; rolewire queues them and seals/writes once per loop iteration."""
+    payload = os.urandom(size)
+    notify = client.notify
+    await client.call("done")
+    start = time.perf_counter()
+    for _ in range(count):
+        await notify("sink", payload)
+    reply = await client.call("done", timeout=300.0)
+    elapsed = time.perf_counter() - start
+    handled = int(reply.split()[0])
+    if handled != count:
+        raise RuntimeError(f"server handled {handled} of {count} messages")
+    return elapsed
+
+
 async def _calls_once(client: Any, size: int, count: int) -> float:
     payload = os.urandom(size)
     call = client.call
@@ -483,6 +520,11 @@ async def _channel_figures(live: list[_Live], plan: _Plan, say: Progress
             out[name]["calls"][str(size)] = {
                 "calls_per_s": m["rate"], "latency_us": 1e6 / m["rate"],
                 "count": m["count"], "runs": m["runs"]}
+    say("stream 64 B, one notify() per message")
+    for name, m in (await _interleaved(live, _stream_notify_once, 64, plan)).items():
+        out[name]["stream_notify"] = {"64": {
+            "messages_per_s": m["rate"], "mb_per_s": m["rate"] * 64 / 1e6,
+            "count": m["count"], "runs": m["runs"]}}
     say(f"pipelined calls 64 B ({PIPELINE} outstanding)")
     pipelined = await _interleaved(live, _pipelined_once, 64, plan,
                                    lambda n: max(1, n // PIPELINE) * PIPELINE)
