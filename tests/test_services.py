@@ -85,6 +85,67 @@ def test_notify_gets_no_reply_even_when_forbidden(payment):
     assert run(payment.dispatch(request("ping", kind=MessageType.NOTIFY), frozenset())) is None
 
 
+def test_sync_dispatch_path_matches_dispatch(payment):
+    """_dispatch_nowait (used by the servers) answers synchronous handlers
+    without a coroutine, hands back an awaitable for asynchronous ones, and
+    both end in the same replies as dispatch."""
+    roles = frozenset({"payment"})
+    direct = payment._dispatch_nowait(request("ping"), roles)
+    assert isinstance(direct, CallMessage) and direct == run(payment.dispatch(request("ping"),
+                                                                              roles))
+    pending = payment._dispatch_nowait(request("charge", b"5"), roles)
+    assert not isinstance(pending, CallMessage) and pending is not None
+
+    async def finish():
+        return await pending
+
+    assert run(finish()).body == b"charged 5 for payment"
+    failed = payment._dispatch_nowait(request("broken"), roles)
+    assert parse_error(failed)[0] == ErrorCode.HANDLER_FAILED
+
+
+def test_async_handler_failure_and_sync_handler_returning_awaitable():
+    service = Service("s")
+
+    @service.operation(roles=["a"])
+    async def explode(call, body):
+        raise ValueError("secret-detail")
+
+    @service.operation(roles=["a"])
+    def deferred(call, body):
+        async def later():
+            return b"later " + body
+        return later()
+
+    reply = run(service.dispatch(request("explode"), frozenset({"a"})))
+    code, text = parse_error(reply)
+    assert code == ErrorCode.HANDLER_FAILED and "secret-detail" not in text
+    assert run(service.dispatch(request("deferred", b"x"), frozenset({"a"}))).body == b"later x"
+
+
+def test_notification_contexts_are_reused_and_bounded(monkeypatch):
+    import rolewire.services as services
+
+    seen = []
+    service = Service("s")
+    service.add("sink", lambda call, body: seen.append(call), roles=["a"])
+    roles = frozenset({"a"})
+    for _ in range(3):
+        run(service.dispatch(request("sink", call_id=0, kind=MessageType.NOTIFY), roles, "p1"))
+    run(service.dispatch(request("sink", call_id=0, kind=MessageType.NOTIFY), roles, "p2"))
+    assert seen[0] is seen[1] is seen[2] and seen[3] is not seen[0]
+    assert seen[3].peer == "p2" and seen[0].peer_roles == roles and seen[0].call_id == 0
+    # Requests get a fresh context each (their call ids differ).
+    service.add("get", lambda call, body: seen.append(call) or b"", roles=["a"])
+    run(service.dispatch(request("get", call_id=1), roles))
+    run(service.dispatch(request("get", call_id=2), roles))
+    assert (seen[-2].call_id, seen[-1].call_id) == (1, 2)
+    monkeypatch.setattr(services, "_CONTEXT_CACHE_SIZE", 4)
+    for i in range(10):
+        run(service.dispatch(request("sink", call_id=0, kind=MessageType.NOTIFY), roles, f"x{i}"))
+    assert len(service._contexts) <= 4
+
+
 def test_declaration_errors():
     service = Service("s")
     with pytest.raises(errors.ConfigurationError):
