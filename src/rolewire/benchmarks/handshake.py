@@ -13,7 +13,9 @@ required), TLS 1.3 with Python's defaults (X25519 or X25519MLKEM768 key
 exchange, whatever the OpenSSL in use prefers) and no session resumption.
 
 Ratios: ``handshake_key_vs_mtls`` and ``handshake_cert_vs_mtls`` (default
-suite, ours ÷ TLS; > 1 means rolewire is faster).
+suite, ours ÷ TLS; > 1 means rolewire is faster). All configurations are
+measured in interleaved rounds and each ratio is the median of per-round
+ratios, so a slow spell of a shared machine does not favour either side.
 """
 
 from __future__ import annotations
@@ -72,20 +74,16 @@ def handshake_once(ci: HandshakeConfig, cr: HandshakeConfig) -> None:
     done_r.session.close()
 
 
-def _rate(fn: Callable[[], None], budget: float, repeats: int) -> float:
-    fn()  # warm up (and fail early)
-    rates = []
-    for _ in range(repeats):
-        n = 0
-        start = time.perf_counter()
-        while True:
-            fn()
-            n += 1
-            elapsed = time.perf_counter() - start
-            if elapsed >= budget:
-                break
-        rates.append(n / elapsed)
-    return statistics.median(rates)
+def _rate_once(fn: Callable[[], None], budget: float) -> float:
+    """Handshakes per second over about ``budget`` seconds (at least one)."""
+    n = 0
+    start = time.perf_counter()
+    while True:
+        fn()
+        n += 1
+        elapsed = time.perf_counter() - start
+        if elapsed >= budget:
+            return n / elapsed
 
 
 def _role_configs(kind: str, suite: HandshakeSuite, ca: pki.Issued) -> tuple[HandshakeConfig,
@@ -164,36 +162,60 @@ class _MtlsPair:
 
 
 def run(quick: bool = False, progress: Progress | None = None) -> dict[str, Any]:
-    """Measures everything; returns the JSON-ready report."""
+    """Measures everything; returns the JSON-ready report.
+
+    Every configuration (TLS and each suite × role kind) is measured once per
+    round, ``repeats`` rounds in a row, so drift of a shared machine hits all
+    of them alike; figures are medians over the rounds, and each ratio is the
+    median of the per-round ratios (ours ÷ TLS measured seconds apart)."""
     say = progress or (lambda _msg: None)
     tiny = _tiny()
     budget = 0.02 if tiny else (0.3 if quick else 1.0)
     repeats = 1 if tiny else (3 if quick else 5)
     suites = list(HandshakeSuite) if not tiny else [DEFAULT_SUITES[0]]
+    kinds = ("key", "certificate", "certificate-nocache", "password")
     ca = pki.create_ca("rolewire bench CA")
-    results: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        say("TLS 1.3 mTLS (P-256) over memory BIOs")
         mtls = _MtlsPair(Path(tmp), ca)
-        tls_rate = _rate(mtls.handshake, budget, repeats)
-    for suite in suites:
-        per: dict[str, float] = {}
-        for kind in ("key", "certificate", "certificate-nocache", "password"):
-            say(f"{suite.wire_name}: {kind} role")
-            ci, cr = _role_configs(kind, suite, ca)
-            per[kind] = _rate(lambda ci=ci, cr=cr: handshake_once(ci, cr), budget, repeats)
-        results[suite.wire_name] = per
-    default = results[DEFAULT_SUITES[0].wire_name]
+        runners: dict[tuple[str, str], Callable[[], None]] = {("tls", "mtls"): mtls.handshake}
+        for suite in suites:
+            for kind in kinds:
+                ci, cr = _role_configs(kind, suite, ca)
+                runners[(suite.wire_name, kind)] = (
+                    lambda ci=ci, cr=cr: handshake_once(ci, cr))
+        for fn in runners.values():
+            fn()  # warm up (and fail early)
+        rounds: dict[tuple[str, str], list[float]] = {name: [] for name in runners}
+        for r in range(repeats):
+            say(f"round {r + 1}/{repeats}: TLS 1.3 mTLS and {len(runners) - 1} rolewire "
+                "configurations")
+            for name, fn in runners.items():
+                rounds[name].append(_rate_once(fn, budget))
+    tls_runs = rounds[("tls", "mtls")]
+    results: dict[str, dict[str, float]] = {
+        suite.wire_name: {kind: statistics.median(rounds[(suite.wire_name, kind)])
+                          for kind in kinds} for suite in suites}
+    default = DEFAULT_SUITES[0].wire_name
+
+    def paired(kind: str) -> float:
+        return statistics.median(ours / tls for ours, tls in
+                                 zip(rounds[(default, kind)], tls_runs))
+
     ratios = {
-        "handshake_key_vs_mtls": default["key"] / tls_rate,
-        "handshake_cert_vs_mtls": default["certificate"] / tls_rate,
-        "handshake_password_vs_mtls": default["password"] / tls_rate,
+        "handshake_key_vs_mtls": paired("key"),
+        "handshake_cert_vs_mtls": paired("certificate"),
+        "handshake_password_vs_mtls": paired("password"),
     }
     return {
-        "unit": "handshakes per second (both sides, one process, median)",
-        "default_suite": DEFAULT_SUITES[0].wire_name,
-        "tls13_mtls_p256": tls_rate,
+        "unit": "handshakes per second (both sides, one process, median of rounds)",
+        "default_suite": default,
+        "rounds": repeats,
+        "budget_s": budget,
+        "tls13_mtls_p256": statistics.median(tls_runs),
+        "tls13_mtls_p256_runs": tls_runs,
         "rolewire": results,
+        "rolewire_runs": {f"{suite}/{kind}": runs for (suite, kind), runs in rounds.items()
+                          if suite != "tls"},
         "ratios": ratios,
         "targets": {"handshake_key_vs_mtls": 1.5, "handshake_cert_vs_mtls": 1.2},
         "openssl": ssl.OPENSSL_VERSION,
