@@ -135,16 +135,18 @@ def test_concurrent_calls_on_one_channel():
     svc = make_service()
 
     async def main():
-        async with serve(svc, SERVER_CFG) as server:
-            async with connect("127.0.0.1", server.port, PAYMENT_CFG) as channel:
-                bodies = [b"%d" % i for i in range(300)]
-                replies = await asyncio.gather(*(channel.call("charge", b) for b in bodies))
-                assert replies == [b"charged:" + b for b in bodies]
-                # async handlers run concurrently: 20 x 0.2 s in well under 4 s
-                loop = asyncio.get_running_loop()
-                start = loop.time()
-                slow = await asyncio.gather(*(channel.call("slow", b"0.2") for _ in range(20)))
-                assert slow == [b"slow:0.2"] * 20 and loop.time() - start < 2.0
+        async with (
+            serve(svc, SERVER_CFG) as server,
+            connect("127.0.0.1", server.port, PAYMENT_CFG) as channel,
+        ):
+            bodies = [b"%d" % i for i in range(300)]
+            replies = await asyncio.gather(*(channel.call("charge", b) for b in bodies))
+            assert replies == [b"charged:" + b for b in bodies]
+            # async handlers run concurrently: 20 x 0.2 s in well under 4 s
+            loop = asyncio.get_running_loop()
+            start = loop.time()
+            slow = await asyncio.gather(*(channel.call("slow", b"0.2") for _ in range(20)))
+            assert slow == [b"slow:0.2"] * 20 and loop.time() - start < 2.0
 
     run(main())
 
@@ -174,16 +176,18 @@ def test_coalescing_uses_few_writes():
     svc = make_service()
 
     async def main():
-        async with serve(svc, SERVER_CFG) as server:
-            async with connect("127.0.0.1", server.port, SHOP_CFG) as channel:
-                writes = []
-                real_write = channel._writer.write
-                channel._writer.write = lambda data: (writes.append(len(data)), real_write(data))
-                await asyncio.gather(*(channel.notify("sink", b"x" * 10) for _ in range(500)))
-                await channel.send_many("sink", [b"y" * 10] * 500)
-                assert await channel.call("count") == b"1000"
-                channel._writer.write = real_write
-                return writes
+        async with (
+            serve(svc, SERVER_CFG) as server,
+            connect("127.0.0.1", server.port, SHOP_CFG) as channel,
+        ):
+            writes = []
+            real_write = channel._writer.write
+            channel._writer.write = lambda data: (writes.append(len(data)), real_write(data))
+            await asyncio.gather(*(channel.notify("sink", b"x" * 10) for _ in range(500)))
+            await channel.send_many("sink", [b"y" * 10] * 500)
+            assert await channel.call("count") == b"1000"
+            channel._writer.write = real_write
+            return writes
 
     writes = run(main())
     assert len(writes) <= 4  # 500 notifies, one send_many, one call (and CLOSE later)
@@ -195,18 +199,20 @@ def test_oversized_message_is_a_typed_error_at_the_sender():
                             record_limits=RecordLimits(max_plaintext=1024))
 
     async def main():
-        async with serve(svc, SERVER_CFG) as server:
-            async with connect("127.0.0.1", server.port, small) as channel:
-                with pytest.raises(errors.RecordTooLarge):
-                    await channel.call("sink", b"x" * 2000)
-                with pytest.raises(errors.RecordTooLarge):
-                    await channel.notify("sink", b"x" * 2000)
-                with pytest.raises(errors.RecordTooLarge):
-                    await channel.send_many("sink", [b"ok", b"x" * 2000])
-                # Nothing was sent; the channel still works.
-                assert await channel.call("count") == b"0"
-                big = await channel.call("slow", b"0.01")
-                assert big == b"slow:0.01"
+        async with (
+            serve(svc, SERVER_CFG) as server,
+            connect("127.0.0.1", server.port, small) as channel,
+        ):
+            with pytest.raises(errors.RecordTooLarge):
+                await channel.call("sink", b"x" * 2000)
+            with pytest.raises(errors.RecordTooLarge):
+                await channel.notify("sink", b"x" * 2000)
+            with pytest.raises(errors.RecordTooLarge):
+                await channel.send_many("sink", [b"ok", b"x" * 2000])
+            # Nothing was sent; the channel still works.
+            assert await channel.call("count") == b"0"
+            big = await channel.call("slow", b"0.01")
+            assert big == b"slow:0.01"
 
     run(main())
 
@@ -215,14 +221,16 @@ def test_large_messages_roundtrip():
     svc = make_service()
 
     async def main():
-        async with serve(svc, SERVER_CFG) as server:
-            async with connect("127.0.0.1", server.port, SHOP_CFG) as channel:
-                blob = os.urandom(1 << 20 - 1)
-                await channel.send_many("sink", [blob[: 1 << 19], blob])
-                await channel.notify("sink", blob[:1000])
-                assert await channel.call("count") == b"3"
-                with pytest.raises(errors.RecordTooLarge):
-                    await channel.notify("sink", b"x" * (1 << 20))
+        async with (
+            serve(svc, SERVER_CFG) as server,
+            connect("127.0.0.1", server.port, SHOP_CFG) as channel,
+        ):
+            blob = os.urandom(1 << 20 - 1)
+            await channel.send_many("sink", [blob[: 1 << 19], blob])
+            await channel.notify("sink", blob[:1000])
+            assert await channel.call("count") == b"3"
+            with pytest.raises(errors.RecordTooLarge):
+                await channel.notify("sink", b"x" * (1 << 20))
         return blob
 
     blob = run(main())
@@ -505,13 +513,15 @@ def test_call_timeout():
     svc = make_service()
 
     async def main():
-        async with serve(svc, SERVER_CFG) as server:
-            async with connect("127.0.0.1", server.port, SHOP_CFG) as channel:
-                with pytest.raises(asyncio.TimeoutError):
-                    await channel.call("slow", b"1.0", timeout=0.1)
-                assert channel.pending_calls == 0
-                # the late reply is ignored
-                assert await channel.call("whoami") == b"shop"
+        async with (
+            serve(svc, SERVER_CFG) as server,
+            connect("127.0.0.1", server.port, SHOP_CFG) as channel,
+        ):
+            with pytest.raises(asyncio.TimeoutError):
+                await channel.call("slow", b"1.0", timeout=0.1)
+            assert channel.pending_calls == 0
+            # the late reply is ignored
+            assert await channel.call("whoami") == b"shop"
 
     run(main())
 

@@ -84,11 +84,13 @@ def test_inflight_bound_applies_back_pressure():
     svc = make_service()
 
     async def main():
-        async with serve(svc, CFG, max_inflight=8) as server:
-            async with connect("127.0.0.1", server.port, CFG) as channel:
-                bodies = [os.urandom(16) for _ in range(2000)]
-                replies = await asyncio.gather(*(channel.call("aecho", b) for b in bodies))
-                assert replies == [b[::-1] for b in bodies]
+        async with (
+            serve(svc, CFG, max_inflight=8) as server,
+            connect("127.0.0.1", server.port, CFG) as channel,
+        ):
+            bodies = [os.urandom(16) for _ in range(2000)]
+            replies = await asyncio.gather(*(channel.call("aecho", b) for b in bodies))
+            assert replies == [b[::-1] for b in bodies]
 
     run(main())
     assert 1 < svc.peak <= 8
@@ -110,14 +112,16 @@ def test_large_stream_with_a_slow_reader():
         return b"%d" % len(got)
 
     async def main():
-        async with serve(svc, CFG) as server:
-            async with connect("127.0.0.1", server.port, CFG) as channel:
-                chunk = os.urandom(16 * 1024)
-                for _ in range(40):
-                    await channel.send_many("put", [chunk] * 50)   # 32 MiB in total
-                    buffered = channel._transport.get_write_buffer_size()
-                    assert buffered <= 4 * 1024 * 1024
-                assert await channel.call("count") == b"2000"
+        async with (
+            serve(svc, CFG) as server,
+            connect("127.0.0.1", server.port, CFG) as channel,
+        ):
+            chunk = os.urandom(16 * 1024)
+            for _ in range(40):
+                await channel.send_many("put", [chunk] * 50)   # 32 MiB in total
+                buffered = channel._transport.get_write_buffer_size()
+                assert buffered <= 4 * 1024 * 1024
+            assert await channel.call("count") == b"2000"
 
     run(main())
     assert got == [16 * 1024] * 2000
@@ -160,19 +164,21 @@ def test_server_stops_reading_a_client_that_does_not_read_replies():
     svc = make_service()
 
     async def main():
-        async with serve(svc, CFG) as server:
-            async with connect("127.0.0.1", server.port, CFG) as channel:
-                assert await channel.call("echo", b"warm") == b"warm"
-                (conn,) = server._established
-                channel._transport.pause_reading()
-                body = os.urandom(16 * 1024)
-                calls = [asyncio.ensure_future(channel.call("echo", body)) for _ in range(2000)]
-                await asyncio.sleep(0.5)
-                # ~32 MiB of replies are owed, but the server holds little of it.
-                assert conn._transport.get_write_buffer_size() <= 2 * 1024 * 1024
-                assert not all(c.done() for c in calls)
-                channel._transport.resume_reading()
-                replies = await asyncio.gather(*calls)
-                assert replies == [body] * 2000
+        async with (
+            serve(svc, CFG) as server,
+            connect("127.0.0.1", server.port, CFG) as channel,
+        ):
+            assert await channel.call("echo", b"warm") == b"warm"
+            (conn,) = server._established
+            channel._transport.pause_reading()
+            body = os.urandom(16 * 1024)
+            calls = [asyncio.ensure_future(channel.call("echo", body)) for _ in range(2000)]
+            await asyncio.sleep(0.5)
+            # ~32 MiB of replies are owed, but the server holds little of it.
+            assert conn._transport.get_write_buffer_size() <= 2 * 1024 * 1024
+            assert not all(c.done() for c in calls)
+            channel._transport.resume_reading()
+            replies = await asyncio.gather(*calls)
+            assert replies == [body] * 2000
 
     run(main())

@@ -169,12 +169,13 @@ def test_stored_tokens_stay_single_use_after_a_restart(tmp_path: Path) -> None:
     async def once() -> bytes:
         store = AuditStore(tmp_path / "callee.db")
         try:
-            async with jwt.serve(svc, cert=pki.issue(ca, "callee"), registry=registry,
-                                 audit=store) as server:
-                async with jwt.connect("127.0.0.1", server.port, identity=caller,
-                                       audience="callee", ca=ca,
-                                       signer=Fixed(caller)) as client:
-                    return await client.call("op", b"x")
+            async with (
+                jwt.serve(svc, cert=pki.issue(ca, "callee"), registry=registry,
+                          audit=store) as server,
+                jwt.connect("127.0.0.1", server.port, identity=caller, audience="callee", ca=ca,
+                            signer=Fixed(caller)) as client,
+            ):
+                return await client.call("op", b"x")
         finally:
             store.close()
 

@@ -275,16 +275,17 @@ def test_pipelined_calls_and_notifications(ca: pki.Issued,
     service = echo_service(notes)
 
     async def main() -> None:
-        async with mtls.serve(service, cert=certs["payment"], ca=ca) as server:
-            async with mtls.connect("127.0.0.1", server.port, cert=certs["user-api"],
-                                    ca=ca) as client:
-                await client.send_many("note", [b"a", b"b"])
-                await client.notify("note", b"c")
-                replies = await asyncio.gather(*(client.call("echo", bytes([i]) * i)
-                                                 for i in range(50)))
-                assert replies == [bytes([i]) * i for i in range(50)]
-                big = b"z" * (1 << 20)
-                assert await client.call("echo", big) == big
+        async with (
+            mtls.serve(service, cert=certs["payment"], ca=ca) as server,
+            mtls.connect("127.0.0.1", server.port, cert=certs["user-api"], ca=ca) as client,
+        ):
+            await client.send_many("note", [b"a", b"b"])
+            await client.notify("note", b"c")
+            replies = await asyncio.gather(*(client.call("echo", bytes([i]) * i)
+                                             for i in range(50)))
+            assert replies == [bytes([i]) * i for i in range(50)]
+            big = b"z" * (1 << 20)
+            assert await client.call("echo", big) == big
         assert notes == [b"a", b"b", b"c"]
 
     run(main())

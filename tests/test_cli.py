@@ -11,7 +11,7 @@ import sys
 def rolewire(*args, env_extra=None):
     env = dict(os.environ, ROLEWIRE_BENCH_TINY="1", **(env_extra or {}))
     return subprocess.run([sys.executable, "-m", "rolewire.cli", *args], capture_output=True,
-                          text=True, env=env, timeout=300)
+                          text=True, env=env, timeout=300, check=False)
 
 
 def test_help():

@@ -20,7 +20,8 @@ from rolewire.roles.certificate import CertificateRole
 
 def cli(*args, env=None):
     return subprocess.run([sys.executable, "-m", "rolewire.cli", *args], capture_output=True,
-                          text=True, timeout=120, env=dict(os.environ, **(env or {})))
+                          text=True, timeout=120, env=dict(os.environ, **(env or {})),
+                          check=False)
 
 
 def test_pki_certificates_validate_as_role_certificates(tmp_path):
@@ -129,7 +130,7 @@ def test_inspect_missing_env(service_dir):
     env.pop("RW_TEST_APPROVAL", None)
     result = subprocess.run([sys.executable, "-m", "rolewire.cli", "inspect",
                              str(service_dir / "payment.toml"), "--check"],
-                            capture_output=True, text=True, env=env, timeout=120)
+                            capture_output=True, text=True, env=env, timeout=120, check=False)
     assert result.returncode == 3 and "RW_TEST_APPROVAL" in result.stderr
 
 

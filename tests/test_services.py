@@ -58,7 +58,7 @@ def test_forbidden_reply_and_audit(payment, caplog):
     assert reply.type is MessageType.ERROR
     code, text = parse_error(reply)
     assert code == ErrorCode.FORBIDDEN and "payment" in text
-    event = [r for r in caplog.records if getattr(r, "event", "") == "forbidden"][0]
+    event = next(r for r in caplog.records if getattr(r, "event", "") == "forbidden")
     assert event.operation == "charge" and event.peer_roles == ["user-information"]
 
 
@@ -124,7 +124,7 @@ def test_async_handler_failure_and_sync_handler_returning_awaitable():
 
 
 def test_notification_contexts_are_reused_and_bounded(monkeypatch):
-    import rolewire.services as services
+    from rolewire import services
 
     seen = []
     service = Service("s")

@@ -5,6 +5,7 @@ headers and ciphertext."""
 from __future__ import annotations
 
 import collections
+import itertools
 import os
 
 import pytest
@@ -87,7 +88,7 @@ def test_records_really_were_reordered():
         arrival.extend(parse_header(r).counter for r in link.a.outgoing.deliver())
     arrival.extend(parse_header(r).counter for r in link.a.outgoing.drain())
     assert sorted(arrival) == list(range(2000))
-    inversions = sum(1 for x, y in zip(arrival, arrival[1:]) if x > y)
+    inversions = sum(1 for x, y in itertools.pairwise(arrival) if x > y)
     assert inversions > 500
     # ... but never further than the paths allow (so within the replay window).
     assert max(abs(pos - c) for pos, c in enumerate(arrival)) <= ShufflingChannel(

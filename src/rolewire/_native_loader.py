@@ -31,7 +31,7 @@ REQUIRED_SODIUM_FUNCTIONS = (
 def _load() -> tuple[Any, Any]:
     try:
         import nacl
-        import nacl.bindings  # noqa: F401  (runs sodium_init)
+        import nacl.bindings  # runs sodium_init
         from nacl import _sodium
     except ImportError as exc:  # pragma: no cover - PyNaCl is a dependency
         raise ImportError(

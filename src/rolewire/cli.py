@@ -51,8 +51,8 @@ def _print_record_table(report: dict[str, Any]) -> None:
     console.print(table)
     for name, value in report["ratios"].items():
         goal = report["targets"].get(name)
-        verdict = "" if goal is None else (" (target >= %.2f: %s)" % (
-            goal, "met" if value >= goal else "MISSED"))
+        verdict = "" if goal is None else (
+            f" (target >= {goal:.2f}: {'met' if value >= goal else 'MISSED'})")
         console.print(f"{name} = {value:.2f}{verdict}")
 
 
@@ -62,8 +62,8 @@ def _print_ratios(report: dict[str, Any]) -> None:
     console = Console()
     for name, value in report.get("ratios", {}).items():
         goal = report.get("targets", {}).get(name)
-        verdict = "" if goal is None else (" (target >= %.2f: %s)" % (
-            goal, "met" if value >= goal else "MISSED"))
+        verdict = "" if goal is None else (
+            f" (target >= {goal:.2f}: {'met' if value >= goal else 'MISSED'})")
         console.print(f"{name} = {value:.2f}{verdict}")
 
 

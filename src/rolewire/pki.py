@@ -23,7 +23,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from rolewire.errors import ConfigurationError
 
-__all__ = ["KEY_TYPES", "Issued", "create_ca", "issue", "write_private_key", "load_issued"]
+__all__ = ["KEY_TYPES", "Issued", "create_ca", "issue", "load_issued", "write_private_key"]
 
 KEY_TYPES = ("ec-p256", "ec-p384", "rsa-2048")
 PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
@@ -52,7 +52,7 @@ def _new_key(key_type: str) -> PrivateKey:
     raise ConfigurationError(f"key type must be one of {', '.join(KEY_TYPES)}")
 
 
-def _hash_for(key: PrivateKey) -> hashes.HashAlgorithm:
+def _hash_for(key: PrivateKey) -> hashes.SHA256 | hashes.SHA384:
     if isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.key_size >= 384:
         return hashes.SHA384()
     return hashes.SHA256()

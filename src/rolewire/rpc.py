@@ -18,15 +18,15 @@ from typing import NamedTuple
 from rolewire.errors import ProtocolViolation, RolewireError
 
 __all__ = [
-    "MessageType",
-    "ErrorCode",
+    "MAX_OPERATION_NAME",
     "CallMessage",
-    "encode",
+    "ErrorCode",
+    "MessageType",
     "decode",
+    "encode",
     "error_message",
     "parse_error",
     "remote_error",
-    "MAX_OPERATION_NAME",
 ]
 
 MAX_OPERATION_NAME = 255

@@ -28,7 +28,6 @@ import inspect
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Union
 
 from rolewire.errors import ConfigurationError
 from rolewire.rpc import CallMessage, ErrorCode, MessageType, error_message
@@ -68,7 +67,7 @@ class CallContext:
     call_id: int = 0
 
 
-Handler = Callable[[CallContext, bytes], Union[Awaitable[bytes], bytes, None]]
+Handler = Callable[[CallContext, bytes], Awaitable[bytes] | bytes | None]
 
 
 @dataclass(frozen=True)

@@ -30,10 +30,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from rolewire.errors import AuthenticationFailed, RecordError, ReplayDetected, RecordTooOld
+from rolewire.errors import AuthenticationFailed, RecordError, RecordTooOld, ReplayDetected
 from rolewire.record import RecordLayer, RecordLimits, Suite
 from rolewire.record._base import Buffer
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 __all__ = ["Session", "SessionCounters"]
 
@@ -66,9 +70,20 @@ class Session:
         counters: :class:`SessionCounters`.
     """
 
-    __slots__ = ("peer_roles", "peer_role_kinds", "suite", "transcript_hash", "is_initiator",
-                 "counters", "_layer", "_rekey_interval", "_grace_period", "_clock",
-                 "_send_key_since", "_closed")
+    __slots__ = (
+        "_clock",
+        "_closed",
+        "_grace_period",
+        "_layer",
+        "_rekey_interval",
+        "_send_key_since",
+        "counters",
+        "is_initiator",
+        "peer_role_kinds",
+        "peer_roles",
+        "suite",
+        "transcript_hash",
+    )
 
     def __init__(self, *, layer: RecordLayer, peer_roles: frozenset[str], suite: object,
                  transcript_hash: bytes, is_initiator: bool,
@@ -198,7 +213,7 @@ class Session:
             self._closed = True
             self._layer.close()
 
-    def __enter__(self) -> Session:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -220,7 +235,7 @@ class Session:
                   clock: Callable[[], float] = time.monotonic) -> Session:
         """Builds a session from raw direction keys (used by the handshake;
         hazmat otherwise)."""
-        kwargs: dict[str, object] = {}
+        kwargs: dict[str, int] = {}
         if window is not None:
             kwargs["window"] = window
         layer = RecordLayer(suite, send_key=send_key, send_iv=send_iv, recv_key=recv_key,

@@ -66,7 +66,7 @@ def pump(init: Initiator, resp: Responder, tamper: Tamper | None = None,
                     setattr(out, attr, ev)
                     moved = True
             elif getattr(out, attr) is None and me.finished:
-                ev = me._events.popleft() if me._events else None  # noqa: SLF001
+                ev = me._events.popleft() if me._events else None
                 if ev is not None:
                     setattr(out, attr, ev)
                     moved = True

@@ -240,7 +240,7 @@ def test_signature_from_a_key_not_matching_the_certificate(ca):
 
     role = cert_role("ship", ca)
     impostor = cert_role("ship", ca)
-    impostor._key = ec.generate_private_key(ec.SECP256R1())  # noqa: SLF001
+    impostor._key = ec.generate_private_key(ec.SECP256R1())
     out = run([impostor], [role])
     assert isinstance(out.responder.error, errors.RoleProofInvalid)
     assert out.responder.reason_code == RejectReason.AUTH_FAILED

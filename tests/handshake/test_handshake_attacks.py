@@ -265,7 +265,7 @@ def test_modified_mlkem_ciphertext_gives_no_session():
 
 
 def test_oversized_message_header():
-    init, resp = fresh([KeyRole("k", KEY)])
+    _init, resp = fresh([KeyRole("k", KEY)])
     resp.receive_data(b"\x01\xff\xff\xff" + b"x" * 10)
     ev = resp.next_event()
     assert isinstance(ev, HandshakeFailed) and isinstance(ev.error, errors.HandshakeMessageTooLarge)

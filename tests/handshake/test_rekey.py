@@ -100,7 +100,7 @@ def test_ratchet_is_one_way_and_directional():
 
 
 def test_close_wipes_and_refuses():
-    a, b = sessions()
+    a, _b = sessions()
     a.close()
     with pytest.raises(errors.RecordLayerClosed):
         a.seal(b"x")

@@ -15,8 +15,9 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 
@@ -161,7 +162,7 @@ def check_mlkem768() -> int:
 
 
 def _eval(expr: str, w: int, lim: int) -> int:
-    return int(eval(expr, {"__builtins__": {}}, {"W": w, "L": lim}))  # noqa: S307 (own data)
+    return int(eval(expr, {"__builtins__": {}}, {"W": w, "L": lim}))  # own data
 
 
 def _run_replay_section(section: dict[str, Any], w: int, lim: int) -> bool:

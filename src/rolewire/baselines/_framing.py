@@ -24,6 +24,7 @@ benchmark's ceiling).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import inspect
 import logging
@@ -35,7 +36,7 @@ import tempfile
 from collections.abc import Awaitable, Callable, Generator, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -59,6 +60,9 @@ from rolewire.rpc import (
     remote_error,
 )
 from rolewire.services import Service
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 __all__ = [
     "HELLO",
@@ -449,7 +453,7 @@ class BaselineServer:
             except (asyncio.TimeoutError, TimeoutError):
                 pass
 
-    async def __aenter__(self) -> BaselineServer:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -727,13 +731,12 @@ class BaselineClient:
         except (OSError, RuntimeError, ssl.SSLError, asyncio.TimeoutError, TimeoutError):
             pass
         self._reader_task.cancel()
-        try:
+        # Closing anyway: whatever the reader task ended with is not reported.
+        with contextlib.suppress(asyncio.CancelledError, Exception):
             await self._reader_task
-        except (asyncio.CancelledError, Exception):  # noqa: BLE001 - closing anyway
-            pass
         self._fail_pending("the connection was closed")
 
-    async def __aenter__(self) -> BaselineClient:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc: object) -> None:

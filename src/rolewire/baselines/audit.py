@@ -44,6 +44,8 @@ from typing import TYPE_CHECKING, Any
 from rolewire.errors import ConfigurationError, ProtocolViolation, RolewireError
 
 if TYPE_CHECKING:
+    from typing_extensions import Self
+
     from rolewire.baselines.jwt import KeyRegistry, VerifiedRequest
 
 __all__ = [
@@ -185,7 +187,7 @@ class AuditStore:
     def close(self) -> None:
         self._db.close()
 
-    def __enter__(self) -> AuditStore:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

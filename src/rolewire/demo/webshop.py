@@ -45,9 +45,9 @@ from rolewire.config import ServiceConfig, load_config
 from rolewire.errors import Forbidden, HandshakeError, RolewireError
 from rolewire.handshake import HandshakeConfig
 from rolewire.roles import PasswordRateLimiter
-from rolewire.services import UNRESTRICTED, CallContext, Service
+from rolewire.services import CallContext, Service
 
-__all__ = ["run", "WebshopReport", "SERVICES", "write_secrets"]
+__all__ = ["SERVICES", "WebshopReport", "run", "write_secrets"]
 
 SERVICES = ("user-api", "suggestion", "payment", "shipping", "warehouse")
 APPROVAL_ENV = "ROLEWIRE_DEMO_APPROVAL_PASSWORD"
@@ -81,7 +81,7 @@ _ROLES = {
 }
 
 # Who may call what (the [access] table of each config).
-_ACCESS = {
+_ACCESS: dict[str, dict[str, str | list[str]]] = {
     "user-api": {"purchase": "unrestricted", "profile": ["user-info"]},
     "suggestion": {"suggest": ["user-info"]},
     "payment": {"charge": ["payment"]},
@@ -159,7 +159,7 @@ class _Node:
         roles = config.load_roles()
         for role in roles:
             if hasattr(role, "limiter"):
-                role.limiter = limiter  # type: ignore[attr-defined]
+                role.limiter = limiter
         # The user API is the shop's front door: it accepts callers without a
         # role (its `purchase` is unrestricted); everyone else requires one.
         self.handshake = HandshakeConfig(roles=roles,

@@ -8,16 +8,30 @@ import os
 from array import array
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from itertools import accumulate
-from typing import TYPE_CHECKING, Any, Union
+from itertools import accumulate, pairwise
+from typing import TYPE_CHECKING, Any, Union, cast
 
 from rolewire.errors import ConfigurationError, RecordError
 from rolewire.record._format import DEFAULT_WINDOW, RecordLimits, Suite
 
 if TYPE_CHECKING:
-    from typing_extensions import Buffer
+    from typing_extensions import Buffer, Self
 else:
     Buffer = Any
+
+# Buffer is listed so that the backends and rolewire.session may import it
+# (mypy --strict: no implicit re-export).
+__all__ = [
+    "BACKENDS",
+    "Buffer",
+    "Offsets",
+    "PackedOpenResult",
+    "PackedRecords",
+    "RecordLayer",
+    "as_offsets",
+    "default_backend",
+    "pack",
+]
 
 #: Offsets of a packed batch: ``n + 1`` ascending byte offsets; item ``i`` is
 #: ``buffer[offsets[i]:offsets[i + 1]]``. An ``array('Q')`` is used as is.
@@ -58,7 +72,7 @@ class PackedRecords:
         """Every item as ``bytes``."""
         data = self.buffer.tobytes()
         bounds = self.offsets.tolist()
-        return [data[a:b] for a, b in zip(bounds, bounds[1:])]
+        return [data[a:b] for a, b in pairwise(bounds)]
 
 
 @dataclass(frozen=True)
@@ -90,7 +104,7 @@ class PackedOpenResult(PackedRecords):
         data = self.buffer.tobytes()
         bounds = self.offsets.tolist()
         if not self.errors:
-            return [data[a:b] for a, b in zip(bounds, bounds[1:])]
+            return [data[a:b] for a, b in pairwise(bounds)]
         errors = self.errors
         return [errors.get(i) or data[bounds[i] : bounds[i + 1]]
                 for i in range(len(bounds) - 1)]
@@ -150,18 +164,19 @@ class RecordLayer:
         limits: RecordLimits | None = None,
         window: int = DEFAULT_WINDOW,
         backend: str | None = None,
-    ) -> RecordLayer:
+    ) -> Self:
         if cls is not RecordLayer:
             return super().__new__(cls)
         chosen = default_backend() if backend is None else backend
         if chosen == "c":
             from rolewire.record._c import CRecordLayer
 
-            return super().__new__(CRecordLayer)
+            # cls is RecordLayer here, so a backend instance is a Self.
+            return cast("Self", super().__new__(CRecordLayer))
         if chosen == "pure":
             from rolewire.record._pure import PureRecordLayer
 
-            return super().__new__(PureRecordLayer)
+            return cast("Self", super().__new__(PureRecordLayer))
         raise ConfigurationError(f"backend must be one of {BACKENDS}")
 
     # -- implemented by each backend --------------------------------------
@@ -275,7 +290,7 @@ class RecordLayer:
         data, offsets = pack(records)
         return self.open_packed(data, offsets).results()
 
-    def __enter__(self) -> RecordLayer:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc_info: object) -> None:

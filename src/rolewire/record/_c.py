@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from array import array
+from collections.abc import Callable
 from typing import Any
 
 from rolewire._native_loader import ffi, lib
@@ -34,7 +35,8 @@ from rolewire.record._format import (
 
 # Output buffers need no zero-fill: C writes every byte we hand back.
 _alloc = ffi.new_allocator(should_clear_after_alloc=False)
-_unpack = ffi.unpack
+#: ``ffi.unpack`` of a ``char[]``: bytes.
+_unpack: Callable[[Any, int], bytes] = ffi.unpack
 _from_buffer = ffi.from_buffer
 _NULL = ffi.NULL
 _rw_seal = lib.rw_seal
@@ -103,26 +105,24 @@ class CRecordLayer(RecordLayer):
 
     # -- single records ----------------------------------------------------
     def seal(self, plaintext: Buffer) -> bytes:
-        if type(plaintext) is not bytes:
-            plaintext = _from_buffer(plaintext)
-        size = len(plaintext) + self._overhead
+        src = plaintext if type(plaintext) is bytes else _from_buffer(plaintext)
+        size = len(src) + self._overhead
         out = _alloc("char[]", size)
-        rc = _rw_seal(self._sender, plaintext, len(plaintext), out, size, _NULL)
+        rc = _rw_seal(self._sender, src, len(src), out, size, _NULL)
         if rc < 0:
             raise error_for(rc)
         return _unpack(out, size)
 
     def open(self, record: Buffer) -> bytes:
-        if type(record) is not bytes:
-            record = _from_buffer(record)
-        size = len(record) - self._overhead
+        src = record if type(record) is bytes else _from_buffer(record)
+        size = len(src) - self._overhead
         if size < 0:
             # Let C classify it: a closed layer reports "closed" before
             # "malformed", as the pure twin does.
-            rc = _rw_open(self._receiver, record, len(record), _alloc("char[]", 1), 0, _NULL)
+            rc = _rw_open(self._receiver, src, len(src), _alloc("char[]", 1), 0, _NULL)
             raise error_for(rc if rc < 0 else ERR_MALFORMED)
         out = _alloc("char[]", size or 1)
-        rc = _rw_open(self._receiver, record, len(record), out, size, _NULL)
+        rc = _rw_open(self._receiver, src, len(src), out, size, _NULL)
         if rc:
             if rc < 0:
                 raise error_for(rc)

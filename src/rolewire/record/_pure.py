@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from array import array
-from typing import Callable
+from collections.abc import Callable
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
@@ -74,7 +74,7 @@ def _aead(suite: Suite, key: bytes) -> tuple[_Seal, _Open]:
 class _Epoch:
     """One receive epoch: key, IV, cipher and replay window."""
 
-    __slots__ = ("key", "iv", "number", "open", "window")
+    __slots__ = ("iv", "key", "number", "open", "window")
 
     def __init__(self, suite: Suite, key: bytes, iv: bytes, number: int, window: int) -> None:
         self.key, self.iv, self.number = key, iv, number

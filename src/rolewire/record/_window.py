@@ -13,7 +13,7 @@ class ReplayWindow:
     """Accepts counter ``c`` iff ``c > last`` or ``last - c < size`` and ``c``
     was not accepted before. ``check`` then (after authentication) ``update``."""
 
-    __slots__ = ("size", "_nwords", "_ring", "last")
+    __slots__ = ("_nwords", "_ring", "last", "size")
 
     def __init__(self, size: int) -> None:
         self.size = check_window(size)

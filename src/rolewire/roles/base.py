@@ -23,8 +23,20 @@ from typing import ClassVar
 
 from rolewire.errors import ConfigurationError
 
-__all__ = ["RoleKind", "Direction", "Role", "RoleSet", "role_id", "role_hint", "proof_input",
-           "MAX_ROLE_NAME", "MAX_ROLES", "ROLE_ID_SIZE", "HINT_SIZE", "PROOF_LABEL"]
+__all__ = [
+    "HINT_SIZE",
+    "MAX_ROLES",
+    "MAX_ROLE_NAME",
+    "PROOF_LABEL",
+    "ROLE_ID_SIZE",
+    "Direction",
+    "Role",
+    "RoleKind",
+    "RoleSet",
+    "proof_input",
+    "role_hint",
+    "role_id",
+]
 
 #: Most roles in one process's role set and in one handshake message.
 MAX_ROLES = 64
@@ -118,7 +130,7 @@ class Role(abc.ABC):
 class RoleSet:
     """An immutable collection of roles, unique by ``(kind, name)``."""
 
-    __slots__ = ("_roles", "_by_id")
+    __slots__ = ("_by_id", "_roles")
 
     def __init__(self, roles: Iterable[Role] = ()) -> None:
         items = tuple(roles)

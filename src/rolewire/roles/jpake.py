@@ -110,16 +110,16 @@ from nacl.exceptions import CryptoError as _CryptoError
 from rolewire.errors import ConfigurationError, InvalidKeyShare
 
 __all__ = [
-    "JPake",
-    "JPakeError",
+    "MATERIAL_SIZE",
+    "MAX_CONTEXT_SIZE",
+    "MAX_ID_SIZE",
     "POINT_SIZE",
-    "SCALAR_SIZE",
     "PROOF_SIZE",
     "ROUND1_SIZE",
     "ROUND2_SIZE",
-    "MATERIAL_SIZE",
-    "MAX_ID_SIZE",
-    "MAX_CONTEXT_SIZE",
+    "SCALAR_SIZE",
+    "JPake",
+    "JPakeError",
 ]
 
 POINT_SIZE: Final = 32
@@ -288,8 +288,22 @@ class JPake:
     password, equal or empty participant ids, or over-long ids/context.
     """
 
-    __slots__ = ("_my_id", "_peer_id", "_context", "_state", "_s", "_x2", "_x2s",
-                 "_g1", "_g2", "_g3", "_g4", "_my_r1", "_peer_r1", "_my_r2")
+    __slots__ = (
+        "_context",
+        "_g1",
+        "_g2",
+        "_g3",
+        "_g4",
+        "_my_id",
+        "_my_r1",
+        "_my_r2",
+        "_peer_id",
+        "_peer_r1",
+        "_s",
+        "_state",
+        "_x2",
+        "_x2s",
+    )
 
     def __init__(self, password: bytes, *, my_id: bytes, peer_id: bytes,
                  context: bytes) -> None:

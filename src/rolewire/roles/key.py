@@ -24,7 +24,7 @@ from pathlib import Path
 from rolewire.errors import ConfigurationError, RoleProofInvalid
 from rolewire.roles.base import Direction, Role, RoleKind, proof_input
 
-__all__ = ["KeyRole", "MIN_KEY_SIZE", "KEY_PROOF_SIZE"]
+__all__ = ["KEY_PROOF_SIZE", "MIN_KEY_SIZE", "KeyRole"]
 
 MIN_KEY_SIZE = 32
 KEY_PROOF_SIZE = 32

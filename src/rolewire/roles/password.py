@@ -34,8 +34,15 @@ from rolewire.errors import ConfigurationError, PasswordAttemptsExceeded, RolePr
 from rolewire.roles.base import Direction, Role, RoleKind, proof_input
 from rolewire.roles.jpake import JPake
 
-__all__ = ["PasswordRole", "PasswordExchange", "PasswordRateLimiter", "PASSWORD_PROOF_SIZE",
-           "JPAKE_ID_INITIATOR", "JPAKE_ID_RESPONDER", "logger"]
+__all__ = [
+    "JPAKE_ID_INITIATOR",
+    "JPAKE_ID_RESPONDER",
+    "PASSWORD_PROOF_SIZE",
+    "PasswordExchange",
+    "PasswordRateLimiter",
+    "PasswordRole",
+    "logger",
+]
 
 PASSWORD_PROOF_SIZE = 32
 #: J-PAKE participant ids: fixed, distinct (RFC 8236 requires it).
@@ -133,7 +140,7 @@ class PasswordRateLimiter:
 class PasswordExchange:
     """One J-PAKE run for one password role in one handshake."""
 
-    __slots__ = ("role", "_jpake", "_key", "initiator")
+    __slots__ = ("_jpake", "_key", "initiator", "role")
 
     def __init__(self, role: PasswordRole, jpake: JPake, initiator: bool) -> None:
         self.role = role

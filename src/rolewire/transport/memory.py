@@ -33,13 +33,13 @@ from rolewire.errors import MalformedRecord, RecordError, ReplayDetected
 from rolewire.session import Session
 
 __all__ = [
-    "RecordHeader",
-    "parse_header",
-    "Path",
-    "ShufflingChannel",
-    "Relay",
-    "MemoryLink",
     "Endpoint",
+    "MemoryLink",
+    "Path",
+    "RecordHeader",
+    "Relay",
+    "ShufflingChannel",
+    "parse_header",
 ]
 
 _HEADER = struct.Struct(">BBIQ")
