@@ -30,7 +30,7 @@ from rolewire.record import RecordLimits
 from rolewire.roles.key import KeyRole
 from rolewire.services import Service
 
-__all__ = ["bench_stream", "bench_calls", "DEFAULT_SUITE", "AEGIS_SUITE"]
+__all__ = ["AEGIS_SUITE", "DEFAULT_SUITE", "bench_calls", "bench_stream"]
 
 DEFAULT_SUITE = HandshakeSuite.X448_MLKEM768_BLAKE2B_CHACHA20POLY1305
 AEGIS_SUITE = HandshakeSuite.X448_MLKEM768_BLAKE2B_AEGIS256
@@ -122,9 +122,9 @@ async def _with_channel(port: int | None, key: bytes, suite: HandshakeSuite | st
 
     config = _config(key, suite)
     if port is None:
-        async with serve(_bench_service(), config, idle_timeout=None) as server:
-            async with connect("127.0.0.1", server.port, config) as channel:
-                return await body(channel)
+        async with serve(_bench_service(), config, idle_timeout=None) as server, \
+                connect("127.0.0.1", server.port, config) as channel:
+            return await body(channel)
     async with connect("127.0.0.1", port, config) as channel:
         return await body(channel)
 
@@ -157,7 +157,7 @@ def bench_stream(size: int, count: int, *, suite: HandshakeSuite | str = DEFAULT
     payload = os.urandom(size)
     suite_name = suite if isinstance(suite, str) else suite.name
 
-    async def body(channel: Any) -> list[float]:
+    async def body(channel: Any) -> list[tuple[float, float, float]]:
         await channel.call("done")  # reset, and warm up
         bodies = [payload] * batch
         times = []

@@ -4,8 +4,8 @@ returns a :class:`Channel` for calls and notifications."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Generator, Iterable
-from typing import Any
+from collections.abc import Generator, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from rolewire.aio._base import (
     STREAM_LIMIT,
@@ -28,9 +28,11 @@ from rolewire.errors import (
     RolewireError,
 )
 from rolewire.handshake import HandshakeConfig, HandshakeSuite, Initiator, parse_late_reject
-from rolewire.rpc import CallMessage, ErrorCode, MessageType, encode, error_message
-from rolewire.rpc import remote_error
+from rolewire.rpc import CallMessage, ErrorCode, MessageType, encode, error_message, remote_error
 from rolewire.session import Session
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 __all__ = ["Channel", "connect"]
 
@@ -51,7 +53,7 @@ class Channel(RecordConnection):
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                  session: Session, decoder: FrameDecoder, *, peer: str,
-                 suite: HandshakeSuite, leftover: list[tuple[FrameKind, bytes]] = ()) -> None:
+                 suite: HandshakeSuite, leftover: Sequence[tuple[FrameKind, bytes]] = ()) -> None:
         super().__init__(reader, writer, session, decoder, peer=peer)
         self.suite = suite
         self._leftover = list(leftover)
@@ -162,6 +164,7 @@ class Channel(RecordConnection):
         reason = "eof"
         try:
             while True:
+                frames: list[tuple[FrameKind, bytes]] | None
                 if self._leftover:
                     frames, self._leftover = self._leftover, []
                 else:
@@ -271,7 +274,7 @@ class Channel(RecordConnection):
         self._closing = True
         self._transport.abort()
 
-    async def __aenter__(self) -> Channel:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc: object) -> None:

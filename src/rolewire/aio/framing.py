@@ -13,8 +13,14 @@ import struct
 
 from rolewire.errors import ProtocolViolation
 
-__all__ = ["FrameKind", "encode_frame", "encode_records", "FrameDecoder", "DEFAULT_MAX_FRAME",
-           "default_max_frame"]
+__all__ = [
+    "DEFAULT_MAX_FRAME",
+    "FrameDecoder",
+    "FrameKind",
+    "default_max_frame",
+    "encode_frame",
+    "encode_records",
+]
 
 _LEN = struct.Struct(">I")
 #: Largest frame accepted by default: a 1 MiB record plus its overhead.
@@ -44,7 +50,7 @@ def encode_frame(kind: FrameKind, payload: bytes) -> bytes:
 def encode_records(records: list[bytes]) -> bytes:
     """Many record frames as one buffer (one write on the socket)."""
     pack = _LEN.pack
-    parts = []
+    parts: list[bytes] = []
     append = parts.append
     for record in records:
         append(pack(len(record) + 1) + b"\x02")

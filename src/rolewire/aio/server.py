@@ -9,7 +9,7 @@ import logging
 from collections import deque
 from collections.abc import Generator
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rolewire.aio._base import (
     STREAM_LIMIT,
@@ -38,6 +38,9 @@ from rolewire.handshake import HandshakeConfig, HandshakeLimiter, Responder, bus
 from rolewire.rpc import CallMessage, ErrorCode, MessageType, encode, error_message
 from rolewire.services import Service
 from rolewire.session import Session
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 __all__ = ["Server", "ServerStats", "serve"]
 
@@ -127,6 +130,8 @@ class _ServerConnection(RecordConnection):
         if self._closing or self._transport.is_closing():
             return
         timeout = self._server.idle_timeout
+        if timeout is None:  # idle closing is off; nothing scheduled this
+            return
         idle_for = self._loop.time() - self.last_activity
         if self._inflight == 0 and not self._backlog and idle_for >= timeout:
             self._stats.idle_closes += 1
@@ -231,8 +236,8 @@ class _ServerConnection(RecordConnection):
         dispatch_nowait = service._dispatch_nowait
         for plaintext in self.open_records(records):
             message = decode_call(plaintext, op_cache)
-            kind = message.type
-            if kind is MessageType.NOTIFY:
+            call_type = message.type
+            if call_type is MessageType.NOTIFY:
                 stats.notifications += 1
                 if self._closing:
                     continue
@@ -247,7 +252,7 @@ class _ServerConnection(RecordConnection):
                 done = dispatch_nowait(message, roles, peer)
                 if done is not None and not isinstance(done, CallMessage):
                     await done
-            elif kind is MessageType.REQUEST:
+            elif call_type is MessageType.REQUEST:
                 stats.requests += 1
                 if self._closing:
                     self.queue(encode(error_message(
@@ -264,7 +269,7 @@ class _ServerConnection(RecordConnection):
                     self._start(message)
                 else:
                     self._backlog.append(message)
-            elif kind is MessageType.CLOSE:
+            elif call_type is MessageType.CLOSE:
                 self._peer_closed = True
                 break
             else:
@@ -389,7 +394,7 @@ class Server:
         if self._server is not None:
             await self._server.wait_closed()
 
-    async def __aenter__(self) -> Server:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -423,7 +428,7 @@ class Server:
             # Cancelled by wait_closed() or loop shutdown. Not re-raised: the
             # stream machinery would log the cancelled task as an error.
             writer.transport.abort()
-        except Exception:  # noqa: BLE001 - one connection must never stop the server
+        except Exception:
             logging.getLogger("rolewire.aio").exception(
                 "connection handler failed", extra={"event": "connection_error"})
             writer.transport.abort()

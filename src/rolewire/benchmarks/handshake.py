@@ -20,6 +20,7 @@ ratios, so a slow spell of a shared machine does not favour either side.
 
 from __future__ import annotations
 
+import functools
 import os
 import ssl
 import statistics
@@ -69,7 +70,7 @@ def handshake_once(ci: HandshakeConfig, cr: HandshakeConfig) -> None:
             if ev is not NEED_DATA:
                 done_i = ev
     if not (isinstance(done_i, HandshakeComplete) and isinstance(done_r, HandshakeComplete)):
-        raise RuntimeError(f"benchmark handshake failed: {done_i!r} / {done_r!r}")
+        raise RuntimeError(f"benchmark handshake failed: {done_i!r} / {done_r!r}")  # noqa: TRY004
     done_i.session.close()
     done_r.session.close()
 
@@ -104,8 +105,8 @@ def _role_configs(kind: str, suite: HandshakeSuite, ca: pki.Issued) -> tuple[Han
         limiter = PasswordRateLimiter(max_failures=1 << 30)
         roles_i = [PasswordRole("bench", "correct horse battery", limiter=limiter)]
         roles_r = [PasswordRole("bench", "correct horse battery", limiter=limiter)]
-    return (HandshakeConfig(roles=roles_i, suites=[suite]),
-            HandshakeConfig(roles=roles_r, suites=[suite]))
+    return (HandshakeConfig(roles=roles_i, suites=(suite,)),
+            HandshakeConfig(roles=roles_r, suites=(suite,)))
 
 
 class _MtlsPair:
@@ -181,8 +182,7 @@ def run(quick: bool = False, progress: Progress | None = None) -> dict[str, Any]
         for suite in suites:
             for kind in kinds:
                 ci, cr = _role_configs(kind, suite, ca)
-                runners[(suite.wire_name, kind)] = (
-                    lambda ci=ci, cr=cr: handshake_once(ci, cr))
+                runners[(suite.wire_name, kind)] = functools.partial(handshake_once, ci, cr)
         for fn in runners.values():
             fn()  # warm up (and fail early)
         rounds: dict[tuple[str, str], list[float]] = {name: [] for name in runners}

@@ -126,7 +126,7 @@ def run(quick: bool = False, progress: Progress | None = None) -> dict[str, Any]
     """Run the record benchmark; returns a JSON-ready dict with every figure
     (messages/s, medians) and the ratios the project tracks."""
     budget, repeats = (0.12, 3) if quick else (0.5, 7)
-    sizes = SIZES
+    sizes: tuple[int, ...] = SIZES
     if os.environ.get("ROLEWIRE_BENCH_TINY"):  # tests: exercise the code, measure nothing
         budget, repeats, sizes = 0.002, 1, (64, 1024)
     say = progress or (lambda _msg: None)

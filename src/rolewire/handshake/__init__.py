@@ -29,6 +29,9 @@ from rolewire.handshake.suites import DEFAULT_SUITES, HandshakeSuite, KexGroup
 
 __all__ = [
     "DEFAULT_SUITES",
+    "MAX_MESSAGE_SIZE",
+    "NEED_DATA",
+    "PROTOCOL_VERSION",
     "Event",
     "Handshake",
     "HandshakeComplete",
@@ -39,10 +42,7 @@ __all__ = [
     "HandshakeSuite",
     "Initiator",
     "KexGroup",
-    "MAX_MESSAGE_SIZE",
-    "NEED_DATA",
     "NeedData",
-    "PROTOCOL_VERSION",
     "RejectReason",
     "Responder",
     "busy_reject",

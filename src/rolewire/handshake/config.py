@@ -46,7 +46,9 @@ class HandshakeConfig:
             (seconds, checked on every send).
         grace_period: how long the previous receive epoch stays open after
             the peer moved to a new one.
-        record_limits, record_window, record_backend: passed to RecordLayer.
+        record_limits: the sessions' record limits (RecordLayer ``limits``).
+        record_window: their replay window size (RecordLayer ``window``).
+        record_backend: ``"c"``, ``"pure"`` or None (RecordLayer ``backend``).
     """
 
     roles: Any = ()

@@ -13,7 +13,7 @@ from rolewire.roles.base import RoleKind
 if TYPE_CHECKING:
     from rolewire.session import Session
 
-__all__ = ["NEED_DATA", "NeedData", "HandshakeComplete", "HandshakeFailed", "Event"]
+__all__ = ["NEED_DATA", "Event", "HandshakeComplete", "HandshakeFailed", "NeedData"]
 
 
 class NeedData:
@@ -21,7 +21,7 @@ class NeedData:
 
     _instance: NeedData | None = None
 
-    def __new__(cls) -> NeedData:
+    def __new__(cls) -> NeedData:  # noqa: PYI034 - a singleton, never a subclass
         if cls._instance is None:
             cls._instance = super().__new__(cls)
         return cls._instance

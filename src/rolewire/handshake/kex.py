@@ -56,7 +56,7 @@ def _ecdh(private, peer_public: bytes, group: KexGroup) -> bytes:  # type: ignor
 class InitiatorShare:
     """The initiator's ephemeral keys for one group (used once)."""
 
-    __slots__ = ("group", "_ecdh", "_kem", "ecdh_public", "mlkem_ek")
+    __slots__ = ("_ecdh", "_kem", "ecdh_public", "group", "mlkem_ek")
 
     def __init__(self, group: KexGroup) -> None:
         priv_type, _, _ = _ecdh_types(group)
@@ -77,7 +77,7 @@ class InitiatorShare:
         except ValueError:
             raise InvalidKeyShare("invalid ML-KEM ciphertext") from None
         ss_x = _ecdh(self._ecdh, peer_ecdh, self.group)
-        self._kem = self._ecdh = None
+        self._kem = self._ecdh = None  # type: ignore[assignment]  # used once, then dropped
         return ss_m, ss_x
 
 

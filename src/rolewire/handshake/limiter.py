@@ -17,10 +17,14 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Hashable
+from typing import TYPE_CHECKING
 
 from rolewire.errors import ConfigurationError, TooManyHandshakes
 from rolewire.handshake.messages import Reject
 from rolewire.handshake.reasons import RejectReason
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 __all__ = ["HandshakeLimiter", "HandshakeSlot", "busy_reject"]
 
@@ -33,7 +37,7 @@ def busy_reject() -> bytes:
 class HandshakeSlot:
     """One acquired slot; :meth:`release` is idempotent."""
 
-    __slots__ = ("_limiter", "peer", "_released")
+    __slots__ = ("_limiter", "_released", "peer")
 
     def __init__(self, limiter: HandshakeLimiter, peer: Hashable) -> None:
         self._limiter = limiter
@@ -45,7 +49,7 @@ class HandshakeSlot:
             self._released = True
             self._limiter._release(self.peer)
 
-    def __enter__(self) -> HandshakeSlot:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

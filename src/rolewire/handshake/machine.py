@@ -82,7 +82,7 @@ from rolewire.roles.key import KeyRole
 from rolewire.roles.password import PasswordExchange, PasswordRole
 from rolewire.session import Session
 
-__all__ = ["Initiator", "Responder", "Handshake", "parse_late_reject"]
+__all__ = ["Handshake", "Initiator", "Responder", "parse_late_reject"]
 
 logger = logging.getLogger("rolewire.handshake")
 
@@ -100,7 +100,7 @@ class _State(enum.Enum):
 class _Match:
     """A role both sides know, in one handshake (indexed by the Hello offer)."""
 
-    __slots__ = ("index", "role", "offer_flags", "peer_flags", "exchange", "peer_data")
+    __slots__ = ("exchange", "index", "offer_flags", "peer_data", "peer_flags", "role")
 
     def __init__(self, index: int, role: Role, offer_flags: int) -> None:
         self.index = index

@@ -14,7 +14,6 @@ that width, then that many bytes".
 from __future__ import annotations
 
 import enum
-import struct
 from dataclasses import dataclass
 
 from rolewire.errors import HandshakeMessageTooLarge, MalformedHandshakeMessage
@@ -22,13 +21,37 @@ from rolewire.handshake.suites import MLKEM768_CT_SIZE, HandshakeSuite, KexGroup
 from rolewire.roles.base import HINT_SIZE, MAX_ROLES, RoleKind
 
 __all__ = [
-    "PROTOCOL_VERSION", "FRAME_HEADER_SIZE", "MAX_MESSAGE_SIZE", "MAX_ROLES", "MAX_CHAIN",
-    "MAX_SUITES", "RANDOM_SIZE", "HINT_SIZE", "MsgType", "RoleKind", "Flag",
-    "RoleOffer", "Hello", "HelloRetry", "ResponderHello", "InitiatorAuth",
-    "ResponderAuth", "Reject", "RoleEntry", "ProofEntry", "frame", "parse_frame_header",
-    "parse_message", "encode_role_entries", "parse_role_entries", "encode_proofs",
-    "parse_proofs", "encode_chain", "parse_chain", "encode_password_data",
+    "FRAME_HEADER_SIZE",
+    "HINT_SIZE",
+    "MAX_CHAIN",
+    "MAX_MESSAGE_SIZE",
+    "MAX_ROLES",
+    "MAX_SUITES",
+    "PROTOCOL_VERSION",
+    "RANDOM_SIZE",
+    "Flag",
+    "Hello",
+    "HelloRetry",
+    "InitiatorAuth",
+    "MsgType",
+    "ProofEntry",
+    "Reject",
+    "ResponderAuth",
+    "ResponderHello",
+    "RoleEntry",
+    "RoleKind",
+    "RoleOffer",
+    "encode_chain",
+    "encode_password_data",
+    "encode_proofs",
+    "encode_role_entries",
+    "frame",
+    "parse_chain",
+    "parse_frame_header",
+    "parse_message",
     "parse_password_data",
+    "parse_proofs",
+    "parse_role_entries",
 ]
 
 PROTOCOL_VERSION = 1

@@ -31,9 +31,18 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from rolewire.errors import HandshakeDecryptError, HandshakeStateError
 
-__all__ = ["SymmetricState", "hkdf", "PROTOCOL_NAME", "HASH_SIZE",
-           "LABEL_CK", "LABEL_HS_KEY", "LABEL_I2R_KEY", "LABEL_I2R_IV",
-           "LABEL_R2I_KEY", "LABEL_R2I_IV"]
+__all__ = [
+    "HASH_SIZE",
+    "LABEL_CK",
+    "LABEL_HS_KEY",
+    "LABEL_I2R_IV",
+    "LABEL_I2R_KEY",
+    "LABEL_R2I_IV",
+    "LABEL_R2I_KEY",
+    "PROTOCOL_NAME",
+    "SymmetricState",
+    "hkdf",
+]
 
 PROTOCOL_NAME = b"rolewire/1 handshake"
 HASH_SIZE = 64
@@ -65,7 +74,7 @@ def hkdf(ck: bytes, ikm: bytes, labels: tuple[bytes, ...]) -> list[bytes]:
 class SymmetricState:
     """``h``, ``ck`` and the handshake cipher of one handshake."""
 
-    __slots__ = ("h", "ck", "_aead", "_n")
+    __slots__ = ("_aead", "_n", "ck", "h")
 
     def __init__(self) -> None:
         self.h = _H0

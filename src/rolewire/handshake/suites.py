@@ -12,8 +12,14 @@ from __future__ import annotations
 
 import enum
 
-__all__ = ["KexGroup", "HandshakeSuite", "DEFAULT_SUITES", "MLKEM768_EK_SIZE",
-           "MLKEM768_CT_SIZE", "MLKEM768_SS_SIZE"]
+__all__ = [
+    "DEFAULT_SUITES",
+    "MLKEM768_CT_SIZE",
+    "MLKEM768_EK_SIZE",
+    "MLKEM768_SS_SIZE",
+    "HandshakeSuite",
+    "KexGroup",
+]
 
 MLKEM768_EK_SIZE = 1184
 MLKEM768_CT_SIZE = 1088

@@ -140,14 +140,16 @@ class RecordLayer:
     Thread safety: each direction is serialised; concurrent use of one
     direction raises :class:`~rolewire.errors.ConcurrentUseError`.
 
-    Args:
-        suite: the record AEAD.
-        send_key, send_iv, recv_key, recv_iv: 32-byte keys, ``suite.iv_size`` IVs.
-        epoch: the key epoch both directions start in.
-        limits: soft/hard rekey limits and the maximum record size.
-        window: replay window size in counters (multiple of 64, 64..2**20).
-        backend: ``"c"`` (default), or ``"pure"`` for the pure-Python twin;
-            ``None`` honours ``ROLEWIRE_PURE=1``.
+    Constructor arguments (``RecordLayer(suite, *, ...)``):
+
+    - ``suite``: the record AEAD;
+    - ``send_key``, ``send_iv``, ``recv_key``, ``recv_iv``: 32-byte keys,
+      ``suite.iv_size``-byte IVs;
+    - ``epoch``: the key epoch both directions start in;
+    - ``limits``: soft/hard rekey limits and the maximum record size;
+    - ``window``: replay window size in counters (multiple of 64, 64..2**20);
+    - ``backend``: ``"c"`` (default), or ``"pure"`` for the pure-Python twin;
+      ``None`` honours ``ROLEWIRE_PURE=1``.
     """
 
     backend: str = ""

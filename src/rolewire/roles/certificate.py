@@ -33,7 +33,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, cast
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -51,10 +51,10 @@ from cryptography.x509.verification import (
 from rolewire.errors import CertificateRejected, ConfigurationError, RoleProofInvalid
 from rolewire.roles.base import Direction, Role, RoleKind, proof_input
 
-__all__ = ["CertificateRole", "MAX_CHAIN_DEPTH", "MIN_RSA_BITS"]
+__all__ = ["MAX_CHAIN_DEPTH", "MIN_RSA_BITS", "CertificateRole"]
 
-PrivateKey = Union[ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey]
-PublicKey = Union[ec.EllipticCurvePublicKey, rsa.RSAPublicKey]
+PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+PublicKey = ec.EllipticCurvePublicKey | rsa.RSAPublicKey
 
 MAX_CHAIN_DEPTH = 8
 MIN_RSA_BITS = 2048
@@ -136,8 +136,18 @@ class CertificateRole(Role):
     """
 
     kind = RoleKind.CERTIFICATE
-    __slots__ = ("_anchors", "_store", "_chain", "chain_der", "_key", "_max_depth",
-                 "_cache", "_cache_size", "_cache_ttl", "_lock")
+    __slots__ = (
+        "_anchors",
+        "_cache",
+        "_cache_size",
+        "_cache_ttl",
+        "_chain",
+        "_key",
+        "_lock",
+        "_max_depth",
+        "_store",
+        "chain_der",
+    )
 
     def __init__(self, name: str, *, anchors: Sequence[x509.Certificate],
                  chain: Sequence[x509.Certificate] = (),
@@ -254,10 +264,11 @@ class CertificateRole(Role):
             raise CertificateRejected("certificate could not be parsed") from None
         leaf = certs[0]
         try:
-            pub = leaf.public_key()
+            leaf_key = leaf.public_key()
         except (ValueError, UnsupportedAlgorithm):
             raise CertificateRejected("leaf public key could not be loaded") from None
-        _check_public_key(pub, "leaf certificate")
+        _check_public_key(leaf_key, "leaf certificate")
+        pub = cast(PublicKey, leaf_key)  # _check_public_key admitted only these
         verifier = (PolicyBuilder().store(self._store).time(at)
                     .max_chain_depth(self._max_depth)
                     .extension_policies(ca_policy=_CA_POLICY, ee_policy=_EE_POLICY)
@@ -272,10 +283,10 @@ class CertificateRole(Role):
             not_before = max(_utc(c.not_valid_before_utc) for c in path)
             not_after = min(_utc(c.not_valid_after_utc) for c in path)
             with self._lock:
-                self._cache[key] = (pub, not_before, not_after, at)  # type: ignore[assignment]
+                self._cache[key] = (pub, not_before, not_after, at)
                 while len(self._cache) > self._cache_size:
                     self._cache.popitem(last=False)
-        return pub  # type: ignore[return-value]
+        return pub
 
     def verify(self, direction: Direction, h: bytes, chain_der: Sequence[bytes],
                signature: bytes, at: datetime.datetime) -> None:
