@@ -257,6 +257,7 @@ def plot(result: dict[str, Any], png_path: str | os.PathLike[str]) -> None:
             items = {n: e for n, e in results["connect"]["systems"].items() if "ms" in e}
             ax.bar(list(items), [e["ms"] for e in items.values()])
             ax.set_title("connect + first call, ms")
+            ax.tick_params(axis="x", labelrotation=25, labelsize="small")
     fig.tight_layout()
     fig.savefig(os.fspath(png_path), dpi=120)
     plt.close(fig)
