@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,25 +89,30 @@ def create_ca(common_name: str, *, key_type: str = "ec-p256", days: int = 3650,
 
 
 def issue(ca: Issued, common_name: str, *, key_type: str = "ec-p256", days: int = 365,
-          dns_names: tuple[str, ...] = (), ip_addresses: tuple[str, ...] = ()) -> Issued:
+          dns_names: tuple[str, ...] = (), ip_addresses: tuple[str, ...] = (),
+          uris: Iterable[str] = (), not_before: datetime.datetime | None = None,
+          not_after: datetime.datetime | None = None) -> Issued:
     """A leaf certificate signed by ``ca`` for ``common_name``.
 
     The SAN always contains ``common_name`` as a DNS name (service names are
-    DNS-safe labels) plus any extra names or IP addresses given."""
+    DNS-safe labels) plus any extra names, IP addresses or URIs given.
+    ``not_before``/``not_after`` override the validity window (default: from
+    five minutes ago for ``days``, never past the CA's own expiry)."""
     key = _new_key(key_type)
     now = _now()
     names: list[x509.GeneralName] = [x509.DNSName(common_name)]
     names += [x509.DNSName(d) for d in dns_names if d != common_name]
     names += [x509.IPAddress(ipaddress.ip_address(a)) for a in ip_addresses]
+    names += [x509.UniformResourceIdentifier(u) for u in uris]
     public = key.public_key()
     cert = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
         .issuer_name(ca.certificate.subject).public_key(public)
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(min(now + datetime.timedelta(days=days),
-                             ca.certificate.not_valid_after_utc))
+        .not_valid_before(not_before or now - datetime.timedelta(minutes=5))
+        .not_valid_after(not_after or min(now + datetime.timedelta(days=days),
+                                          ca.certificate.not_valid_after_utc))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False,
                                      key_encipherment=isinstance(key, rsa.RSAPrivateKey),

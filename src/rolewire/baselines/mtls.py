@@ -36,15 +36,12 @@ Example::
 from __future__ import annotations
 
 import datetime
-import ipaddress
 import ssl
 import urllib.parse
 from collections.abc import Iterable
 from typing import Any
 
 from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from rolewire import pki
 from rolewire.baselines._framing import (
@@ -119,38 +116,10 @@ def issue_service_certificate(
     the validity window (tests use them to make expired certificates)."""
     if isinstance(roles, str):
         raise ConfigurationError("roles must be a list of role names, not a string")
-    role_names = sorted(set(roles))
-    key = pki._new_key(key_type)
-    now = datetime.datetime.now(datetime.timezone.utc)
-    start = not_before or now - datetime.timedelta(minutes=5)
-    end = not_after or min(now + datetime.timedelta(days=days),
-                           ca.certificate.not_valid_after_utc)
-    names: list[x509.GeneralName] = [x509.DNSName(service_name)]
-    names += [x509.DNSName(d) for d in dns_names if d != service_name]
-    names += [x509.IPAddress(ipaddress.ip_address(a)) for a in ip_addresses]
-    names += [x509.UniformResourceIdentifier(role_uri(r)) for r in role_names]
-    public = key.public_key()
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, service_name)]))
-        .issuer_name(ca.certificate.subject).public_key(public)
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start).not_valid_after(end)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False,
-                                     key_encipherment=isinstance(key, rsa.RSAPrivateKey),
-                                     data_encipherment=False, key_agreement=False,
-                                     key_cert_sign=False, crl_sign=False,
-                                     encipher_only=False, decipher_only=False), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH,
-                                              ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(x509.SubjectAlternativeName(names), critical=False)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
-            ca.private_key.public_key()), critical=False)
-        .sign(ca.private_key, pki._hash_for(ca.private_key))
-    )
-    return pki.Issued(cert, key)
+    return pki.issue(ca, service_name, key_type=key_type, days=days, dns_names=dns_names,
+                     ip_addresses=ip_addresses,
+                     uris=[role_uri(r) for r in sorted(set(roles))],
+                     not_before=not_before, not_after=not_after)
 
 
 def roles_of_certificate(certificate: x509.Certificate) -> frozenset[str]:
