@@ -18,13 +18,13 @@ from __future__ import annotations
 import asyncio
 import os
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from rolewire.benchmarks._child import child_server
 from rolewire.handshake import HandshakeConfig, HandshakeSuite
 from rolewire.record import RecordLimits
 from rolewire.roles.key import KeyRole
@@ -97,23 +97,8 @@ def _server(key: bytes, suite: HandshakeSuite | str, in_process: bool) -> Iterat
         yield None
         return
     name = suite if isinstance(suite, str) else suite.name
-    proc = subprocess.Popen([sys.executable, "-m", "rolewire.aio.bench", "--serve", name],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-    assert proc.stdin is not None and proc.stdout is not None
-    try:
-        proc.stdin.write(key.hex().encode() + b"\n")
-        proc.stdin.flush()
-        line = proc.stdout.readline()
-        if not line.strip().isdigit():
-            raise RuntimeError("benchmark server did not start")
-        yield int(line)
-    finally:
-        try:
-            proc.stdin.close()
-            proc.wait(10)
-        except (OSError, subprocess.TimeoutExpired):
-            proc.kill()
-            proc.wait(5)
+    with child_server(["-m", "rolewire.aio.bench", "--serve", name], key.hex().encode()) as port:
+        yield port
 
 
 async def _with_channel(port: int | None, key: bytes, suite: HandshakeSuite | str,

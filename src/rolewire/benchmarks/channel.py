@@ -47,7 +47,6 @@ import importlib
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -57,6 +56,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rolewire.benchmarks._child import child_server
 from rolewire.errors import RolewireError
 from rolewire.services import Service
 
@@ -358,24 +358,10 @@ def _pinned(enabled: bool) -> Iterator[int | None]:
 @contextmanager
 def _subprocess_server(factory: str, directory: Path, cpu: int | None = None
                        ) -> Iterator[int]:
-    proc = subprocess.Popen([sys.executable, "-m", "rolewire.benchmarks.channel", "--serve"],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-    assert proc.stdin is not None and proc.stdout is not None
-    try:
-        spec = {"factory": factory, "dir": str(directory), "cpu": cpu}
-        proc.stdin.write(json.dumps(spec).encode() + b"\n")
-        proc.stdin.flush()
-        line = proc.stdout.readline()
-        if not line.strip().isdigit():
-            raise RuntimeError("benchmark server did not start")
-        yield int(line)
-    finally:
-        try:
-            proc.stdin.close()
-            proc.wait(10)
-        except (OSError, subprocess.TimeoutExpired):
-            proc.kill()
-            proc.wait(5)
+    spec = {"factory": factory, "dir": str(directory), "cpu": cpu}
+    with child_server(["-m", "rolewire.benchmarks.channel", "--serve"],
+                      json.dumps(spec).encode()) as port:
+        yield port
 
 
 # --- measurements -------------------------------------------------------------------
@@ -398,28 +384,39 @@ def _plan(quick: bool) -> _Plan:
     return _Plan(SIZES, 1.0, 5, None, 1.0)
 
 
-async def _stream_once(client: Any, size: int, count: int) -> float:
-    payload = os.urandom(size)
-    bodies = [payload] * BATCH
-    send_many = getattr(client, "send_many", None)
-    await client.call("done")  # reset the server's count
+async def _timed_stream(client: Any, count: int, send: Callable[[], Awaitable[None]]
+                        ) -> float:
+    """Reset the server's count, time ``send()`` until the server has handled
+    all ``count`` notifications (its ``done`` reply), check the count."""
+    await client.call("done")
     start = time.perf_counter()
-    sent = 0
-    while sent < count:
-        n = min(BATCH, count - sent)
-        chunk = bodies if n == BATCH else bodies[:n]
-        if send_many is not None:
-            await send_many("sink", chunk)
-        else:
-            for body in chunk:
-                await client.notify("sink", body)
-        sent += n
+    await send()
     reply = await client.call("done", timeout=300.0)
     elapsed = time.perf_counter() - start
     handled = int(reply.split()[0])
     if handled != count:
         raise RuntimeError(f"server handled {handled} of {count} messages")
     return elapsed
+
+
+async def _stream_once(client: Any, size: int, count: int) -> float:
+    payload = os.urandom(size)
+    bodies = [payload] * BATCH
+    send_many = getattr(client, "send_many", None)
+
+    async def send() -> None:
+        sent = 0
+        while sent < count:
+            n = min(BATCH, count - sent)
+            chunk = bodies if n == BATCH else bodies[:n]
+            if send_many is not None:
+                await send_many("sink", chunk)
+            else:
+                for body in chunk:
+                    await client.notify("sink", body)
+            sent += n
+
+    return await _timed_stream(client, count, send)
 
 
 async def _stream_notify_once(client: Any, size: int, count: int) -> float:
@@ -429,16 +426,12 @@ async def _stream_notify_once(client: Any, size: int, count: int) -> float:
     comes; rolewire queues them and seals/writes once per loop iteration."""
     payload = os.urandom(size)
     notify = client.notify
-    await client.call("done")
-    start = time.perf_counter()
-    for _ in range(count):
-        await notify("sink", payload)
-    reply = await client.call("done", timeout=300.0)
-    elapsed = time.perf_counter() - start
-    handled = int(reply.split()[0])
-    if handled != count:
-        raise RuntimeError(f"server handled {handled} of {count} messages")
-    return elapsed
+
+    async def send() -> None:
+        for _ in range(count):
+            await notify("sink", payload)
+
+    return await _timed_stream(client, count, send)
 
 
 async def _calls_once(client: Any, size: int, count: int) -> float:
