@@ -30,7 +30,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
 from rolewire.errors import ConfigurationError
-from rolewire.rpc import CallMessage, ErrorCode, MessageType, error_message
+from rolewire.protocol.wire import CallMessage, ErrorCode, MessageType, error_message
 
 __all__ = [
     "ANY_AUTHENTICATED",
@@ -139,19 +139,19 @@ class Service:
         """Authorize and run one REQUEST or NOTIFY; returns the reply (None
         for a notification). Handler exceptions become a HANDLER_FAILED reply
         whose text names only the exception type."""
-        result = self._dispatch_nowait(message, peer_roles, peer)
+        result = self.dispatch_nowait(message, peer_roles, peer)
         if result is None or isinstance(result, CallMessage):
             return result
         return await result
 
-    def _dispatch_nowait(
+    def dispatch_nowait(
         self, message: CallMessage, peer_roles: frozenset[str], peer: str = ""
     ) -> CallMessage | None | Awaitable[CallMessage | None]:
         """:meth:`dispatch` without a coroutine where the handler is
         synchronous (the common case on a message stream: creating and
         awaiting a coroutine per message costs more than a small handler).
         Returns the reply or None, or, for an asynchronous handler, an
-        awaitable of it. Used by the package's servers."""
+        awaitable of it."""
         expects_reply = message.type is MessageType.REQUEST
         operation = self.operations.get(message.operation)
         if operation is None:
