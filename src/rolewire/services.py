@@ -26,11 +26,11 @@ from __future__ import annotations
 import enum
 import inspect
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from rolewire.errors import ConfigurationError
-from rolewire.protocol.wire import CallMessage, ErrorCode, MessageType, error_message
+from rolewire.protocol.wire import NO_METADATA, CallMessage, ErrorCode, MessageType, error_message
 
 __all__ = [
     "ANY_AUTHENTICATED",
@@ -58,13 +58,17 @@ UNRESTRICTED = Access.UNRESTRICTED
 @dataclass(frozen=True)
 class CallContext:
     """What a handler knows about the call: the operation, the caller's
-    verified roles, and a description of the peer (address) for logs."""
+    verified roles, a description of the peer (address) for logs, and the
+    call's metadata as sent (``{key: bytes}``, docs/PROTOCOL.md "Call
+    metadata"; unverified unless a layer above says otherwise)."""
 
     service: str
     operation: str
     peer_roles: frozenset[str]
     peer: str = ""
     call_id: int = 0
+    metadata: Mapping[str, bytes] = field(default_factory=lambda: NO_METADATA, hash=False,
+                                          compare=False, repr=False)
 
 
 Handler = Callable[[CallContext, bytes], Awaitable[bytes] | bytes | None]
@@ -172,7 +176,11 @@ class Service:
             )
             return _reply_error(message, expects_reply, ErrorCode.FORBIDDEN,
                                 f"operation {operation.name!r} requires {operation.describe()}")
-        context = self._context(operation.name, peer_roles, peer, message.call_id)
+        if message.metadata:
+            context = CallContext(self.name, operation.name, peer_roles, peer, message.call_id,
+                                  message.metadata)
+        else:
+            context = self._context(operation.name, peer_roles, peer, message.call_id)
         try:
             result = operation.handler(context, message.body)
         except Exception as exc:  # noqa: BLE001 - a handler bug must not kill the session

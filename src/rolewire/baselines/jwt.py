@@ -87,7 +87,7 @@ from rolewire.baselines._framing import (
     server_context,
 )
 from rolewire.errors import ConfigurationError, ProtocolViolation, RolewireError
-from rolewire.rpc import CallMessage, ErrorCode, MessageType, decode, encode
+from rolewire.protocol.wire import CallMessage, ErrorCode, MessageType, decode, encode
 from rolewire.services import ANY_AUTHENTICATED, CallContext, Service
 
 if TYPE_CHECKING:

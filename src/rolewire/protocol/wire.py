@@ -15,7 +15,18 @@ without its length (:func:`encode_message` / :func:`decode_message`).
 
 Call messages (the plaintext of one record)::
 
-    type u8 | call_id u64 | op_len u8 | op (UTF-8) | body
+    type u8 | call_id u64 | op_len u8 | op (UTF-8) | [metadata] | body
+
+Bit 0x80 of ``type`` (:data:`METADATA_FLAG`) says that a metadata section
+follows the operation name (docs/PROTOCOL.md, "Call metadata")::
+
+    metadata = meta_len u16 | entries (meta_len bytes)
+    entry    = key_len u8 | key (ASCII) | value_len u16 | value
+
+Keys are 1..64 bytes of ``a-z 0-9 . _ -``, strictly increasing (so each
+key appears once and every mapping has exactly one encoding); a flagged
+message has at least one entry. Without the flag the layout is the one of
+protocol version 1, byte for byte.
 
 Records (14-byte clear header, then ciphertext and tag) are defined by the
 record layer; :class:`RecordHeader` and :func:`parse_header` are re-exported
@@ -25,7 +36,10 @@ here so this module lists every format.
 from __future__ import annotations
 
 import enum
+import re
 import struct
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import NamedTuple
 
 from rolewire.errors import (
@@ -42,7 +56,12 @@ from rolewire.record import RecordHeader, parse_header
 __all__ = [
     "DEFAULT_MAX_FRAME",
     "MAX_ERROR_TEXT",
+    "MAX_METADATA",
+    "MAX_METADATA_ENTRIES",
+    "MAX_METADATA_KEY",
     "MAX_OPERATION_NAME",
+    "METADATA_FLAG",
+    "NO_METADATA",
     "PING_OPERATION",
     "RECORD_HEADER_SIZE",
     "CallDecoder",
@@ -55,10 +74,12 @@ __all__ = [
     "call_header",
     "decode",
     "decode_message",
+    "decode_metadata",
     "default_max_frame",
     "encode",
     "encode_frame",
     "encode_message",
+    "encode_metadata",
     "encode_records",
     "error_message",
     "parse_error",
@@ -188,20 +209,32 @@ MAX_ERROR_TEXT = 1024
 #: A REQUEST to this (empty, unregistrable) operation is a liveness probe:
 #: the callee answers an empty RESPONSE without consulting its service.
 PING_OPERATION = ""
+#: Bit of the type byte: a metadata section follows the operation name.
+METADATA_FLAG = 0x80
+#: Most bytes of one metadata section (its u16 length).
+MAX_METADATA = 0xFFFF
+#: Most entries in one metadata section.
+MAX_METADATA_ENTRIES = 32
+#: Longest metadata key, bytes.
+MAX_METADATA_KEY = 64
+#: The metadata of a message that carries none (immutable, shared).
+NO_METADATA: Mapping[str, bytes] = MappingProxyType({})
 _HEAD = struct.Struct(">BQB")
 _ID = struct.Struct(">Q")
-_CODE = struct.Struct(">H")
+_U16 = struct.Struct(">H")
+_KEY = re.compile(r"^[a-z0-9._-]{1,64}$")
 HEAD_SIZE = _HEAD.size  # 10
 
 
 class MessageType(enum.IntEnum):
-    """The first byte of a call message."""
+    """The low seven bits of a call message's first byte."""
 
     REQUEST = 1
     NOTIFY = 2
     RESPONSE = 3
     ERROR = 4
     CLOSE = 5
+    SIGNED_BATCH = 6
 
 
 _TYPES = {int(t): t for t in MessageType}
@@ -225,10 +258,70 @@ class CallMessage(NamedTuple):
     call_id: int
     operation: str
     body: bytes = b""
+    #: ``{key: value}`` of the metadata section (empty: none on the wire).
+    metadata: Mapping[str, bytes] = NO_METADATA
+
+
+def encode_metadata(metadata: Mapping[str, bytes]) -> bytes:
+    """The metadata section (``meta_len u16 | entries``, keys sorted) of a
+    non-empty mapping. Raises :class:`ProtocolViolation` for a bad key, too
+    many entries or a section above :data:`MAX_METADATA` bytes."""
+    if not metadata or len(metadata) > MAX_METADATA_ENTRIES:
+        raise ProtocolViolation(f"metadata must have 1..{MAX_METADATA_ENTRIES} entries")
+    parts = []
+    for key in sorted(metadata):
+        if not isinstance(key, str) or not _KEY.match(key):
+            raise ProtocolViolation("metadata keys are 1..64 characters of a-z 0-9 . _ -")
+        value = metadata[key]
+        if not isinstance(value, (bytes, bytearray, memoryview)):
+            raise ProtocolViolation("metadata values are bytes")
+        value = bytes(value)
+        parts.append(bytes((len(key),)) + key.encode("ascii") + _U16.pack(len(value)) + value)
+    entries = b"".join(parts)
+    if len(entries) > MAX_METADATA:
+        raise ProtocolViolation("metadata section longer than 65535 bytes")
+    return _U16.pack(len(entries)) + entries
+
+
+def decode_metadata(data: bytes, offset: int = 0) -> tuple[Mapping[str, bytes], int]:
+    """Parse the metadata section starting at ``offset``; returns the
+    (read-only) mapping and the offset after it. Raises
+    :class:`ProtocolViolation` on any deviation from the canonical form."""
+    if len(data) < offset + 2:
+        raise ProtocolViolation("call metadata truncated")
+    (length,) = _U16.unpack_from(data, offset)
+    pos, end = offset + 2, offset + 2 + length
+    if len(data) < end:
+        raise ProtocolViolation("call metadata truncated")
+    entries: dict[str, bytes] = {}
+    previous = ""
+    while pos < end:
+        key_len = data[pos]
+        key_end = pos + 1 + key_len
+        if not 1 <= key_len <= MAX_METADATA_KEY or key_end + 2 > end:
+            raise ProtocolViolation("malformed call metadata entry")
+        try:
+            key = bytes(data[pos + 1 : key_end]).decode("ascii")
+        except UnicodeDecodeError:
+            raise ProtocolViolation("metadata key is not ASCII") from None
+        if not _KEY.match(key) or key <= previous:
+            raise ProtocolViolation("metadata keys must be valid and strictly increasing")
+        (value_len,) = _U16.unpack_from(data, key_end)
+        pos = key_end + 2 + value_len
+        if pos > end:
+            raise ProtocolViolation("malformed call metadata entry")
+        entries[key] = bytes(data[key_end + 2 : pos])
+        previous = key
+        if len(entries) > MAX_METADATA_ENTRIES:
+            raise ProtocolViolation("too many call metadata entries")
+    if not entries:
+        raise ProtocolViolation("empty call metadata section")
+    return MappingProxyType(entries), end
 
 
 def call_header(kind: MessageType, call_id: int, operation: str) -> bytes:
-    """The bytes a call message starts with; the body follows directly."""
+    """The bytes a call message without metadata starts with; the body
+    follows directly."""
     op = operation.encode("utf-8")
     if len(op) > MAX_OPERATION_NAME:
         raise ProtocolViolation("operation name longer than 255 bytes")
@@ -236,7 +329,13 @@ def call_header(kind: MessageType, call_id: int, operation: str) -> bytes:
 
 
 def encode(message: CallMessage) -> bytes:
-    """The bytes of one call message."""
+    """The bytes of one call message (with its metadata section, if any)."""
+    if message.metadata:
+        op = message.operation.encode("utf-8")
+        if len(op) > MAX_OPERATION_NAME:
+            raise ProtocolViolation("operation name longer than 255 bytes")
+        return (_HEAD.pack(message.type | METADATA_FLAG, message.call_id, len(op)) + op
+                + encode_metadata(message.metadata) + message.body)
     return call_header(message.type, message.call_id, message.operation) + message.body
 
 
@@ -245,7 +344,7 @@ def decode(data: bytes) -> CallMessage:
     if len(data) < _HEAD.size:
         raise ProtocolViolation("call message truncated")
     kind, call_id, op_len = _HEAD.unpack_from(data)
-    message_type = _TYPES.get(kind)
+    message_type = _TYPES.get(kind & ~METADATA_FLAG)
     if message_type is None:
         raise ProtocolViolation("unknown call message type")
     end = _HEAD.size + op_len
@@ -255,14 +354,17 @@ def decode(data: bytes) -> CallMessage:
         operation = bytes(data[_HEAD.size : end]).decode("utf-8")
     except UnicodeDecodeError:
         raise ProtocolViolation("operation name is not UTF-8") from None
+    if kind & METADATA_FLAG:
+        metadata, end = decode_metadata(data, end)
+        return CallMessage(message_type, call_id, operation, bytes(data[end:]), metadata)
     return CallMessage(message_type, call_id, operation, bytes(data[end:]))
 
 
 class CallDecoder:
     """:func:`decode` with a cache of operation names (the slow part of
-    decoding is re-validating the same few names); anything unusual goes
-    through :func:`decode` itself, so errors are the same. One per
-    connection."""
+    decoding is re-validating the same few names); anything unusual
+    (metadata included) goes through :func:`decode` itself, so errors are
+    the same. One per connection."""
 
     __slots__ = ("_ops",)
 
@@ -290,7 +392,7 @@ class CallDecoder:
 def error_message(call_id: int, operation: str, code: ErrorCode, text: str) -> CallMessage:
     """An ERROR reply: body ``code u16 | UTF-8 text`` (text cut to
     :data:`MAX_ERROR_TEXT` bytes)."""
-    body = _CODE.pack(code) + text.encode("utf-8")[:MAX_ERROR_TEXT]
+    body = _U16.pack(code) + text.encode("utf-8")[:MAX_ERROR_TEXT]
     return CallMessage(MessageType.ERROR, call_id, operation, body)
 
 
@@ -299,7 +401,7 @@ def parse_error(message: CallMessage) -> tuple[int, str]:
     if the body is shorter than its code."""
     if len(message.body) < 2:
         raise ProtocolViolation("error message truncated")
-    (code,) = _CODE.unpack_from(message.body)
+    (code,) = _U16.unpack_from(message.body)
     return code, bytes(message.body[2:]).decode("utf-8", "replace")
 
 
