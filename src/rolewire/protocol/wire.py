@@ -243,8 +243,8 @@ _TYPES = {int(t): t for t in MessageType}
 class ErrorCode(enum.IntEnum):
     """Why a call failed, as the callee reports it."""
 
-    FORBIDDEN = 1          # the caller holds none of the roles the operation needs
-    UNKNOWN_OPERATION = 2  # no such operation on this service
+    FORBIDDEN = 1          # refused: no role for it (or, by default, no such operation)
+    UNKNOWN_OPERATION = 2  # no such operation (only from a service with distinct_errors)
     HANDLER_FAILED = 3     # the handler raised; details stay in the callee's log
     BAD_REQUEST = 4        # the request was refused before its handler ran (bad input)
     UNAVAILABLE = 5        # the service is shutting down or overloaded
