@@ -25,6 +25,7 @@ from rolewire.aio._base import (
     run_handshake,
 )
 from rolewire.aio.framing import FrameDecoder, FrameKind, default_max_frame, encode_frame
+from rolewire.callstate import ConnectionState
 from rolewire.errors import (
     AuthenticationFailed,
     ConfigurationError,
@@ -102,6 +103,9 @@ class _ServerConnection(RecordConnection):
         # The peer's roles are fixed for the session: cache "may it call op?"
         # (used only to count refused notifications; dispatch decides).
         self._permitted: dict[str, bool] = {}
+        # Per-connection state of the call layers (end-user token cache,
+        # signed-call batches): rolewire.callstate.
+        self.call_state = ConnectionState(session.transcript_hash)
         if server.idle_timeout:
             self._idle_handle = self._loop.call_later(server.idle_timeout, self._idle_check)
 
@@ -234,6 +238,7 @@ class _ServerConnection(RecordConnection):
         op_cache = self.op_cache
         permitted = self._permitted
         dispatch_nowait = service._dispatch_nowait
+        state = self.call_state
         for plaintext in self.open_records(records):
             message = decode_call(plaintext, op_cache)
             call_type = message.type
@@ -249,7 +254,7 @@ class _ServerConnection(RecordConnection):
                         permitted[message.operation] = allowed
                 if not allowed:
                     stats.forbidden_calls += 1  # (services.py logs the audit event)
-                done = dispatch_nowait(message, roles, peer)
+                done = dispatch_nowait(message, roles, peer, state)
                 if done is not None and not isinstance(done, CallMessage):
                     await done
             elif call_type is MessageType.REQUEST:
@@ -261,7 +266,7 @@ class _ServerConnection(RecordConnection):
                 elif not self._server.is_async(message.operation):
                     # Synchronous handler (or an unknown operation): answer
                     # inline, no task needed.
-                    reply = dispatch_nowait(message, roles, peer)
+                    reply = dispatch_nowait(message, roles, peer, state)
                     if reply is not None and not isinstance(reply, CallMessage):
                         reply = await reply
                     self._reply(reply)
@@ -293,7 +298,8 @@ class _ServerConnection(RecordConnection):
 
     async def _run_call(self, message: CallMessage) -> None:
         try:
-            reply = await self._service.dispatch(message, self.session.peer_roles, self.peer)
+            reply = await self._service.dispatch(message, self.session.peer_roles, self.peer,
+                                                 self.call_state)
             self._reply(reply)
         finally:
             self._inflight -= 1
