@@ -252,7 +252,7 @@ def test_dispatch_refuses_with_typed_reason():
 
     def send(meta):
         return asyncio.run(svc.dispatch(CallMessage(MessageType.REQUEST, 1, "charge", b"", meta),
-                                        frozenset(), "peer", ConnectionState()))
+                                        frozenset(), "peer", state=ConnectionState()))
 
     ok = send(token_metadata(idp.issue("alice", audience="payment", scope=["orders:write"])))
     assert ok.type is MessageType.RESPONSE and ok.body == b"alice"
@@ -340,7 +340,7 @@ def test_chain_of_services_propagates_and_denies_stripping_and_swapping():
                 with pytest.raises(Forbidden, match="signature"):
                     await customer.call("buy", b"", metadata=token_metadata(forged))
             middle_ch = channels["middle"]
-            assert b"denied: operation 'ship' refused: this operation requires an end-user" \
+            assert b"denied: call refused: this operation requires an end-user" \
                 in await middle_ch.call("pay_stripped", b"")
             # swapping in another audience's token is refused; a token of the
             # same audience is the forwarded variant's known limit (docs)
