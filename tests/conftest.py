@@ -67,3 +67,16 @@ def pair_factory(backend: str) -> Callable[..., Any]:
         return make_pair(suite, backend, **kwargs)
 
     return factory
+
+
+def assert_owner_only(path: Any) -> None:
+    """What each OS can guarantee for a secret file: mode 0600 on POSIX; on
+    Windows (no mode bits) an ACL that grants no well-known group access."""
+    import stat
+    import sys
+
+    from rolewire.pki import owner_only
+
+    assert owner_only(path), f"{path} is readable by others"
+    if sys.platform != "win32":
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600

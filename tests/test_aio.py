@@ -115,8 +115,11 @@ def test_request_response_with_roles_on_both_sides():
                 with pytest.raises(errors.Forbidden) as info:
                     await channel.call("charge", b"10")
                 assert info.value.operation == "charge" and info.value.code == 1
-                with pytest.raises(errors.UnknownOperation):
+                assert "payment" not in str(info.value)  # no role name (issue 11 s. 3)
+                # An unknown operation looks the same as a refused one.
+                with pytest.raises(errors.Forbidden) as unknown:
                     await channel.call("nope")
+                assert str(unknown.value) == str(info.value)
                 err = await asyncio.gather(channel.call("boom"), return_exceptions=True)
                 assert type(err[0]) is errors.RemoteCallError and "secret" not in str(err[0])
                 # The session survives refused calls.
@@ -126,7 +129,7 @@ def test_request_response_with_roles_on_both_sides():
     stats = run(main())
     assert svc.seen_roles == [frozenset({"payment"})]
     assert stats.sessions_total == 2 and stats.sessions_open == 0
-    assert stats.forbidden_calls == 1 and stats.requests == 7
+    assert stats.forbidden_calls == 2 and stats.requests == 7  # "charge" and "nope"
     assert stats.records_opened >= 7 and stats.records_sealed >= 7
     assert stats.handshakes_failed == 0
 

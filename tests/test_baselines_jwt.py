@@ -23,6 +23,7 @@ from rolewire.baselines.jwt import (
 )
 from rolewire.errors import ConfigurationError, Forbidden, RemoteCallError
 from rolewire.services import CallContext, Service
+from tests.conftest import assert_owner_only
 
 BODY = b'{"amount": 42}'
 
@@ -201,7 +202,7 @@ def test_registry_round_trip(registry: KeyRegistry, tmp_path: Path) -> None:
 def test_identity_save_load(tmp_path: Path) -> None:
     me = ServiceIdentity.generate("orders", "ES256")
     me.save(tmp_path / "orders.key")
-    assert (tmp_path / "orders.key").stat().st_mode & 0o077 == 0
+    assert_owner_only(tmp_path / "orders.key")
     again = ServiceIdentity.load("orders", tmp_path / "orders.key")
     assert again.algorithm == "ES256"
     assert "PRIVATE" not in repr(again)

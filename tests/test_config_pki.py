@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import stat
 import subprocess
 import sys
 import textwrap
@@ -16,6 +15,7 @@ from rolewire import errors
 from rolewire.config import load_config
 from rolewire.pki import create_ca, issue
 from rolewire.roles.certificate import CertificateRole
+from tests.conftest import assert_owner_only
 
 
 def cli(*args, env=None):
@@ -48,7 +48,7 @@ def test_pki_key_types(key_type):
 def test_cli_keygen_and_ca(tmp_path):
     key = tmp_path / "role.key"
     assert cli("keygen", str(key)).returncode == 0
-    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert_owner_only(key)
     assert len(key.read_bytes().strip()) == 44  # base64 of 32 bytes
     again = cli("keygen", str(key))
     assert again.returncode == 3 and "already exists" in again.stderr
@@ -56,7 +56,7 @@ def test_cli_keygen_and_ca(tmp_path):
     assert cli("ca", "init", str(pki)).returncode == 0
     assert cli("ca", "init", str(pki)).returncode == 3
     assert cli("ca", "issue", str(pki), "payment").returncode == 0
-    assert stat.S_IMODE((pki / "payment.key").stat().st_mode) == 0o600
+    assert_owner_only(pki / "payment.key")
     assert cli("ca", "issue", str(tmp_path / "nope"), "x").returncode == 3
     assert cli("ca", "bogus").returncode == 2
 

@@ -133,7 +133,9 @@ class RemoteCallError(RolewireError):
 
 class Forbidden(RemoteCallError):
     """The callee refused the call: the caller holds none of the roles the
-    operation requires."""
+    operation requires, or (unless the service opted into distinct errors)
+    there is no such operation. The text names no role; the callee's audit
+    log has the detail."""
 
     default_code = 1
 

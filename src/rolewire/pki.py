@@ -5,7 +5,8 @@ service or role holder. Keys are ECDSA P-256 by default (P-384 and RSA-2048
 on request); leaf certificates carry the extensions that
 ``cryptography.x509.verification`` requires (SAN, EKU client+server auth,
 key usage, AKI/SKI), so they validate as role certificates and as TLS
-certificates alike. Private keys are written with mode 0600.
+certificates alike. Private keys are written readable by their owner only
+(mode 0600 on POSIX, an owner-only ACL on Windows: :func:`write_secret_file`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import os
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +26,16 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from rolewire.errors import ConfigurationError
 
-__all__ = ["KEY_TYPES", "Issued", "create_ca", "issue", "load_issued", "write_private_key"]
+__all__ = [
+    "KEY_TYPES",
+    "Issued",
+    "create_ca",
+    "issue",
+    "load_issued",
+    "owner_only",
+    "write_private_key",
+    "write_secret_file",
+]
 
 KEY_TYPES = ("ec-p256", "ec-p384", "rsa-2048")
 PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
@@ -138,14 +149,62 @@ def write_private_key(path: str | os.PathLike[str], key: PrivateKey) -> None:
 
 
 def write_secret_file(path: str | os.PathLike[str], data: bytes) -> None:
-    """Create ``path`` with mode 0600 (refusing to overwrite) and write ``data``."""
+    """Create ``path`` readable by its owner only (refusing to overwrite) and
+    write ``data``.
+
+    POSIX: the file is created with mode 0600 in one ``open`` call, so it is
+    never readable by others, whatever the umask. Windows has no mode bits:
+    the file is created empty, its ACL is replaced by one entry granting the
+    current user full control (inherited entries removed, with ``icacls``),
+    and only then is the secret written. If the ACL cannot be set the file
+    is removed and :class:`ConfigurationError` raised."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
     try:
         fd = os.open(path, flags, 0o600)
     except FileExistsError:
-        raise ConfigurationError(f"{os.fspath(path)} already exists; not overwriting a secret")
+        raise ConfigurationError(f"{os.fspath(path)} already exists; not overwriting a secret"
+                                 ) from None
     with os.fdopen(fd, "wb") as handle:
+        if sys.platform == "win32":  # pragma: no cover - exercised by the Windows CI job
+            try:
+                _restrict_windows_acl(path)
+            except ConfigurationError:
+                handle.close()
+                os.unlink(path)
+                raise
         handle.write(data)
+
+
+def _restrict_windows_acl(path: str | os.PathLike[str]) -> None:  # pragma: no cover
+    import getpass
+    import subprocess
+
+    user = getpass.getuser()
+    try:
+        done = subprocess.run(["icacls", os.fspath(path), "/inheritance:r", "/grant:r",
+                               f"{user}:F"], capture_output=True, text=True, check=False)
+    except OSError as exc:
+        raise ConfigurationError(f"cannot restrict access to {os.fspath(path)}: {exc}") from None
+    if done.returncode != 0:
+        raise ConfigurationError(f"cannot restrict access to {os.fspath(path)}: "
+                                 f"icacls said {done.stdout.strip() or done.stderr.strip()}")
+
+
+def owner_only(path: str | os.PathLike[str]) -> bool:
+    """True if no one but the file's owner (and, on Windows, the system and
+    administrators, which the platform always allows) may read ``path``.
+
+    POSIX: no group or other permission bit. Windows: the ACL, as listed by
+    ``icacls``, grants no well-known group (Everyone, Users, Authenticated
+    Users) any access."""
+    if sys.platform != "win32":
+        return os.stat(path).st_mode & 0o077 == 0
+    import subprocess  # pragma: no cover
+
+    listing = subprocess.run(["icacls", os.fspath(path)], capture_output=True, text=True,
+                             check=False).stdout  # pragma: no cover
+    return not any(group in listing for group in  # pragma: no cover
+                   ("Everyone", "BUILTIN\\Users", "Authenticated Users"))
 
 
 def load_issued(cert_path: str | os.PathLike[str], key_path: str | os.PathLike[str]) -> Issued:
