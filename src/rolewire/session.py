@@ -49,8 +49,7 @@ from rolewire.errors import (
     RecordTooOld,
     ReplayDetected,
 )
-from rolewire.record import RecordLayer, RecordLimits, Suite
-from rolewire.record._base import Buffer
+from rolewire.record import Buffer, RecordLayer, RecordLimits, Suite
 
 if TYPE_CHECKING:
     from typing_extensions import Self
