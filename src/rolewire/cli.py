@@ -319,7 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--json", action="store_true", help="machine-readable output")
     inspect.set_defaults(func=cmd_inspect)
 
-    from rolewire.baselines.audit import add_audit_parser
+    from rolewire.auditcmd import add_audit_parser
 
     add_audit_parser(sub)
 

@@ -146,12 +146,16 @@ class Service:
             cannot enumerate the operations they may not call).
         end_users: verifier of end-user tokens in call metadata
             (:class:`rolewire.enduser.EndUserVerifier`; None: ignore them).
+        signed_calls: the receiver of signed calls
+            (:class:`rolewire.nonrep.SignedCalls`: trust anchors per role,
+            audit log); needed by operations with ``signed=``.
     """
 
     name: str
     operations: dict[str, Operation] = field(default_factory=dict)
     distinct_errors: bool = False
     end_users: Any = None
+    signed_calls: Any = None
     _contexts: dict[tuple[str, frozenset[str], str], CallContext] = field(
         default_factory=dict, init=False, repr=False, compare=False)
 
@@ -192,6 +196,15 @@ class Service:
         if signed is not None and (not isinstance(signed, str) or not signed):
             raise ConfigurationError("signed= names the certificate role that signs")
         self.operations[name] = Operation(name, handler, allowed, user, signed)
+
+    def connection_state(self, transcript_hash: bytes, peer_roles: frozenset[str],
+                         peer: str = "") -> ConnectionState:
+        """A new connection's :class:`~rolewire.callstate.ConnectionState`
+        (servers call this once per connection)."""
+        state = ConnectionState(transcript_hash)
+        if self.signed_calls is not None:
+            state.admit = self.signed_calls.admission(state, peer_roles, peer)
+        return state
 
     @property
     def signed_operations(self) -> frozenset[str]:
