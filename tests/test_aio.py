@@ -14,7 +14,13 @@ import pytest
 from rolewire import errors
 from rolewire.aio import FrameDecoder, FrameKind, connect, serve
 from rolewire.aio.framing import encode_frame, encode_records
-from rolewire.handshake import HandshakeConfig, HandshakeLimiter, Initiator, RejectReason
+from rolewire.handshake import (
+    DEFAULT_SUITES,
+    HandshakeConfig,
+    HandshakeLimiter,
+    Initiator,
+    RejectReason,
+)
 from rolewire.record import RecordLimits
 from rolewire.roles.key import KeyRole
 from rolewire.rpc import CallMessage, MessageType, decode, encode
@@ -593,7 +599,7 @@ def test_rekeys_and_log_events(caplog):
     assert {r.side for r in done} == {"initiator", "responder"}
     for record in done:
         assert record.transcript == th[:4].hex() and len(record.transcript) == 8
-        assert record.suite == "X448-MLKEM768-BLAKE2B-CHACHA20POLY1305"
+        assert record.suite == DEFAULT_SUITES[0].wire_name
         assert record.peer.startswith("127.0.0.1:")
         assert record.peer_roles == ["shop"]
     assert {r.direction for r in by_event["rekey"]} == {"send", "receive"}
@@ -642,7 +648,7 @@ def test_framing_decoder_edges():
 
 
 def test_call_message_header_matches_rpc_codec():
-    from rolewire.aio._base import call_header
+    from rolewire.protocol.wire import call_header
 
     body = b"payload"
     message = decode(call_header(MessageType.NOTIFY, 0, "sink") + body)

@@ -20,7 +20,6 @@ from rolewire.aio._base import (
     HandshakeAborted,
     RecordConnection,
     close_writer,
-    decode_call,
     limit_recv_size,
     linger_close,
     log,
@@ -28,8 +27,8 @@ from rolewire.aio._base import (
     log_handshake_failed,
     run_handshake,
 )
-from rolewire.aio.framing import FrameDecoder, FrameKind, default_max_frame, encode_frame
 from rolewire.budgets import CallGuard, PeerBudget, peer_group
+from rolewire.callstate import ConnectionState
 from rolewire.errors import (
     AuthenticationFailed,
     ConfigurationError,
@@ -43,7 +42,17 @@ from rolewire.handshake import HandshakeConfig, HandshakeLimiter, Responder, bus
 from rolewire.handshake.limiter import HandshakeSlot
 from rolewire.handshake.messages import Reject
 from rolewire.handshake.reasons import RejectReason
-from rolewire.rpc import CallMessage, ErrorCode, MessageType, encode, error_message
+from rolewire.protocol.wire import (
+    CallMessage,
+    ErrorCode,
+    FrameDecoder,
+    FrameKind,
+    MessageType,
+    default_max_frame,
+    encode,
+    encode_frame,
+    error_message,
+)
 from rolewire.services import Service, audit_log
 from rolewire.session import Session
 
@@ -113,6 +122,9 @@ class _ServerConnection(RecordConnection):
         # Refused calls of this connection: audit-line budget, close threshold.
         self.guard = CallGuard(**server.call_guard)
         self._refused_seen = 0
+        # Per-connection state of the call layers (end-user token cache,
+        # signed-call batches): rolewire.callstate.
+        self.call_state = ConnectionState(session.transcript_hash)
         if server.idle_timeout:
             self._idle_handle = self._loop.call_later(server.idle_timeout, self._idle_check)
 
@@ -267,18 +279,19 @@ class _ServerConnection(RecordConnection):
         roles = self.session.peer_roles
         peer = self.peer
         stats = self._stats
-        op_cache = self.op_cache
+        decode = self.calls.decode
         guard = self.guard
         now = self._loop.time()
-        dispatch_nowait = service._dispatch_nowait
+        dispatch_nowait = service.dispatch_nowait
+        state = self.call_state
         for plaintext in self.open_records(records):
-            message = decode_call(plaintext, op_cache)
+            message = decode(plaintext)
             call_type = message.type
             if call_type is MessageType.NOTIFY:
                 stats.notifications += 1
                 if self._closing:
                     continue
-                done = dispatch_nowait(message, roles, peer, guard, now)
+                done = dispatch_nowait(message, roles, peer, guard, now, state)
                 if done is not None and not isinstance(done, CallMessage):
                     await done
                 if guard.refused != self._refused_seen:
@@ -292,7 +305,7 @@ class _ServerConnection(RecordConnection):
                 elif not self._server.is_async(message.operation):
                     # Synchronous handler (or an unknown operation): answer
                     # inline, no task needed.
-                    reply = dispatch_nowait(message, roles, peer, guard, now)
+                    reply = dispatch_nowait(message, roles, peer, guard, now, state)
                     if reply is not None and not isinstance(reply, CallMessage):
                         reply = await reply
                     self._reply(reply)
@@ -336,7 +349,7 @@ class _ServerConnection(RecordConnection):
     async def _run_call(self, message: CallMessage) -> None:
         try:
             reply = await self._service.dispatch(message, self.session.peer_roles, self.peer,
-                                                 self.guard, self._loop.time())
+                                                 self.guard, self._loop.time(), self.call_state)
             self._reply(reply)
             self._check_guard()
         finally:
