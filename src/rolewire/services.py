@@ -38,6 +38,7 @@ import inspect
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from rolewire.budgets import CallGuard
 from rolewire.errors import ConfigurationError
@@ -51,6 +52,7 @@ __all__ = [
     "Access",
     "CallContext",
     "Operation",
+    "Refusal",
     "Service",
 ]
 
@@ -71,6 +73,14 @@ class Access(enum.Enum):
 
 ANY_AUTHENTICATED = Access.ANY_AUTHENTICATED
 UNRESTRICTED = Access.UNRESTRICTED
+
+
+class Refusal(NamedTuple):
+    """Why a call is answered with an ERROR instead of its handler's reply:
+    the :class:`~rolewire.protocol.wire.ErrorCode` and the reply text."""
+
+    code: ErrorCode
+    text: str
 
 
 @dataclass(frozen=True)
@@ -183,6 +193,72 @@ class Service:
             return result
         return await result
 
+    def authorize(self, operation: str, peer_roles: frozenset[str], peer: str = "",
+                  guard: CallGuard | None = None, now: float = 0.0) -> Operation | Refusal:
+        """May a caller with ``peer_roles`` call ``operation``? Returns the
+        :class:`Operation`, or the :class:`Refusal` to answer with (its
+        audit event written, and charged to ``guard`` at time ``now``, as in
+        :meth:`dispatch`). Used by the connection core for every call."""
+        found = self.operations.get(operation)
+        if found is None:
+            self._audit_refusal(guard, now, "unknown operation", {
+                "event": "unknown_operation", "service": self.name,
+                "operation": operation, "peer": peer,
+                "peer_roles": sorted(peer_roles)})
+            if self.distinct_errors:
+                return Refusal(ErrorCode.UNKNOWN_OPERATION, UNKNOWN_TEXT)
+            return Refusal(ErrorCode.FORBIDDEN, REFUSED_TEXT)
+        if not found.permits(peer_roles):
+            # The required roles go to the local audit log only, never into
+            # the reply (issue 11, section 3).
+            self._audit_refusal(guard, now, "forbidden call", {
+                "event": "forbidden", "service": self.name,
+                "operation": found.name, "peer": peer,
+                "peer_roles": sorted(peer_roles), "required": found.describe()})
+            return Refusal(ErrorCode.FORBIDDEN, REFUSED_TEXT)
+        return found
+
+    def call_context(self, operation: Operation, peer_roles: frozenset[str], peer: str = "",
+                     call_id: int = 0,
+                     metadata: Mapping[str, bytes] = NO_METADATA) -> CallContext:
+        """The :class:`CallContext` a handler of ``operation`` receives
+        (those of notifications without metadata are cached and shared)."""
+        if metadata:
+            return CallContext(self.name, operation.name, peer_roles, peer, call_id, metadata)
+        return self._context(operation.name, peer_roles, peer, call_id)
+
+    def invoke(self, operation: Operation, context: CallContext,
+               body: bytes) -> bytes | Refusal | Awaitable[bytes | Refusal]:
+        """Run an authorized operation's handler. Returns the reply body, or
+        a ``HANDLER_FAILED`` :class:`Refusal` if the handler raised (logged;
+        the text names only the exception type); for an asynchronous
+        handler, an awaitable of either."""
+        try:
+            result = operation.handler(context, body)
+        except Exception as exc:  # noqa: BLE001 - a handler bug must not kill the session
+            return self._failed(operation, exc)
+        if result is not None and not isinstance(result, (bytes, bytearray, memoryview)) \
+                and inspect.isawaitable(result):
+            return self._await_handler(operation, result)
+        return bytes(result or b"")
+
+    async def _await_handler(self, operation: Operation,
+                             pending: Awaitable[bytes | None]) -> bytes | Refusal:
+        try:
+            result = await pending
+        except Exception as exc:  # noqa: BLE001 - a handler bug must not kill the session
+            return self._failed(operation, exc)
+        return bytes(result or b"")
+
+    def _failed(self, operation: Operation, exc: Exception) -> Refusal:
+        logging.getLogger("rolewire.services").error(
+            "handler failed",
+            exc_info=exc,
+            extra={"event": "handler_failed", "service": self.name,
+                   "operation": operation.name},
+        )
+        return Refusal(ErrorCode.HANDLER_FAILED, f"handler raised {type(exc).__name__}")
+
     def dispatch_nowait(
         self, message: CallMessage, peer_roles: frozenset[str], peer: str = "",
         guard: CallGuard | None = None, now: float = 0.0,
@@ -191,53 +267,21 @@ class Service:
         synchronous (the common case on a message stream: creating and
         awaiting a coroutine per message costs more than a small handler).
         Returns the reply or None, or, for an asynchronous handler, an
-        awaitable of it."""
+        awaitable of it. (:meth:`authorize` + :meth:`invoke`.)"""
         expects_reply = message.type is MessageType.REQUEST
-        operation = self.operations.get(message.operation)
-        if operation is None:
-            self._audit_refusal(guard, now, "unknown operation", {
-                "event": "unknown_operation", "service": self.name,
-                "operation": message.operation, "peer": peer,
-                "peer_roles": sorted(peer_roles)})
-            if self.distinct_errors:
-                return _reply_error(message, expects_reply, ErrorCode.UNKNOWN_OPERATION,
-                                    UNKNOWN_TEXT)
-            return _reply_error(message, expects_reply, ErrorCode.FORBIDDEN, REFUSED_TEXT)
-        if not operation.permits(peer_roles):
-            # The required roles go to the local audit log only, never into
-            # the reply (issue 11, section 3).
-            self._audit_refusal(guard, now, "forbidden call", {
-                "event": "forbidden", "service": self.name,
-                "operation": operation.name, "peer": peer,
-                "peer_roles": sorted(peer_roles), "required": operation.describe()})
-            return _reply_error(message, expects_reply, ErrorCode.FORBIDDEN, REFUSED_TEXT)
-        if message.metadata:
-            context = CallContext(self.name, operation.name, peer_roles, peer, message.call_id,
-                                  message.metadata)
-        else:
-            context = self._context(operation.name, peer_roles, peer, message.call_id)
-        try:
-            result = operation.handler(context, message.body)
-        except Exception as exc:  # noqa: BLE001 - a handler bug must not kill the session
-            return self._handler_failed(operation, message, expects_reply, exc)
-        if result is not None and not isinstance(result, (bytes, bytearray, memoryview)) \
-                and inspect.isawaitable(result):
-            return self._finish(operation, message, expects_reply, result)
-        if not expects_reply:
-            return None
-        return CallMessage(MessageType.RESPONSE, message.call_id, operation.name,
-                           bytes(result or b""))
+        operation = self.authorize(message.operation, peer_roles, peer, guard, now)
+        if isinstance(operation, Refusal):
+            return _reply_error(message, expects_reply, operation.code, operation.text)
+        context = self.call_context(operation, peer_roles, peer, message.call_id,
+                                    message.metadata)
+        result = self.invoke(operation, context, message.body)
+        if isinstance(result, (bytes, Refusal)):
+            return _reply(message, expects_reply, operation, result)
+        return self._finish(message, expects_reply, operation, result)
 
-    async def _finish(self, operation: Operation, message: CallMessage, expects_reply: bool,
-                      pending: Awaitable[bytes | None]) -> CallMessage | None:
-        try:
-            result = await pending
-        except Exception as exc:  # noqa: BLE001 - a handler bug must not kill the session
-            return self._handler_failed(operation, message, expects_reply, exc)
-        if not expects_reply:
-            return None
-        return CallMessage(MessageType.RESPONSE, message.call_id, operation.name,
-                           bytes(result or b""))
+    async def _finish(self, message: CallMessage, expects_reply: bool, operation: Operation,
+                      pending: Awaitable[bytes | Refusal]) -> CallMessage | None:
+        return _reply(message, expects_reply, operation, await pending)
 
     #: The former private name (kept for callers written against it).
     _dispatch_nowait = dispatch_nowait
@@ -253,17 +297,6 @@ class Service:
             if suppressed:
                 fields["suppressed"] = suppressed  # lines dropped since the last one
             audit_log.warning(text, extra=fields)
-
-    def _handler_failed(self, operation: Operation, message: CallMessage, expects_reply: bool,
-                        exc: Exception) -> CallMessage | None:
-        logging.getLogger("rolewire.services").error(
-            "handler failed",
-            exc_info=exc,
-            extra={"event": "handler_failed", "service": self.name,
-                   "operation": operation.name},
-        )
-        return _reply_error(message, expects_reply, ErrorCode.HANDLER_FAILED,
-                            f"handler raised {type(exc).__name__}")
 
     def _context(self, operation: str, peer_roles: frozenset[str], peer: str,
                  call_id: int) -> CallContext:
@@ -284,6 +317,15 @@ class Service:
 
 #: Bound of a service's cache of notification contexts.
 _CONTEXT_CACHE_SIZE = 4096
+
+
+def _reply(message: CallMessage, expects_reply: bool, operation: Operation,
+           result: bytes | Refusal) -> CallMessage | None:
+    if not expects_reply:
+        return None
+    if isinstance(result, Refusal):
+        return error_message(message.call_id, message.operation, result.code, result.text)
+    return CallMessage(MessageType.RESPONSE, message.call_id, operation.name, result)
 
 
 def _reply_error(message: CallMessage, expects_reply: bool, code: ErrorCode,
