@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from rolewire.budgets import CallGuard
+from rolewire.callstate import ConnectionState
 from rolewire.errors import (
     CallTimeout,
     ConfigurationError,
@@ -131,8 +132,11 @@ class Authorizer(Protocol):
                   now: float = 0.0) -> Operation | Refusal: ...
 
     def call_context(self, operation: Operation, peer_roles: frozenset[str], peer: str = "",
-                     call_id: int = 0,
-                     metadata: Mapping[str, bytes] = NO_METADATA) -> CallContext: ...
+                     call_id: int = 0, metadata: Mapping[str, bytes] = NO_METADATA, *,
+                     state: ConnectionState | None = None, guard: CallGuard | None = None,
+                     now: float = 0.0) -> CallContext | Refusal: ...
+
+    def needs_call_checks(self, operation: Operation) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -282,6 +286,9 @@ class Connection:
         self.inflight = 0
         self.guard = CallGuard(**dict(s.call_guard or {}))
         self._allowed: dict[str, Operation] = {}
+        #: Per-connection state of the layers above the codec (end-user
+        #: token cache, signed-call state), set when the handshake completes.
+        self.state: ConnectionState | None = None
         self._notify_contexts: dict[str, CallContext] = {}
         # closing
         self._closing = False
@@ -492,6 +499,7 @@ class Connection:
         self._hs = None
         self._state = _OPEN
         self._peer_roles = session.peer_roles
+        self.state = ConnectionState(session.transcript_hash)
         self._max_plaintext = session.max_plaintext
         self._send_epoch = session.send_epoch
         self._recv_epoch = session.recv_epoch
@@ -587,14 +595,14 @@ class Connection:
                     operation = self._authorize(message)
                     if operation is None:
                         continue
-                if message.metadata:
-                    context = service.call_context(operation, roles, peer, 0, message.metadata)
-                else:
-                    context = contexts.get(name)
+                context = None if message.metadata else contexts.get(name)
+                if context is None:
+                    context = self._context(operation, message)
                     if context is None:
-                        context = service.call_context(operation, roles, peer, 0)
-                        if len(contexts) < 1024:
-                            contexts[name] = context
+                        continue
+                    if not message.metadata and len(contexts) < 1024 and \
+                            not service.needs_call_checks(operation):
+                        contexts[name] = context
                 append(Notified(operation, context, message.body))
             elif kind is MessageType.REQUEST:
                 self._request(message)
@@ -630,8 +638,9 @@ class Connection:
             operation = self._authorize(message)
             if operation is None:
                 return
-        context = service.call_context(operation, self._peer_roles, self.peer, call_id,
-                                       message.metadata)
+        context = self._context(operation, message)
+        if context is None:
+            return
         self.inflight += 1
         self._events.append(CallReceived(call_id, operation, context, message.body))
 
@@ -647,6 +656,19 @@ class Connection:
         if len(self._allowed) < 1024:
             self._allowed[message.operation] = result
         return result
+
+    def _context(self, operation: Operation, message: CallMessage) -> CallContext | None:
+        """The handler's context, or None after refusing the call (its
+        end-user or signature requirement is not met)."""
+        service = self._service
+        assert service is not None
+        context = service.call_context(operation, self._peer_roles, self.peer,
+                                       message.call_id, message.metadata, state=self.state,
+                                       guard=self.guard, now=self._now)
+        if isinstance(context, tuple):  # a Refusal
+            self._refuse(message, context.code, context.text)
+            return None
+        return context
 
     def _refuse(self, message: CallMessage, code: ErrorCode, text: str) -> None:
         notification = message.type is MessageType.NOTIFY
