@@ -577,8 +577,6 @@ class Connection:
         service = self._service
         allowed = self._allowed
         contexts = self._notify_contexts
-        roles = self._peer_roles
-        peer = self.peer
         for plaintext in plaintexts:
             try:
                 message = decode(plaintext)
