@@ -14,7 +14,13 @@ import pytest
 from rolewire import errors
 from rolewire.aio import FrameDecoder, FrameKind, connect, serve
 from rolewire.aio.framing import encode_frame, encode_records
-from rolewire.handshake import HandshakeConfig, HandshakeLimiter, Initiator, RejectReason
+from rolewire.handshake import (
+    DEFAULT_SUITES,
+    HandshakeConfig,
+    HandshakeLimiter,
+    Initiator,
+    RejectReason,
+)
 from rolewire.record import RecordLimits
 from rolewire.roles.key import KeyRole
 from rolewire.rpc import CallMessage, MessageType, decode, encode
@@ -115,8 +121,11 @@ def test_request_response_with_roles_on_both_sides():
                 with pytest.raises(errors.Forbidden) as info:
                     await channel.call("charge", b"10")
                 assert info.value.operation == "charge" and info.value.code == 1
-                with pytest.raises(errors.UnknownOperation):
+                assert "payment" not in str(info.value)  # no role name (issue 11 s. 3)
+                # An unknown operation looks the same as a refused one.
+                with pytest.raises(errors.Forbidden) as unknown:
                     await channel.call("nope")
+                assert str(unknown.value) == str(info.value)
                 err = await asyncio.gather(channel.call("boom"), return_exceptions=True)
                 assert type(err[0]) is errors.RemoteCallError and "secret" not in str(err[0])
                 # The session survives refused calls.
@@ -126,7 +135,7 @@ def test_request_response_with_roles_on_both_sides():
     stats = run(main())
     assert svc.seen_roles == [frozenset({"payment"})]
     assert stats.sessions_total == 2 and stats.sessions_open == 0
-    assert stats.forbidden_calls == 1 and stats.requests == 7
+    assert stats.forbidden_calls == 2 and stats.requests == 7  # "charge" and "nope"
     assert stats.records_opened >= 7 and stats.records_sealed >= 7
     assert stats.handshakes_failed == 0
 
@@ -577,7 +586,7 @@ def test_rekeys_and_log_events(caplog):
     assert {r.side for r in done} == {"initiator", "responder"}
     for record in done:
         assert record.transcript == th[:4].hex() and len(record.transcript) == 8
-        assert record.suite == "X448-MLKEM768-BLAKE2B-CHACHA20POLY1305"
+        assert record.suite == DEFAULT_SUITES[0].wire_name
         assert record.peer.startswith("127.0.0.1:")
         assert record.peer_roles == ["shop"]
     assert {r.direction for r in by_event["rekey"]} == {"send", "receive"}
@@ -626,7 +635,7 @@ def test_framing_decoder_edges():
 
 
 def test_call_message_header_matches_rpc_codec():
-    from rolewire.aio._base import call_header
+    from rolewire.protocol.wire import call_header
 
     body = b"payload"
     message = decode(call_header(MessageType.NOTIFY, 0, "sink") + body)

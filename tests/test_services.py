@@ -11,7 +11,13 @@ from hypothesis import strategies as st
 
 from rolewire import errors
 from rolewire.rpc import CallMessage, ErrorCode, MessageType, decode, encode, parse_error
-from rolewire.services import ANY_AUTHENTICATED, UNRESTRICTED, Service
+from rolewire.services import (
+    ANY_AUTHENTICATED,
+    REFUSED_TEXT,
+    UNKNOWN_TEXT,
+    UNRESTRICTED,
+    Service,
+)
 
 
 def run(coro):
@@ -57,9 +63,13 @@ def test_forbidden_reply_and_audit(payment, caplog):
                                      peer="10.0.0.1:5"))
     assert reply.type is MessageType.ERROR
     code, text = parse_error(reply)
-    assert code == ErrorCode.FORBIDDEN and "payment" in text
+    # Issue 11 section 3: the reply names no role (it used to say
+    # "operation 'charge' requires admin | payment"); the audit log does.
+    assert code == ErrorCode.FORBIDDEN and text == REFUSED_TEXT
+    assert "payment" not in text and "admin" not in text and "charge" not in text
     event = next(r for r in caplog.records if getattr(r, "event", "") == "forbidden")
     assert event.operation == "charge" and event.peer_roles == ["user-information"]
+    assert event.required == "admin | payment"
 
 
 def test_markers(payment):
@@ -69,9 +79,47 @@ def test_markers(payment):
     assert run(payment.dispatch(request("ping"), frozenset())).body == b"pong"
 
 
-def test_unknown_operation(payment):
+def test_unknown_and_forbidden_look_the_same_by_default(payment, caplog):
+    """A caller cannot tell an operation it may not call from one that does
+    not exist: same code, same text, same reply bytes (issue 11 section 3);
+    the audit log keeps the precise reason."""
+    caller = frozenset({"user-information"})
+    with caplog.at_level(logging.WARNING, logger="rolewire.audit"):
+        refused = run(payment.dispatch(request("charge"), caller))
+        missing = run(payment.dispatch(request("refund"), caller))
+    assert encode(refused)[10 + len("charge"):] == encode(missing)[10 + len("refund"):]
+    assert parse_error(refused) == parse_error(missing) == (ErrorCode.FORBIDDEN, REFUSED_TEXT)
+    assert [r.event for r in caplog.records] == ["forbidden", "unknown_operation"]
+
+
+def test_distinct_errors_is_an_opt_in(payment):
+    service = Service("open", distinct_errors=True)
+    service.add("charge", lambda c, b: b"", roles=["payment"])
+    reply = run(service.dispatch(request("refund"), frozenset({"payment"})))
+    assert parse_error(reply) == (ErrorCode.UNKNOWN_OPERATION, UNKNOWN_TEXT)
+    reply = run(service.dispatch(request("charge"), frozenset({"other"})))
+    assert parse_error(reply) == (ErrorCode.FORBIDDEN, REFUSED_TEXT)
+    # The default service answers the missing operation like a refusal.
     reply = run(payment.dispatch(request("refund"), frozenset({"payment"})))
-    assert parse_error(reply)[0] == ErrorCode.UNKNOWN_OPERATION
+    assert parse_error(reply) == (ErrorCode.FORBIDDEN, REFUSED_TEXT)
+
+
+def test_no_reply_names_a_role_whatever_the_operation():
+    """Every refusal of every operation, for every caller role set, names
+    neither a role nor the operation's access rule."""
+    service = Service("s")
+    roles = ["alpha", "beta-role", "gamma"]
+    service.add("a_op", lambda c, b: b"", roles=["alpha"])
+    service.add("b_op", lambda c, b: b"", roles=["beta-role", "gamma"])
+    service.add("any_op", lambda c, b: b"", roles=ANY_AUTHENTICATED)
+    texts = set()
+    for op in ("a_op", "b_op", "any_op", "missing"):
+        for held in (frozenset(), frozenset({"other"}), frozenset({"alpha"})):
+            reply = run(service.dispatch(request(op), held))
+            if reply.type is MessageType.ERROR:
+                texts.add(parse_error(reply)[1])
+    assert texts == {REFUSED_TEXT}
+    assert not any(role in text for role in roles + ["any-authenticated"] for text in texts)
 
 
 def test_handler_error_hides_details(payment):
@@ -86,21 +134,21 @@ def test_notify_gets_no_reply_even_when_forbidden(payment):
 
 
 def test_sync_dispatch_path_matches_dispatch(payment):
-    """_dispatch_nowait (used by the servers) answers synchronous handlers
+    """dispatch_nowait (used by the servers) answers synchronous handlers
     without a coroutine, hands back an awaitable for asynchronous ones, and
     both end in the same replies as dispatch."""
     roles = frozenset({"payment"})
-    direct = payment._dispatch_nowait(request("ping"), roles)
+    direct = payment.dispatch_nowait(request("ping"), roles)
     assert isinstance(direct, CallMessage) and direct == run(payment.dispatch(request("ping"),
                                                                               roles))
-    pending = payment._dispatch_nowait(request("charge", b"5"), roles)
+    pending = payment.dispatch_nowait(request("charge", b"5"), roles)
     assert not isinstance(pending, CallMessage) and pending is not None
 
     async def finish():
         return await pending
 
     assert run(finish()).body == b"charged 5 for payment"
-    failed = payment._dispatch_nowait(request("broken"), roles)
+    failed = payment.dispatch_nowait(request("broken"), roles)
     assert parse_error(failed)[0] == ErrorCode.HANDLER_FAILED
 
 

@@ -28,6 +28,10 @@ def test_purchase_succeeds_and_every_escalation_is_denied():
     assert "handshake" in targets["payment"]["detail"]
     assert "handshake" in targets["warehouse"]["detail"]
     assert targets["shipping"]["detail"].startswith("Forbidden")
+    # ... and the reply names no role (issue 11 section 3: it used to print
+    # "operation 'ship' requires approval")
+    role_names = ("user-info", "payment", "approval", "shipping")
+    assert not any(name in targets["shipping"]["detail"] for name in role_names)
     assert report.ok
     text = webshop.render(report)
     assert "OK: the purchase succeeded" in text

@@ -84,8 +84,8 @@ def _print_handshake_table(report: dict[str, Any]) -> None:
     _print_ratios(report)
 
 
-BENCH_KINDS = ("record", "handshake", "channel", "auth", "connect", "all")
-COMPARE_KINDS = ("channel", "auth", "connect")
+BENCH_KINDS = ("record", "handshake", "channel", "auth", "connect", "fleet", "all")
+COMPARE_KINDS = ("channel", "auth", "connect", "fleet")
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -121,6 +121,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
         if getattr(args, "plot", None):
             compare.plot(result, args.plot)
             print(f"wrote {args.plot}", file=sys.stderr)
+    if len(kinds) > 1 and wanted:
+        # bench all: every ratio of the issue by its name, in one place.
+        report.update(compare.merge_ratios(report))
+        compare.print_report({k: report[k] for k in ("ratios", "ratio_ranges", "targets")},
+                             table=False)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as handle:
             json.dump(report if len(report) > 1 else report[kinds[0]], handle, indent=2)

@@ -17,6 +17,7 @@ __all__ = [
     "Forbidden",
     "HandshakeDecryptError",
     "HandshakeError",
+    "HandshakeInternalError",
     "HandshakeMessageTooLarge",
     "HandshakeProtocolError",
     "HandshakeRejected",
@@ -133,7 +134,9 @@ class RemoteCallError(RolewireError):
 
 class Forbidden(RemoteCallError):
     """The callee refused the call: the caller holds none of the roles the
-    operation requires."""
+    operation requires, or (unless the service opted into distinct errors)
+    there is no such operation. The text names no role; the callee's audit
+    log has the detail."""
 
     default_code = 1
 
@@ -234,6 +237,12 @@ class HandshakeTimeout(HandshakeError):
 
 class TooManyHandshakes(HandshakeError):
     """The bound on concurrent half-open handshakes is reached."""
+
+
+class HandshakeInternalError(HandshakeError):
+    """Processing a handshake message raised something unexpected (a bug):
+    the handshake fails with INTERNAL_ERROR instead of leaving the state
+    machine stuck; the cause is logged locally, never sent."""
 
 
 class HandshakeRejected(HandshakeError):

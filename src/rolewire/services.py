@@ -12,6 +12,16 @@ A refused call is answered with a typed ``FORBIDDEN`` error (the caller gets
 :class:`~rolewire.errors.Forbidden`) and logged as a structured audit event
 on the ``rolewire.audit`` logger; it is never dropped silently.
 
+What a refused caller learns. No reply names a role: the error text is
+the fixed :data:`REFUSED_TEXT`, and the audit event keeps the detail (the
+roles the operation needs, the caller's roles). By default a call to an
+operation the caller may not call and a call to an operation that does not
+exist get the *same* reply (``FORBIDDEN``, :data:`REFUSED_TEXT`), so a
+caller cannot enumerate the operations it may not call; a service may opt
+into distinct replies (``UNKNOWN_OPERATION`` for a missing operation) with
+``Service(name, distinct_errors=True)``. The two cases also count alike
+against a connection's :class:`~rolewire.budgets.CallGuard`.
+
 Example::
 
     shop = Service("payment")
@@ -26,14 +36,17 @@ from __future__ import annotations
 import enum
 import inspect
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
+from rolewire.budgets import CallGuard
 from rolewire.errors import ConfigurationError
-from rolewire.rpc import CallMessage, ErrorCode, MessageType, error_message
+from rolewire.protocol.wire import NO_METADATA, CallMessage, ErrorCode, MessageType, error_message
 
 __all__ = [
     "ANY_AUTHENTICATED",
+    "REFUSED_TEXT",
+    "UNKNOWN_TEXT",
     "UNRESTRICTED",
     "Access",
     "CallContext",
@@ -42,6 +55,11 @@ __all__ = [
 ]
 
 audit_log = logging.getLogger("rolewire.audit")
+
+#: The text of every FORBIDDEN reply (no operation or role name in it).
+REFUSED_TEXT = "call refused"
+#: The text of an UNKNOWN_OPERATION reply (only with ``distinct_errors``).
+UNKNOWN_TEXT = "unknown operation"
 
 
 class Access(enum.Enum):
@@ -58,13 +76,17 @@ UNRESTRICTED = Access.UNRESTRICTED
 @dataclass(frozen=True)
 class CallContext:
     """What a handler knows about the call: the operation, the caller's
-    verified roles, and a description of the peer (address) for logs."""
+    verified roles, a description of the peer (address) for logs, and the
+    call's metadata as sent (``{key: bytes}``, docs/PROTOCOL.md "Call
+    metadata"; unverified unless a layer above says otherwise)."""
 
     service: str
     operation: str
     peer_roles: frozenset[str]
     peer: str = ""
     call_id: int = 0
+    metadata: Mapping[str, bytes] = field(default_factory=lambda: NO_METADATA, hash=False,
+                                          compare=False, repr=False)
 
 
 Handler = Callable[[CallContext, bytes], Awaitable[bytes] | bytes | None]
@@ -92,10 +114,20 @@ class Operation:
 
 @dataclass
 class Service:
-    """A named set of operations, each guarded by roles."""
+    """A named set of operations, each guarded by roles.
+
+    Attributes:
+        name: the service's name (in audit events).
+        operations: ``{name: Operation}``, filled by :meth:`add`.
+        distinct_errors: answer a call to a missing operation with
+            ``UNKNOWN_OPERATION`` instead of the ``FORBIDDEN`` reply a
+            refused call gets (default False: both look the same, so callers
+            cannot enumerate the operations they may not call).
+    """
 
     name: str
     operations: dict[str, Operation] = field(default_factory=dict)
+    distinct_errors: bool = False
     _contexts: dict[tuple[str, frozenset[str], str], CallContext] = field(
         default_factory=dict, init=False, repr=False, compare=False)
 
@@ -134,45 +166,56 @@ class Service:
         return {name: op.describe() for name, op in sorted(self.operations.items())}
 
     async def dispatch(
-        self, message: CallMessage, peer_roles: frozenset[str], peer: str = ""
+        self, message: CallMessage, peer_roles: frozenset[str], peer: str = "",
+        guard: CallGuard | None = None, now: float = 0.0,
     ) -> CallMessage | None:
         """Authorize and run one REQUEST or NOTIFY; returns the reply (None
         for a notification). Handler exceptions become a HANDLER_FAILED reply
-        whose text names only the exception type."""
-        result = self._dispatch_nowait(message, peer_roles, peer)
+        whose text names only the exception type.
+
+        ``guard`` is the connection's :class:`~rolewire.budgets.CallGuard`
+        (None: no budget): a refused call is charged to it at time ``now``
+        (seconds, any monotonic origin), and its audit line is written only
+        while the guard's log budget lasts. Check ``guard.exhausted`` after
+        dispatching to close a connection that keeps making refused calls."""
+        result = self.dispatch_nowait(message, peer_roles, peer, guard, now)
         if result is None or isinstance(result, CallMessage):
             return result
         return await result
 
-    def _dispatch_nowait(
-        self, message: CallMessage, peer_roles: frozenset[str], peer: str = ""
+    def dispatch_nowait(
+        self, message: CallMessage, peer_roles: frozenset[str], peer: str = "",
+        guard: CallGuard | None = None, now: float = 0.0,
     ) -> CallMessage | None | Awaitable[CallMessage | None]:
         """:meth:`dispatch` without a coroutine where the handler is
         synchronous (the common case on a message stream: creating and
         awaiting a coroutine per message costs more than a small handler).
         Returns the reply or None, or, for an asynchronous handler, an
-        awaitable of it. Used by the package's servers."""
+        awaitable of it."""
         expects_reply = message.type is MessageType.REQUEST
         operation = self.operations.get(message.operation)
         if operation is None:
-            audit_log.warning(
-                "unknown operation",
-                extra={"event": "unknown_operation", "service": self.name,
-                       "operation": message.operation, "peer": peer,
-                       "peer_roles": sorted(peer_roles)},
-            )
-            return _reply_error(message, expects_reply, ErrorCode.UNKNOWN_OPERATION,
-                                "unknown operation")
+            self._audit_refusal(guard, now, "unknown operation", {
+                "event": "unknown_operation", "service": self.name,
+                "operation": message.operation, "peer": peer,
+                "peer_roles": sorted(peer_roles)})
+            if self.distinct_errors:
+                return _reply_error(message, expects_reply, ErrorCode.UNKNOWN_OPERATION,
+                                    UNKNOWN_TEXT)
+            return _reply_error(message, expects_reply, ErrorCode.FORBIDDEN, REFUSED_TEXT)
         if not operation.permits(peer_roles):
-            audit_log.warning(
-                "forbidden call",
-                extra={"event": "forbidden", "service": self.name,
-                       "operation": operation.name, "peer": peer,
-                       "peer_roles": sorted(peer_roles), "required": operation.describe()},
-            )
-            return _reply_error(message, expects_reply, ErrorCode.FORBIDDEN,
-                                f"operation {operation.name!r} requires {operation.describe()}")
-        context = self._context(operation.name, peer_roles, peer, message.call_id)
+            # The required roles go to the local audit log only, never into
+            # the reply (issue 11, section 3).
+            self._audit_refusal(guard, now, "forbidden call", {
+                "event": "forbidden", "service": self.name,
+                "operation": operation.name, "peer": peer,
+                "peer_roles": sorted(peer_roles), "required": operation.describe()})
+            return _reply_error(message, expects_reply, ErrorCode.FORBIDDEN, REFUSED_TEXT)
+        if message.metadata:
+            context = CallContext(self.name, operation.name, peer_roles, peer, message.call_id,
+                                  message.metadata)
+        else:
+            context = self._context(operation.name, peer_roles, peer, message.call_id)
         try:
             result = operation.handler(context, message.body)
         except Exception as exc:  # noqa: BLE001 - a handler bug must not kill the session
@@ -195,6 +238,21 @@ class Service:
             return None
         return CallMessage(MessageType.RESPONSE, message.call_id, operation.name,
                            bytes(result or b""))
+
+    #: The former private name (kept for callers written against it).
+    _dispatch_nowait = dispatch_nowait
+
+    @staticmethod
+    def _audit_refusal(guard: CallGuard | None, now: float, text: str,
+                       fields: dict[str, object]) -> None:
+        if guard is None:
+            audit_log.warning(text, extra=fields)
+            return
+        suppressed = guard.refuse(now)
+        if suppressed is not None:
+            if suppressed:
+                fields["suppressed"] = suppressed  # lines dropped since the last one
+            audit_log.warning(text, extra=fields)
 
     def _handler_failed(self, operation: Operation, message: CallMessage, expects_reply: bool,
                         exc: Exception) -> CallMessage | None:

@@ -210,7 +210,8 @@ def test_stripping_the_strong_suites_is_detected():
 
 def test_unsupported_version_and_unknown_group():
     roles = [KeyRole("k", KEY)]
-    for changes, reason in (({"version": 2}, RejectReason.UNSUPPORTED_VERSION),
+    unsupported = m.PROTOCOL_VERSION + 1
+    for changes, reason in (({"version": unsupported}, RejectReason.UNSUPPORTED_VERSION),
                             ({"group": 9}, RejectReason.ILLEGAL_PARAMETER)):
         init, resp = fresh(roles)
         resp.receive_data(_rewrite_hello(init.data_to_send(), **changes))

@@ -4,23 +4,20 @@ returns a :class:`Channel` for calls and notifications."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Generator, Iterable, Sequence
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from rolewire.aio._base import (
     STREAM_LIMIT,
     HandshakeAborted,
     RecordConnection,
-    call_header,
     close_writer,
-    decode_call,
     log,
     log_handshake_complete,
     log_handshake_failed,
     reason_name,
     run_handshake,
 )
-from rolewire.aio.framing import FrameDecoder, FrameKind, default_max_frame
 from rolewire.errors import (
     ConnectionClosed,
     HandshakeError,
@@ -28,13 +25,30 @@ from rolewire.errors import (
     RolewireError,
 )
 from rolewire.handshake import HandshakeConfig, HandshakeSuite, Initiator, parse_late_reject
-from rolewire.rpc import CallMessage, ErrorCode, MessageType, encode, error_message, remote_error
+from rolewire.protocol.wire import (
+    CallMessage,
+    ErrorCode,
+    FrameDecoder,
+    FrameKind,
+    MessageType,
+    call_header,
+    default_max_frame,
+    encode,
+    error_message,
+    remote_error,
+)
 from rolewire.session import Session
 
 if TYPE_CHECKING:
     from typing_extensions import Self
 
-__all__ = ["Channel", "connect"]
+__all__ = ["Channel", "OutgoingHook", "connect"]
+
+#: ``hook(channel, kind, call_id, operation, body, metadata) -> metadata``:
+#: runs on every outgoing call and notification of a channel that has it in
+#: :attr:`Channel.outgoing_hooks` (call signing, :mod:`rolewire.nonrep`).
+OutgoingHook = Callable[["Channel", MessageType, int, str, bytes, Mapping[str, bytes]],
+                        Mapping[str, bytes]]
 
 
 class Channel(RecordConnection):
@@ -63,6 +77,8 @@ class Channel(RecordConnection):
         self._close_sent = False
         self._remote_closed = False
         self._closing = False
+        #: Hooks that may add metadata to every outgoing call (see OutgoingHook).
+        self.outgoing_hooks: list[OutgoingHook] = []
         self._reader_task = self._loop.create_task(self._read_loop())
 
     # -- properties ----------------------------------------------------------------
@@ -93,9 +109,23 @@ class Channel(RecordConnection):
         return ConnectionClosed(f"the connection failed: {type(exc).__name__}")
 
     # -- calls -------------------------------------------------------------------------
+    def _message(self, kind: MessageType, call_id: int, operation: str, body: bytes,
+                 metadata: Mapping[str, bytes] | None) -> bytes:
+        """The plaintext of one outgoing call message (with ``metadata``, and
+        whatever the outgoing hooks add)."""
+        meta: Mapping[str, bytes] = metadata or {}
+        for hook in self.outgoing_hooks:
+            meta = hook(self, kind, call_id, operation, body, meta)
+        if not meta:
+            return call_header(kind, call_id, operation) + body
+        return encode(CallMessage(kind, call_id, operation, body, meta))
+
     async def call(self, operation: str, body: bytes = b"", *,
-                   timeout: float | None = None) -> bytes:
-        """Call ``operation`` and return the response body.
+                   timeout: float | None = None,
+                   metadata: Mapping[str, bytes] | None = None) -> bytes:
+        """Call ``operation`` and return the response body. ``metadata``:
+        ``{key: bytes}`` sent in the call's metadata section (docs/PROTOCOL.md,
+        "Call metadata"); handlers see it as ``call.metadata``.
 
         Raises:
             Forbidden, UnknownOperation, ServiceUnavailable, RemoteCallError:
@@ -110,7 +140,11 @@ class Channel(RecordConnection):
         self._check_open()
         call_id = self._next_id
         self._next_id += 1
-        self.queue(call_header(MessageType.REQUEST, call_id, operation) + bytes(body))
+        if metadata or self.outgoing_hooks:
+            self.queue(self._message(MessageType.REQUEST, call_id, operation, bytes(body),
+                                     metadata))
+        else:
+            self.queue(call_header(MessageType.REQUEST, call_id, operation) + bytes(body))
         future: asyncio.Future[bytes] = self._loop.create_future()
         self._calls[call_id] = future
         try:
@@ -129,22 +163,31 @@ class Channel(RecordConnection):
                 self._notify_heads[operation] = head
         return head
 
-    async def notify(self, operation: str, body: bytes = b"") -> None:
+    async def notify(self, operation: str, body: bytes = b"", *,
+                     metadata: Mapping[str, bytes] | None = None) -> None:
         """Send a one-way notification. It is queued and leaves with the
         other messages of this loop iteration (or at once past 64 KiB);
         waits only when the transport's buffer is full."""
         self._check_open()
-        self.queue(self._notify_head(operation) + bytes(body))
+        if metadata or self.outgoing_hooks:
+            self.queue(self._message(MessageType.NOTIFY, 0, operation, bytes(body), metadata))
+        else:
+            self.queue(self._notify_head(operation) + bytes(body))
         await self.drain()
 
-    async def send_many(self, operation: str, bodies: Iterable[bytes]) -> None:
+    async def send_many(self, operation: str, bodies: Iterable[bytes], *,
+                        metadata: Mapping[str, bytes] | None = None) -> None:
         """Send many notifications of one operation now: sealed by one native
         call per batch (up to 4096 messages / ~64 KiB) and written with one
         ``write`` per batch, in order. Waits for the transport buffer to
-        drain below its high-water mark."""
+        drain below its high-water mark. ``metadata`` goes with each."""
         self._check_open()
-        head = self._notify_head(operation)
-        messages = [head + body for body in bodies]
+        if metadata or self.outgoing_hooks:
+            messages = [self._message(MessageType.NOTIFY, 0, operation, bytes(body), metadata)
+                        for body in bodies]
+        else:
+            head = self._notify_head(operation)
+            messages = [head + body for body in bodies]
         limit = self._max_plaintext
         for message in messages:  # all or nothing
             if len(message) > limit:
@@ -209,9 +252,9 @@ class Channel(RecordConnection):
 
     def _handle(self, plaintexts: list[bytes]) -> None:
         calls = self._calls
-        op_cache = self.op_cache
+        decode = self.calls.decode
         for plaintext in plaintexts:
-            message = decode_call(plaintext, op_cache)
+            message = decode(plaintext)
             kind = message.type
             if kind is MessageType.RESPONSE or kind is MessageType.ERROR:
                 future = calls.pop(message.call_id, None)

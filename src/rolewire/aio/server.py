@@ -17,14 +17,13 @@ from rolewire.aio._base import (
     HandshakeAborted,
     RecordConnection,
     close_writer,
-    decode_call,
     linger_close,
     log,
     log_handshake_complete,
     log_handshake_failed,
     run_handshake,
 )
-from rolewire.aio.framing import FrameDecoder, FrameKind, default_max_frame, encode_frame
+from rolewire.budgets import CallGuard
 from rolewire.errors import (
     AuthenticationFailed,
     ConfigurationError,
@@ -35,8 +34,18 @@ from rolewire.errors import (
     TooManyHandshakes,
 )
 from rolewire.handshake import HandshakeConfig, HandshakeLimiter, Responder, busy_reject
-from rolewire.rpc import CallMessage, ErrorCode, MessageType, encode, error_message
-from rolewire.services import Service
+from rolewire.protocol.wire import (
+    CallMessage,
+    ErrorCode,
+    FrameDecoder,
+    FrameKind,
+    MessageType,
+    default_max_frame,
+    encode,
+    encode_frame,
+    error_message,
+)
+from rolewire.services import Service, audit_log
 from rolewire.session import Session
 
 if TYPE_CHECKING:
@@ -45,7 +54,6 @@ if TYPE_CHECKING:
 __all__ = ["Server", "ServerStats", "serve"]
 
 _CLOSE = encode(CallMessage(MessageType.CLOSE, 0, ""))
-_FORBIDDEN = int(ErrorCode.FORBIDDEN).to_bytes(2, "big")  # first bytes of its ERROR body
 
 
 @dataclass
@@ -69,6 +77,7 @@ class ServerStats:
     requests: int = 0
     notifications: int = 0
     forbidden_calls: int = 0
+    refusal_closes: int = 0
     rekeys: int = 0
 
     def as_dict(self) -> dict[str, int]:
@@ -99,9 +108,9 @@ class _ServerConnection(RecordConnection):
         self._idle_handle: asyncio.TimerHandle | None = None
         self._deadline_handle: asyncio.TimerHandle | None = None
         self._rekeys_seen = session.counters.rekeys
-        # The peer's roles are fixed for the session: cache "may it call op?"
-        # (used only to count refused notifications; dispatch decides).
-        self._permitted: dict[str, bool] = {}
+        # Refused calls of this connection: audit-line budget, close threshold.
+        self.guard = CallGuard(**server.call_guard)
+        self._refused_seen = 0
         if server.idle_timeout:
             self._idle_handle = self._loop.call_later(server.idle_timeout, self._idle_check)
 
@@ -123,6 +132,19 @@ class _ServerConnection(RecordConnection):
                 stats.auth_failures += 1
             else:
                 stats.other_bad_records += 1
+
+    def _check_guard(self) -> None:
+        """Count refused calls; close a connection past its refusal budget."""
+        guard = self.guard
+        if guard.refused != self._refused_seen:
+            self._stats.forbidden_calls += guard.refused - self._refused_seen
+            self._refused_seen = guard.refused
+            if guard.exhausted and not self._closing:
+                self._stats.refusal_closes += 1
+                audit_log.warning("too many refused calls: closing the connection", extra={
+                    "event": "refused_calls_limit", "peer": self.peer,
+                    "refused": guard.refused})
+                self.begin_close("refused_calls")
 
     # -- timers ----------------------------------------------------------------------
     def _idle_check(self) -> None:
@@ -218,6 +240,10 @@ class _ServerConnection(RecordConnection):
             else:
                 self.flush()
             await close_writer(self._writer)
+            if self.guard.suppressed_total:
+                audit_log.warning("audit lines suppressed", extra={
+                    "event": "audit_suppressed", "peer": self.peer,
+                    "suppressed": self.guard.suppressed_total, "refused": self.guard.refused})
             self.log_closed(self._close_reason)
             self.session.close()
 
@@ -231,27 +257,22 @@ class _ServerConnection(RecordConnection):
         roles = self.session.peer_roles
         peer = self.peer
         stats = self._stats
-        op_cache = self.op_cache
-        permitted = self._permitted
-        dispatch_nowait = service._dispatch_nowait
+        decode = self.calls.decode
+        guard = self.guard
+        now = self._loop.time()
+        dispatch_nowait = service.dispatch_nowait
         for plaintext in self.open_records(records):
-            message = decode_call(plaintext, op_cache)
+            message = decode(plaintext)
             call_type = message.type
             if call_type is MessageType.NOTIFY:
                 stats.notifications += 1
                 if self._closing:
                     continue
-                allowed = permitted.get(message.operation)
-                if allowed is None:
-                    operation = service.operations.get(message.operation)
-                    allowed = operation is None or operation.permits(roles)
-                    if len(permitted) < 1024:
-                        permitted[message.operation] = allowed
-                if not allowed:
-                    stats.forbidden_calls += 1  # (services.py logs the audit event)
-                done = dispatch_nowait(message, roles, peer)
+                done = dispatch_nowait(message, roles, peer, guard, now)
                 if done is not None and not isinstance(done, CallMessage):
                     await done
+                if guard.refused != self._refused_seen:
+                    self._check_guard()
             elif call_type is MessageType.REQUEST:
                 stats.requests += 1
                 if self._closing:
@@ -261,10 +282,12 @@ class _ServerConnection(RecordConnection):
                 elif not self._server.is_async(message.operation):
                     # Synchronous handler (or an unknown operation): answer
                     # inline, no task needed.
-                    reply = dispatch_nowait(message, roles, peer)
+                    reply = dispatch_nowait(message, roles, peer, guard, now)
                     if reply is not None and not isinstance(reply, CallMessage):
                         reply = await reply
                     self._reply(reply)
+                    if guard.refused != self._refused_seen:
+                        self._check_guard()
                 elif self._inflight < self._server.max_inflight:
                     self._start(message)
                 else:
@@ -279,8 +302,6 @@ class _ServerConnection(RecordConnection):
     def _reply(self, reply: CallMessage | None) -> None:
         if reply is None:
             return
-        if reply.type is MessageType.ERROR and reply.body[:2] == _FORBIDDEN:
-            self._stats.forbidden_calls += 1
         if not self._transport.is_closing():
             self.queue(encode(reply))
 
@@ -293,8 +314,10 @@ class _ServerConnection(RecordConnection):
 
     async def _run_call(self, message: CallMessage) -> None:
         try:
-            reply = await self._service.dispatch(message, self.session.peer_roles, self.peer)
+            reply = await self._service.dispatch(message, self.session.peer_roles, self.peer,
+                                                 self.guard, self._loop.time())
             self._reply(reply)
+            self._check_guard()
         finally:
             self._inflight -= 1
             self.last_activity = self._loop.time()
@@ -321,7 +344,8 @@ class Server:
     def __init__(self, service: Service, config: HandshakeConfig, *, max_connections: int,
                  handshake_timeout: float, idle_timeout: float | None,
                  limiter: HandshakeLimiter | None, max_frame: int | None,
-                 max_inflight: int, close_timeout: float) -> None:
+                 max_inflight: int, close_timeout: float,
+                 call_guard: dict[str, Any] | None = None) -> None:
         if not isinstance(config, HandshakeConfig):
             raise ConfigurationError("config must be a HandshakeConfig")
         if max_connections < 1 or max_inflight < 1:
@@ -341,6 +365,8 @@ class Server:
         self.max_frame = max_frame or default_max_frame(config)
         self.max_inflight = max_inflight
         self.close_timeout = close_timeout
+        self.call_guard = dict(call_guard or {})
+        CallGuard(**self.call_guard)  # bad settings fail here, not per connection
         self.stats = ServerStats()
         self._server: asyncio.base_events.Server | None = None
         self._handlers: set[asyncio.Task[Any]] = set()
@@ -543,7 +569,8 @@ def serve(service: Service, config: HandshakeConfig, *, host: str = "127.0.0.1",
           port: int = 0, max_connections: int = 1024, handshake_timeout: float = 10.0,
           idle_timeout: float | None = 300.0, limiter: HandshakeLimiter | None = None,
           max_frame: int | None = None, max_inflight: int = 64,
-          close_timeout: float = 5.0, backlog: int = 1024) -> _Serve:
+          close_timeout: float = 5.0, backlog: int = 1024,
+          call_guard: dict[str, Any] | None = None) -> _Serve:
     """Listen on ``host:port`` and serve ``service`` to every peer that
     completes a handshake with ``config``.
 
@@ -566,8 +593,11 @@ def serve(service: Service, config: HandshakeConfig, *, host: str = "127.0.0.1",
             connection is cut.
         backlog: the listen queue (asyncio's default of 100 drops SYNs when
             hundreds of clients connect at once).
+        call_guard: keyword arguments of each connection's
+            :class:`~rolewire.budgets.CallGuard` (audit lines per connection;
+            the refused-call threshold past which it is closed).
     """
     return _Serve(service, config, host=host, port=port, max_connections=max_connections,
                   handshake_timeout=handshake_timeout, idle_timeout=idle_timeout,
                   limiter=limiter, max_frame=max_frame, max_inflight=max_inflight,
-                  close_timeout=close_timeout, backlog=backlog)
+                  close_timeout=close_timeout, backlog=backlog, call_guard=call_guard)

@@ -8,9 +8,9 @@ Systems (``register_system`` adds more):
   ``ssl`` defaults, P-256 certificates);
 - ``jwt``: a self-signed EdDSA JWT per message over server-authenticated
   TLS 1.3 (:mod:`rolewire.baselines.jwt`; no audit store);
-- ``rolewire``: :mod:`rolewire.aio` (key role, default suite: X448+ML-KEM-768,
-  ChaCha20-Poly1305 records);
-- ``rolewire-aegis``: the same with AEGIS-256 records.
+- ``rolewire``: :mod:`rolewire.aio` (key role, default suites: X25519+ML-KEM-768,
+  AEGIS-256 records where the CPU has AES instructions);
+- ``rolewire-chacha``: the same with ChaCha20-Poly1305 records.
 
 The server runs in a separate process (``python -m
 rolewire.benchmarks.channel --serve``) for every system alike; by default
@@ -38,6 +38,16 @@ of a shared machine affects them alike and the ratios stay comparable:
 - ``connect`` (:func:`run_connect`): time from ``connect()`` to the reply of
   the first call (64 B ``echo``): TCP + TLS or rolewire handshake, the
   server greeting, one authenticated request; a new connection each time.
+- ``fleet`` (systems in ``FLEET_SYSTEMS``): ``FLEET`` (500) connections at
+  once; the server's resident memory per connection, and calls/s summed
+  over all of them (one 64 B ``echo`` outstanding on each).
+
+Next to the same-stack baselines (``tcp``, ``mtls``, ``jwt``: rolewire's own
+Service and call codec over TCP/TLS) run the honest ones, with no rolewire
+code on the data path: ``tls-min`` and ``tcp-min``
+(:mod:`rolewire.baselines.echo`, what a user hand-rolls) and ``grpc-mtls``
+(:mod:`rolewire.baselines.grpc_mtls`, ``grpc.aio`` with mutual TLS; skipped
+without the ``bench`` extra).
 """
 
 from __future__ import annotations
@@ -56,11 +66,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rolewire.benchmarks._child import child_server
+from rolewire.benchmarks.child import child_server
 from rolewire.errors import RolewireError
 from rolewire.services import Service
 
 __all__ = [
+    "FLEET",
+    "FLEET_SYSTEMS",
     "SIZES",
     "BenchSystem",
     "SystemUnavailable",
@@ -75,6 +87,9 @@ __all__ = [
 SIZES = (64, 1024, 16 * 1024)
 BATCH = 256
 PIPELINE = 16
+#: Connections per system of the fleet measurement, and the systems it runs.
+FLEET = 500
+FLEET_SYSTEMS = ("tls-min", "mtls", "grpc-mtls", "rolewire")
 Progress = Callable[[str], None]
 
 
@@ -166,7 +181,7 @@ def _cached(build: Callable[[Path], Any]) -> Callable[[Path], Any]:
 
 
 def tcp_system() -> BenchSystem:
-    from rolewire.baselines._framing import connect_plain, serve_plain
+    from rolewire.baselines import connect_plain, serve_plain
 
     async def serve(service: Service, directory: Path) -> Any:
         return await serve_plain(service, peer_roles=["bench"])
@@ -246,14 +261,94 @@ def jwt_system() -> BenchSystem:
                        note="no audit store")
 
 
+def _write_pki(directory: Path) -> None:
+    """A CA, a server certificate for ``bench`` and a client certificate
+    (ECDSA P-256, as a private PKI issues them)."""
+    from rolewire import pki
+
+    ca = pki.create_ca("bench CA")
+    ca.save(directory / "ca.pem", directory / "ca.key")
+    pki.issue(ca, "bench").save(directory / "server.pem", directory / "server.key")
+    pki.issue(ca, "bench-client").save(directory / "client.pem", directory / "client.key")
+
+
+def _min_contexts(directory: Path) -> tuple[Any, Any]:
+    """Plain ``ssl`` contexts for the minimal TLS echo: TLS 1.3, client
+    certificate required (mutual TLS, as rolewire authenticates both sides)."""
+    import ssl
+
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    for ctx, name in ((server, "server"), (client, "client")):
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+        ctx.load_cert_chain(directory / f"{name}.pem", directory / f"{name}.key")
+        ctx.load_verify_locations(directory / "ca.pem")
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    return server, client
+
+
+def tls_min_system() -> BenchSystem:
+    """The hand-rolled yardstick: :mod:`rolewire.baselines.echo` over TLS 1.3
+    with client certificates (no rolewire code on the data path)."""
+    from rolewire.baselines import echo
+
+    contexts = _cached(_min_contexts)
+
+    async def serve(service: Service, directory: Path) -> Any:
+        return await echo.serve(ssl_context=contexts(directory)[0])
+
+    async def connect(host: str, port: int, directory: Path) -> Any:
+        return await echo.connect(host, port, ssl_context=contexts(directory)[1],
+                                  server_hostname="bench")
+
+    return BenchSystem("tls-min", "minimal asyncio TLS 1.3 echo (mutual TLS, 4-byte framing, "
+                       "no dispatch layer)", _write_pki, serve, connect)
+
+
+def tcp_min_system() -> BenchSystem:
+    """The same minimal echo over plain TCP (no security at all)."""
+    from rolewire.baselines import echo
+
+    async def serve(service: Service, directory: Path) -> Any:
+        return await echo.serve()
+
+    async def connect(host: str, port: int, directory: Path) -> Any:
+        return await echo.connect(host, port)
+
+    return BenchSystem("tcp-min", "minimal asyncio plain-TCP echo (4-byte framing)",
+                       lambda d: None, serve, connect)
+
+
+def grpc_mtls_system() -> BenchSystem:
+    """gRPC (``grpc.aio``) with mutual TLS: what microservice teams pick."""
+    try:
+        from rolewire.baselines import grpc_mtls
+    except ImportError as exc:
+        raise SystemUnavailable(f"needs grpcio (the bench extra): {exc}") from None
+
+    async def serve(service: Service, directory: Path) -> Any:
+        return await grpc_mtls.serve(directory / "server.pem", directory / "server.key",
+                                     directory / "ca.pem")
+
+    async def connect(host: str, port: int, directory: Path) -> Any:
+        return await grpc_mtls.connect(host, port, directory / "client.pem",
+                                       directory / "client.key", directory / "ca.pem",
+                                       server_name="bench")
+
+    return BenchSystem("grpc-mtls", "gRPC grpc.aio with mutual TLS (raw bytes messages)",
+                       _write_pki, serve, connect)
+
+
 def rolewire_system() -> BenchSystem:
-    """rolewire with the default suite (X448+ML-KEM-768, ChaCha20-Poly1305)."""
+    """rolewire with the default suites (on a CPU with AES instructions:
+    X25519+ML-KEM-768 with AEGIS-256 records)."""
     return _rolewire_system("rolewire", None)
 
 
-def rolewire_aegis_system() -> BenchSystem:
-    """rolewire with the AEGIS-256 record suite (X448+ML-KEM-768, AEGIS-256)."""
-    return _rolewire_system("rolewire-aegis", "X448_MLKEM768_BLAKE2B_AEGIS256")
+def rolewire_chacha_system() -> BenchSystem:
+    """rolewire with ChaCha20-Poly1305 records (the default on CPUs without
+    AES instructions; X25519+ML-KEM-768)."""
+    return _rolewire_system("rolewire-chacha", "X25519_MLKEM768_BLAKE2B_CHACHA20POLY1305")
 
 
 def _rolewire_system(name: str, suite_name: str | None) -> BenchSystem:
@@ -288,16 +383,19 @@ def _rolewire_system(name: str, suite_name: str | None) -> BenchSystem:
     async def connect(host: str, port: int, directory: Path) -> Any:
         return await aio.connect(host, port, config(directory))
 
-    label = ("rolewire (key role, default suite: ChaCha20-Poly1305 records)"
-             if suite_name is None else "rolewire (key role, AEGIS-256 records)")
+    label = ("rolewire (key role, default suites)" if suite_name is None
+             else f"rolewire (key role, {suite_name})")
     return BenchSystem(name, label, prepare, serve, connect)
 
 
 register_system("tcp", tcp_system)
+register_system("tcp-min", tcp_min_system)
+register_system("tls-min", tls_min_system)
 register_system("mtls", mtls_system)
+register_system("grpc-mtls", grpc_mtls_system)
 register_system("jwt", jwt_system)
 register_system("rolewire", rolewire_system)
-register_system("rolewire-aegis", rolewire_aegis_system)
+register_system("rolewire-chacha", rolewire_chacha_system)
 
 
 # --- server placement -----------------------------------------------------------------
@@ -329,6 +427,8 @@ def _serve_stdio() -> None:
 
     async def main() -> None:
         server = await system.serve(bench_service(), Path(spec["dir"]))
+        # The fleet benchmark reads this process's resident memory.
+        (Path(spec["dir"]) / "server.pid").write_text(str(os.getpid()))
         print(server.port, flush=True)
         await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
         server.close()
@@ -559,6 +659,90 @@ async def _connect_figures(live: list[_Live], plan: _Plan, say: Progress
     return out
 
 
+def _rss(pid: int) -> int | None:
+    """Resident bytes of process ``pid`` (Linux; None elsewhere)."""
+    try:
+        with open(f"/proc/{pid}/statm", encoding="ascii") as handle:
+            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _server_pid(s: _Live) -> int:
+    if s.server is not None:
+        return os.getpid()
+    try:
+        return int((s.directory / "server.pid").read_text())
+    except (OSError, ValueError):
+        return -1
+
+
+async def _open_fleet(s: _Live, count: int, payload: bytes) -> list[Any]:
+    clients: list[Any] = []
+    step = 32
+    for start in range(0, count, step):
+        batch = await asyncio.gather(*(s.system.connect("127.0.0.1", s.port, s.directory)
+                                       for _ in range(min(step, count - start))))
+        clients.extend(batch)
+    await asyncio.gather(*(c.call("echo", payload) for c in clients))
+    return clients
+
+
+async def _fleet_once(clients: list[Any], payload: bytes, per_client: int) -> float:
+    async def worker(client: Any) -> None:
+        for _ in range(per_client):
+            await client.call("echo", payload)
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker(c) for c in clients))
+    return time.perf_counter() - start
+
+
+async def _fleet_figures(live: list[_Live], plan: _Plan, say: Progress
+                         ) -> dict[str, dict[str, Any]]:
+    """``FLEET`` connections per system at once: the server's resident
+    memory per connection (growth from before the first connect to after one
+    call on each), then calls/s summed over all connections (each one call
+    outstanding, 64 B ``echo``), in interleaved rounds."""
+    count = plan.fixed_count or FLEET
+    say(f"{count} connections per system: memory and aggregate calls/s")
+    payload = os.urandom(64)
+    fleet = [s for s in live if s.name in FLEET_SYSTEMS]
+    out: dict[str, dict[str, Any]] = {}
+    fleets: dict[str, list[Any]] = {}
+    try:
+        for s in fleet:
+            pid = _server_pid(s)
+            rss_before = _rss(pid)
+            fleets[s.name] = await _open_fleet(s, count, payload)
+            rss_after = _rss(pid)
+            per_conn = (None if rss_before is None or rss_after is None
+                        else max(rss_after - rss_before, 0) / count)
+            out[s.name] = {"connections": count, "server_memory_per_conn_bytes": per_conn}
+        per: dict[str, int] = {}
+        for s in fleet:  # calibrate (doubles as warm-up)
+            n = 1
+            while plan.fixed_count is None:
+                elapsed = await _fleet_once(fleets[s.name], payload, n)
+                if elapsed >= plan.budget / 4 or n >= 1 << 12:
+                    n = max(1, int(n * plan.budget / max(elapsed, 1e-6)))
+                    break
+                n *= 2
+            per[s.name] = n
+        runs: dict[str, list[float]] = {s.name: [] for s in fleet}
+        for _ in range(plan.repeats):
+            for s in fleet:
+                elapsed = await _fleet_once(fleets[s.name], payload, per[s.name])
+                runs[s.name].append(count * per[s.name] / elapsed)
+        for s in fleet:
+            out[s.name].update(calls_per_s=statistics.median(runs[s.name]),
+                               runs=runs[s.name])
+    finally:
+        for clients in fleets.values():
+            await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
+    return out
+
+
 async def _run_live(live: list[_Live], kinds: set[str], plan: _Plan, say: Progress
                     ) -> dict[str, dict[str, dict[str, Any]]]:
     try:
@@ -578,6 +762,8 @@ async def _run_live(live: list[_Live], kinds: set[str], plan: _Plan, say: Progre
                         await s.client.close()
         if "connect" in kinds:
             out["connect"] = await _connect_figures(live, plan, say)
+        if "fleet" in kinds:
+            out["fleet"] = await _fleet_figures(live, plan, say)
         return out
     finally:
         for s in live:
@@ -602,7 +788,7 @@ def run_suite(kinds: set[str], quick: bool = False, progress: Progress | None = 
     plan = _plan(quick)
     local = _tiny() if in_process is None else in_process
     sections: dict[str, dict[str, Any]] = {}
-    for kind in ("channel", "connect"):
+    for kind in ("channel", "connect", "fleet"):
         if kind in kinds:
             sections[kind] = {"server": "in-process" if local else "subprocess",
                               "repeats": plan.repeats, "systems": {}}
@@ -612,6 +798,9 @@ def run_suite(kinds: set[str], quick: bool = False, progress: Progress | None = 
             unit="stream: messages/s and MB/s of payload; calls: calls/s (median of runs)")
     if "connect" in sections:
         sections["connect"]["unit"] = "ms from connect() to the first call's reply (median)"
+    if "fleet" in sections:
+        sections["fleet"]["unit"] = ("server resident bytes per open connection; calls/s "
+                                     "summed over all connections (median of rounds)")
     with ExitStack() as stack:
         cpu = stack.enter_context(_pinned(pin_cpu))
         for section in sections.values():
@@ -638,6 +827,8 @@ def run_suite(kinds: set[str], quick: bool = False, progress: Progress | None = 
         figures = asyncio.run(_run_live(live, set(sections), plan, say)) if live else {}
     for s in live:
         for kind, section in sections.items():
+            if s.name not in figures[kind]:
+                continue  # not part of this measurement (fleet: FLEET_SYSTEMS)
             entry = {"label": s.system.label, **figures[kind][s.name]}
             if s.system.note:
                 entry["note"] = s.system.note

@@ -29,21 +29,54 @@ from __future__ import annotations
 import os
 import platform
 import ssl
+import statistics
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from rolewire.errors import ConfigurationError
 
-__all__ = ["KINDS", "TARGETS", "plot", "print_report", "ratios", "render_table", "run"]
+__all__ = [
+    "HANDSHAKE_TARGETS",
+    "KINDS",
+    "LOWER_IS_BETTER",
+    "TARGETS",
+    "merge_ratios",
+    "plot",
+    "print_report",
+    "ratio_ranges",
+    "ratios",
+    "render_table",
+    "round_ratios",
+    "run",
+]
 
-KINDS = ("channel", "auth", "connect")
-#: What the project aims for (ratios, higher is better).
+KINDS = ("channel", "auth", "connect", "fleet")
+#: What the project aims for (ratios, higher is better, except
+#: ``memory_per_conn_vs_tls``: lower is better, see LOWER_IS_BETTER).
 TARGETS = {
     "stream64_vs_tls": 2.0,
     "stream16k_vs_tls": 1.5,
     "auth_vs_jwt": 100.0,
     "connect_vs_mtls": 1.0,
+    # Against the honest baselines (issue 13): the minimal TLS echo and gRPC.
+    "stream64_batch_vs_tls_min": 1.0,
+    "stream64_notify_vs_tls_min": 2.5,
+    "calls_seq_vs_tls_min": 1.2,
+    "calls16_vs_tls_min": 1.5,
+    "calls16_vs_grpc_mtls": 10.0,
+    "stream64_vs_grpc_mtls": 30.0,
+    "stream16k_vs_tls_min": 1.5,
+    "aggregate500_vs_tls": 1.5,
+    "memory_per_conn_vs_tls": 0.1,
 }
+#: Handshake ratios (from ``rolewire bench handshake``; merged into the
+#: ``bench all`` report by :func:`merge_ratios`).
+HANDSHAKE_TARGETS = {
+    "handshake_key_vs_mtls": 2.5,
+    "handshake_cert_nocache_vs_mtls": 1.5,
+    "handshake_password_vs_mtls": 1.0,
+}
+LOWER_IS_BETTER = frozenset({"memory_per_conn_vs_tls"})
 Progress = Callable[[str], None]
 
 
@@ -92,14 +125,97 @@ def ratios(results: dict[str, Any]) -> dict[str, float | None]:
         return _get(channel, system, kind, size, "messages_per_s")
 
     connect = results.get("connect", {}).get("systems", {})
+    fleet = results.get("fleet", {}).get("systems", {})
     return {
         "stream64_vs_tls": _div(stream("rolewire", "64"), stream("mtls", "64")),
-        "stream16k_vs_tls": _div(stream("rolewire-aegis", "16384"), stream("mtls", "16384")),
+        "stream16k_vs_tls": _div(stream("rolewire", "16384"), stream("mtls", "16384")),
         "stream64_notify_vs_tls": _div(stream("rolewire", "64", "stream_notify"),
                                        stream("mtls", "64", "stream_notify")),
         "auth_vs_jwt": _get(results, "auth", "ratios", "auth_vs_jwt"),
         "connect_vs_mtls": _div(_get(connect, "mtls", "ms"), _get(connect, "rolewire", "ms")),
+        **{name: _median_or_none(values) for name, values in round_ratios(results).items()},
+        "memory_per_conn_vs_tls": _div(
+            _get(fleet, "rolewire", "server_memory_per_conn_bytes"),
+            _get(fleet, "tls-min", "server_memory_per_conn_bytes")),
     }
+
+
+def _median_or_none(values: list[float] | None) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def _runs(tree: dict[str, Any], *path: str) -> list[float] | None:
+    node: Any = tree
+    for key in path:
+        if not isinstance(node, dict) or key not in node:
+            return None
+        node = node[key]
+    return [float(v) for v in node] if isinstance(node, list) and node else None
+
+
+def round_ratios(results: dict[str, Any]) -> dict[str, list[float] | None]:
+    """The issue-13 throughput ratios per interleaved round (rolewire's
+    figure of a round ÷ the baseline's of the same round): their median is
+    the reported ratio, their min and max its range."""
+    channel = results.get("channel", {}).get("systems", {})
+    fleet = results.get("fleet", {}).get("systems", {})
+
+    def per_round(ours: list[float] | None, theirs: list[float] | None) -> list[float] | None:
+        if not ours or not theirs:
+            return None
+        return [a / b for a, b in zip(ours, theirs) if b]
+
+    def ch(system: str, kind: str, size: str = "64") -> list[float] | None:
+        return _runs(channel, system, kind, size, "runs")
+
+    grpc_stream = [max(a, b) for a, b in zip(ch("grpc-mtls", "stream") or [],
+                                              ch("grpc-mtls", "stream_notify") or [])]
+    return {
+        "stream64_batch_vs_tls_min": per_round(ch("rolewire", "stream"), ch("tls-min", "stream")),
+        "stream64_notify_vs_tls_min": per_round(ch("rolewire", "stream_notify"),
+                                                ch("tls-min", "stream_notify")),
+        "calls_seq_vs_tls_min": per_round(ch("rolewire", "calls"), ch("tls-min", "calls")),
+        "calls16_vs_tls_min": per_round(ch("rolewire", "pipelined"),
+                                        ch("tls-min", "pipelined")),
+        "calls16_vs_grpc_mtls": per_round(ch("rolewire", "pipelined"),
+                                          ch("grpc-mtls", "pipelined")),
+        # The fastest gRPC streaming style of each round (iterator or write()).
+        "stream64_vs_grpc_mtls": per_round(ch("rolewire", "stream"), grpc_stream or None),
+        "stream16k_vs_tls_min": per_round(ch("rolewire", "stream", "16384"),
+                                          ch("tls-min", "stream", "16384")),
+        "aggregate500_vs_tls": per_round(_runs(fleet, "rolewire", "runs"),
+                                         _runs(fleet, "tls-min", "runs")),
+    }
+
+
+def ratio_ranges(results: dict[str, Any]) -> dict[str, list[float] | None]:
+    """``[min, max]`` of each per-round ratio (see :func:`round_ratios`)."""
+    return {name: [min(values), max(values)] if values else None
+            for name, values in round_ratios(results).items()}
+
+
+def merge_ratios(report: dict[str, Any]) -> dict[str, Any]:
+    """The ``bench all`` summary: every ratio of the comparison and the
+    handshake benchmarks by the issue's names, with targets and whether
+    each is met (``memory_per_conn_vs_tls``: met when at or below)."""
+    compare = report.get("compare", {})
+    handshake = report.get("handshake", {})
+    measured: dict[str, float | None] = dict(compare.get("ratios", {}))
+    for name in HANDSHAKE_TARGETS:
+        measured[name] = handshake.get("ratios", {}).get(name)
+    targets = {**TARGETS, **HANDSHAKE_TARGETS}
+    ranges = dict(compare.get("ratio_ranges", {}))
+    ranges.update(handshake.get("ratio_ranges", {}))
+    return {"ratios": measured, "ratio_ranges": ranges, "targets": targets,
+            "targets_met": _met(measured, targets)}
+
+
+def _met(measured: dict[str, float | None], targets: dict[str, float]
+         ) -> dict[str, bool | None]:
+    return {name: (None if value is None else
+                   value <= targets[name] if name in LOWER_IS_BETTER else
+                   value >= targets[name])
+            for name, value in measured.items() if name in targets}
 
 
 def run(which: Sequence[str] = KINDS, quick: bool = False,
@@ -112,7 +228,7 @@ def run(which: Sequence[str] = KINDS, quick: bool = False,
     if unknown or not kinds:
         raise ConfigurationError(f"bench kinds are {', '.join(KINDS)} or all")
     results: dict[str, Any] = {}
-    socket_kinds = {k for k in kinds if k in ("channel", "connect")}
+    socket_kinds = {k for k in kinds if k in ("channel", "connect", "fleet")}
     if socket_kinds:
         from rolewire.benchmarks import channel
 
@@ -122,7 +238,7 @@ def run(which: Sequence[str] = KINDS, quick: bool = False,
 
         results["auth"] = auth.run(quick, progress)
     notes = []
-    for kind in ("channel", "connect"):
+    for kind in ("channel", "connect", "fleet"):
         for name, entry in results.get(kind, {}).get("systems", {}).items():
             if "skipped" in entry:
                 notes.append(f"{kind}: {name} skipped: {entry['skipped']}")
@@ -136,9 +252,9 @@ def run(which: Sequence[str] = KINDS, quick: bool = False,
         "machine": _machine(),
         "results": results,
         "ratios": measured,
+        "ratio_ranges": ratio_ranges(results),
         "targets": dict(TARGETS),
-        "targets_met": {name: (value >= TARGETS[name] if value is not None else None)
-                        for name, value in measured.items() if name in TARGETS},
+        "targets_met": _met(measured, TARGETS),
         "notes": notes,
     }
 
@@ -189,6 +305,18 @@ def render_table(result: dict[str, Any]) -> Any:
                       *[""] * (len(sizes) - 1))
     if "auth" in results:
         table.add_section()
+    fleet = results.get("fleet", {})
+    for name, entry in fleet.get("systems", {}).items():
+        if "skipped" in entry:
+            continue
+        per_conn = entry.get("server_memory_per_conn_bytes")
+        table.add_row(name, f"{entry.get('connections')} connections: calls/s, total",
+                      _fmt(entry.get("calls_per_s")), *[""] * (len(sizes) - 1))
+        table.add_row("", "server memory per connection, KiB",
+                      _fmt(per_conn / 1024 if per_conn is not None else None, 1),
+                      *[""] * (len(sizes) - 1))
+    if fleet:
+        table.add_section()
     for name, entry in results.get("connect", {}).get("systems", {}).items():
         if "skipped" in entry:
             table.add_row(name, f"connect skipped: {entry['skipped']}", *[""] * len(sizes))
@@ -198,19 +326,25 @@ def render_table(result: dict[str, Any]) -> Any:
     return table
 
 
-def print_report(result: dict[str, Any], console: Any = None) -> None:
-    """Print the table, the ratios against their targets, and the notes."""
+def print_report(result: dict[str, Any], console: Any = None, *, table: bool = True) -> None:
+    """Print the table (unless ``table`` is false), the ratios against their
+    targets with their per-round ranges, and the notes."""
     from rich.console import Console
 
     out = console or Console()
-    out.print(render_table(result))
+    if table:
+        out.print(render_table(result))
     for name, value in result.get("ratios", {}).items():
         if value is None:
             continue
         goal = result.get("targets", {}).get(name)
+        lower = name in LOWER_IS_BETTER
+        met = goal is not None and (value <= goal if lower else value >= goal)
         verdict = "" if goal is None else (
-            f" (target >= {goal:.2f}: {'met' if value >= goal else 'MISSED'})")
-        out.print(f"{name} = {value:.2f}{verdict}")
+            f" (target {'<=' if lower else '>='} {goal:.2f}: {'met' if met else 'MISSED'})")
+        span = (result.get("ratio_ranges") or {}).get(name)
+        extent = f" [{span[0]:.2f}-{span[1]:.2f}]" if span else ""
+        out.print(f"{name} = {value:.2f}{extent}{verdict}")
     for note in result.get("notes", []):
         out.print(f"note: {note}")
 

@@ -54,7 +54,7 @@ __all__ = [
     "parse_role_entries",
 ]
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 FRAME_HEADER_SIZE = 4
 #: Default bound on one handshake message, header included.
 MAX_MESSAGE_SIZE = 64 * 1024

@@ -19,6 +19,8 @@ __all__ = [
     "MLKEM768_SS_SIZE",
     "HandshakeSuite",
     "KexGroup",
+    "cpu_has_aes",
+    "default_suites",
 ]
 
 MLKEM768_EK_SIZE = 1184
@@ -100,12 +102,40 @@ _GROUP = {
     HandshakeSuite.X25519_MLKEM768_BLAKE2B_AEGIS256: KexGroup.X25519_MLKEM768,
 }
 
-#: The initiator's default proposal, most preferred first: the paper's X448
-#: with ChaCha20-Poly1305 records, then the AEGIS-256 record variant (same
-#: key shares, so no retry is needed to pick it), then the X25519 suites.
-DEFAULT_SUITES: tuple[HandshakeSuite, ...] = (
-    HandshakeSuite.X448_MLKEM768_BLAKE2B_CHACHA20POLY1305,
-    HandshakeSuite.X448_MLKEM768_BLAKE2B_AEGIS256,
-    HandshakeSuite.X25519_MLKEM768_BLAKE2B_CHACHA20POLY1305,
-    HandshakeSuite.X25519_MLKEM768_BLAKE2B_AEGIS256,
-)
+
+
+def cpu_has_aes() -> bool:
+    """True where libsodium finds AES instructions (AES-NI and PCLMUL on
+    x86-64, the crypto extensions on ARM), so AEGIS-256 runs in hardware;
+    False where it cannot tell."""
+    try:
+        import nacl.bindings  # noqa: F401  (runs sodium_init: CPU feature detection)
+        from nacl._sodium import lib
+
+        return bool(lib.crypto_aead_aes256gcm_is_available())
+    except (ImportError, AttributeError):  # pragma: no cover - PyNaCl is a dependency
+        return False
+
+
+def default_suites(has_aes: bool) -> tuple[HandshakeSuite, ...]:
+    """The default proposal for a CPU with or without AES instructions.
+
+    X25519+ML-KEM-768 first (the hybrid TLS standardised as X25519MLKEM768:
+    ML-KEM-768 carries the post-quantum security, and X25519 costs a fifth
+    of X448), with AEGIS-256 records where the CPU has AES instructions and
+    ChaCha20-Poly1305 otherwise; then the other record AEAD (same key share,
+    so a responder preferring it needs no retry); then the paper's X448
+    suites, still offered, so peers that prefer them connect without a
+    HelloRetry when they send an X448 share."""
+    aegis_first = (HandshakeSuite.X25519_MLKEM768_BLAKE2B_AEGIS256,
+                   HandshakeSuite.X25519_MLKEM768_BLAKE2B_CHACHA20POLY1305,
+                   HandshakeSuite.X448_MLKEM768_BLAKE2B_AEGIS256,
+                   HandshakeSuite.X448_MLKEM768_BLAKE2B_CHACHA20POLY1305)
+    if has_aes:
+        return aegis_first
+    return (aegis_first[1], aegis_first[0], aegis_first[3], aegis_first[2])
+
+
+#: The initiator's default proposal (and the responder's preference), most
+#: preferred first: :func:`default_suites` for this CPU.
+DEFAULT_SUITES: tuple[HandshakeSuite, ...] = default_suites(cpu_has_aes())
