@@ -14,7 +14,7 @@ import pytest
 from rolewire import errors
 from rolewire.handshake import HandshakeConfig, Initiator, Responder
 from rolewire.handshake.reasons import RejectReason
-from rolewire.rehandshake import (
+from rolewire.protocol.rehandshake import (
     ControlKind,
     Rehandshake,
     RehandshakeComplete,
@@ -377,3 +377,65 @@ def test_rehandshake_over_tcp_with_traffic_both_ways():
     # switched at once; the client switched on the server's SWITCH, which
     # TCP delivered before the server's END
     assert client_session.generation == server_session.generation == 1
+
+
+# -- wired into the sans-IO Connection ------------------------------------------------
+
+
+def _connection_pair(**kw):
+    from tests.test_connection import established
+
+    return established(**kw)
+
+
+@pytest.mark.parametrize("who", ["client", "server"])
+def test_connection_rehandshake_on_demand_with_calls_in_flight(who):
+    from rolewire.protocol import Rehandshaked, ReplyReceived
+
+    pair = _connection_pair()
+    ids = [pair.client.call("echo", b"before %d" % i) for i in range(5)]
+    getattr(pair, who).rehandshake()
+    ids += [pair.client.call("echo", b"during %d" % i) for i in range(5)]
+    pair.pump(20)
+    ids += [pair.client.call("echo", b"after %d" % i) for i in range(5)]
+    pair.pump(20)
+    replies = {e.call_id: e.body for e in pair.client_events if isinstance(e, ReplyReceived)}
+    assert sorted(replies) == sorted(ids)
+    for events, conn in ((pair.client_events, pair.client), (pair.server_events, pair.server)):
+        (done,) = [e for e in events if isinstance(e, Rehandshaked)]
+        assert done.generation == 1 and done.peer_roles == {"shop"}
+        assert conn.session.generation == 1 and conn.established
+    assert pair.client.session.send_epoch >= 1 and pair.server.session.recv_epoch >= 1
+
+
+def test_connection_rehandshake_by_record_count():
+    from rolewire.protocol import ConnectionSettings, Rehandshaked
+
+    settings = ConnectionSettings(rehandshake_records=50)
+    pair = _connection_pair(client_settings=settings)
+    for i in range(120):
+        pair.client.notify("sink", b"%d" % i)
+        pair.pump(3)
+    assert [e.generation for e in pair.client_events if isinstance(e, Rehandshaked)] == [1, 2]
+
+
+def test_connection_fails_when_the_rehandshake_fails():
+    from rolewire.protocol import Failed
+
+    pair = _connection_pair()
+    # the server's key for "shop" changed since the connection was opened
+    pair.server._rehandshake.config = HandshakeConfig(roles=[KeyRole("shop", os.urandom(32))])
+    pair.client.rehandshake()
+    pair.pump(20)
+    failed = [e for e in pair.client_events + pair.server_events if isinstance(e, Failed)]
+    assert failed and all(e.reason.startswith("rehandshake_") for e in failed)
+
+
+def test_connection_malformed_control_message_fails_it():
+    from rolewire.protocol import Failed
+
+    pair = _connection_pair()
+    pair.client._queue(encode_control(ControlKind.SWITCH, 1, b"junk"))
+    pair.pump()
+    (failed,) = [e for e in pair.server_events if isinstance(e, Failed)]
+    assert isinstance(failed.error, errors.ProtocolViolation)

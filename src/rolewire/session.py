@@ -162,7 +162,7 @@ class Session:
         self._superseded: dict[int, float] = {}
         # Receive key generations, newest first (one until a re-handshake).
         self._gens: list[_Generation] = [_Generation(layer.recv_epoch, layer)]
-        # Re-handshake state (rolewire.rehandshake drives it).
+        # Re-handshake state (rolewire.protocol.rehandshake drives it).
         self._generation = 0
         self._generation_since = self._send_key_since
         self._generation_sealed = 0
@@ -316,7 +316,7 @@ class Session:
             return gens[0]
         return self._gen_for(int.from_bytes(view[2:6], "big"))
 
-    # -- re-handshake (hazmat: driven by rolewire.rehandshake) ---------------------
+    # -- re-handshake (hazmat: driven by rolewire.protocol.rehandshake) ---------------------
     def announce_next_epoch(self) -> int:
         """The epoch this side's next key generation will start at (its
         current send epoch + 1); until the switch the old keys are not

@@ -51,7 +51,7 @@ class HandshakeConfig:
         min_epoch_records: an automatic rekey waits until the sending epoch
             sealed this many records (see :class:`~rolewire.session.Session`).
         min_epoch_lifetime: ... and until it lived this many seconds.
-        channel_binding: for a re-handshake (:mod:`rolewire.rehandshake`):
+        channel_binding: for a re-handshake (:mod:`rolewire.protocol.rehandshake`):
             the transcript hash of the session it re-keys, mixed into the
             new transcript first (docs/PROTOCOL.md, "Re-handshake"); empty
             for a first handshake.

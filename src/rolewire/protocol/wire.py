@@ -243,7 +243,7 @@ class MessageType(enum.IntEnum):
     ERROR = 4
     CLOSE = 5
     SIGNED_BATCH = 6
-    #: A re-handshake control message (rolewire.rehandshake), never a call.
+    #: A re-handshake control message (rolewire.protocol.rehandshake), never a call.
     REHANDSHAKE = 7
 
 

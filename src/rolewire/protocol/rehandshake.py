@@ -183,6 +183,14 @@ class Rehandshake:
         switched (or it failed)."""
         return self._machine is not None or self.session.switch_pending
 
+    @property
+    def wants_flush(self) -> bool:
+        """Records or events are waiting (:meth:`records_to_send`,
+        :meth:`next_event`); also right after the session switched to the
+        new keys by itself (the SWITCH is due)."""
+        return bool(self._out or self._events) or (
+            self._switch_notice and not self.session.switch_pending)
+
     def due(self) -> bool:
         """True if an interval trigger fired (time or record count)."""
         session = self.session
