@@ -143,7 +143,7 @@ def test_uvicorn_direct_sync_and_async(tmp_path: Path) -> None:
 
 
 def test_through_nginx_sticky_sessions_and_ciphertext_logs(cluster: Any) -> None:
-    a, b, proxy, executions = cluster
+    _a, _b, proxy, executions = cluster
     served: collections.Counter[str] = collections.Counter()
     # Clients until both replicas served one (random session ids hash apart).
     for n in range(64):
@@ -170,7 +170,7 @@ def test_no_request_accepted_twice_across_replicas(cluster: Any) -> None:
     with httpx.Client(transport=SyncTransport(payment_config(), inner=capture),
                       base_url=proxy.url, timeout=60) as client:
         owner = client.post("/charge", json={"id": "once"}).json()["replica"]
-    sealed = [r for r in capture.requests if r[1].path == "/charge"][0]
+    sealed = next(r for r in capture.requests if r[1].path == "/charge")
     other = b if owner == "a" else a
     mine = a if owner == "a" else b
     r = replay(proxy.url, sealed)  # through nginx: the owner sees a replay
