@@ -155,6 +155,17 @@ class Nginx:
         path = self.prefix / "access.log"
         return path.read_text(errors="replace") if path.exists() else ""
 
+    def log_with(self, *needles: str, count: int = 1, timeout: float = 60.0) -> str:
+        """The access log once it holds every needle ``count`` times (nginx
+        writes a line after the response went out, so the client can be
+        faster); after ``timeout`` whatever it holds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            log = self.access_log
+            if all(log.count(n) >= count for n in needles) or time.monotonic() > deadline:
+                return log
+            time.sleep(0.05)
+
     def start(self) -> Nginx:
         self.proc = subprocess.Popen(
             [self.binary, "-p", str(self.prefix), "-c", str(self.conf), "-e",
