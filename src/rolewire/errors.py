@@ -10,6 +10,7 @@ from __future__ import annotations
 
 __all__ = [
     "AuthenticationFailed",
+    "CallTimeout",
     "CertificateRejected",
     "ConcurrentUseError",
     "ConfigurationError",
@@ -23,6 +24,7 @@ __all__ = [
     "HandshakeRejected",
     "HandshakeStateError",
     "HandshakeTimeout",
+    "IntegrityLimitExceeded",
     "InvalidKeyShare",
     "KeyExhausted",
     "MalformedHandshakeMessage",
@@ -30,6 +32,7 @@ __all__ = [
     "NoCommonSuite",
     "NoVerifiedRole",
     "PasswordAttemptsExceeded",
+    "PeerUnresponsive",
     "ProtocolViolation",
     "RecordError",
     "RecordLayerClosed",
@@ -101,6 +104,12 @@ class RecordLayerClosed(RecordError):
     """The record layer was closed and its keys wiped."""
 
 
+class IntegrityLimitExceeded(RecordLayerClosed):
+    """More records failed to authenticate than the session's integrity
+    limit allows: the session closed itself and wiped its keys (the idea of
+    RFC 9001's integrity limit; every forged record is a forgery attempt)."""
+
+
 class ConcurrentUseError(RolewireError, RuntimeError):
     """One direction of a record layer was used from two threads at once.
 
@@ -118,6 +127,16 @@ class ProtocolViolation(RolewireError):
 
 class ConnectionClosed(RolewireError, ConnectionError):
     """The connection closed (or was closed) before the operation finished."""
+
+
+class PeerUnresponsive(ConnectionClosed):
+    """The peer stopped answering: a liveness probe got no reply in time
+    (the path is dead or the peer hangs). The connection is closed."""
+
+
+class CallTimeout(RolewireError, TimeoutError):
+    """No reply to a request within its timeout (the connection stays
+    open; a late reply is dropped). Also a :class:`TimeoutError`."""
 
 
 class RemoteCallError(RolewireError):
