@@ -51,6 +51,7 @@ from rolewire.errors import (
     HandshakeError,
     HandshakeStateError,
     HandshakeTimeout,
+    MalformedRecord,
     PeerUnresponsive,
     ProtocolViolation,
     RecordError,
@@ -102,6 +103,7 @@ from rolewire.protocol.wire import (
     MessageType,
     call_header,
     decode_message,
+    decode_packet,
     default_max_frame,
     encode,
     encode_frame,
@@ -426,6 +428,25 @@ class Connection:
             self._fail(exc, "protocol_violation")
             return
         self._frames([frame])
+
+    def receive_packet(self, packet: bytes, now: float | None = None) -> None:
+        """One message of a message transport that carries whole stream
+        frames (``framing="stream"``; e.g. a NATS message with the records
+        of one flush, :func:`~rolewire.protocol.wire.decode_packet`).
+        Packets are independent: one that does not split into whole frames
+        (truncated or padded in transit) is dropped and counted against the
+        bad-record budget, and the next packet is read afresh."""
+        if now is not None:
+            self._now = now
+        if self._state is _CLOSED or self._state is _FAILED:
+            return
+        try:
+            frames = decode_packet(packet, self._decoder.max_frame)
+        except ProtocolViolation:
+            if self._state is _OPEN:
+                self._bad([MalformedRecord("packet does not hold whole frames")])
+            return
+        self._frames(frames)
 
     def connection_lost(self, error: BaseException | None = None,
                         now: float | None = None) -> None:
