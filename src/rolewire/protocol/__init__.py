@@ -19,6 +19,7 @@ from rolewire.protocol.connection import (
     ConnectionSettings,
     busy_frame,
     reason_name,
+    reject_frame,
 )
 from rolewire.protocol.events import (
     CallFailed,
@@ -65,4 +66,5 @@ __all__ = [
     "ReplyReceived",
     "busy_frame",
     "reason_name",
+    "reject_frame",
 ]
