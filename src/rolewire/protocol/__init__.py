@@ -32,6 +32,7 @@ from rolewire.protocol.events import (
     HandshakeDone,
     Notified,
     OtherMessage,
+    Rehandshaked,
     ReplyReceived,
 )
 from rolewire.protocol.wire import (
@@ -63,6 +64,7 @@ __all__ = [
     "MessageType",
     "Notified",
     "OtherMessage",
+    "Rehandshaked",
     "ReplyReceived",
     "busy_frame",
     "reason_name",
