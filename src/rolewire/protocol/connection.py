@@ -665,7 +665,8 @@ class Connection:
                 self._peer_close()
                 return  # nothing after CLOSE is read
             elif kind is MessageType.REHANDSHAKE:
-                if not self._rehandshake_message(plaintext):
+                # (re-encoded: the control message's bytes are its plaintext)
+                if not self._rehandshake_message(encode(message)):
                     return
             else:
                 append(OtherMessage(message))
