@@ -18,6 +18,7 @@ from rolewire.aio._base import (
     reason_name,
     run_handshake,
 )
+from rolewire.enduser.context import has_current, propagation_metadata
 from rolewire.errors import (
     ConnectionClosed,
     HandshakeError,
@@ -111,9 +112,10 @@ class Channel(RecordConnection):
     # -- calls -------------------------------------------------------------------------
     def _message(self, kind: MessageType, call_id: int, operation: str, body: bytes,
                  metadata: Mapping[str, bytes] | None) -> bytes:
-        """The plaintext of one outgoing call message (with ``metadata``, and
-        whatever the outgoing hooks add)."""
-        meta: Mapping[str, bytes] = metadata or {}
+        """The plaintext of one outgoing call message (with ``metadata``, the
+        end-user context of the handler we run in, and whatever the outgoing
+        hooks add)."""
+        meta: Mapping[str, bytes] = propagation_metadata(metadata or {})
         for hook in self.outgoing_hooks:
             meta = hook(self, kind, call_id, operation, body, meta)
         if not meta:
@@ -140,7 +142,7 @@ class Channel(RecordConnection):
         self._check_open()
         call_id = self._next_id
         self._next_id += 1
-        if metadata or self.outgoing_hooks:
+        if metadata or self.outgoing_hooks or has_current():
             self.queue(self._message(MessageType.REQUEST, call_id, operation, bytes(body),
                                      metadata))
         else:
@@ -169,7 +171,7 @@ class Channel(RecordConnection):
         other messages of this loop iteration (or at once past 64 KiB);
         waits only when the transport's buffer is full."""
         self._check_open()
-        if metadata or self.outgoing_hooks:
+        if metadata or self.outgoing_hooks or has_current():
             self.queue(self._message(MessageType.NOTIFY, 0, operation, bytes(body), metadata))
         else:
             self.queue(self._notify_head(operation) + bytes(body))
@@ -182,7 +184,7 @@ class Channel(RecordConnection):
         ``write`` per batch, in order. Waits for the transport buffer to
         drain below its high-water mark. ``metadata`` goes with each."""
         self._check_open()
-        if metadata or self.outgoing_hooks:
+        if metadata or self.outgoing_hooks or has_current():
             messages = [self._message(MessageType.NOTIFY, 0, operation, bytes(body), metadata)
                         for body in bodies]
         else:
@@ -329,13 +331,14 @@ class Channel(RecordConnection):
 
 
 async def _connect(host: str, port: int, config: HandshakeConfig, *, timeout: float,
-                   max_frame: int | None) -> Channel:
+                   max_frame: int | None,
+                   local_addr: tuple[str, int] | None = None) -> Channel:
     if not isinstance(config, HandshakeConfig):
         raise TypeError("config must be a HandshakeConfig")
     loop = asyncio.get_running_loop()
     deadline = loop.time() + min(timeout, config.timeout)
     reader, writer = await asyncio.wait_for(
-        asyncio.open_connection(host, port, limit=STREAM_LIMIT), timeout)
+        asyncio.open_connection(host, port, limit=STREAM_LIMIT, local_addr=local_addr), timeout)
     peername = writer.get_extra_info("peername")
     peer = f"{peername[0]}:{peername[1]}" if peername else f"{host}:{port}"
     decoder = FrameDecoder(max_frame or default_max_frame(config))
@@ -376,7 +379,8 @@ class _Connect:
 
 
 def connect(host: str, port: int, config: HandshakeConfig, *, timeout: float = 10.0,
-            max_frame: int | None = None) -> _Connect:
+            max_frame: int | None = None,
+            local_addr: tuple[str, int] | None = None) -> _Connect:
     """Open a TCP connection, run the handshake as initiator, return a
     :class:`Channel`. Use as ``channel = await connect(...)`` or
     ``async with connect(...) as channel``.
@@ -387,5 +391,9 @@ def connect(host: str, port: int, config: HandshakeConfig, *, timeout: float = 1
     code, e.g. BUSY when the server is at its connection bound;
     :class:`~rolewire.errors.HandshakeTimeout`, ...),
     :class:`~rolewire.errors.ConnectionClosed` or ``OSError``.
+
+    ``local_addr`` binds the local end (e.g. ``("127.0.0.2", 0)``: servers
+    apply their per-peer limits by source address).
     """
-    return _Connect(host, port, config, timeout=timeout, max_frame=max_frame)
+    return _Connect(host, port, config, timeout=timeout, max_frame=max_frame,
+                    local_addr=local_addr)
