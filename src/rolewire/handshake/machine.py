@@ -617,18 +617,23 @@ class Initiator(Handshake):
             slot_data.append(hint + slot.my_round2)
 
         # Message 3: our entries and proofs. Certificate chains and signatures
-        # go only to a responder that has authenticated (else: deferred).
+        # go only to a responder that has authenticated (else: deferred to
+        # message 5). Exception: a responder that has no later chance to
+        # authenticate, when we accept anonymous responders anyway (we chose
+        # to talk to anyone: a client certificate to an anonymous server).
+        expect_auth = bool(self._slots) or any(m.withheld for m in self._matches)
+        send_chains = self._responder_authenticated or (
+            not expect_auth and self.config.allow_anonymous)
         my_entries = []
         for match in self._matches:
             data = b""
             if (isinstance(match.role, CertificateRole) and match.offer_flags & Flag.PROVE
                     and match.peer_flags & Flag.VERIFY):
-                if self._responder_authenticated:
+                if send_chains:
                     data = encode_chain(match.role.chain_der)
                 else:
                     match.deferred = True
             my_entries.append(RoleEntry(match.index, match.offer_flags, data))
-        expect_auth = bool(self._slots) or any(m.withheld for m in self._matches)
         if not expect_auth:
             self._check_policy()
         data_ct = self._encrypt(encode_role_data(my_entries, slot_data))
