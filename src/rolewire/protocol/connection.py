@@ -123,6 +123,7 @@ __all__ = [
     "ConnectionSettings",
     "busy_frame",
     "reason_name",
+    "reject_frame",
 ]
 
 log = logging.getLogger("rolewire.protocol")
@@ -236,6 +237,13 @@ def busy_frame() -> bytes:
     return encode_frame(FrameKind.HANDSHAKE, busy_reject())
 
 
+def reject_frame(reason: RejectReason) -> bytes:
+    """The frame of a Reject with ``reason``, for a transport that refuses a
+    connection before a :class:`Connection` exists (e.g. no first byte in
+    time: TIMEOUT)."""
+    return encode_frame(FrameKind.HANDSHAKE, Reject(reason).encode())
+
+
 _HANDSHAKE, _OPEN, _CLOSED, _FAILED = "handshake", "open", "closed", "failed"
 
 
@@ -270,6 +278,7 @@ class Connection:
         self._log = logger or log
         self._stream = framing == "stream"
         self._decoder = FrameDecoder(s.max_frame or default_max_frame(config))
+        self._pre_auth_frame = config.max_message_size + 5  # + length and kind
         self._state = _HANDSHAKE
         self._started = now
         self._hs_deadline = now + min(s.handshake_timeout, config.timeout)
@@ -287,6 +296,7 @@ class Connection:
         self._wire: list[bytes] = []       # frames (or messages) ready to send
         self._out: list[bytes] = []        # plaintexts to seal
         self._out_bytes = 0
+        self._wire_bytes = 0
         self._max_plaintext = 0
         self._calls = CallDecoder()
         # our requests
@@ -396,6 +406,12 @@ class Connection:
         return bool(self._wire)
 
     @property
+    def queued_bytes(self) -> int:
+        """Bytes queued and not taken by :meth:`data_to_send` yet (plaintext
+        not sealed yet plus records sealed and waiting)."""
+        return self._out_bytes + self._wire_bytes
+
+    @property
     def has_output(self) -> bool:
         """:meth:`data_to_send` would return something."""
         return bool(self._wire or self._out)
@@ -407,13 +423,20 @@ class Connection:
             self._now = now
         if self._state is _CLOSED or self._state is _FAILED or not data:
             return
+        decoder = self._decoder
         try:
-            frames = self._decoder.feed(data)
+            frames = decoder.feed(data)
         except ProtocolViolation as exc:
             self._fail(exc, "protocol_violation")
             return
         if frames:
             self._frames(frames)
+        if self._state is _HANDSHAKE and decoder.pending_frame > self._pre_auth_frame:
+            # Before authentication only handshake messages may come: refuse
+            # a larger frame at its header, before it is buffered.
+            self._fail(ProtocolViolation(
+                "frame larger than the largest handshake message before authentication"),
+                "protocol_violation")
 
     def receive_message(self, message: bytes, now: float | None = None) -> None:
         """One message of a message transport (``kind u8 | payload``, see
@@ -537,7 +560,10 @@ class Connection:
         self._hs = None
         self._state = _OPEN
         self._peer_roles = session.peer_roles
-        self.state = ConnectionState(session.transcript_hash)
+        service = self._service
+        make_state = getattr(service, "connection_state", None)
+        self.state = (make_state(session.transcript_hash, session.peer_roles, self.peer)
+                      if make_state is not None else ConnectionState(session.transcript_hash))
         self._max_plaintext = session.max_plaintext
         self._send_epoch = session.send_epoch
         self._recv_epoch = session.recv_epoch
@@ -616,17 +642,22 @@ class Connection:
     # -- call messages in -------------------------------------------------------------
     def _messages(self, plaintexts: list[bytes]) -> None:
         decode = self._calls.decode
-        events = self._events
-        append = events.append
+        messages: Iterable[CallMessage] = map(decode, plaintexts)
+        state = self.state
+        if state is not None and state.admit is not None:
+            # A connection-level check (signed calls wait for their batch).
+            messages = state.admit(messages)
+        try:
+            self._dispatch(messages)
+        except ProtocolViolation as exc:
+            self._fail(exc, "protocol_violation")
+
+    def _dispatch(self, messages: Iterable[CallMessage]) -> None:
+        append = self._events.append
         service = self._service
         allowed = self._allowed
         contexts = self._notify_contexts
-        for plaintext in plaintexts:
-            try:
-                message = decode(plaintext)
-            except ProtocolViolation as exc:
-                self._fail(exc, "protocol_violation")
-                return
+        for message in messages:
             kind = message.type
             if kind is MessageType.NOTIFY:
                 if self._closing or self._close_received or service is None:
@@ -655,7 +686,8 @@ class Connection:
                 self._peer_close()
                 return  # nothing after CLOSE is read
             elif kind is MessageType.REHANDSHAKE:
-                if not self._rehandshake_message(plaintext):
+                # (re-encoded: the control message's bytes are its plaintext)
+                if not self._rehandshake_message(encode(message)):
                     return
             else:
                 append(OtherMessage(message))
@@ -757,6 +789,8 @@ class Connection:
 
     def _peer_close(self) -> None:
         self._close_received = True
+        if self._close_deadline is None:  # running calls get close_timeout to finish
+            self._close_deadline = self._now + self._settings.close_timeout
         if not self._close_reason:
             self._close_reason = "closed_by_peer" if not self.is_client else "closed"
             if not self.is_client:
@@ -822,7 +856,10 @@ class Connection:
         return True
 
     # -- sending -----------------------------------------------------------------------------
-    def _check_open(self) -> None:
+    def check_open(self) -> None:
+        """Raise the error a call would get now (the failure, or
+        ConnectionClosed when closing or closed); nothing if calls may be
+        sent."""
         if self._state is _OPEN and not (self._closing or self._close_sent
                                          or self._close_received):
             return
@@ -869,6 +906,19 @@ class Connection:
         self._ping_deadline = deadline
         self._queue(call_header(MessageType.REQUEST, call_id, PING_OPERATION))
 
+    @property
+    def next_call_id(self) -> int:
+        """The call id the next :meth:`call` will use (for hooks that stamp
+        a call before it is queued)."""
+        return self._next_id
+
+    def queue_message(self, plaintext: bytes) -> None:
+        """Queue one encoded call message as it is (e.g. a ``SIGNED_BATCH``
+        head built by :mod:`rolewire.nonrep`); sealed with the next batch."""
+        self.check_open()
+        self._check_size(plaintext)
+        self._queue(bytes(plaintext))
+
     def _message(self, kind: MessageType, call_id: int, operation: str, body: bytes,
                  metadata: Mapping[str, bytes] | None) -> bytes:
         if metadata:
@@ -890,7 +940,7 @@ class Connection:
         for none) makes it fail with :class:`~rolewire.errors.CallTimeout`.
         Raises :class:`~rolewire.errors.RecordTooLarge` (nothing queued) or
         the connection's error if it is not open."""
-        self._check_open()
+        self.check_open()
         call_id = self._next_id
         message = self._message(MessageType.REQUEST, call_id, operation, body, metadata)
         self._check_size(message)
@@ -913,7 +963,7 @@ class Connection:
     def notify(self, operation: str, body: bytes = b"", *,
                metadata: Mapping[str, bytes] | None = None) -> None:
         """Queue a NOTIFY (one-way). Raises like :meth:`call`."""
-        self._check_open()
+        self.check_open()
         message = self._message(MessageType.NOTIFY, 0, operation, body, metadata)
         if len(message) > self._max_plaintext:
             self._check_size(message)
@@ -924,7 +974,7 @@ class Connection:
                     metadata: Mapping[str, bytes] | None = None) -> None:
         """Queue many NOTIFYs of one operation, all or nothing (every size is
         checked first); sealed in batches."""
-        self._check_open()
+        self.check_open()
         if metadata:
             messages = [self._message(MessageType.NOTIFY, 0, operation, body, metadata)
                         for body in bodies]
@@ -1001,9 +1051,12 @@ class Connection:
             self._fail(exc, type(exc).__name__)
             return
         if self._stream:
-            self._wire.append(encode_records(records))
+            data = encode_records(records)
+            self._wire.append(data)
+            self._wire_bytes += len(data)
         else:
             self._wire.extend(b"\x02" + record for record in records)
+            self._wire_bytes += sum(len(r) + 1 for r in records)
         epoch = session.send_epoch
         if epoch != self._send_epoch:
             self._send_epoch = epoch
@@ -1023,6 +1076,7 @@ class Connection:
         if not wire:
             return b""
         self._wire = []
+        self._wire_bytes = 0
         return wire[0] if len(wire) == 1 else b"".join(wire)
 
     def messages_to_send(self, now: float | None = None) -> list[bytes]:
@@ -1033,6 +1087,7 @@ class Connection:
         if self._out:
             self._seal_out()
         wire, self._wire = self._wire, []
+        self._wire_bytes = 0
         return wire
 
     # -- events -------------------------------------------------------------------------
