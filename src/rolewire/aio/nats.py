@@ -22,17 +22,30 @@ service's handlers through the same code as the TCP server
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import inspect
 import logging
 import secrets
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from rolewire.errors import ConnectionClosed, ServiceUnavailable
-from rolewire.protocol import Connection
+from rolewire.aio._base import run_handshake
+from rolewire.aio.channel import Channel
+from rolewire.aio.server import ServerStats, _ServerConnection
+from rolewire.errors import ConfigurationError, ConnectionClosed, ServiceUnavailable
+from rolewire.handshake import HandshakeConfig
+from rolewire.protocol import (
+    Connection,
+    ConnectionSettings,
+    Failed,
+    HandshakeDone,
+    busy_frame,
+)
 from rolewire.protocol.wire import split_packets
+from rolewire.services import Service
 
-__all__ = ["NatsDriver"]
+__all__ = ["NatsChannel", "NatsDriver", "NatsInstance", "connect_nats", "serve_nats"]
 
 log = logging.getLogger("rolewire.nats")
 
@@ -237,3 +250,406 @@ def new_session_id() -> str:
     """A random, unguessable session subject token (so a third party on the
     bus cannot address a session it did not see)."""
     return secrets.token_hex(12)
+
+
+# --- the service side ----------------------------------------------------------------
+
+
+class NatsInstance:
+    """One instance of a service on NATS (built by :func:`serve_nats`).
+
+    It takes Hellos from the service subject in the queue group ``queue``
+    (every instance of the role in one group: NATS hands each Hello to one
+    of them) and serves each session from a subject of its own inbox. Calls
+    run through the same code as the TCP server's connections.
+
+    Attributes:
+        subject: the service subject.
+        inbox: this instance's inbox prefix (sessions live below it).
+        stats: :class:`~rolewire.aio.ServerStats` counters.
+    """
+
+    def __init__(self, service: Service, config: HandshakeConfig, nc: Any, subject: str, *,
+                 queue: str | None = None, batch: bool = True, max_sessions: int = 4096,
+                 max_pending_handshakes: int = 256, handshake_timeout: float = 10.0,
+                 idle_timeout: float | None = 300.0, max_inflight: int = 64,
+                 close_timeout: float = 5.0, call_guard: dict[str, Any] | None = None) -> None:
+        if not isinstance(config, HandshakeConfig):
+            raise ConfigurationError("config must be a HandshakeConfig")
+        if not subject or any(c in subject for c in " \t\r\n*>"):
+            raise ConfigurationError("subject must be a literal NATS subject (no wildcards)")
+        if max_sessions < 1 or max_pending_handshakes < 1:
+            raise ConfigurationError("max_sessions and max_pending_handshakes must be >= 1")
+        self.service = service
+        self.config = config
+        self.nc = nc
+        self.subject = subject
+        self.queue = queue or subject
+        self.batch = batch
+        self.max_sessions = max_sessions
+        self.max_pending_handshakes = max_pending_handshakes
+        self.handshake_timeout = min(handshake_timeout, config.timeout)
+        self.idle_timeout = idle_timeout
+        self.max_inflight = max_inflight
+        self.close_timeout = close_timeout
+        self.call_guard = dict(call_guard or {})
+        self.stats = ServerStats()
+        self.inbox = ""
+        self._subscriptions: list[Any] = []
+        self._sessions: dict[str, NatsDriver] = {}
+        self._served: set[Any] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._handshaking = 0
+        self._async_ops: dict[str, bool] = {}
+        self._closing = False
+
+    async def _start(self) -> None:
+        self.inbox = self.nc.new_inbox()
+        self._subscriptions = [
+            await self.nc.subscribe(self.subject, queue=self.queue, cb=self._on_hello),
+            await self.nc.subscribe(self.inbox + ".*", cb=self._on_packet),
+        ]
+        await self.nc.flush()
+        log.info("serving on NATS", extra={"event": "listening", "subject": self.subject,
+                                           "queue": self.queue})
+
+    @property
+    def sessions(self) -> int:
+        """Sessions open or being set up on this instance."""
+        return len(self._sessions)
+
+    def is_async(self, operation: str) -> bool:
+        """True if the operation's handler is a coroutine function."""
+        known = self._async_ops.get(operation)
+        if known is None:
+            op = self.service.operations.get(operation)
+            known = op is not None and inspect.iscoroutinefunction(op.handler)
+            if op is not None:
+                self._async_ops[operation] = known
+        return known
+
+    # -- packets in ----------------------------------------------------------------------
+    async def _on_hello(self, msg: Any) -> None:
+        if self._closing or not msg.reply or not msg.data:
+            return
+        if len(self._sessions) >= self.max_sessions or \
+                self._handshaking >= self.max_pending_handshakes:
+            # Refuse as a loaded TCP server does: a BUSY Reject, nothing kept.
+            self.stats.handshakes_failed += 1
+            await self._publish_quietly(msg.reply, busy_frame())
+            return
+        session_id = new_session_id()
+        loop = asyncio.get_running_loop()
+        settings = ConnectionSettings(
+            handshake_timeout=self.handshake_timeout, idle_timeout=self.idle_timeout,
+            close_timeout=self.close_timeout, max_inflight=self.max_inflight,
+            call_guard=self.call_guard, keepalive_interval=None)
+        peer = f"nats:{msg.reply}"
+        conn = Connection.server(self.config, self.service, now=loop.time(), peer=peer,
+                                 handshake_peer=peer, settings=settings, logger=log)
+        driver = NatsDriver(conn, self.nc, send_subject=msg.reply,
+                            reply_subject=f"{self.inbox}.{session_id}", batch=self.batch,
+                            on_end=lambda: self._sessions.pop(session_id, None))
+        self._sessions[session_id] = driver
+        driver.deliver(msg.data)
+        task = loop.create_task(self._run(driver, peer))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _on_packet(self, msg: Any) -> None:
+        driver = self._sessions.get(msg.subject.rpartition(".")[2])
+        if driver is not None and msg.data:
+            driver.deliver(msg.data)
+
+    async def _publish_quietly(self, subject: str, data: bytes) -> None:
+        with contextlib.suppress(Exception):
+            await self.nc.publish(subject, data)
+
+    # -- one session ---------------------------------------------------------------------
+    async def _run(self, driver: NatsDriver, peer: str) -> None:
+        stats = self.stats
+        conn = driver.conn
+        self._handshaking += 1
+        try:
+            await run_handshake(driver)
+        finally:
+            self._handshaking -= 1
+        if not conn.established:
+            stats.handshakes_failed += 1
+            driver.flush(arm=False)  # the Reject, if any
+            driver.ended()
+            return
+        stats.sessions_open += 1
+        stats.sessions_total += 1
+        served = _ServerConnection(self, driver, peer=peer)  # type: ignore[arg-type]
+        self._served.add(served)
+        try:
+            if self._closing:
+                served.begin_close("shutdown")
+            await served.run()
+        finally:
+            self._served.discard(served)
+            stats.sessions_open -= 1
+            driver.ended()
+
+    # -- closing -------------------------------------------------------------------------
+    async def close(self) -> None:
+        """Stop taking Hellos, close every session gracefully (CLOSE after
+        the calls in flight), then unsubscribe. Idempotent."""
+        if self._closing:
+            return
+        self._closing = True
+        if self._subscriptions:
+            with contextlib.suppress(Exception):
+                await self._subscriptions[0].unsubscribe()
+        for served in list(self._served):
+            served.begin_close("shutdown")
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=self.close_timeout + 1.0)
+        for driver in list(self._sessions.values()):
+            driver.conn.abort(None, "shutdown")
+            driver.ended()
+        for task in list(self._tasks):
+            task.cancel()
+        for sub in self._subscriptions[1:]:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        with contextlib.suppress(Exception):
+            await self.nc.flush()
+
+    async def __aenter__(self) -> NatsInstance:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+async def serve_nats(service: Service, config: HandshakeConfig, nc: Any, subject: str, *,
+                     queue: str | None = None, batch: bool = True,
+                     **options: Any) -> NatsInstance:
+    """Serve ``service`` on the NATS subject ``subject`` through the
+    connected nats-py client ``nc``: subscribe in the queue group ``queue``
+    (default: the subject), so every process holding the role that serves
+    the same subject shares the load. Returns the running
+    :class:`NatsInstance` (``await instance.close()``, or ``async with``).
+
+    ``batch``: pack the records of one flush into one NATS message (up to
+    the server's ``max_payload``); False: one record per NATS message.
+    Other options (``max_sessions``, ``max_pending_handshakes``,
+    ``handshake_timeout``, ``idle_timeout``, ``max_inflight``,
+    ``close_timeout``, ``call_guard``) are those of :class:`NatsInstance`.
+    """
+    instance = NatsInstance(service, config, nc, subject, queue=queue, batch=batch, **options)
+    await instance._start()
+    return instance
+
+
+# --- the client side ------------------------------------------------------------------
+
+
+async def _open_session(nc: Any, subject: str, config: HandshakeConfig, *, timeout: float,
+                        batch: bool, call_timeout: float | None,
+                        keepalive_interval: float | None,
+                        liveness_timeout: float) -> Channel:
+    """One session with one instance: Hello to the service subject, then
+    inbox to inbox with the instance that answered."""
+    loop = asyncio.get_running_loop()
+    inbox = nc.new_inbox()
+    settings = ConnectionSettings(
+        handshake_timeout=min(timeout, config.timeout), call_timeout=call_timeout,
+        keepalive_interval=keepalive_interval, liveness_timeout=liveness_timeout)
+    peer = f"nats:{subject}"
+    conn = Connection.client(config, now=loop.time(), peer=peer, handshake_peer=subject,
+                             settings=settings, logger=log)
+    subscription: list[Any] = []
+
+    def unsubscribe() -> None:
+        if subscription:
+            loop.create_task(_unsubscribe(subscription.pop()))
+
+    driver = NatsDriver(conn, nc, send_subject=subject, reply_subject=inbox, batch=batch,
+                        on_end=unsubscribe)
+    bound = False
+
+    async def on_packet(msg: Any) -> None:
+        nonlocal bound
+        headers = msg.headers
+        if headers and headers.get("Status") == NO_RESPONDERS:
+            # Only about the subject we send to: a stray status is ignored.
+            if headers.get("Nats-Subject", driver.send_subject) == driver.send_subject:
+                driver.peer_gone()
+            return
+        if not bound:
+            if not msg.reply:
+                return
+            # The instance that took our Hello answers from its session
+            # subject; everything else of the session goes there. Whoever
+            # answers must still complete the handshake, so a forged first
+            # answer costs a failed handshake, never a session.
+            driver.send_subject = msg.reply
+            bound = True
+        driver.deliver(msg.data)
+
+    subscription.append(await nc.subscribe(inbox, cb=on_packet))
+    try:
+        await run_handshake(driver)
+    except BaseException:
+        driver.ended()
+        raise
+    done: HandshakeDone | None = None
+    failure: Failed | None = None
+    while (event := conn.next_event()) is not None:
+        if isinstance(event, HandshakeDone):
+            done = event
+            break
+        if isinstance(event, Failed):
+            failure = event
+            break
+    if done is None:
+        driver.flush(arm=False)  # our Reject, if any
+        driver.ended()
+        if failure is not None:
+            raise failure.error
+        raise ConnectionClosed("the session ended during the handshake")
+    return Channel(conn, None, None, peer=peer, suite=done.suite, driver=driver)
+
+
+async def _unsubscribe(subscription: Any) -> None:
+    with contextlib.suppress(Exception):
+        await subscription.unsubscribe()
+
+
+class NatsChannel:
+    """A channel to a service on NATS (built by :func:`connect_nats`): the
+    API of :class:`~rolewire.aio.Channel` (``call``, ``notify``,
+    ``send_many``, ``close``, typed errors).
+
+    It holds one session with one instance of the service's queue group.
+    When that session ends (the instance stopped: the broker reports no
+    responders, or liveness probes go unanswered), calls in flight fail
+    with a typed error — :class:`~rolewire.errors.ServiceUnavailable`,
+    :class:`~rolewire.errors.PeerUnresponsive` or
+    :class:`~rolewire.errors.ConnectionClosed`, never a hang — and the next
+    call runs a new handshake, which the queue group gives to another
+    instance. A call is never sent twice by the channel.
+    """
+
+    def __init__(self, nc: Any, subject: str, config: HandshakeConfig, *, timeout: float,
+                 batch: bool, call_timeout: float | None, keepalive_interval: float | None,
+                 liveness_timeout: float) -> None:
+        self.nc = nc
+        self.subject = subject
+        self.config = config
+        self._options = {"timeout": timeout, "batch": batch, "call_timeout": call_timeout,
+                         "keepalive_interval": keepalive_interval,
+                         "liveness_timeout": liveness_timeout}
+        self._channel: Channel | None = None
+        self._opening: asyncio.Lock = asyncio.Lock()
+        self._closed = False
+        #: Sessions opened so far (1 + failovers).
+        self.sessions_opened = 0
+
+    async def _current(self) -> Channel:
+        if self._closed:
+            raise ConnectionClosed("the channel is closed")
+        channel = self._channel
+        if channel is not None and not channel.closed:
+            return channel
+        async with self._opening:
+            channel = self._channel
+            if channel is None or channel.closed:
+                if channel is not None:
+                    await channel.close(timeout=0.1)
+                channel = await _open_session(self.nc, self.subject, self.config,
+                                              **self._options)
+                self._channel = channel
+                self.sessions_opened += 1
+            return channel
+
+    @property
+    def channel(self) -> Channel | None:
+        """The current session's :class:`~rolewire.aio.Channel` (None before
+        the first one)."""
+        return self._channel
+
+    @property
+    def peer_roles(self) -> frozenset[str]:
+        """The roles the current instance proved (empty before a session)."""
+        return self._channel.peer_roles if self._channel is not None else frozenset()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    async def connect(self) -> NatsChannel:
+        """Open the first session now (``connect_nats`` does)."""
+        await self._current()
+        return self
+
+    async def call(self, operation: str, body: bytes = b"", *, timeout: float | None = None,
+                   metadata: Mapping[str, bytes] | None = None) -> bytes:
+        """:meth:`rolewire.aio.Channel.call` on the current session (a new one
+        first if the last ended)."""
+        channel = await self._current()
+        return await channel.call(operation, body, timeout=timeout, metadata=metadata)
+
+    async def notify(self, operation: str, body: bytes = b"", *,
+                     metadata: Mapping[str, bytes] | None = None) -> None:
+        """:meth:`rolewire.aio.Channel.notify` on the current session."""
+        channel = await self._current()
+        await channel.notify(operation, body, metadata=metadata)
+
+    async def send_many(self, operation: str, bodies: Iterable[bytes], *,
+                        metadata: Mapping[str, bytes] | None = None) -> None:
+        """:meth:`rolewire.aio.Channel.send_many` on the current session."""
+        channel = await self._current()
+        await channel.send_many(operation, bodies, metadata=metadata)
+
+    async def flush_now(self) -> None:
+        channel = await self._current()
+        await channel.flush_now()
+
+    async def close(self, timeout: float = 5.0) -> None:
+        """Close the current session gracefully. Idempotent."""
+        self._closed = True
+        channel, self._channel = self._channel, None
+        if channel is not None:
+            await channel.close(timeout)
+
+    async def __aenter__(self) -> NatsChannel:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def __repr__(self) -> str:
+        return f"<NatsChannel to {self.subject} sessions={self.sessions_opened}>"
+
+
+async def connect_nats(nc: Any, subject: str, config: HandshakeConfig, *,
+                       timeout: float = 10.0, batch: bool = True,
+                       call_timeout: float | None = 60.0,
+                       keepalive_interval: float | None = 5.0,
+                       liveness_timeout: float = 5.0) -> NatsChannel:
+    """Open a session with an instance of the service on ``subject``
+    through the connected nats-py client ``nc``; returns a
+    :class:`NatsChannel`.
+
+    Timeouts (seconds): ``timeout`` the handshake; ``call_timeout`` the
+    default of :meth:`NatsChannel.call`; ``keepalive_interval`` /
+    ``liveness_timeout``: with a reply awaited, the instance is probed after
+    this much silence and the session fails with
+    :class:`~rolewire.errors.PeerUnresponsive` if the probe goes unanswered
+    (shorter than over TCP: on a bus, silence is the only sign of a
+    partitioned instance).
+
+    Raises the handshake's typed errors, and
+    :class:`~rolewire.errors.ServiceUnavailable` when no instance serves
+    the subject.
+    """
+    if not isinstance(config, HandshakeConfig):
+        raise ConfigurationError("config must be a HandshakeConfig")
+    channel = NatsChannel(nc, subject, config, timeout=timeout, batch=batch,
+                          call_timeout=call_timeout, keepalive_interval=keepalive_interval,
+                          liveness_timeout=liveness_timeout)
+    return await channel.connect()

@@ -296,7 +296,7 @@ class _ServerConnection:
                     conn.connection_lost(None, loop.time())
                     self._control_events()
                     break
-                conn.receive_data(data, loop.time())
+                driver.receive(data)
                 await self._process(conn.events())
                 driver.flush()  # the replies of this chunk, in one write
                 self._sync_stats()
