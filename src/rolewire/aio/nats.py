@@ -56,6 +56,10 @@ NO_RESPONDERS = "503"
 #: ones are dropped (the records are authenticated and the peer's liveness
 #: probes retry; an unbounded queue would let a flood grow memory).
 MAX_QUEUED_PACKETS = 4096
+#: Seconds before a client sends its unanswered Hello again (doubling up to
+#: the maximum, within the handshake timeout).
+HELLO_RETRANSMIT = 0.25
+HELLO_RETRANSMIT_MAX = 2.0
 
 
 class _BusTransport:
@@ -182,10 +186,9 @@ class NatsDriver:
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush_handle = None
-        data = self.conn.data_to_send(self.loop.time())
-        if data and self.send_subject is not None:
-            limit = max(int(getattr(self.nc, "max_payload", 0) or 0), 1024) if self.batch else 0
-            self._outbox.extend(split_packets(data, limit))
+        packets = self.data_to_publish()
+        if packets and self.send_subject is not None:
+            self._outbox.extend(packets)
             if self._publishing is None or self._publishing.done():
                 self._publishing = self.loop.create_task(self._publish())
         if arm:
@@ -203,6 +206,14 @@ class NatsDriver:
                 self.conn.abort(ConnectionClosed(f"NATS publish failed: {type(exc).__name__}"),
                                 "nats_error")
                 self._on_timer_events()
+
+    def data_to_publish(self) -> list[bytes]:
+        """Take what the connection has to send now, cut into packets, without
+        publishing it (the client publishes its Hello itself, to retransmit
+        it)."""
+        data = self.conn.data_to_send(self.loop.time())
+        limit = max(int(getattr(self.nc, "max_payload", 0) or 0), 1024) if self.batch else 0
+        return split_packets(data, limit) if data else []
 
     def unsent(self) -> int:
         return sum(len(p) for p in self._outbox)
@@ -488,14 +499,39 @@ async def _open_session(nc: Any, subject: str, config: HandshakeConfig, *, timeo
             # answer costs a failed handshake, never a session.
             driver.send_subject = msg.reply
             bound = True
+        elif msg.reply and msg.reply != driver.send_subject:
+            return  # another instance answering a retransmitted Hello
         driver.deliver(msg.data)
 
     subscription.append(await nc.subscribe(inbox, cb=on_packet))
+    hello = driver.data_to_publish()
+
+    async def retransmit_hello() -> None:
+        # A Hello can be lost between a queue group and the broker (a member
+        # that just died is still picked for a moment, a subscription that
+        # just arrived is not yet everywhere in a cluster): send the same
+        # Hello again until some instance answers. The first answer binds
+        # the session; later answers are dropped above.
+        delay = HELLO_RETRANSMIT
+        while True:
+            await asyncio.sleep(delay)
+            if bound or conn.ended:
+                return
+            with contextlib.suppress(Exception):
+                for packet in hello:
+                    await nc.publish(subject, packet, reply=inbox)
+            delay = min(delay * 2, HELLO_RETRANSMIT_MAX)
+
+    retransmitter = loop.create_task(retransmit_hello())
+    for packet in hello:
+        await nc.publish(subject, packet, reply=inbox)
     try:
         await run_handshake(driver)
     except BaseException:
         driver.ended()
         raise
+    finally:
+        retransmitter.cancel()
     done: HandshakeDone | None = None
     failure: Failed | None = None
     while (event := conn.next_event()) is not None:
@@ -506,7 +542,8 @@ async def _open_session(nc: Any, subject: str, config: HandshakeConfig, *, timeo
             failure = event
             break
     if done is None:
-        driver.flush(arm=False)  # our Reject, if any
+        if bound:
+            driver.flush(arm=False)  # our Reject, if any (never to the service subject)
         driver.ended()
         if failure is not None:
             raise failure.error
