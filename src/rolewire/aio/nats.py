@@ -58,6 +58,18 @@ NO_RESPONDERS = "503"
 MAX_QUEUED_PACKETS = 4096
 #: Seconds before a client sends its unanswered Hello again (doubling up to
 #: the maximum, within the handshake timeout).
+#: Bad records (replayed, too old, malformed) a session on the bus drops
+#: before it gives up. Far above the TCP default: a broker may redeliver, and
+#: anyone allowed to publish on a session subject can replay what it saw;
+#: both are dropped, not a sign that the peer is broken. Records that fail
+#: authentication are bounded separately by the session's integrity limit.
+MAX_BAD_RECORDS = 100_000
+#: Header of the unauthenticated "no such session" answer an instance sends
+#: to a packet for a session it does not hold (it ended, or the instance
+#: restarted): the client fails the session at once instead of waiting for
+#: its liveness probe, and its next call handshakes again.
+STATUS_HEADER = "Rolewire-Status"
+NO_SESSION = "no-session"
 HELLO_RETRANSMIT = 0.25
 HELLO_RETRANSMIT_MAX = 2.0
 
@@ -153,12 +165,12 @@ class NatsDriver:
         self._inbox.append(packet)
         self._arrived.set()
 
-    def peer_gone(self) -> None:
-        """The broker answered "no responders": nobody holds our peer's
-        subject any more (the instance stopped). The session is over."""
+    def peer_gone(self, why: str) -> None:
+        """The session's other end is gone (the broker answered "no
+        responders", or the instance said it holds no such session). The
+        session is over; pending calls fail with ServiceUnavailable."""
         if not self._ended:
-            self.conn.abort(ServiceUnavailable("the service instance holding the session "
-                                               "is gone (no responders)"), "no_responders")
+            self.conn.abort(ServiceUnavailable(why), "peer_gone")
             self._on_timer_events()
             self.ended()
 
@@ -354,7 +366,8 @@ class NatsInstance:
         settings = ConnectionSettings(
             handshake_timeout=self.handshake_timeout, idle_timeout=self.idle_timeout,
             close_timeout=self.close_timeout, max_inflight=self.max_inflight,
-            call_guard=self.call_guard, keepalive_interval=None)
+            call_guard=self.call_guard, keepalive_interval=None,
+            max_bad_records=MAX_BAD_RECORDS)
         peer = f"nats:{msg.reply}"
         conn = Connection.server(self.config, self.service, now=loop.time(), peer=peer,
                                  handshake_peer=peer, settings=settings, logger=log)
@@ -369,8 +382,15 @@ class NatsInstance:
 
     async def _on_packet(self, msg: Any) -> None:
         driver = self._sessions.get(msg.subject.rpartition(".")[2])
-        if driver is not None and msg.data:
-            driver.deliver(msg.data)
+        if driver is not None:
+            if msg.data:
+                driver.deliver(msg.data)
+        elif msg.reply and msg.data and not self._closing:
+            await self._no_session(msg.reply)
+
+    async def _no_session(self, subject: str) -> None:
+        with contextlib.suppress(Exception):
+            await self.nc.publish(subject, b"", headers={STATUS_HEADER: NO_SESSION})
 
     async def _publish_quietly(self, subject: str, data: bytes) -> None:
         with contextlib.suppress(Exception):
@@ -402,6 +422,10 @@ class NatsInstance:
             self._served.discard(served)
             stats.sessions_open -= 1
             driver.ended()
+            if conn.failure is not None and driver.send_subject:
+                # Failed (not closed with CLOSE): tell the client now, so
+                # its calls in flight fail without waiting for liveness.
+                await self._no_session(driver.send_subject)
 
     # -- closing -------------------------------------------------------------------------
     async def close(self) -> None:
@@ -468,7 +492,8 @@ async def _open_session(nc: Any, subject: str, config: HandshakeConfig, *, timeo
     inbox = nc.new_inbox()
     settings = ConnectionSettings(
         handshake_timeout=min(timeout, config.timeout), call_timeout=call_timeout,
-        keepalive_interval=keepalive_interval, liveness_timeout=liveness_timeout)
+        keepalive_interval=keepalive_interval, liveness_timeout=liveness_timeout,
+        max_bad_records=MAX_BAD_RECORDS)
     peer = f"nats:{subject}"
     conn = Connection.client(config, now=loop.time(), peer=peer, handshake_peer=subject,
                              settings=settings, logger=log)
@@ -485,11 +510,17 @@ async def _open_session(nc: Any, subject: str, config: HandshakeConfig, *, timeo
     async def on_packet(msg: Any) -> None:
         nonlocal bound
         headers = msg.headers
-        if headers and headers.get("Status") == NO_RESPONDERS:
-            # Only about the subject we send to: a stray status is ignored.
-            if headers.get("Nats-Subject", driver.send_subject) == driver.send_subject:
-                driver.peer_gone()
-            return
+        if headers:
+            if headers.get("Status") == NO_RESPONDERS:
+                # Only about the subject we send to: a stray status is ignored.
+                if headers.get("Nats-Subject", driver.send_subject) == driver.send_subject:
+                    driver.peer_gone("the service instance holding the session is gone "
+                                     "(no responders)")
+                return
+            if headers.get(STATUS_HEADER) == NO_SESSION:
+                if bound and msg.subject == inbox:
+                    driver.peer_gone("the service instance no longer holds the session")
+                return
         if not bound:
             if not msg.reply:
                 return
