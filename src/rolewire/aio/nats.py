@@ -156,8 +156,9 @@ class NatsDriver:
 
     # -- receiving -------------------------------------------------------------------
     def deliver(self, packet: bytes) -> None:
-        """A packet arrived for this session (subscription callback)."""
-        if self._ended:
+        """A packet arrived for this session (subscription callback). Empty
+        ones carry nothing (and b"" means the end to :meth:`read`'s callers)."""
+        if self._ended or not packet:
             return
         if len(self._inbox) >= MAX_QUEUED_PACKETS:
             self.dropped_packets += 1
@@ -437,6 +438,10 @@ class NatsInstance:
         if self._subscriptions:
             with contextlib.suppress(Exception):
                 await self._subscriptions[0].unsubscribe()
+        for driver in list(self._sessions.values()):
+            if not driver.conn.handshake_done:  # nothing to drain: end it now
+                driver.conn.abort(None, "shutdown")
+                driver.ended()
         for served in list(self._served):
             served.begin_close("shutdown")
         if self._tasks:
