@@ -150,8 +150,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from rolewire.demo import webshop
 
     console = _console()
+    transport = "nats" if args.nats or args.nats_url else "tcp"
     with console.status("web shop demo") as status:
-        report = webshop.run(say=lambda msg: status.update(f"web shop: {msg}"))
+        report = webshop.run(say=lambda msg: status.update(f"web shop: {msg}"),
+                             transport=transport, nats_url=args.nats_url)
     if args.json:
         print(json.dumps(report.to_json()))
     else:
@@ -751,6 +753,13 @@ def build_parser() -> argparse.ArgumentParser:
                       help="webshop: print the outcome as JSON instead of the report")
     demo.add_argument("--json-path", metavar="PATH",
                       help="record: write the benchmark figures as JSON")
+    demo.add_argument("--nats", action="store_true",
+                      help="webshop: the services on NATS subjects through a local nats-server "
+                           "(started for the demo; needs rolewire[nats]), payment as a queue "
+                           "group of two, and a wiretap that must see no plaintext")
+    demo.add_argument("--nats-url", metavar="URL",
+                      help="webshop: use this nats-server instead of starting one (implies "
+                           "--nats)")
     demo.set_defaults(func=cmd_demo)
     return parser
 
