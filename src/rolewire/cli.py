@@ -84,12 +84,13 @@ def _print_handshake_table(report: dict[str, Any]) -> None:
     _print_ratios(report)
 
 
-BENCH_KINDS = ("record", "handshake", "channel", "auth", "connect", "fleet", "audit", "all")
+BENCH_KINDS = ("record", "handshake", "channel", "auth", "connect", "fleet", "audit", "nats",
+               "all")
 COMPARE_KINDS = ("channel", "auth", "connect", "fleet")
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    kinds = ["record", "handshake", *COMPARE_KINDS, "audit"] if args.kind == "all" \
+    kinds = ["record", "handshake", *COMPARE_KINDS, "audit", "nats"] if args.kind == "all" \
         else [args.kind]
     wanted = [k for k in kinds if k in COMPARE_KINDS]
     if getattr(args, "plot", None) and not wanted:
@@ -112,6 +113,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
         report["audit"] = _progress_runner("bench audit", audit.run, quick=args.quick)
         audit.print_report(report["audit"])
+    if "nats" in kinds:  # issue 16: end to end through a real nats-server
+        try:
+            from rolewire.benchmarks import nats as nats_bench
+
+            report["nats"] = _progress_runner("bench nats", nats_bench.run, quick=args.quick)
+            nats_bench.print_report(report["nats"])
+        except ImportError as exc:
+            print(f"rolewire: bench nats needs the nats extra (pip install 'rolewire[nats]'): "
+                  f"{exc}", file=sys.stderr)
+            if args.kind == "nats":
+                return EXIT_USAGE
     if wanted:
         # One run for channel+auth+connect: servers start once, ratios from the same run.
         try:

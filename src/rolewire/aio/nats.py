@@ -147,6 +147,7 @@ class NatsDriver:
         self._inbox: deque[bytes] = deque()
         self._arrived = asyncio.Event()
         self._outbox: deque[bytes] = deque()
+        self._outbox_bytes = 0
         self._publishing: asyncio.Task[None] | None = None
         self._flush_handle: asyncio.Handle | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -175,18 +176,22 @@ class NatsDriver:
             self._on_timer_events()
             self.ended()
 
-    async def read(self) -> bytes:
-        """The next packet; b"" once the session ended."""
+    async def read(self) -> list[bytes]:
+        """Every packet that arrived since the last read (at least one);
+        an empty list once the session ended. (The stream driver returns
+        bytes; both are falsy at the end and go to :meth:`receive`.)"""
         while not self._inbox:
             if self._ended:
-                return b""
+                return []
             self._arrived.clear()
             await self._arrived.wait()
-        return self._inbox.popleft()
+        packets = list(self._inbox)
+        self._inbox.clear()
+        return packets
 
-    def receive(self, packet: bytes) -> None:
-        """Feed one packet to the connection."""
-        self.conn.receive_packet(packet, self.loop.time())
+    def receive(self, packets: list[bytes]) -> None:
+        """Feed packets to the connection (their records opened together)."""
+        self.conn.receive_packets(packets, self.loop.time())
 
     # -- sending -----------------------------------------------------------------------
     def flush_soon(self) -> None:
@@ -202,6 +207,7 @@ class NatsDriver:
         packets = self.data_to_publish()
         if packets and self.send_subject is not None:
             self._outbox.extend(packets)
+            self._outbox_bytes += sum(map(len, packets))
             if self._publishing is None or self._publishing.done():
                 self._publishing = self.loop.create_task(self._publish())
         if arm:
@@ -212,9 +218,12 @@ class NatsDriver:
         publish = self.nc.publish
         try:
             while outbox:
-                await publish(self.send_subject, outbox.popleft(), reply=self.reply_subject)
+                packet = outbox.popleft()
+                self._outbox_bytes -= len(packet)
+                await publish(self.send_subject, packet, reply=self.reply_subject)
         except Exception as exc:  # noqa: BLE001 - the NATS client is closed or broken
             outbox.clear()
+            self._outbox_bytes = 0
             if not self.conn.ended:
                 self.conn.abort(ConnectionClosed(f"NATS publish failed: {type(exc).__name__}"),
                                 "nats_error")
@@ -229,7 +238,8 @@ class NatsDriver:
         return split_packets(data, limit) if data else []
 
     def unsent(self) -> int:
-        return sum(len(p) for p in self._outbox)
+        """Bytes queued for publishing, not yet handed to nats-py."""
+        return self._outbox_bytes
 
     async def drain(self) -> None:
         publishing = self._publishing

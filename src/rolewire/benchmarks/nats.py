@@ -269,3 +269,27 @@ def run(*, quick: bool = False, rounds: int | None = None,
                         for k, v in TARGETS.items()},
         "notes": notes,
     }
+
+
+def print_report(result: dict[str, Any]) -> None:
+    """A table of the figures (medians, with ranges) and the ratios."""
+    from rich.console import Console
+    from rich.table import Table
+
+    kinds = ("stream", "stream_batch", "calls_seq", "calls16", "pipeline")
+    table = Table(title="rolewire bench nats - 64 B, per second (median of interleaved rounds)")
+    table.add_column("system")
+    for kind in kinds:
+        table.add_column(kind, justify="right")
+    for name, row in result["results"].items():
+        table.add_row(name, *(f"{row[k]:,.0f}" if k in row else "-" for k in kinds))
+    console = Console()
+    console.print(table)
+    for key, value in result["ratios"].items():
+        target = TARGETS.get(key)
+        shown = "n/a" if value is None else f"{value:.2f}"
+        if target is None:
+            console.print(f"{key} = {shown}")
+        else:
+            met = result["targets_met"].get(key)
+            console.print(f"{key} = {shown} (target >= {target}; {'met' if met else 'not met'})")

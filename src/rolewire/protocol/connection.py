@@ -459,17 +459,29 @@ class Connection:
         Packets are independent: one that does not split into whole frames
         (truncated or padded in transit) is dropped and counted against the
         bad-record budget, and the next packet is read afresh."""
+        self.receive_packets((packet,), now)
+
+    def receive_packets(self, packets: Iterable[bytes], now: float | None = None) -> None:
+        """Several packets (see :meth:`receive_packet`) at once: their records
+        are opened together, with one native call."""
         if now is not None:
             self._now = now
         if self._state is _CLOSED or self._state is _FAILED:
             return
-        try:
-            frames = decode_packet(packet, self._decoder.max_frame)
-        except ProtocolViolation:
-            if self._state is _OPEN:
-                self._bad([MalformedRecord("packet does not hold whole frames")])
-            return
-        self._frames(frames)
+        frames: list[tuple[FrameKind, bytes]] = []
+        malformed = 0
+        max_frame = self._decoder.max_frame
+        for packet in packets:
+            try:
+                frames += decode_packet(packet, max_frame)
+            except ProtocolViolation:
+                malformed += 1
+        if malformed and self._state is _OPEN:
+            self._bad([MalformedRecord("packet does not hold whole frames")] * malformed)
+            if self._state is not _OPEN:
+                return
+        if frames:
+            self._frames(frames)
 
     def connection_lost(self, error: BaseException | None = None,
                         now: float | None = None) -> None:
