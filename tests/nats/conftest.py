@@ -11,8 +11,8 @@ import pytest
 
 pytest.importorskip("nats", reason="the NATS binding needs nats-py (pip install 'rolewire[nats]')")
 
-from rolewire.errors import ConfigurationError  # noqa: E402
-from rolewire.nats.broker import NatsCluster, NatsServer, find_nats_server  # noqa: E402
+from rolewire.errors import ConfigurationError
+from rolewire.nats.broker import NatsCluster, NatsServer, find_nats_server
 
 
 def _require_binary() -> None:

@@ -55,7 +55,7 @@ class Wiretap:
             server_side = subject.count(".") == 2  # <instance inbox>.<session id>
             try:
                 kinds = {kind for kind, _ in decode_packet(data)}
-            except Exception:  # noqa: BLE001 - not a packet of ours
+            except Exception:  # noqa: BLE001, S112 - not a packet of ours
                 continue
             if server_side == to_server and kinds == {2}:  # RECORD frames only
                 found.append((subject, reply, data))

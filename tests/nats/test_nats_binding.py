@@ -94,8 +94,8 @@ def test_call_notify_send_many_and_roles(nats_server: NatsServer):
 
     async def scenario():
         snc, cnc = await nats.connect(nats_server.url), await nats.connect(nats_server.url)
-        async with await serve_nats(ledger.service, SERVER, snc, "svc.payment"):
-            async with await connect_nats(cnc, "svc.payment", PAYMENT) as channel:
+        async with await serve_nats(ledger.service, SERVER, snc, "svc.payment"), \
+                await connect_nats(cnc, "svc.payment", PAYMENT) as channel:
                 assert channel.peer_roles == {"payment"}
                 assert await channel.call("charge", b"1") == b"a:1"
                 await channel.notify("note", b"n1")

@@ -21,9 +21,9 @@ from collections import Counter
 import nats
 
 from rolewire import errors
+from rolewire.aio.nats import MAX_BAD_RECORDS
 from rolewire.handshake import HandshakeConfig
 from rolewire.nats import NatsCluster, NatsServer, connect_nats, serve_nats
-from rolewire.aio.nats import MAX_BAD_RECORDS
 from rolewire.protocol import Connection, ConnectionSettings, Notified
 from rolewire.protocol.wire import split_packets
 from rolewire.roles.key import KeyRole
@@ -189,7 +189,7 @@ def test_cluster_calls_across_nodes_and_node_loss(nats_cluster: NatsCluster):
         await cnc.close()
         return answered, failed, sessions
 
-    answered, failed, sessions = run(scenario(), timeout=180)
+    answered, _failed, sessions = run(scenario(), timeout=180)
     assert len(answered) >= 30
     assert all(counts[body] == 1 for body in answered)  # none run twice
     assert all(n == 1 for n in counts.values())

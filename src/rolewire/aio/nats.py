@@ -28,7 +28,7 @@ import logging
 import secrets
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rolewire.aio._base import run_handshake
 from rolewire.aio.channel import Channel
@@ -44,6 +44,9 @@ from rolewire.protocol import (
 )
 from rolewire.protocol.wire import split_packets
 from rolewire.services import Service
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 __all__ = ["NatsChannel", "NatsDriver", "NatsInstance", "connect_nats", "serve_nats"]
 
@@ -467,7 +470,7 @@ class NatsInstance:
         with contextlib.suppress(Exception):
             await self.nc.flush()
 
-    async def __aenter__(self) -> NatsInstance:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -699,7 +702,7 @@ class NatsChannel:
         if channel is not None:
             await channel.close(timeout)
 
-    async def __aenter__(self) -> NatsChannel:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc: object) -> None:

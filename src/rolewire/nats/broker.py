@@ -23,8 +23,12 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rolewire.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 __all__ = ["NatsCluster", "NatsServer", "NatsTLS", "find_nats_server"]
 
@@ -164,7 +168,7 @@ class NatsServer:
             self._process.wait()
         self.stop()
 
-    def __enter__(self) -> NatsServer:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -213,7 +217,7 @@ class NatsCluster:
         for node in self.nodes:
             node.stop()
 
-    def __enter__(self) -> NatsCluster:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
