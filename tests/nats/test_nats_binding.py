@@ -280,3 +280,82 @@ def test_hello_lost_in_the_queue_group_is_retransmitted(nats_server: NatsServer)
     swallowed = run(scenario(), timeout=120)
     assert swallowed  # the black hole did take some Hellos
     assert sum(ledger.calls.values()) == 6
+
+
+WORKER = """
+import asyncio, base64, sys
+import nats
+from rolewire.handshake import HandshakeConfig
+from rolewire.nats import serve_nats
+from rolewire.roles.key import KeyRole
+from rolewire.services import Service
+
+service = Service("payment")
+
+@service.operation(roles=["payment"])
+def charge(call, body):
+    return b"worker:" + body
+
+@service.operation(roles=["payment"])
+async def slow(call, body):
+    print("slow", body.decode(), flush=True)
+    await asyncio.sleep(60)
+    return b"late"
+
+async def main():
+    config = HandshakeConfig(roles=[KeyRole("payment", base64.b64decode(sys.argv[2]))])
+    nc = await nats.connect(sys.argv[1])
+    await serve_nats(service, config, nc, "svc.payment")
+    print("ready", flush=True)
+    await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+
+
+def test_failover_when_the_worker_process_is_killed(nats_server: NatsServer, tmp_path):
+    """A real worker process holding the session is SIGKILLed with a call in
+    flight: that call fails with a typed error, the next call goes to the
+    other instance of the queue group."""
+    import base64
+    import subprocess
+    import sys
+
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    survivor = Ledger("survivor")
+
+    async def scenario():
+        worker = subprocess.Popen(
+            [sys.executable, str(script), nats_server.url,
+             base64.b64encode(PAYMENT_KEY).decode()],
+            stdout=subprocess.PIPE, text=True)
+        try:
+            assert worker.stdout is not None
+            loop = asyncio.get_running_loop()
+            assert (await loop.run_in_executor(None, worker.stdout.readline)).strip() == "ready"
+            cnc = await nats.connect(nats_server.url)
+            channel = await connect_nats(cnc, "svc.payment", PAYMENT, keepalive_interval=0.5,
+                                         liveness_timeout=2.0)
+            assert await channel.call("charge", b"1") == b"worker:1"
+            snc = await nats.connect(nats_server.url)
+            other = await serve_nats(survivor.service, SERVER, snc, "svc.payment")
+            in_flight = asyncio.ensure_future(channel.call("slow", b"x", timeout=30))
+            assert (await loop.run_in_executor(None, worker.stdout.readline)).strip() == "slow x"
+            worker.kill()
+            worker.wait()
+            with pytest.raises((errors.ServiceUnavailable, errors.PeerUnresponsive,
+                                errors.ConnectionClosed)):
+                await in_flight
+            assert await channel.call("charge", b"2") == b"survivor:2"
+            await channel.close()
+            await other.close()
+            await snc.close()
+            await cnc.close()
+        finally:
+            if worker.poll() is None:
+                worker.kill()
+                worker.wait()
+
+    run(scenario(), timeout=120)
+    assert survivor.calls == Counter({b"2": 1})
