@@ -325,11 +325,11 @@ def test_failover_when_the_worker_process_is_killed(nats_server: NatsServer, tmp
     script.write_text(WORKER)
     survivor = Ledger("survivor")
 
+    worker = subprocess.Popen(
+        [sys.executable, str(script), nats_server.url, base64.b64encode(PAYMENT_KEY).decode()],
+        stdout=subprocess.PIPE, text=True)
+
     async def scenario():
-        worker = subprocess.Popen(
-            [sys.executable, str(script), nats_server.url,
-             base64.b64encode(PAYMENT_KEY).decode()],
-            stdout=subprocess.PIPE, text=True)
         try:
             assert worker.stdout is not None
             loop = asyncio.get_running_loop()
@@ -343,7 +343,7 @@ def test_failover_when_the_worker_process_is_killed(nats_server: NatsServer, tmp
             in_flight = asyncio.ensure_future(channel.call("slow", b"x", timeout=30))
             assert (await loop.run_in_executor(None, worker.stdout.readline)).strip() == "slow x"
             worker.kill()
-            worker.wait()
+            await loop.run_in_executor(None, worker.wait)
             with pytest.raises((errors.ServiceUnavailable, errors.PeerUnresponsive,
                                 errors.ConnectionClosed)):
                 await in_flight
@@ -355,7 +355,9 @@ def test_failover_when_the_worker_process_is_killed(nats_server: NatsServer, tmp
         finally:
             if worker.poll() is None:
                 worker.kill()
-                worker.wait()
 
-    run(scenario(), timeout=120)
+    try:
+        run(scenario(), timeout=120)
+    finally:
+        worker.wait()
     assert survivor.calls == Counter({b"2": 1})
