@@ -293,3 +293,19 @@ def print_report(result: dict[str, Any]) -> None:
         else:
             met = result["targets_met"].get(key)
             console.print(f"{key} = {shown} (target >= {target}; {'met' if met else 'not met'})")
+
+
+def draw(ax: Any, result: dict[str, Any]) -> None:
+    """One panel of ``bench all --plot``: 64 B messages/s and calls/s per
+    system (medians), on a log scale."""
+    kinds = ("stream", "stream_batch", "calls16", "pipeline")
+    systems = list(result.get("results", {}))
+    width = 0.8 / max(len(systems), 1)
+    for i, name in enumerate(systems):
+        row = result["results"][name]
+        ax.bar([k + i * width for k in range(len(kinds))], [row.get(k, 0.0) for k in kinds],
+               width, label=name)
+    ax.set_xticks([k + 0.4 - width / 2 for k in range(len(kinds))], list(kinds))
+    ax.set_yscale("log")
+    ax.set_title("NATS, 64 B (per second)")
+    ax.legend(fontsize="small")
