@@ -276,7 +276,10 @@ class Connection:
         self._log = logger or log
         self._stream = framing == "stream"
         self._decoder = FrameDecoder(s.max_frame or default_max_frame(config))
-        self._pre_auth_frame = config.max_message_size + 5  # + length and kind
+        # Before authentication the frame a peer may send is a handshake
+        # message: bound partial frames by the largest one (+ length, kind),
+        # not by the record limit (issue 11 s.4).
+        self._pre_auth_frame = config.max_message_size + 5
         self._state = _HANDSHAKE
         self._started = now
         self._hs_deadline = now + min(s.handshake_timeout, config.timeout)
