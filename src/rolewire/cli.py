@@ -139,9 +139,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return _demo_record(args)
     from rolewire.demo import webshop
 
+    scene = webshop
+    if getattr(args, "http", False):
+        try:
+            from rolewire.demo import webshop_http as scene  # type: ignore[no-redef]
+        except ImportError as exc:  # pragma: no cover - without the http extra
+            print(f"rolewire: demo webshop --http needs the http extra "
+                  f"(pip install 'rolewire[http]'): {exc}", file=sys.stderr)
+            return EXIT_ERROR
     console = _console()
     with console.status("web shop demo") as status:
-        report = webshop.run(say=lambda msg: status.update(f"web shop: {msg}"))
+        report = scene.run(say=lambda msg: status.update(f"web shop: {msg}"))
     if args.json:
         print(json.dumps(report.to_json()))
     else:
@@ -735,6 +743,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("scene", nargs="?", default="webshop", choices=["webshop", "record"])
     demo.add_argument("--json", action="store_true",
                       help="webshop: print the outcome as JSON instead of the report")
+    demo.add_argument("--http", action="store_true",
+                      help="webshop: the services as ASGI apps on uvicorn, called over HTTP "
+                           "through rolewire.http (needs the http extra)")
     demo.add_argument("--json-path", metavar="PATH",
                       help="record: write the benchmark figures as JSON")
     demo.set_defaults(func=cmd_demo)
