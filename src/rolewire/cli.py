@@ -84,17 +84,31 @@ def _print_handshake_table(report: dict[str, Any]) -> None:
     _print_ratios(report)
 
 
-BENCH_KINDS = ("record", "handshake", "channel", "auth", "connect", "fleet", "all")
+BENCH_KINDS = ("record", "handshake", "channel", "auth", "connect", "fleet", "http", "all")
 COMPARE_KINDS = ("channel", "auth", "connect", "fleet")
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    kinds = ["record", "handshake", *COMPARE_KINDS] if args.kind == "all" else [args.kind]
+    kinds = (["record", "handshake", *COMPARE_KINDS, "http"] if args.kind == "all"
+             else [args.kind])
     wanted = [k for k in kinds if k in COMPARE_KINDS]
-    if getattr(args, "plot", None) and not wanted:
-        print("rolewire: --plot applies to channel, auth, connect and all", file=sys.stderr)
+    if getattr(args, "plot", None) and not wanted and "http" not in kinds:
+        print("rolewire: --plot applies to channel, auth, connect, http and all", file=sys.stderr)
         return EXIT_USAGE
     report: dict[str, Any] = {}
+    if "http" in kinds:
+        # The HTTP binding against HTTPS mTLS and JWT (rolewire.benchmarks.http).
+        try:
+            from rolewire.benchmarks import http as http_bench
+        except ImportError as exc:  # pragma: no cover - without the http extra
+            print(f"rolewire: bench http needs the http extra (pip install 'rolewire[http]'): "
+                  f"{exc}", file=sys.stderr)
+            return EXIT_ERROR
+        report["http"] = _progress_runner("bench http", http_bench.run, quick=args.quick)
+        http_bench.print_report(report["http"])
+        if getattr(args, "plot", None) and not wanted:
+            http_bench.plot(report["http"], args.plot)
+            print(f"wrote {args.plot}", file=sys.stderr)
     if "record" in kinds:
         from rolewire.benchmarks import record
 
@@ -119,11 +133,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
         compare.print_report(result)
         report["compare" if len(kinds) > 1 else wanted[0]] = result
         if getattr(args, "plot", None):
-            compare.plot(result, args.plot)
+            extra = [lambda ax: http_bench.draw(ax, report["http"])] if "http" in report else []
+            compare.plot(result, args.plot, extra_panels=extra)
             print(f"wrote {args.plot}", file=sys.stderr)
     if len(kinds) > 1 and wanted:
         # bench all: every ratio of the issue by its name, in one place.
         report.update(compare.merge_ratios(report))
+        if "http" in report:
+            for key in ("ratios", "ratio_ranges", "targets", "targets_met"):
+                report[key].update(report["http"][key])
         compare.print_report({k: report[k] for k in ("ratios", "ratio_ranges", "targets")},
                              table=False)
     if args.json:

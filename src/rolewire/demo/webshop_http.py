@@ -88,6 +88,7 @@ class _Node:
         from rolewire.http import RolewireMiddleware
 
         sock = socket.socket()
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # see benchmarks/http.py
         sock.bind(("127.0.0.1", 0))
         self.port = int(sock.getsockname()[1])
         config = uvicorn.Config(RolewireMiddleware(self.app, self.handshake, routes=self.routes),
