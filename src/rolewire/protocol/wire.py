@@ -243,6 +243,8 @@ class MessageType(enum.IntEnum):
     ERROR = 4
     CLOSE = 5
     SIGNED_BATCH = 6
+    #: A re-handshake control message (rolewire.protocol.rehandshake), never a call.
+    REHANDSHAKE = 7
 
 
 _TYPES = {int(t): t for t in MessageType}
