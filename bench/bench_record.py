@@ -11,8 +11,8 @@ import pytest
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from rolewire.benchmarks.record import _pair, batch_count
+from rolewire.record import raw_aead_loop as raw_loop
 from rolewire.record import Suite
-from rolewire.record._c import raw_loop
 
 SIZES = [64, 1024, 16384]
 

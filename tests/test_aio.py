@@ -635,7 +635,7 @@ def test_framing_decoder_edges():
 
 
 def test_call_message_header_matches_rpc_codec():
-    from rolewire.aio._base import call_header
+    from rolewire.protocol.wire import call_header
 
     body = b"payload"
     message = decode(call_header(MessageType.NOTIFY, 0, "sink") + body)

@@ -144,7 +144,7 @@ def test_plot(report: dict[str, Any], tmp_path: Path, monkeypatch: pytest.Monkey
 
 
 def test_registered_system_and_skips() -> None:
-    from rolewire.baselines._framing import connect_plain, serve_plain
+    from rolewire.baselines import connect_plain, serve_plain
 
     calls: list[str] = []
 

@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from rolewire.aio import connect, serve
-from rolewire.aio._base import decode_call
+from rolewire.protocol.wire import CallDecoder
 from rolewire.errors import ProtocolViolation
 from rolewire.handshake import HandshakeConfig
 from rolewire.roles.key import KeyRole
@@ -59,12 +59,12 @@ keys = st.from_regex(r"[a-z0-9._-]{1,64}", fullmatch=True)
        st.integers(0, 2**64 - 1))
 def test_round_trip_and_fast_path(meta, body, kind, call_id):
     data = encode(CallMessage(kind, call_id, "op.name", body, meta))
-    for back in (decode(data), decode_call(data, {})):
+    for back in (decode(data), CallDecoder().decode(data)):
         assert back == (kind, call_id, "op.name", body, back.metadata)
         assert dict(back.metadata) == meta
-    cache: dict[bytes, str] = {}
-    decode_call(data, cache)
-    assert dict(decode_call(data, cache).metadata) == meta  # cached op name, still parsed
+    cache = CallDecoder()
+    cache.decode(data)
+    assert dict(cache.decode(data).metadata) == meta  # cached op name, still parsed
 
 
 def _flagged(section: bytes, body: bytes = b"") -> bytes:
@@ -89,7 +89,7 @@ def test_malformed_sections_are_refused(section):
     with pytest.raises(ProtocolViolation):
         decode(_flagged(section, b"body"))
     with pytest.raises(ProtocolViolation):
-        decode_call(_flagged(section, b"body"), {})
+        CallDecoder().decode(_flagged(section, b"body"))
 
 
 def test_too_many_entries_and_bad_keys_refused_on_encode():

@@ -134,21 +134,21 @@ def test_notify_gets_no_reply_even_when_forbidden(payment):
 
 
 def test_sync_dispatch_path_matches_dispatch(payment):
-    """_dispatch_nowait (used by the servers) answers synchronous handlers
+    """dispatch_nowait (used by the servers) answers synchronous handlers
     without a coroutine, hands back an awaitable for asynchronous ones, and
     both end in the same replies as dispatch."""
     roles = frozenset({"payment"})
-    direct = payment._dispatch_nowait(request("ping"), roles)
+    direct = payment.dispatch_nowait(request("ping"), roles)
     assert isinstance(direct, CallMessage) and direct == run(payment.dispatch(request("ping"),
                                                                               roles))
-    pending = payment._dispatch_nowait(request("charge", b"5"), roles)
+    pending = payment.dispatch_nowait(request("charge", b"5"), roles)
     assert not isinstance(pending, CallMessage) and pending is not None
 
     async def finish():
         return await pending
 
     assert run(finish()).body == b"charged 5 for payment"
-    failed = payment._dispatch_nowait(request("broken"), roles)
+    failed = payment.dispatch_nowait(request("broken"), roles)
     assert parse_error(failed)[0] == ErrorCode.HANDLER_FAILED
 
 

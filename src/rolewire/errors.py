@@ -17,6 +17,7 @@ __all__ = [
     "Forbidden",
     "HandshakeDecryptError",
     "HandshakeError",
+    "HandshakeInternalError",
     "HandshakeMessageTooLarge",
     "HandshakeProtocolError",
     "HandshakeRejected",
@@ -236,6 +237,12 @@ class HandshakeTimeout(HandshakeError):
 
 class TooManyHandshakes(HandshakeError):
     """The bound on concurrent half-open handshakes is reached."""
+
+
+class HandshakeInternalError(HandshakeError):
+    """Processing a handshake message raised something unexpected (a bug):
+    the handshake fails with INTERNAL_ERROR instead of leaving the state
+    machine stuck; the cause is logged locally, never sent."""
 
 
 class HandshakeRejected(HandshakeError):

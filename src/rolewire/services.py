@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 
 from rolewire.budgets import CallGuard
 from rolewire.errors import ConfigurationError
-from rolewire.rpc import NO_METADATA, CallMessage, ErrorCode, MessageType, error_message
+from rolewire.protocol.wire import NO_METADATA, CallMessage, ErrorCode, MessageType, error_message
 
 __all__ = [
     "ANY_AUTHENTICATED",
@@ -178,12 +178,12 @@ class Service:
         (seconds, any monotonic origin), and its audit line is written only
         while the guard's log budget lasts. Check ``guard.exhausted`` after
         dispatching to close a connection that keeps making refused calls."""
-        result = self._dispatch_nowait(message, peer_roles, peer, guard, now)
+        result = self.dispatch_nowait(message, peer_roles, peer, guard, now)
         if result is None or isinstance(result, CallMessage):
             return result
         return await result
 
-    def _dispatch_nowait(
+    def dispatch_nowait(
         self, message: CallMessage, peer_roles: frozenset[str], peer: str = "",
         guard: CallGuard | None = None, now: float = 0.0,
     ) -> CallMessage | None | Awaitable[CallMessage | None]:
@@ -191,7 +191,7 @@ class Service:
         synchronous (the common case on a message stream: creating and
         awaiting a coroutine per message costs more than a small handler).
         Returns the reply or None, or, for an asynchronous handler, an
-        awaitable of it. Used by the package's servers."""
+        awaitable of it."""
         expects_reply = message.type is MessageType.REQUEST
         operation = self.operations.get(message.operation)
         if operation is None:
@@ -238,6 +238,9 @@ class Service:
             return None
         return CallMessage(MessageType.RESPONSE, message.call_id, operation.name,
                            bytes(result or b""))
+
+    #: The former private name (kept for callers written against it).
+    _dispatch_nowait = dispatch_nowait
 
     @staticmethod
     def _audit_refusal(guard: CallGuard | None, now: float, text: str,

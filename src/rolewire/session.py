@@ -33,8 +33,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from rolewire.errors import AuthenticationFailed, RecordError, RecordTooOld, ReplayDetected
-from rolewire.record import RecordLayer, RecordLimits, Suite
-from rolewire.record._base import Buffer
+from rolewire.record import Buffer, RecordLayer, RecordLimits, Suite
 
 if TYPE_CHECKING:
     from typing_extensions import Self

@@ -19,17 +19,19 @@ __all__ = [
     "FrameKind",
     "Server",
     "ServerStats",
-    "bench_calls",
-    "bench_stream",
     "connect",
     "serve",
 ]
 
 
 def __getattr__(name: str) -> object:
-    # The benchmark helpers import multiprocessing; load them on demand.
+    # Deprecated alias: the benchmark helpers moved to rolewire.benchmarks.stream.
     if name in ("bench_stream", "bench_calls"):
-        from rolewire.aio import bench
+        import warnings
 
-        return getattr(bench, name)
+        from rolewire.benchmarks import stream
+
+        warnings.warn(f"rolewire.aio.{name} moved to rolewire.benchmarks.stream",
+                      DeprecationWarning, stacklevel=2)
+        return getattr(stream, name)
     raise AttributeError(f"module 'rolewire.aio' has no attribute {name!r}")

@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import struct
 import time
 from collections import deque
 from collections.abc import Iterable
 
-from rolewire.aio.framing import FrameDecoder, FrameKind, encode_frame, encode_records
 from rolewire.errors import (
     ConnectionClosed,
     HandshakeTimeout,
@@ -29,8 +27,13 @@ from rolewire.handshake import HandshakeComplete, HandshakeFailed, NeedData
 from rolewire.handshake.machine import Handshake
 from rolewire.handshake.messages import Reject
 from rolewire.handshake.reasons import RejectReason
-from rolewire.rpc import MAX_OPERATION_NAME, CallMessage, MessageType
-from rolewire.rpc import decode as rpc_decode
+from rolewire.protocol.wire import (
+    CallDecoder,
+    FrameDecoder,
+    FrameKind,
+    encode_frame,
+    encode_records,
+)
 from rolewire.session import Session
 
 log = logging.getLogger("rolewire.aio")
@@ -55,8 +58,6 @@ MAX_BAD_RECORDS = 100
 #: At most one "bad record" debug line per connection and this many seconds.
 BAD_RECORD_LOG_INTERVAL = 1.0
 
-_CALL_HEAD = struct.Struct(">BQB")  # rpc call message header (rolewire.rpc)
-
 Frame = tuple[FrameKind, bytes]
 
 
@@ -67,39 +68,6 @@ def limit_recv_size(transport: asyncio.BaseTransport) -> None:
     transports; other event loops are left alone."""
     if isinstance(getattr(transport, "max_size", None), int):
         transport.max_size = READ_SIZE  # type: ignore[attr-defined]
-
-
-def call_header(kind: MessageType, call_id: int, operation: str) -> bytes:
-    """The bytes a call message starts with (same format as
-    :func:`rolewire.rpc.encode`); the body follows directly."""
-    op = operation.encode("utf-8")
-    if len(op) > MAX_OPERATION_NAME:
-        raise ProtocolViolation("operation name longer than 255 bytes")
-    return _CALL_HEAD.pack(kind, call_id, len(op)) + op
-
-
-_TYPES = {int(t): t for t in MessageType}
-_ID = struct.Struct(">Q")
-_OP_CACHE_SIZE = 1024
-
-
-def decode_call(plaintext: bytes, op_cache: dict[bytes, str]) -> CallMessage:
-    """:func:`rolewire.rpc.decode` with a per-connection cache of operation
-    names (the slow part of decoding is re-validating the same few names);
-    anything unusual goes through ``rpc.decode`` itself, so errors are the
-    same."""
-    if len(plaintext) >= 10:
-        kind = _TYPES.get(plaintext[0])
-        end = 10 + plaintext[9]
-        if kind is not None and len(plaintext) >= end:
-            op = op_cache.get(plaintext[10:end])
-            if op is not None:
-                return CallMessage(kind, _ID.unpack_from(plaintext, 1)[0], op,
-                                   plaintext[end:])
-    message = rpc_decode(plaintext)
-    if len(op_cache) < _OP_CACHE_SIZE:
-        op_cache[plaintext[10:10 + plaintext[9]]] = message.operation
-    return message
 
 
 def transcript_prefix(transcript_hash: bytes) -> str:
@@ -249,7 +217,7 @@ class RecordConnection:
         self._started = time.monotonic()
         self.last_activity = self._loop.time()
         self._failure: BaseException | None = None
-        self.op_cache: dict[bytes, str] = {}
+        self.calls = CallDecoder()
         self._transport.set_write_buffer_limits(high=WRITE_HIGH_WATER, low=WRITE_LOW_WATER)
         limit_recv_size(self._transport)
 

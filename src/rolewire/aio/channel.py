@@ -11,16 +11,13 @@ from rolewire.aio._base import (
     STREAM_LIMIT,
     HandshakeAborted,
     RecordConnection,
-    call_header,
     close_writer,
-    decode_call,
     log,
     log_handshake_complete,
     log_handshake_failed,
     reason_name,
     run_handshake,
 )
-from rolewire.aio.framing import FrameDecoder, FrameKind, default_max_frame
 from rolewire.errors import (
     ConnectionClosed,
     HandshakeError,
@@ -28,7 +25,18 @@ from rolewire.errors import (
     RolewireError,
 )
 from rolewire.handshake import HandshakeConfig, HandshakeSuite, Initiator, parse_late_reject
-from rolewire.rpc import CallMessage, ErrorCode, MessageType, encode, error_message, remote_error
+from rolewire.protocol.wire import (
+    CallMessage,
+    ErrorCode,
+    FrameDecoder,
+    FrameKind,
+    MessageType,
+    call_header,
+    default_max_frame,
+    encode,
+    error_message,
+    remote_error,
+)
 from rolewire.session import Session
 
 if TYPE_CHECKING:
@@ -244,9 +252,9 @@ class Channel(RecordConnection):
 
     def _handle(self, plaintexts: list[bytes]) -> None:
         calls = self._calls
-        op_cache = self.op_cache
+        decode = self.calls.decode
         for plaintext in plaintexts:
-            message = decode_call(plaintext, op_cache)
+            message = decode(plaintext)
             kind = message.type
             if kind is MessageType.RESPONSE or kind is MessageType.ERROR:
                 future = calls.pop(message.call_id, None)

@@ -17,14 +17,12 @@ from rolewire.aio._base import (
     HandshakeAborted,
     RecordConnection,
     close_writer,
-    decode_call,
     linger_close,
     log,
     log_handshake_complete,
     log_handshake_failed,
     run_handshake,
 )
-from rolewire.aio.framing import FrameDecoder, FrameKind, default_max_frame, encode_frame
 from rolewire.budgets import CallGuard
 from rolewire.errors import (
     AuthenticationFailed,
@@ -36,7 +34,17 @@ from rolewire.errors import (
     TooManyHandshakes,
 )
 from rolewire.handshake import HandshakeConfig, HandshakeLimiter, Responder, busy_reject
-from rolewire.rpc import CallMessage, ErrorCode, MessageType, encode, error_message
+from rolewire.protocol.wire import (
+    CallMessage,
+    ErrorCode,
+    FrameDecoder,
+    FrameKind,
+    MessageType,
+    default_max_frame,
+    encode,
+    encode_frame,
+    error_message,
+)
 from rolewire.services import Service, audit_log
 from rolewire.session import Session
 
@@ -249,12 +257,12 @@ class _ServerConnection(RecordConnection):
         roles = self.session.peer_roles
         peer = self.peer
         stats = self._stats
-        op_cache = self.op_cache
+        decode = self.calls.decode
         guard = self.guard
         now = self._loop.time()
-        dispatch_nowait = service._dispatch_nowait
+        dispatch_nowait = service.dispatch_nowait
         for plaintext in self.open_records(records):
-            message = decode_call(plaintext, op_cache)
+            message = decode(plaintext)
             call_type = message.type
             if call_type is MessageType.NOTIFY:
                 stats.notifications += 1

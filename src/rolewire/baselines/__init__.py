@@ -19,6 +19,8 @@ from rolewire.baselines._framing import (
     BaselineServer,
     TLSCertificateRejected,
     TLSHandshakeFailed,
+    connect_plain,
+    serve_plain,
 )
 
 __all__ = [
@@ -27,4 +29,6 @@ __all__ = [
     "BaselineServer",
     "TLSCertificateRejected",
     "TLSHandshakeFailed",
+    "connect_plain",
+    "serve_plain",
 ]

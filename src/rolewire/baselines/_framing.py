@@ -42,7 +42,6 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from rolewire import pki
-from rolewire.aio._base import decode_call  # rpc.decode with an operation-name cache
 from rolewire.errors import (
     CertificateRejected,
     ConfigurationError,
@@ -51,7 +50,8 @@ from rolewire.errors import (
     ProtocolViolation,
     RolewireError,
 )
-from rolewire.rpc import (
+from rolewire.protocol.wire import (
+    CallDecoder,
     CallMessage,
     ErrorCode,
     MessageType,
@@ -526,8 +526,8 @@ class BaselineServer:
         transport = writer.transport
         authorize = self._authorize
         dispatch = self.service.dispatch
-        dispatch_nowait = self.service._dispatch_nowait
-        op_cache: dict[bytes, str] = {}
+        dispatch_nowait = self.service.dispatch_nowait
+        decode_call = CallDecoder().decode
         who = peer.identity or peer.address
         while not self._closing:
             data = await reader.read(_READ_CHUNK)
@@ -546,7 +546,7 @@ class BaselineServer:
                 context: object = None
                 try:
                     if authorize is None:  # connection-level roles (plain, mTLS)
-                        message = decode_call(payload, op_cache)
+                        message = decode_call(payload)
                         roles = peer.roles
                     else:
                         auth = authorize(payload, peer)
@@ -749,14 +749,14 @@ class BaselineClient:
 
     async def _read_loop(self) -> None:
         calls = self._calls
-        op_cache: dict[bytes, str] = {}
+        decode_call = CallDecoder().decode
         try:
             while True:
                 data = await self._reader.read(_READ_CHUNK)
                 if not data:
                     break
                 for payload in self._decoder.feed(data):
-                    message = decode_call(payload, op_cache)
+                    message = decode_call(payload)
                     kind = message.type
                     if kind is MessageType.RESPONSE or kind is MessageType.ERROR:
                         future = calls.get(message.call_id)

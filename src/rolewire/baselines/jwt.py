@@ -87,7 +87,7 @@ from rolewire.baselines._framing import (
     server_context,
 )
 from rolewire.errors import ConfigurationError, ProtocolViolation, RolewireError
-from rolewire.rpc import CallMessage, ErrorCode, MessageType, decode, encode
+from rolewire.protocol.wire import CallMessage, ErrorCode, MessageType, decode, encode
 from rolewire.services import ANY_AUTHENTICATED, CallContext, Service
 
 if TYPE_CHECKING:
@@ -386,8 +386,12 @@ def request_hash(operation: str, body: bytes) -> str:
     return _b64url(hashlib.sha256(_RH_LABEL + bytes((len(op),)) + op + body).digest())
 
 
-def _new_jti() -> str:
+def new_token_id() -> str:
+    """A fresh random ``jti`` (128 bits, base64url)."""
     return _b64url(os.urandom(16))
+
+
+_new_jti = new_token_id
 
 
 def peek_claims(token: str) -> dict[str, Any]:

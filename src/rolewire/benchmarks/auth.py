@@ -43,7 +43,7 @@ def _jwt_runners() -> dict[str, Callable[[int], None]]:
         ServiceIdentity,
         TokenSigner,
         TokenVerifier,
-        _new_jti,
+        new_token_id,
         request_hash,
     )
 
@@ -59,7 +59,7 @@ def _jwt_runners() -> dict[str, Callable[[int], None]]:
             for _ in range(n):
                 now = int(clock())
                 token = encode({"iss": "caller", "sub": "caller", "aud": "callee", "iat": now,
-                                "exp": now + 60, "jti": _new_jti(),
+                                "exp": now + 60, "jti": new_token_id(),
                                 "rh": request_hash("op", body)}, key, algorithm=algorithm)
                 decode(token, public, algorithms=[algorithm], audience="callee",
                        issuer="caller", leeway=5)

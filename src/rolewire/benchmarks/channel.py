@@ -66,7 +66,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rolewire.benchmarks._child import child_server
+from rolewire.benchmarks.child import child_server
 from rolewire.errors import RolewireError
 from rolewire.services import Service
 
@@ -181,7 +181,7 @@ def _cached(build: Callable[[Path], Any]) -> Callable[[Path], Any]:
 
 
 def tcp_system() -> BenchSystem:
-    from rolewire.baselines._framing import connect_plain, serve_plain
+    from rolewire.baselines import connect_plain, serve_plain
 
     async def serve(service: Service, directory: Path) -> Any:
         return await serve_plain(service, peer_roles=["bench"])

@@ -40,13 +40,17 @@ class HandshakeComplete:
     ``peer_roles`` holds the names of the roles the peer proved *and* this
     side could verify; ``peer_role_kinds`` says how each was proven.
     ``transcript_hash`` is the final ``h`` (64 bytes; equal on both sides;
-    usable for channel binding)."""
+    usable for channel binding). ``dropped_roles`` holds ``(role name,
+    reason)`` for roles the peer offered and this side holds but left out of
+    this handshake (``"rate_limited"``: the password budget of that role
+    refused the run); the other roles proceeded."""
 
     peer_roles: frozenset[str]
     suite: HandshakeSuite
     transcript_hash: bytes
     session: Session = field(repr=False)
     peer_role_kinds: frozenset[tuple[RoleKind, str]] = frozenset()
+    dropped_roles: frozenset[tuple[str, str]] = frozenset()
 
 
 @dataclass(frozen=True)

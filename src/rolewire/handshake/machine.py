@@ -32,6 +32,7 @@ from typing import Any
 from rolewire import errors
 from rolewire.errors import (
     HandshakeError,
+    HandshakeInternalError,
     HandshakeRejected,
     HandshakeStateError,
     InvalidKeyShare,
@@ -79,7 +80,7 @@ from rolewire.handshake.suites import HandshakeSuite, KexGroup
 from rolewire.roles.base import Direction, Role, RoleKind
 from rolewire.roles.certificate import CertificateRole
 from rolewire.roles.key import KeyRole
-from rolewire.roles.password import PasswordExchange, PasswordRole
+from rolewire.roles.password import PasswordAttempt, PasswordExchange, PasswordRole
 from rolewire.session import Session
 
 __all__ = ["Handshake", "Initiator", "Responder", "parse_late_reject"]
@@ -100,7 +101,8 @@ class _State(enum.Enum):
 class _Match:
     """A role both sides know, in one handshake (indexed by the Hello offer)."""
 
-    __slots__ = ("exchange", "index", "offer_flags", "peer_data", "peer_flags", "role")
+    __slots__ = ("attempt", "exchange", "index", "offer_flags", "peer_data", "peer_flags",
+                 "role")
 
     def __init__(self, index: int, role: Role, offer_flags: int) -> None:
         self.index = index
@@ -111,10 +113,18 @@ class _Match:
         self.peer_flags = 0
         self.exchange: PasswordExchange | None = None
         self.peer_data = b""
+        #: The responder's charged password run (section "Password budget").
+        self.attempt: PasswordAttempt | None = None
 
 
 def _my_flags(role: Role) -> int:
     return (Flag.PROVE if role.can_prove else 0) | (Flag.VERIFY if role.can_verify else 0)
+
+
+#: The only flags a password offer or entry may carry: J-PAKE is mutual, and
+#: a one-sided password role would let the side that only verifies collect
+#: the other's proofs (one uncounted offline guess per handshake).
+_PASSWORD_FLAGS = int(Flag.PROVE | Flag.VERIFY)
 
 
 def parse_late_reject(payload: bytes) -> HandshakeRejected:
@@ -161,6 +171,8 @@ class Handshake:
         self._suite: HandshakeSuite | None = None
         self._matches: list[_Match] = []
         self._verified: set[tuple[int, str]] = set()
+        #: (role name, reason) of roles left out of this handshake.
+        self._dropped: set[tuple[str, str]] = set()
         self._session: Session | None = None
 
     # -- public API ----------------------------------------------------------
@@ -215,6 +227,13 @@ class Handshake:
                 self._dispatch(msg_type, raw)
             except HandshakeError as exc:
                 self._fail(exc)
+            except Exception as exc:  # a bug must not leave the machine stuck
+                logger.exception("unexpected error in the handshake", extra={
+                    "event": "handshake_internal_error", "peer": str(self.peer),
+                    "side": "initiator" if self.is_initiator else "responder"})
+                self._fail(HandshakeInternalError(
+                    f"internal error while processing a handshake message "
+                    f"({type(exc).__name__})"))
         return self._events.popleft()
 
     # -- internals -------------------------------------------------------------
@@ -303,8 +322,9 @@ class Handshake:
                 try:
                     match.exchange.verify(direction, h, proof)
                 except RoleProofInvalid:
-                    self._count_password_failure(role)
+                    self._password_failed(match)
                     raise
+                self._password_verified(match)
         except (RoleProofInvalid, MalformedHandshakeMessage):
             if self.config.abort_on_bad_proof:
                 raise
@@ -315,8 +335,11 @@ class Handshake:
         self._verified.add((role.kind, role.name))
         return True
 
-    def _count_password_failure(self, role: PasswordRole) -> None:
-        role.limiter.record_failure(self.peer, role.name)
+    def _password_failed(self, match: _Match) -> None:
+        """A password proof of the peer did not verify (overridden)."""
+
+    def _password_verified(self, match: _Match) -> None:
+        """A password proof of the peer verified (overridden)."""
 
     def _check_policy(self) -> None:
         names = {name for _, name in self._verified}
@@ -350,7 +373,8 @@ class Handshake:
         self._session = session
         self._state = _State.DONE
         self._cleanup()
-        self._events.append(HandshakeComplete(names, suite, self._ss.h, session, kinds))
+        self._events.append(HandshakeComplete(names, suite, self._ss.h, session, kinds,
+                                              frozenset(self._dropped)))
         logger.info("handshake complete", extra={
             "event": "handshake_complete", "peer": str(self.peer),
             "suite": suite.wire_name, "peer_roles": sorted(names),
@@ -375,13 +399,12 @@ class Initiator(Handshake):
         self._retried = False
         self._offered: list[Role] = []
         self._exchanges: dict[int, PasswordExchange] = {}
-        self._password_proofs_sent: list[PasswordRole] = []
         offers: list[RoleOffer] = []
         for role in config.roles:
             flags = _my_flags(role)
             data = b""
             if isinstance(role, PasswordRole):
-                if role.limiter.locked_for(peer) > 0:
+                if role.limiter.locked_for(peer, role.name) > 0:
                     logger.warning("password role not offered: peer locked out",
                                    extra={"event": "password_refused", "peer": str(peer),
                                           "role": role.name})
@@ -404,19 +427,16 @@ class Initiator(Handshake):
         return Hello(PROTOCOL_VERSION, self._random, tuple(int(s) for s in self.config.suites),
                      int(share.group), share.ecdh_public + share.mlkem_ek, self._offers)
 
-    def _on_failure(self) -> None:
-        # We gave the peer a password proof (one guess) and did not get a valid
-        # one back: count it as a failed attempt against that peer.
-        for role in self._password_proofs_sent:
-            role.limiter.record_failure(self.peer, role.name)
-        self._password_proofs_sent = []
-
     def _cleanup(self) -> None:
         self._exchanges = {}
 
-    def _count_password_failure(self, role: PasswordRole) -> None:
-        if role in self._password_proofs_sent:
-            self._password_proofs_sent.remove(role)
+    def _password_failed(self, match: _Match) -> None:
+        # Only an authenticated failure counts: the responder's proof (or its
+        # absence) came in ResponderAuth, under the handshake key, from the
+        # party that ran J-PAKE with us. A Reject is unauthenticated (anyone
+        # on the path can inject one), so it never counts.
+        role = match.role
+        assert isinstance(role, PasswordRole)
         role.limiter.record_failure(self.peer, role.name)
 
     def _handle(self, message: Any, raw: bytes) -> None:
@@ -472,6 +492,8 @@ class Initiator(Handshake):
             if not entry.flags:
                 raise MalformedHandshakeMessage("role entry without flags")
             if isinstance(match.role, PasswordRole):
+                if entry.flags != _PASSWORD_FLAGS:
+                    raise InvalidKeyShare("a password role entry must carry PROVE|VERIFY")
                 match.exchange = self._exchanges.get(entry.index)
                 assert match.exchange is not None
                 r1, r2 = parse_password_data(entry.data, 2)
@@ -516,14 +538,11 @@ class Initiator(Handshake):
             if match.offer_flags & Flag.PROVE and match.peer_flags & Flag.VERIFY:
                 my_proofs.append(ProofEntry(match.index,
                                             self._prove(match, Direction.INITIATOR, h_initiator)))
-                if isinstance(match.role, PasswordRole):
-                    self._password_proofs_sent.append(match.role)
         proof_ct = self._ss.encrypt_and_hash(encode_proofs(my_proofs))
         self._out += InitiatorAuth(data_ct, proof_ct).encode(self.config.max_message_size)
         if pending_password:
             self._state = _State.WAIT_RESPONDER_AUTH
         else:
-            self._password_proofs_sent = []
             self._complete()
 
     def _on_responder_auth(self, ra: ResponderAuth) -> None:
@@ -533,15 +552,14 @@ class Initiator(Handshake):
             if not isinstance(match.role, PasswordRole):
                 continue
             proof = proofs.pop(match.index, None)
-            if match.peer_flags & Flag.PROVE and match.offer_flags & Flag.VERIFY:
-                if self._verify(match, Direction.RESPONDER, h_responder, proof, b""):
-                    self._password_proofs_sent.remove(match.role)
-            elif proof is not None:
-                raise MalformedHandshakeMessage("a proof for a role not announced as proven")
+            if proof is None:
+                # The responder (authenticated by the handshake key) did not
+                # verify our password proof: a failed attempt.
+                self._password_failed(match)
+            self._verify(match, Direction.RESPONDER, h_responder, proof, b"")
         if proofs:
             raise MalformedHandshakeMessage("a proof for an unknown role")
         self._check_policy()
-        self._password_proofs_sent = []
         self._complete()
 
 
@@ -575,6 +593,26 @@ class Responder(Handshake):
         if self._slot is not None:
             self._slot.release()
             self._slot = None
+        # A password run that ends before its proof was checked gave nobody a
+        # guess (we prove only after the initiator's proof verified): refund.
+        for match in self._matches:
+            if match.attempt is not None:
+                match.attempt.abandoned()
+
+    def _password_failed(self, match: _Match) -> None:
+        if match.attempt is not None:
+            match.attempt.failed()
+
+    def _password_verified(self, match: _Match) -> None:
+        if match.attempt is not None:
+            match.attempt.succeeded()
+
+    def _password_budget_refused(self, match: _Match) -> None:
+        """The budget refused the run: the role leaves the handshake, the
+        other roles proceed (the event's ``dropped_roles`` says why)."""
+        if match.attempt is not None:
+            match.attempt.abandoned()
+        self._dropped.add((match.role.name, "rate_limited"))
 
     def _handle(self, message: Any, raw: bytes) -> None:
         if isinstance(message, Hello) and self._state in (_State.WAIT_HELLO,
@@ -627,6 +665,11 @@ class Responder(Handshake):
         self._suite = suite
 
         # Roles: which offers name a role we know?
+        for offer in hello.offers:
+            if offer.kind == RoleKind.PASSWORD and offer.flags != _PASSWORD_FLAGS:
+                # Checked for every password offer, known or not, so the
+                # answer says nothing about which roles we hold.
+                raise InvalidKeyShare("a password offer must carry PROVE|VERIFY")
         mine = self.config.roles.hints(hello.random)
         for index, offer in enumerate(hello.offers):
             role = mine.get((offer.kind, offer.hint))
@@ -635,15 +678,23 @@ class Responder(Handshake):
             flags = _my_flags(role)
             useful = ((offer.flags & Flag.PROVE and flags & Flag.VERIFY)
                       or (offer.flags & Flag.VERIFY and flags & Flag.PROVE))
-            if useful:
-                self._matches.append(_Match(index, role, offer.flags))
+            if not useful:
+                continue
+            match = _Match(index, role, offer.flags)
+            if isinstance(role, PasswordRole):
+                # Charged before J-PAKE runs, so runs in flight count and
+                # parallel handshakes cannot all pass one early check.
+                try:
+                    match.attempt = role.limiter.begin(self.peer, role.name)
+                except PasswordAttemptsExceeded:
+                    self._password_budget_refused(match)
+                    continue
+            self._matches.append(match)
         if not self._matches and not self.config.allow_anonymous:
             # Refuse before doing the expensive key exchange.
+            if self._dropped:
+                raise PasswordAttemptsExceeded("password budget exhausted; no other role")
             raise NoVerifiedRole("no role in common with the peer")
-        for match in self._matches:
-            if isinstance(match.role, PasswordRole):
-                # Refused without running J-PAKE while the peer is locked out.
-                match.role.limiter.check(self.peer, match.role.name)
 
         ecdh_public, mlkem_ct, ss_mlkem, ss_ecdh = responder_exchange(
             group, hello.share[:group.ecdh_size], hello.share[group.ecdh_size:])
@@ -692,38 +743,49 @@ class Responder(Handshake):
         if [e.index for e in entries] != [m.index for m in self._matches]:
             raise MalformedHandshakeMessage("role entries do not match the responder's")
         has_password = False
+        verified_passwords: list[_Match] = []
         for entry, match in zip(entries, self._matches):
             if entry.flags != match.offer_flags:
                 raise MalformedHandshakeMessage("role entry flags differ from the Hello")
             role = match.role
             my = _my_flags(role)
             expected = bool(match.offer_flags & Flag.PROVE and my & Flag.VERIFY)
+            proof = proofs.pop(match.index, None)
             if isinstance(role, PasswordRole):
                 has_password = True
-                assert match.exchange is not None
+                assert match.exchange is not None and match.attempt is not None
                 (peer_round2,) = parse_password_data(entry.data, 1)
                 match.exchange.finish(peer_round2)
-            elif entry.data and not isinstance(role, CertificateRole):
+                try:
+                    # Others may have used up the budget since the charge.
+                    match.attempt.recheck()
+                except PasswordAttemptsExceeded:
+                    self._password_budget_refused(match)
+                    continue
+                if proof is None:
+                    match.attempt.abandoned()  # no guess was checked
+                if self._verify(match, Direction.INITIATOR, h_initiator, proof, entry.data):
+                    verified_passwords.append(match)
+                continue
+            if entry.data and not isinstance(role, CertificateRole):
                 raise MalformedHandshakeMessage("unexpected role entry data")
-            proof = proofs.pop(match.index, None)
             if expected:
                 self._verify(match, Direction.INITIATOR, h_initiator, proof, entry.data)
             elif proof is not None:
                 raise MalformedHandshakeMessage("a proof for a role not announced as proven")
         if proofs:
             raise MalformedHandshakeMessage("a proof for an unknown role")
+        if self._dropped and not self._verified and not self.config.allow_anonymous:
+            raise PasswordAttemptsExceeded("password budget exhausted; no other role verified")
         self._check_policy()
         if has_password:
             h_responder = self._ss.h
-            my_proofs = []
-            for match in self._matches:
-                if (isinstance(match.role, PasswordRole) and match.offer_flags & Flag.VERIFY):
-                    my_proofs.append(ProofEntry(
-                        match.index, self._prove(match, Direction.RESPONDER, h_responder)))
+            # Our password proof goes only for roles whose initiator proof
+            # verified in this handshake: anything else would hand the peer
+            # an offline guess.
+            my_proofs = [ProofEntry(m.index, self._prove(m, Direction.RESPONDER, h_responder))
+                         for m in verified_passwords]
             proof_ct = self._ss.encrypt_and_hash(encode_proofs(my_proofs))
             self._out += ResponderAuth(proof_ct).encode(self.config.max_message_size)
         self._complete()
 
-
-# Quiet "imported but unused" for names re-exported for type checkers.
-_ = (PasswordAttemptsExceeded,)

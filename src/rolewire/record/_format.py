@@ -160,6 +160,28 @@ def unpack_header(record: bytes) -> tuple[int, int, int, int]:
     return _HEADER.unpack_from(record)
 
 
+@dataclass(frozen=True)
+class RecordHeader:
+    """The clear part of a record: all an intermediary can read."""
+
+    version: int
+    suite: int
+    epoch: int
+    counter: int
+    length: int
+    """Total record length (header, ciphertext and tag)."""
+
+
+def parse_header(record: bytes) -> RecordHeader:
+    """Parse the 14-byte clear header of a record (``version u8 | suite u8 |
+    epoch u32 | counter u64``). Raises
+    :class:`~rolewire.errors.MalformedRecord` if it is shorter."""
+    if len(record) < HEADER_SIZE:
+        raise MalformedRecord("record shorter than its header")
+    version, suite, epoch, counter = _HEADER.unpack_from(record)
+    return RecordHeader(version, suite, epoch, counter, len(record))
+
+
 def make_nonce(iv: bytes, counter: int) -> bytes:
     """Per-direction IV XOR the big-endian counter in its last eight bytes."""
     tail = int.from_bytes(iv[-8:], "big") ^ counter

@@ -25,11 +25,11 @@ demonstrations, not for production traffic.
 from __future__ import annotations
 
 import random
-import struct
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from rolewire.errors import MalformedRecord, RecordError, ReplayDetected
+from rolewire.errors import RecordError, ReplayDetected
+from rolewire.record import RecordHeader, parse_header
 from rolewire.session import Session
 
 __all__ = [
@@ -41,31 +41,6 @@ __all__ = [
     "ShufflingChannel",
     "parse_header",
 ]
-
-_HEADER = struct.Struct(">BBIQ")
-HEADER_SIZE = _HEADER.size  # 14
-
-
-@dataclass(frozen=True)
-class RecordHeader:
-    """The clear part of a record: all an intermediary can read."""
-
-    version: int
-    suite: int
-    epoch: int
-    counter: int
-    length: int
-    """Total record length (header, ciphertext and tag)."""
-
-
-def parse_header(record: bytes) -> RecordHeader:
-    """Parse the 14-byte header of a record. Raises
-    :class:`~rolewire.errors.MalformedRecord` if it is shorter."""
-    if len(record) < HEADER_SIZE:
-        raise MalformedRecord("record shorter than its header")
-    version, suite, epoch, counter = _HEADER.unpack_from(record)
-    return RecordHeader(version, suite, epoch, counter, len(record))
-
 
 @dataclass(frozen=True)
 class Path:

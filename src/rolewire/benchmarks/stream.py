@@ -1,14 +1,14 @@
 """Loopback benchmarks of the asyncio adapter (used by
 ``rolewire.benchmarks.channel`` and by hand).
 
-The server runs in a separate process (``python -m rolewire.aio.bench
+The server runs in a separate process (``python -m rolewire.benchmarks.stream
 --serve``) so client
 and server each get a CPU, as in the TLS baselines of the reference
 measurements. Every figure is the median of ``repeats`` runs; a run ends
 when the server has *handled* every message (a final request is answered
 after the notifications before it, in order).
 
-    >>> from rolewire.aio import bench_stream, bench_calls
+    >>> from rolewire.benchmarks.stream import bench_stream, bench_calls
     >>> bench_stream(64, 200_000)["messages_per_s"]          # doctest: +SKIP
     >>> bench_calls(5_000)["calls_per_s"]                      # doctest: +SKIP
 """
@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from rolewire.benchmarks._child import child_server
+from rolewire.benchmarks.child import child_server
 from rolewire.handshake import HandshakeConfig, HandshakeSuite
 from rolewire.record import RecordLimits
 from rolewire.roles.key import KeyRole
@@ -70,7 +70,7 @@ def _bench_service() -> Service:
 
 
 def _serve_stdio(suite: str) -> None:
-    """Server side of a benchmark (``python -m rolewire.aio.bench --serve
+    """Server side of a benchmark (``python -m rolewire.benchmarks.stream --serve
     SUITE``): reads the role key (hex) from stdin, prints the port, serves
     until stdin closes."""
     from rolewire.aio import serve
@@ -97,7 +97,7 @@ def _server(key: bytes, suite: HandshakeSuite | str, in_process: bool) -> Iterat
         yield None
         return
     name = suite if isinstance(suite, str) else suite.name
-    with child_server(["-m", "rolewire.aio.bench", "--serve", name], key.hex().encode()) as port:
+    with child_server(["-m", "rolewire.benchmarks.stream", "--serve", name], key.hex().encode()) as port:
         yield port
 
 
@@ -228,7 +228,7 @@ def main() -> None:
               f"({r['latency_us']:.0f} us)")
 
 
-if __name__ == "__main__":  # python -m rolewire.aio.bench [--serve SUITE]
+if __name__ == "__main__":  # python -m rolewire.benchmarks.stream [--serve SUITE]
     if len(sys.argv) == 3 and sys.argv[1] == "--serve":
         _serve_stdio(sys.argv[2])
     else:

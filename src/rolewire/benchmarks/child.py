@@ -1,4 +1,4 @@
-"""A benchmark server in a child process (private).
+"""A benchmark server in a child process (used by the benchmarks only).
 
 A plain subprocess, not multiprocessing, so callers need no ``if __name__ ==
 "__main__"`` guard. The child reads one line (its spec) from stdin, prints
