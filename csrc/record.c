@@ -407,10 +407,18 @@ struct rw_receiver {
     size_t iv_len;
     size_t tag_len;
     rw_keyslot current;
-    rw_keyslot previous; /* live only during a grace period */
     rw_window current_window;
-    rw_window previous_window;
     rw_limits limits;
+    /* Past epochs still open (each for its grace period, which the session
+     * times): past[0 .. npast-1], newest first, at most max_past of them.
+     * past_window[0 .. nwindows-1] are allocated; the ones from npast on are
+     * spares (reset) for the next epoch change. */
+    uint32_t max_past;
+    uint32_t npast;
+    uint32_t nwindows;
+    uint32_t window_size;
+    rw_keyslot past[RW_MAX_PAST_EPOCHS];
+    rw_window past_window[RW_MAX_PAST_EPOCHS];
 };
 
 rw_receiver *rw_receiver_new(int suite, const uint8_t *key, const uint8_t *iv,
@@ -430,11 +438,14 @@ rw_receiver *rw_receiver_new(int suite, const uint8_t *key, const uint8_t *iv,
         free(r);
         return NULL;
     }
-    if (rw_window_init(&r->previous_window, window) != 0) {
+    if (rw_window_init(&r->past_window[0], window) != 0) {
         rw_window_free(&r->current_window);
         free(r);
         return NULL;
     }
+    r->nwindows = 1;
+    r->max_past = 1;
+    r->window_size = window;
     r->suite = suite;
     r->iv_len = (size_t)rw_suite_iv_size(suite);
     r->tag_len = (size_t)rw_suite_tag_size(suite);
@@ -448,13 +459,59 @@ rw_receiver *rw_receiver_new(int suite, const uint8_t *key, const uint8_t *iv,
 
 void rw_receiver_free(rw_receiver *r)
 {
+    uint32_t i;
+
     if (r == NULL) {
         return;
     }
     rw_window_free(&r->current_window);
-    rw_window_free(&r->previous_window);
+    for (i = 0; i < r->nwindows; i++) {
+        rw_window_free(&r->past_window[i]);
+    }
     sodium.memzero(r, sizeof(*r));
     free(r);
+}
+
+/* Removes past[i], wiping its key; its window goes to the spares. */
+static void drop_past(rw_receiver *r, uint32_t i)
+{
+    rw_window spare = r->past_window[i];
+
+    wipe_slot(&r->past[i]);
+    memmove(&r->past[i], &r->past[i + 1], (r->npast - i - 1) * sizeof(rw_keyslot));
+    memmove(&r->past_window[i], &r->past_window[i + 1],
+            (r->npast - i - 1) * sizeof(rw_window));
+    r->npast -= 1;
+    sodium.memzero(&r->past[r->npast], sizeof(rw_keyslot));
+    r->past_window[r->npast] = spare;
+    rw_window_reset(&r->past_window[r->npast]);
+}
+
+int rw_receiver_set_max_past(rw_receiver *r, uint32_t max_past)
+{
+    int rc = RW_OK;
+
+    if (max_past > RW_MAX_PAST_EPOCHS) {
+        return RW_ERR_ARG;
+    }
+    if (!RW_TRY_LOCK(&r->lock)) {
+        return RW_ERR_BUSY;
+    }
+    while (r->nwindows < max_past) {
+        if (rw_window_init(&r->past_window[r->nwindows], r->window_size) != 0) {
+            rc = RW_ERR_ARG;
+            break;
+        }
+        r->nwindows += 1;
+    }
+    if (rc == RW_OK) {
+        while (r->npast > max_past) {
+            drop_past(r, r->npast - 1);
+        }
+        r->max_past = max_past;
+    }
+    RW_UNLOCK(&r->lock);
+    return rc;
 }
 
 int rw_receiver_close(rw_receiver *r)
@@ -463,7 +520,9 @@ int rw_receiver_close(rw_receiver *r)
         return RW_ERR_BUSY;
     }
     wipe_slot(&r->current);
-    wipe_slot(&r->previous);
+    while (r->npast > 0) {
+        drop_past(r, r->npast - 1);
+    }
     r->closed = 1;
     RW_UNLOCK(&r->lock);
     return RW_OK;
@@ -474,14 +533,99 @@ int rw_receiver_retire_previous(rw_receiver *r)
     if (!RW_TRY_LOCK(&r->lock)) {
         return RW_ERR_BUSY;
     }
-    wipe_slot(&r->previous);
-    rw_window_reset(&r->previous_window);
+    while (r->npast > 0) {
+        drop_past(r, r->npast - 1);
+    }
     RW_UNLOCK(&r->lock);
     return RW_OK;
 }
 
+int rw_receiver_retire_epoch(rw_receiver *r, uint32_t epoch)
+{
+    uint32_t i;
+
+    if (!RW_TRY_LOCK(&r->lock)) {
+        return RW_ERR_BUSY;
+    }
+    for (i = 0; i < r->npast; i++) {
+        if (r->past[i].epoch == epoch) {
+            drop_past(r, i);
+            break;
+        }
+    }
+    RW_UNLOCK(&r->lock);
+    return RW_OK;
+}
+
+uint32_t rw_receiver_past_count(const rw_receiver *r) { return r->npast; }
+
+uint32_t rw_receiver_past_epoch(const rw_receiver *r, uint32_t i)
+{
+    return i < r->npast ? r->past[i].epoch : 0;
+}
+
 uint32_t rw_receiver_epoch(const rw_receiver *r) { return r->current.epoch; }
-int rw_receiver_has_previous(const rw_receiver *r) { return r->previous.live; }
+int rw_receiver_has_previous(const rw_receiver *r) { return r->npast > 0; }
+
+/* Index of the live past epoch `epoch`, or -1. */
+static int find_past(const rw_receiver *r, uint32_t epoch)
+{
+    uint32_t i;
+
+    for (i = 0; i < r->npast; i++) {
+        if (r->past[i].epoch == epoch) {
+            return (int)i;
+        }
+    }
+    return -1;
+}
+
+/* Puts `slot` in front of the past epochs (the oldest beyond max_past is
+ * wiped); its window becomes *window_in_out (swapped with a reset spare). */
+static void push_past(rw_receiver *r, const rw_keyslot *slot, rw_window *window_in_out)
+{
+    rw_window spare;
+
+    if (r->max_past == 0) {
+        if (window_in_out != NULL) {
+            rw_window_reset(window_in_out);
+        }
+        return;
+    }
+    if (r->npast == r->max_past) {
+        drop_past(r, r->npast - 1);
+    }
+    spare = r->past_window[r->npast];
+    memmove(&r->past[1], &r->past[0], r->npast * sizeof(rw_keyslot));
+    memmove(&r->past_window[1], &r->past_window[0], r->npast * sizeof(rw_window));
+    r->past[0] = *slot;
+    r->past[0].live = 1;
+    if (window_in_out != NULL) {
+        r->past_window[0] = *window_in_out;
+        *window_in_out = spare;
+        rw_window_reset(window_in_out);
+    } else {
+        r->past_window[0] = spare;
+    }
+    r->npast += 1;
+}
+
+/* A record authenticated under the newer epoch of `candidate`: the current
+ * epoch and every epoch skipped on the way become past epochs (a late record
+ * of a skipped epoch still opens), the candidate becomes current with an
+ * empty window. */
+static void advance(rw_receiver *r, const rw_keyslot *candidate)
+{
+    rw_keyslot step = r->current;
+
+    push_past(r, &r->current, &r->current_window);
+    while (ratchet(&step, r->iv_len) == RW_OK && step.epoch < candidate->epoch) {
+        push_past(r, &step, NULL);
+    }
+    wipe_slot(&step);
+    wipe_slot(&r->current);
+    r->current = *candidate;
+}
 
 /* Opens one record; the caller holds the lock. On any error the output
  * region is wiped, so unauthenticated plaintext never leaves this function. */
@@ -492,6 +636,7 @@ static int open_one(rw_receiver *r, const uint8_t *rec, size_t rec_len, uint8_t 
     rw_keyslot candidate;
     rw_keyslot *slot = NULL;
     rw_window *window = NULL;
+    int past;
     unsigned long long mlen = 0;
     uint64_t counter;
     uint32_t epoch;
@@ -526,9 +671,9 @@ static int open_one(rw_receiver *r, const uint8_t *rec, size_t rec_len, uint8_t 
     if (epoch == r->current.epoch) {
         slot = &r->current;
         window = &r->current_window;
-    } else if (r->previous.live && epoch == r->previous.epoch) {
-        slot = &r->previous;
-        window = &r->previous_window;
+    } else if (epoch < r->current.epoch && (past = find_past(r, epoch)) >= 0) {
+        slot = &r->past[past];
+        window = &r->past_window[past];
     } else if (epoch > r->current.epoch && epoch - r->current.epoch <= RW_MAX_EPOCH_SKIP) {
         /* A fresh epoch: its window is empty, so no replay check applies. */
         candidate = r->current;
@@ -566,16 +711,7 @@ static int open_one(rw_receiver *r, const uint8_t *rec, size_t rec_len, uint8_t 
     }
 
     if (window == NULL) {
-        /* Authenticated under a newer epoch: the current epoch becomes the
-         * previous one (open for a grace period), the older one is wiped. */
-        rw_window spare = r->previous_window;
-
-        wipe_slot(&r->previous);
-        r->previous = r->current;
-        r->previous_window = r->current_window;
-        r->current = candidate;
-        r->current_window = spare;
-        rw_window_reset(&r->current_window);
+        advance(r, &candidate);
         wipe_slot(&candidate);
         rw_window_update(&r->current_window, counter);
         return RW_EPOCH_ADVANCED;

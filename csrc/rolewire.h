@@ -45,6 +45,10 @@
 #define RW_WINDOW_MIN 64u
 #define RW_WINDOW_MAX (1u << 20)
 
+/* Upper bound on past receive epochs kept open (docs/PROTOCOL.md,
+ * "Opening a record"). */
+#define RW_MAX_PAST_EPOCHS 64
+
 /* Status codes. >= 0 is success (possibly with a flag), < 0 an error. */
 #define RW_OK 0
 #define RW_REKEY_DUE 1         /* seal: soft limit reached, rekey soon */
@@ -119,7 +123,17 @@ int rw_open(rw_receiver *r, const uint8_t *rec, size_t rec_len, uint8_t *out,
 int64_t rw_open_batch(rw_receiver *r, const uint8_t *in, size_t in_len,
                       const uint64_t *in_off, size_t n, uint8_t *out, size_t out_cap, uint64_t *out_off,
                       int32_t *status);
+/* Wipes every past epoch. */
 int rw_receiver_retire_previous(rw_receiver *r);
+/* How many past epochs stay open at most (0..RW_MAX_PAST_EPOCHS; default 1);
+ * each epoch change pushes the old current epoch and any skipped ones, the
+ * oldest beyond the bound are wiped. */
+int rw_receiver_set_max_past(rw_receiver *r, uint32_t max_past);
+/* Wipes one past epoch (end of its grace period); unknown epochs are ignored. */
+int rw_receiver_retire_epoch(rw_receiver *r, uint32_t epoch);
+uint32_t rw_receiver_past_count(const rw_receiver *r);
+/* Epoch of past slot i (0 = newest), or 0 if i >= past_count. */
+uint32_t rw_receiver_past_epoch(const rw_receiver *r, uint32_t i);
 int rw_receiver_close(rw_receiver *r);
 uint32_t rw_receiver_epoch(const rw_receiver *r);
 int rw_receiver_has_previous(const rw_receiver *r);

@@ -43,14 +43,16 @@ def key_material(suite: Suite, seed: int = 0) -> dict[str, bytes]:
 
 def make_pair(
     suite: Suite, backend: str, *, seed: int = 0, limits: RecordLimits | None = None,
-    window: int = 8192,
+    window: int = 8192, past_epochs: int = 4,
 ) -> tuple[RecordLayer, RecordLayer]:
     """Two ends of one session: alice seals with a_*, bob with b_*."""
     k = key_material(suite, seed)
     alice = RecordLayer(suite, send_key=k["a_key"], send_iv=k["a_iv"], recv_key=k["b_key"],
-                        recv_iv=k["b_iv"], limits=limits, window=window, backend=backend)
+                        recv_iv=k["b_iv"], limits=limits, window=window,
+                        past_epochs=past_epochs, backend=backend)
     bob = RecordLayer(suite, send_key=k["b_key"], send_iv=k["b_iv"], recv_key=k["a_key"],
-                      recv_iv=k["a_iv"], limits=limits, window=window, backend=backend)
+                      recv_iv=k["a_iv"], limits=limits, window=window,
+                      past_epochs=past_epochs, backend=backend)
     return alice, bob
 
 

@@ -3,6 +3,8 @@ identical outcomes (plaintext or error type) for the same operations."""
 
 from __future__ import annotations
 
+import struct
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -127,3 +129,37 @@ def test_format_constants_match_c():
     for suite in Suite:
         assert lib.rw_suite_iv_size(suite) == suite.iv_size
         assert lib.rw_suite_tag_size(suite) == suite.tag_size
+
+
+@given(
+    suites,
+    st.integers(0, 5),
+    st.lists(st.tuples(st.integers(0, 7), st.booleans()), min_size=1, max_size=30),
+    st.lists(st.tuples(st.integers(0, 200), st.sampled_from(["deliver", "retire", "flip"])),
+             max_size=60),
+)
+def test_multi_epoch_outcomes_identical(suite, past_epochs, sealing, deliveries):
+    """Several key updates (with skipped epochs), late records of many past
+    epochs, per-epoch retirement and forgeries: both backends agree on every
+    outcome and on the set of open past epochs."""
+    outcomes = {}
+    for backend in ("c", "pure"):
+        alice, bob = make_pair(suite, backend, window=64, past_epochs=past_epochs)
+        records = []
+        for count, rekey in sealing:
+            records.extend(alice.seal(b"m%d" % len(records)) for _ in range(count))
+            if rekey:
+                alice.update_send_key()
+        records.append(alice.seal(b"last"))
+        results = []
+        for index, action in deliveries:
+            record = bytearray(records[index % len(records)])
+            if action == "retire":
+                bob.retire_epoch(struct.unpack_from(">I", record, 2)[0])
+            else:
+                if action == "flip":
+                    record[-1] ^= 1
+                results.append(outcome(bob, bytes(record)))
+            results.append((bob.recv_epoch, bob.past_epochs))
+        outcomes[backend] = results
+    assert outcomes["c"] == outcomes["pure"]

@@ -210,15 +210,71 @@ def test_forged_next_epoch_does_not_advance(pair):
     assert bob.open(alice.seal(b"y")) == b"y"
 
 
-def test_old_epoch_beyond_previous_unknown(pair):
-    alice, bob = pair
+def test_old_epoch_beyond_previous_unknown(pair_factory):
+    alice, bob = pair_factory(past_epochs=1)
     first = alice.seal(b"epoch0")
     alice.update_send_key()
     bob.open(alice.seal(b"epoch1"))
     alice.update_send_key()
     bob.open(alice.seal(b"epoch2"))
+    assert bob.past_epochs == (1,)
     with pytest.raises(errors.UnknownEpoch):
         bob.open(first)
+
+
+def test_several_past_epochs_stay_open(pair_factory):
+    """Late records of every one of the last ``past_epochs`` epochs open
+    (exactly once); the oldest beyond the bound are wiped."""
+    alice, bob = pair_factory(past_epochs=3)
+    late = []
+    for epoch in range(6):
+        late.append(alice.seal(b"late%d" % epoch))
+        bob.open(alice.seal(b"now%d" % epoch))
+        alice.update_send_key()
+    assert bob.recv_epoch == 5 and bob.past_epochs == (4, 3, 2)
+    for epoch in (4, 3, 2):
+        assert bob.open(late[epoch]) == b"late%d" % epoch
+        with pytest.raises(errors.ReplayDetected):
+            bob.open(late[epoch])
+    for epoch in (1, 0):
+        with pytest.raises(errors.UnknownEpoch):
+            bob.open(late[epoch])
+    bob.retire_epoch(3)
+    assert bob.past_epochs == (4, 2)
+    with pytest.raises(errors.UnknownEpoch):
+        bob.open(late[3])
+    bob.retire_epoch(99)  # unknown: ignored
+    bob.retire_previous_epoch()
+    assert bob.past_epochs == () and not bob.has_previous_epoch
+
+
+def test_skipped_epochs_become_past_epochs(pair_factory):
+    """A jump of several epochs keeps the skipped ones open too: their late
+    records were sealed before the newer one that arrived first."""
+    alice, bob = pair_factory(past_epochs=4)
+    held = []
+    for _ in range(3):
+        held.append(alice.seal(b"held"))
+        alice.update_send_key()
+    assert bob.open(alice.seal(b"jump")) == b"jump"
+    assert bob.recv_epoch == 3 and bob.past_epochs == (2, 1, 0)
+    assert [bob.open(r) for r in held] == [b"held"] * 3
+
+
+def test_no_past_epochs(pair_factory):
+    alice, bob = pair_factory(past_epochs=0)
+    old = alice.seal(b"old")
+    alice.update_send_key()
+    bob.open(alice.seal(b"new"))
+    assert bob.past_epochs == () and not bob.has_previous_epoch
+    with pytest.raises(errors.UnknownEpoch):
+        bob.open(old)
+
+
+@pytest.mark.parametrize("bad", [-1, 65, True, 1.5])
+def test_past_epochs_checked(pair_factory, bad):
+    with pytest.raises(errors.ConfigurationError):
+        pair_factory(past_epochs=bad)
 
 
 def test_close_wipes_and_refuses(pair):

@@ -13,9 +13,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from rolewire.aio import connect, serve
-from rolewire.protocol.wire import CallDecoder
 from rolewire.errors import ProtocolViolation
 from rolewire.handshake import HandshakeConfig
+from rolewire.protocol.wire import CallDecoder
 from rolewire.roles.key import KeyRole
 from rolewire.rpc import (
     METADATA_FLAG,

@@ -81,6 +81,10 @@ int64_t rw_open_batch(rw_receiver *r, const char *in, size_t in_len, const uint6
                       size_t n, char *out, size_t out_cap, uint64_t *out_off,
                       int32_t *status);
 int rw_receiver_retire_previous(rw_receiver *r);
+int rw_receiver_set_max_past(rw_receiver *r, uint32_t max_past);
+int rw_receiver_retire_epoch(rw_receiver *r, uint32_t epoch);
+uint32_t rw_receiver_past_count(const rw_receiver *r);
+uint32_t rw_receiver_past_epoch(const rw_receiver *r, uint32_t i);
 int rw_receiver_close(rw_receiver *r);
 uint32_t rw_receiver_epoch(const rw_receiver *r);
 int rw_receiver_has_previous(const rw_receiver *r);

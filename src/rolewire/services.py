@@ -29,6 +29,14 @@ Example::
     @shop.operation("charge", roles=["payment"])
     async def charge(call: CallContext, body: bytes) -> bytes:
         ...
+
+End-user context and signed calls (issue 18): ``Service(name,
+end_users=EndUserVerifier(...))`` verifies the end-user token of each call's
+metadata (``call.end_user``; :mod:`rolewire.enduser`); ``user=`` on an
+operation requires one (``require_claim("scope", "orders:write")``);
+``signed="role"`` requires calls signed under that certificate role
+(:mod:`rolewire.nonrep`; ``call.signed``). Such refusals are FORBIDDEN too;
+their text says what was wrong with the context or signature (never a role).
 """
 
 from __future__ import annotations
@@ -38,9 +46,12 @@ import inspect
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from rolewire.budgets import CallGuard
-from rolewire.errors import ConfigurationError
+from rolewire.callstate import ConnectionState, SignatureRequired, VerifiedMetadata
+from rolewire.enduser.context import ClaimRequirement, EndUser, reset_current, set_current
+from rolewire.errors import ConfigurationError, RolewireError
 from rolewire.protocol.wire import NO_METADATA, CallMessage, ErrorCode, MessageType, error_message
 
 __all__ = [
@@ -87,6 +98,12 @@ class CallContext:
     call_id: int = 0
     metadata: Mapping[str, bytes] = field(default_factory=lambda: NO_METADATA, hash=False,
                                           compare=False, repr=False)
+    #: The verified end user the call acts for (None: no context, or the
+    #: service verifies none).
+    end_user: EndUser | None = field(default=None, compare=False)
+    #: Proof that the caller signed this call (a rolewire.nonrep.SignedCall),
+    #: for operations that require signed calls.
+    signed: Any = field(default=None, compare=False, repr=False)
 
 
 Handler = Callable[[CallContext, bytes], Awaitable[bytes] | bytes | None]
@@ -97,6 +114,10 @@ class Operation:
     name: str
     handler: Handler
     allowed: frozenset[str] | Access
+    #: Required end-user context (None: optional).
+    user: ClaimRequirement | None = None
+    #: Certificate role whose signature every call must carry (None: unsigned).
+    signed: str | None = None
 
     def permits(self, roles: frozenset[str]) -> bool:
         if self.allowed is UNRESTRICTED:
@@ -123,27 +144,34 @@ class Service:
             ``UNKNOWN_OPERATION`` instead of the ``FORBIDDEN`` reply a
             refused call gets (default False: both look the same, so callers
             cannot enumerate the operations they may not call).
+        end_users: verifier of end-user tokens in call metadata
+            (:class:`rolewire.enduser.EndUserVerifier`; None: ignore them).
     """
 
     name: str
     operations: dict[str, Operation] = field(default_factory=dict)
     distinct_errors: bool = False
+    end_users: Any = None
     _contexts: dict[tuple[str, frozenset[str], str], CallContext] = field(
         default_factory=dict, init=False, repr=False, compare=False)
 
     def operation(
-        self, name: str | None = None, *, roles: Iterable[str] | Access
+        self, name: str | None = None, *, roles: Iterable[str] | Access,
+        user: ClaimRequirement | None = None, signed: str | None = None,
     ) -> Callable[[Handler], Handler]:
         """Decorator: register ``handler`` as operation ``name`` (default: the
-        function's name) callable by the given roles or marker."""
+        function's name) callable by the given roles or marker; ``user``:
+        what the end user must hold (:func:`rolewire.enduser.require_claim`);
+        ``signed``: the certificate role whose signature each call needs."""
 
         def register(handler: Handler) -> Handler:
-            self.add(name or handler.__name__, handler, roles=roles)
+            self.add(name or handler.__name__, handler, roles=roles, user=user, signed=signed)
             return handler
 
         return register
 
-    def add(self, name: str, handler: Handler, *, roles: Iterable[str] | Access) -> None:
+    def add(self, name: str, handler: Handler, *, roles: Iterable[str] | Access,
+            user: ClaimRequirement | None = None, signed: str | None = None) -> None:
         """Register an operation (the table form of :meth:`operation`)."""
         if name in self.operations:
             raise ConfigurationError(f"operation {name!r} is already defined")
@@ -159,7 +187,16 @@ class Service:
                 raise ConfigurationError(
                     f"operation {name!r} lists no roles; use ANY_AUTHENTICATED or UNRESTRICTED"
                 )
-        self.operations[name] = Operation(name, handler, allowed)
+        if user is not None and not isinstance(user, ClaimRequirement):
+            raise ConfigurationError("user= takes rolewire.enduser.require_claim(...)")
+        if signed is not None and (not isinstance(signed, str) or not signed):
+            raise ConfigurationError("signed= names the certificate role that signs")
+        self.operations[name] = Operation(name, handler, allowed, user, signed)
+
+    @property
+    def signed_operations(self) -> frozenset[str]:
+        """The certificate roles some operation requires signed calls under."""
+        return frozenset(op.signed for op in self.operations.values() if op.signed)
 
     def access_table(self) -> dict[str, str]:
         """``{operation: who may call it}`` for ``rolewire inspect`` and docs."""
@@ -168,6 +205,7 @@ class Service:
     async def dispatch(
         self, message: CallMessage, peer_roles: frozenset[str], peer: str = "",
         guard: CallGuard | None = None, now: float = 0.0,
+        state: ConnectionState | None = None,
     ) -> CallMessage | None:
         """Authorize and run one REQUEST or NOTIFY; returns the reply (None
         for a notification). Handler exceptions become a HANDLER_FAILED reply
@@ -177,8 +215,10 @@ class Service:
         (None: no budget): a refused call is charged to it at time ``now``
         (seconds, any monotonic origin), and its audit line is written only
         while the guard's log budget lasts. Check ``guard.exhausted`` after
-        dispatching to close a connection that keeps making refused calls."""
-        result = self.dispatch_nowait(message, peer_roles, peer, guard, now)
+        dispatching to close a connection that keeps making refused calls.
+        ``state``: the connection's :class:`~rolewire.callstate.ConnectionState`
+        (caches verified end-user tokens)."""
+        result = self.dispatch_nowait(message, peer_roles, peer, guard, now, state)
         if result is None or isinstance(result, CallMessage):
             return result
         return await result
@@ -186,6 +226,7 @@ class Service:
     def dispatch_nowait(
         self, message: CallMessage, peer_roles: frozenset[str], peer: str = "",
         guard: CallGuard | None = None, now: float = 0.0,
+        state: ConnectionState | None = None,
     ) -> CallMessage | None | Awaitable[CallMessage | None]:
         """:meth:`dispatch` without a coroutine where the handler is
         synchronous (the common case on a message stream: creating and
@@ -211,29 +252,68 @@ class Service:
                 "operation": operation.name, "peer": peer,
                 "peer_roles": sorted(peer_roles), "required": operation.describe()})
             return _reply_error(message, expects_reply, ErrorCode.FORBIDDEN, REFUSED_TEXT)
-        if message.metadata:
+        end_user = None
+        if message.metadata or operation.user is not None or operation.signed is not None:
+            try:
+                end_user, evidence = self._call_extras(operation, message, peer_roles, state)
+            except RolewireError as exc:
+                self._audit_refusal(guard, now, "call refused", {
+                    "event": "call_refused", "service": self.name,
+                    "operation": operation.name, "peer": peer,
+                    "peer_roles": sorted(peer_roles), "reason": type(exc).__name__})
+                return _reply_error(message, expects_reply, ErrorCode.FORBIDDEN,
+                                    f"{REFUSED_TEXT}: {exc}")
             context = CallContext(self.name, operation.name, peer_roles, peer, message.call_id,
-                                  message.metadata)
+                                  message.metadata, end_user, evidence)
         else:
             context = self._context(operation.name, peer_roles, peer, message.call_id)
+        current = set_current(end_user, self.name) if end_user is not None else None
         try:
             result = operation.handler(context, message.body)
         except Exception as exc:  # noqa: BLE001 - a handler bug must not kill the session
             return self._handler_failed(operation, message, expects_reply, exc)
+        finally:
+            if current is not None:
+                reset_current(current)
         if result is not None and not isinstance(result, (bytes, bytearray, memoryview)) \
                 and inspect.isawaitable(result):
-            return self._finish(operation, message, expects_reply, result)
+            return self._finish(operation, message, expects_reply, result, end_user)
         if not expects_reply:
             return None
         return CallMessage(MessageType.RESPONSE, message.call_id, operation.name,
                            bytes(result or b""))
 
+    def _call_extras(self, operation: Operation, message: CallMessage,
+                     peer_roles: frozenset[str], state: ConnectionState | None
+                     ) -> tuple[EndUser | None, Any]:
+        """The verified end user and signed-call evidence of one call; raises
+        a RolewireError (EndUserRejected, SignatureRequired) if the
+        operation's requirements are not met."""
+        evidence = message.metadata.evidence \
+            if isinstance(message.metadata, VerifiedMetadata) else None
+        if operation.signed is not None and (
+                evidence is None or getattr(evidence, "role", None) != operation.signed):
+            raise SignatureRequired("this operation requires signed calls")
+        end_user = None
+        if self.end_users is not None:
+            end_user = self.end_users.from_metadata(
+                message.metadata, peer_roles=peer_roles,
+                cache=state.user_cache if state is not None else None)
+        if operation.user is not None:
+            operation.user.check(end_user)
+        return end_user, evidence
+
     async def _finish(self, operation: Operation, message: CallMessage, expects_reply: bool,
-                      pending: Awaitable[bytes | None]) -> CallMessage | None:
+                      pending: Awaitable[bytes | None],
+                      end_user: EndUser | None = None) -> CallMessage | None:
+        current = set_current(end_user, self.name) if end_user is not None else None
         try:
             result = await pending
         except Exception as exc:  # noqa: BLE001 - a handler bug must not kill the session
             return self._handler_failed(operation, message, expects_reply, exc)
+        finally:
+            if current is not None:
+                reset_current(current)
         if not expects_reply:
             return None
         return CallMessage(MessageType.RESPONSE, message.call_id, operation.name,

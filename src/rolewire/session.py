@@ -15,10 +15,20 @@ new key leaks):
   under a key older than the interval (the original implementation checked
   lazily and could be minutes late).
 
-The receiver follows automatically when it sees a record of the next epoch
-and keeps the previous epoch open for ``grace_period`` seconds so late,
-reordered records of the old epoch still open; after that the old key is
-wiped (checked on every open and seal).
+The receiver follows automatically when it sees a record of a later epoch
+and keeps up to ``past_epochs`` past epochs open (default 4), each for
+``grace_period`` seconds from the moment it was superseded, so late,
+reordered records of older epochs still open; after that each old key is
+wiped (checked on every open and seal), and the oldest beyond the bound are
+wiped at once.
+
+Minimum epoch lifetime. The automatic triggers (soft limit, time limit) do
+not rekey before the current sending epoch has lived ``min_epoch_lifetime``
+seconds (default 0), and the soft limit waits until it has sealed
+``min_epoch_records`` records (default 64):
+a receiver keeping ``P`` past epochs then opens any record that is late by
+fewer than ``P * min_epoch_records`` records. The hard limit is never
+delayed, and an explicit :meth:`Session.rekey` is not either.
 
 For a full new handshake instead of the ratchet (fresh ephemeral key
 exchange), run a new :class:`~rolewire.handshake.Initiator` over the same
@@ -32,13 +42,22 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from rolewire.errors import AuthenticationFailed, RecordError, RecordTooOld, ReplayDetected
+from rolewire.errors import (
+    AuthenticationFailed,
+    ConfigurationError,
+    RecordError,
+    RecordTooOld,
+    ReplayDetected,
+)
 from rolewire.record import Buffer, RecordLayer, RecordLimits, Suite
 
 if TYPE_CHECKING:
     from typing_extensions import Self
 
-__all__ = ["Session", "SessionCounters"]
+__all__ = ["DEFAULT_MIN_EPOCH_RECORDS", "Session", "SessionCounters"]
+
+#: Records a sending epoch seals at least before an automatic rekey.
+DEFAULT_MIN_EPOCH_RECORDS = 64
 
 
 @dataclass
@@ -73,9 +92,13 @@ class Session:
         "_clock",
         "_closed",
         "_grace_period",
+        "_known_recv_epoch",
         "_layer",
+        "_min_epoch_lifetime",
+        "_min_epoch_records",
         "_rekey_interval",
         "_send_key_since",
+        "_superseded",
         "counters",
         "is_initiator",
         "peer_role_kinds",
@@ -88,7 +111,13 @@ class Session:
                  transcript_hash: bytes, is_initiator: bool,
                  peer_role_kinds: frozenset[tuple[int, str]] = frozenset(),
                  rekey_interval: float = 600.0, grace_period: float = 30.0,
+                 min_epoch_records: int = DEFAULT_MIN_EPOCH_RECORDS,
+                 min_epoch_lifetime: float = 0.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
+        if (not isinstance(min_epoch_records, int) or min_epoch_records < 0
+                or min_epoch_lifetime < 0 or grace_period < 0 or rekey_interval <= 0):
+            raise ConfigurationError("min_epoch_records, min_epoch_lifetime and grace_period "
+                                     "must be >= 0, rekey_interval > 0")
         self._layer = layer
         self.peer_roles = frozenset(peer_roles)
         self.peer_role_kinds = frozenset(peer_role_kinds)
@@ -99,8 +128,13 @@ class Session:
         self._rekey_interval = rekey_interval
         self._grace_period = grace_period
         self._clock = clock
+        self._min_epoch_records = min_epoch_records
+        self._min_epoch_lifetime = min_epoch_lifetime
         self._send_key_since = clock()
         self._closed = False
+        self._known_recv_epoch = layer.recv_epoch
+        # past receive epoch -> clock() when it was superseded (grace start)
+        self._superseded: dict[int, float] = {}
 
     # -- properties ----------------------------------------------------------
     @property
@@ -143,17 +177,45 @@ class Session:
         self.counters.rekeys += 1
         return epoch
 
-    def _before_send(self) -> None:
-        self._retire_if_due()
-        if self._layer.rekey_due or self._clock() - self._send_key_since >= self._rekey_interval:
+    def _before_send(self, count: int = 1) -> None:
+        if self._superseded:
+            self._retire_if_due()
+        layer = self._layer
+        sealed = layer.messages_sealed
+        if layer.limits.hard_messages - sealed < count:
+            # The minimum lifetime never delays past the hard limit.
+            if sealed:
+                self.rekey()
+            return
+        age = self._clock() - self._send_key_since
+        if age < self._min_epoch_lifetime:
+            return
+        if age >= self._rekey_interval or (
+                layer.rekey_due and sealed >= self._min_epoch_records):
             self.rekey()
+
+    def _note_recv_epoch(self) -> None:
+        """After an open: start the grace period of newly superseded epochs."""
+        layer = self._layer
+        epoch = layer.recv_epoch
+        if epoch != self._known_recv_epoch:
+            self._known_recv_epoch = epoch
+            now = self._clock()
+            superseded = self._superseded
+            for past in layer.past_epochs:
+                superseded.setdefault(past, now)
 
     def _retire_if_due(self) -> None:
         layer = self._layer
-        if layer.has_previous_epoch:
-            since = layer.recv_epoch_advanced_at
-            if since is None or time.monotonic() - since >= self._grace_period:
-                layer.retire_previous_epoch()
+        now = self._clock()
+        grace = self._grace_period
+        open_epochs = set(layer.past_epochs)
+        for epoch, since in list(self._superseded.items()):
+            if epoch not in open_epochs:
+                del self._superseded[epoch]  # evicted by the bound
+            elif now - since >= grace:
+                layer.retire_epoch(epoch)
+                del self._superseded[epoch]
 
     # -- records ---------------------------------------------------------------
     def seal(self, plaintext: Buffer) -> bytes:
@@ -173,8 +235,9 @@ class Session:
 
     def seal_many(self, messages: Iterable[Buffer]) -> list[bytes]:
         """Seal several messages in one native call."""
-        self._before_send()
-        records = self._layer.seal_many(messages)
+        batch = messages if isinstance(messages, list) else list(messages)
+        self._before_send(len(batch))
+        records = self._layer.seal_many(batch)
         self.counters.records_sealed += len(records)
         self.counters.bytes_sealed += sum(len(r) for r in records) - len(records) * self.overhead
         return records
@@ -190,12 +253,14 @@ class Session:
     def open(self, record: Buffer) -> bytes:
         """Open one record; raises a :class:`~rolewire.errors.RecordError`
         subclass (and changes nothing) if it is forged, replayed or too old."""
-        self._retire_if_due()
+        if self._superseded:
+            self._retire_if_due()
         try:
             plaintext = self._layer.open(record)
         except RecordError as exc:
             self._count_error(exc)
             raise
+        self._note_recv_epoch()
         self.counters.records_opened += 1
         self.counters.bytes_opened += len(plaintext)
         return plaintext
@@ -203,8 +268,10 @@ class Session:
     def open_many(self, records: Iterable[Buffer]) -> list[bytes | RecordError]:
         """Open several records in one native call: per record the plaintext
         or the (unraised) RecordError."""
-        self._retire_if_due()
+        if self._superseded:
+            self._retire_if_due()
         results = self._layer.open_many(records)
+        self._note_recv_epoch()
         for item in results:
             if isinstance(item, RecordError):
                 self._count_error(item)
@@ -237,15 +304,21 @@ class Session:
                   transcript_hash: bytes = b"", is_initiator: bool = True,
                   limits: RecordLimits | None = None, window: int | None = None,
                   backend: str | None = None, rekey_interval: float = 600.0,
-                  grace_period: float = 30.0,
+                  grace_period: float = 30.0, past_epochs: int | None = None,
+                  min_epoch_records: int = DEFAULT_MIN_EPOCH_RECORDS,
+                  min_epoch_lifetime: float = 0.0,
                   clock: Callable[[], float] = time.monotonic) -> Session:
         """Builds a session from raw direction keys (used by the handshake;
         hazmat otherwise)."""
         kwargs: dict[str, int] = {}
         if window is not None:
             kwargs["window"] = window
+        if past_epochs is not None:
+            kwargs["past_epochs"] = past_epochs
         layer = RecordLayer(suite, send_key=send_key, send_iv=send_iv, recv_key=recv_key,
                             recv_iv=recv_iv, limits=limits, backend=backend, **kwargs)
         return cls(layer=layer, peer_roles=frozenset(peer_roles), suite=handshake_suite,
                    transcript_hash=transcript_hash, is_initiator=is_initiator,
-                   rekey_interval=rekey_interval, grace_period=grace_period, clock=clock)
+                   rekey_interval=rekey_interval, grace_period=grace_period,
+                   min_epoch_records=min_epoch_records,
+                   min_epoch_lifetime=min_epoch_lifetime, clock=clock)

@@ -70,22 +70,62 @@ def test_thousands_of_records_reordered_across_epochs():
     assert b.counters.replays_rejected == 500
 
 
-def test_previous_epoch_closes_after_the_grace_period(monkeypatch):
-    a, b = sessions(grace_period=30)
+def test_previous_epoch_closes_after_the_grace_period():
+    clock = FakeClock()
+    a, b = sessions(clock, grace_period=30)
     late = a.seal(b"old epoch")
+    late_b = a.seal(b"old epoch, later")
     a.rekey()
     assert b.open(a.seal(b"new epoch")) == b"new epoch"
     # within the grace period the late record still opens
+    clock.now += 29
     assert b.open(late) == b"old epoch"
-    late2 = None
-    a2, b2 = sessions(grace_period=30)
-    late2 = a2.seal(b"old")
-    a2.rekey()
-    b2.open(a2.seal(b"new"))
-    now = [b2.record_layer.recv_epoch_advanced_at + 31]
-    monkeypatch.setattr("rolewire.session.time.monotonic", lambda: now[0])
-    with pytest.raises((errors.UnknownEpoch, errors.RecordTooOld)):
-        b2.open(late2)
+    clock.now += 1
+    with pytest.raises(errors.UnknownEpoch):
+        b.open(late_b)
+    assert b.record_layer.past_epochs == ()
+
+
+def test_each_past_epoch_has_its_own_grace_period():
+    clock = FakeClock()
+    a, b = sessions(clock, grace_period=30, record_past_epochs=8)
+    late = {}
+    for epoch in range(4):
+        late[epoch] = a.seal(b"late %d" % epoch)
+        b.open(a.seal(b"now"))  # b moves to this epoch
+        a.rekey()
+        clock.now += 10
+    b.open(a.seal(b"epoch 4"))
+    # epoch 0 was superseded 30 s ago (retired), epoch 1 20 s ago, 2 10 s,
+    # 3 just now
+    assert b.record_layer.past_epochs == (3, 2, 1)
+    with pytest.raises(errors.UnknownEpoch):
+        b.open(late[0])
+    assert [b.open(late[e]) for e in (1, 2, 3)] == [b"late 1", b"late 2", b"late 3"]
+    assert b.record_layer.past_epochs == (3, 2, 1)
+
+
+def test_minimum_epoch_lifetime_defers_automatic_rekeys():
+    clock = FakeClock()
+    limits = RecordLimits(soft_messages=10, hard_messages=1000)
+    a, _b = sessions(clock, record_limits=limits, min_epoch_records=50,
+                     min_epoch_lifetime=5.0)
+    for _ in range(60):
+        a.seal(b"x")
+    assert a.send_epoch == 0  # soft limit hit, but the epoch is too young
+    clock.now += 5
+    a.seal(b"x")
+    assert a.send_epoch == 1
+    a.rekey()  # explicit: not deferred
+    assert a.send_epoch == 2
+
+
+def test_hard_limit_is_never_deferred():
+    limits = RecordLimits(soft_messages=2, hard_messages=3)
+    a, b = sessions(record_limits=limits, min_epoch_records=100)
+    records = [a.seal(b"%d" % i) for i in range(7)]
+    assert a.send_epoch == 2
+    assert [b.open(r) for r in records] == [b"%d" % i for i in range(7)]
 
 
 def test_ratchet_is_one_way_and_directional():

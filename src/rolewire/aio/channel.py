@@ -18,6 +18,7 @@ from rolewire.aio._base import (
     reason_name,
     run_handshake,
 )
+from rolewire.enduser.context import has_current, propagation_metadata
 from rolewire.errors import (
     ConnectionClosed,
     HandshakeError,
@@ -111,9 +112,10 @@ class Channel(RecordConnection):
     # -- calls -------------------------------------------------------------------------
     def _message(self, kind: MessageType, call_id: int, operation: str, body: bytes,
                  metadata: Mapping[str, bytes] | None) -> bytes:
-        """The plaintext of one outgoing call message (with ``metadata``, and
-        whatever the outgoing hooks add)."""
-        meta: Mapping[str, bytes] = metadata or {}
+        """The plaintext of one outgoing call message (with ``metadata``, the
+        end-user context of the handler we run in, and whatever the outgoing
+        hooks add)."""
+        meta: Mapping[str, bytes] = propagation_metadata(metadata or {})
         for hook in self.outgoing_hooks:
             meta = hook(self, kind, call_id, operation, body, meta)
         if not meta:
@@ -140,7 +142,7 @@ class Channel(RecordConnection):
         self._check_open()
         call_id = self._next_id
         self._next_id += 1
-        if metadata or self.outgoing_hooks:
+        if metadata or self.outgoing_hooks or has_current():
             self.queue(self._message(MessageType.REQUEST, call_id, operation, bytes(body),
                                      metadata))
         else:
@@ -169,7 +171,7 @@ class Channel(RecordConnection):
         other messages of this loop iteration (or at once past 64 KiB);
         waits only when the transport's buffer is full."""
         self._check_open()
-        if metadata or self.outgoing_hooks:
+        if metadata or self.outgoing_hooks or has_current():
             self.queue(self._message(MessageType.NOTIFY, 0, operation, bytes(body), metadata))
         else:
             self.queue(self._notify_head(operation) + bytes(body))
@@ -182,7 +184,7 @@ class Channel(RecordConnection):
         ``write`` per batch, in order. Waits for the transport buffer to
         drain below its high-water mark. ``metadata`` goes with each."""
         self._check_open()
-        if metadata or self.outgoing_hooks:
+        if metadata or self.outgoing_hooks or has_current():
             messages = [self._message(MessageType.NOTIFY, 0, operation, bytes(body), metadata)
                         for body in bodies]
         else:

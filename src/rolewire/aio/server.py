@@ -24,6 +24,7 @@ from rolewire.aio._base import (
     run_handshake,
 )
 from rolewire.budgets import CallGuard
+from rolewire.callstate import ConnectionState
 from rolewire.errors import (
     AuthenticationFailed,
     ConfigurationError,
@@ -111,6 +112,9 @@ class _ServerConnection(RecordConnection):
         # Refused calls of this connection: audit-line budget, close threshold.
         self.guard = CallGuard(**server.call_guard)
         self._refused_seen = 0
+        # Per-connection state of the call layers (end-user token cache,
+        # signed-call batches): rolewire.callstate.
+        self.call_state = ConnectionState(session.transcript_hash)
         if server.idle_timeout:
             self._idle_handle = self._loop.call_later(server.idle_timeout, self._idle_check)
 
@@ -261,6 +265,7 @@ class _ServerConnection(RecordConnection):
         guard = self.guard
         now = self._loop.time()
         dispatch_nowait = service.dispatch_nowait
+        state = self.call_state
         for plaintext in self.open_records(records):
             message = decode(plaintext)
             call_type = message.type
@@ -268,7 +273,7 @@ class _ServerConnection(RecordConnection):
                 stats.notifications += 1
                 if self._closing:
                     continue
-                done = dispatch_nowait(message, roles, peer, guard, now)
+                done = dispatch_nowait(message, roles, peer, guard, now, state)
                 if done is not None and not isinstance(done, CallMessage):
                     await done
                 if guard.refused != self._refused_seen:
@@ -282,7 +287,7 @@ class _ServerConnection(RecordConnection):
                 elif not self._server.is_async(message.operation):
                     # Synchronous handler (or an unknown operation): answer
                     # inline, no task needed.
-                    reply = dispatch_nowait(message, roles, peer, guard, now)
+                    reply = dispatch_nowait(message, roles, peer, guard, now, state)
                     if reply is not None and not isinstance(reply, CallMessage):
                         reply = await reply
                     self._reply(reply)
@@ -315,7 +320,7 @@ class _ServerConnection(RecordConnection):
     async def _run_call(self, message: CallMessage) -> None:
         try:
             reply = await self._service.dispatch(message, self.session.peer_roles, self.peer,
-                                                 self.guard, self._loop.time())
+                                                 self.guard, self._loop.time(), self.call_state)
             self._reply(reply)
             self._check_guard()
         finally:

@@ -44,8 +44,13 @@ class HandshakeConfig:
         max_message_size: bound on one handshake message, header included.
         rekey_interval: the session ratchets its send key at least this often
             (seconds, checked on every send).
-        grace_period: how long the previous receive epoch stays open after
-            the peer moved to a new one.
+        grace_period: how long each past receive epoch stays open after
+            the peer moved past it.
+        record_past_epochs: how many past receive epochs stay open at most
+            (RecordLayer ``past_epochs``; None = its default, 4).
+        min_epoch_records: an automatic rekey waits until the sending epoch
+            sealed this many records (see :class:`~rolewire.session.Session`).
+        min_epoch_lifetime: ... and until it lived this many seconds.
         record_limits: the sessions' record limits (RecordLayer ``limits``).
         record_window: their replay window size (RecordLayer ``window``).
         record_backend: ``"c"``, ``"pure"`` or None (RecordLayer ``backend``).
@@ -62,9 +67,23 @@ class HandshakeConfig:
     max_message_size: int = MAX_MESSAGE_SIZE
     rekey_interval: float = 600.0
     grace_period: float = 30.0
+    record_past_epochs: int | None = None
+    min_epoch_records: int = 64
+    min_epoch_lifetime: float = 0.0
     record_limits: Any = None
     record_window: int | None = None
     record_backend: str | None = None
+
+    def session_options(self) -> dict[str, Any]:
+        """The keyword arguments of ``Session.from_keys`` this config sets
+        (rekeying, grace periods, record layer)."""
+        return {
+            "limits": self.record_limits, "window": self.record_window,
+            "backend": self.record_backend, "rekey_interval": self.rekey_interval,
+            "grace_period": self.grace_period, "past_epochs": self.record_past_epochs,
+            "min_epoch_records": self.min_epoch_records,
+            "min_epoch_lifetime": self.min_epoch_lifetime, "clock": self.clock,
+        }
 
     def __post_init__(self) -> None:
         roles = self.roles

@@ -366,9 +366,7 @@ class Handshake:
             suite=suite.record_suite, send_key=send[0], send_iv=send[1], recv_key=recv[0],
             recv_iv=recv[1], peer_roles=names, handshake_suite=suite,
             transcript_hash=self._ss.h, is_initiator=self.is_initiator,
-            limits=cfg.record_limits, window=cfg.record_window, backend=cfg.record_backend,
-            rekey_interval=cfg.rekey_interval, grace_period=cfg.grace_period,
-            clock=cfg.clock)
+            **cfg.session_options())
         session.peer_role_kinds = kinds
         self._session = session
         self._state = _State.DONE

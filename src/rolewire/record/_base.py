@@ -12,7 +12,7 @@ from itertools import accumulate, pairwise
 from typing import TYPE_CHECKING, Any, Union, cast
 
 from rolewire.errors import ConfigurationError, RecordError
-from rolewire.record._format import DEFAULT_WINDOW, RecordLimits, Suite
+from rolewire.record._format import DEFAULT_PAST_EPOCHS, DEFAULT_WINDOW, RecordLimits, Suite
 
 if TYPE_CHECKING:
     from typing_extensions import Buffer, Self
@@ -148,6 +148,10 @@ class RecordLayer:
     - ``epoch``: the key epoch both directions start in;
     - ``limits``: soft/hard rekey limits and the maximum record size;
     - ``window``: replay window size in counters (multiple of 64, 64..2**20);
+    - ``past_epochs``: how many past receive epochs stay open for late
+      records (0..64, default 4); each epoch change pushes the old epoch and
+      any skipped ones, the oldest beyond the bound are wiped. The session
+      retires each one after its grace period (:meth:`retire_epoch`);
     - ``backend``: ``"c"`` (default), or ``"pure"`` for the pure-Python twin;
       ``None`` honours ``ROLEWIRE_PURE=1``.
     """
@@ -165,6 +169,7 @@ class RecordLayer:
         epoch: int = 0,
         limits: RecordLimits | None = None,
         window: int = DEFAULT_WINDOW,
+        past_epochs: int = DEFAULT_PAST_EPOCHS,
         backend: str | None = None,
     ) -> Self:
         if cls is not RecordLayer:
@@ -234,8 +239,18 @@ class RecordLayer:
         raise NotImplementedError
 
     def retire_previous_epoch(self) -> None:
-        """Wipe the receive key of the previous epoch (end of its grace
-        period); its records are refused from now on."""
+        """Wipe the receive keys of every past epoch; their records are
+        refused from now on."""
+        raise NotImplementedError
+
+    def retire_epoch(self, epoch: int) -> None:
+        """Wipe the receive key of one past epoch (the end of its grace
+        period); unknown or current epochs are ignored."""
+        raise NotImplementedError
+
+    @property
+    def past_epochs(self) -> tuple[int, ...]:
+        """The past receive epochs still open, newest first."""
         raise NotImplementedError
 
     def close(self) -> None:
@@ -254,8 +269,8 @@ class RecordLayer:
 
     @property
     def has_previous_epoch(self) -> bool:
-        """True while the previous receive epoch is still open (grace period)."""
-        raise NotImplementedError
+        """True while any past receive epoch is still open (grace period)."""
+        return bool(self.past_epochs)
 
     @property
     def messages_sealed(self) -> int:

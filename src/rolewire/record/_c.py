@@ -23,12 +23,14 @@ from rolewire.record._base import (
     as_offsets,
 )
 from rolewire.record._format import (
+    DEFAULT_PAST_EPOCHS,
     DEFAULT_WINDOW,
     ERR_MALFORMED,
     ERR_NOT_READY,
     RecordLimits,
     Suite,
     check_keys,
+    check_past_epochs,
     check_window,
     error_for,
 )
@@ -77,11 +79,13 @@ class CRecordLayer(RecordLayer):
         epoch: int = 0,
         limits: RecordLimits | None = None,
         window: int = DEFAULT_WINDOW,
+        past_epochs: int = DEFAULT_PAST_EPOCHS,
         backend: str | None = None,
     ) -> None:
         self.suite = Suite(suite)
         self.limits = limits if limits is not None else RecordLimits()
         self.window = check_window(window)
+        self.max_past_epochs = check_past_epochs(past_epochs)
         check_keys(self.suite, send_key, send_iv, "send")
         check_keys(self.suite, recv_key, recv_iv, "receive")
         if not isinstance(epoch, int) or not 0 <= epoch <= 0xFFFFFFFF:
@@ -100,6 +104,9 @@ class CRecordLayer(RecordLayer):
         # ffi.gc wipes and frees the C state when the layer is collected.
         self._sender = ffi.gc(sender, lib.rw_sender_free)
         self._receiver = ffi.gc(receiver, lib.rw_receiver_free)
+        rc = lib.rw_receiver_set_max_past(self._receiver, past_epochs)
+        if rc < 0:
+            raise error_for(rc)
         self._overhead = self.suite.overhead
         self.recv_epoch_advanced_at = None
 
@@ -215,6 +222,17 @@ class CRecordLayer(RecordLayer):
     @property
     def recv_epoch(self) -> int:
         return int(lib.rw_receiver_epoch(self._receiver))
+
+    def retire_epoch(self, epoch: int) -> None:
+        rc = lib.rw_receiver_retire_epoch(self._receiver, epoch & 0xFFFFFFFF)
+        if rc < 0:
+            raise error_for(rc)
+
+    @property
+    def past_epochs(self) -> tuple[int, ...]:
+        receiver = self._receiver
+        return tuple(int(lib.rw_receiver_past_epoch(receiver, i))
+                     for i in range(lib.rw_receiver_past_count(receiver)))
 
     @property
     def has_previous_epoch(self) -> bool:

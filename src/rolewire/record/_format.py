@@ -33,6 +33,9 @@ WINDOW_MAX = 1 << 20
 DEFAULT_WINDOW = 8192
 #: How many epochs ahead a record may be and still advance the receiver.
 MAX_EPOCH_SKIP = 4
+#: Past receive epochs kept open by default, and the most a layer may keep.
+DEFAULT_PAST_EPOCHS = 4
+MAX_PAST_EPOCHS = 64
 MAX_EPOCH = 0xFFFFFFFF
 
 _HEADER = struct.Struct(">BBIQ")
@@ -219,6 +222,14 @@ def check_keys(suite: Suite, key: object, iv: object, what: str) -> None:
         raise ConfigurationError(f"{what} key must be {KEY_SIZE} bytes")
     if not isinstance(iv, (bytes, bytearray)) or len(iv) != suite.iv_size:
         raise ConfigurationError(f"{what} IV must be {suite.iv_size} bytes for {suite.wire_name}")
+
+
+def check_past_epochs(past_epochs: int) -> int:
+    """Validates the number of past receive epochs a layer keeps open."""
+    if (not isinstance(past_epochs, int) or isinstance(past_epochs, bool)
+            or not 0 <= past_epochs <= MAX_PAST_EPOCHS):
+        raise ConfigurationError(f"past_epochs must be an integer in [0, {MAX_PAST_EPOCHS}]")
+    return past_epochs
 
 
 def check_window(window: object) -> int:

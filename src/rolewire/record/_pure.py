@@ -25,6 +25,7 @@ from rolewire.record._base import (
     as_offsets,
 )
 from rolewire.record._format import (
+    DEFAULT_PAST_EPOCHS,
     DEFAULT_WINDOW,
     EPOCH_ADVANCED,
     ERR_ARG,
@@ -44,6 +45,7 @@ from rolewire.record._format import (
     RecordLimits,
     Suite,
     check_keys,
+    check_past_epochs,
     check_window,
     error_for,
     make_nonce,
@@ -96,11 +98,13 @@ class PureRecordLayer(RecordLayer):
         epoch: int = 0,
         limits: RecordLimits | None = None,
         window: int = DEFAULT_WINDOW,
+        past_epochs: int = DEFAULT_PAST_EPOCHS,
         backend: str | None = None,
     ) -> None:
         self.suite = Suite(suite)
         self.limits = limits if limits is not None else RecordLimits()
         self.window = check_window(window)
+        self.max_past_epochs = check_past_epochs(past_epochs)
         check_keys(self.suite, send_key, send_iv, "send")
         check_keys(self.suite, recv_key, recv_iv, "receive")
         if not isinstance(epoch, int) or not 0 <= epoch <= 0xFFFFFFFF:
@@ -112,7 +116,8 @@ class PureRecordLayer(RecordLayer):
         self._bytes = 0
         self._current: _Epoch | None = _Epoch(self.suite, bytes(recv_key), bytes(recv_iv),
                                               epoch, window)
-        self._previous: _Epoch | None = None
+        # Past epochs still open, newest first (csrc/record.c: past[]).
+        self._past: list[_Epoch] = []
         self.recv_epoch_advanced_at = None
 
     # -- sealing -----------------------------------------------------------
@@ -194,16 +199,19 @@ class PureRecordLayer(RecordLayer):
             return ERR_COUNTER, b""
         current = self._current
         assert current is not None
-        previous = self._previous
         candidate: _Epoch | None = None
+        skipped: list[tuple[bytes, bytes, int]] = []
+        past = next((p for p in self._past if p.number == epoch), None)
         if epoch == current.number:
             target = current
-        elif previous is not None and epoch == previous.number:
-            target = previous
+        elif epoch < current.number and past is not None:
+            target = past
         elif current.number < epoch <= current.number + MAX_EPOCH_SKIP:
             key, iv, number = current.key, current.iv, current.number
             while number < epoch:
                 key, iv, number = ratchet(key, iv, number)
+                if number < epoch:
+                    skipped.append((key, iv, number))
             candidate = target = _Epoch(suite, key, iv, number, self.window)
         else:
             return ERR_UNKNOWN_EPOCH, b""
@@ -218,7 +226,11 @@ class PureRecordLayer(RecordLayer):
             return ERR_AUTH, b""
         target.window.update(counter)
         if candidate is not None:
-            self._previous, self._current = current, candidate
+            # The current epoch and every skipped one become past epochs,
+            # newest first; the oldest beyond the bound are dropped.
+            pushed = [current] + [_Epoch(suite, k, v, n, self.window) for k, v, n in skipped]
+            self._past = (pushed[::-1] + self._past)[: self.max_past_epochs]
+            self._current = candidate
             return EPOCH_ADVANCED, plaintext
         return OK, plaintext
 
@@ -278,11 +290,18 @@ class PureRecordLayer(RecordLayer):
         return self._send_epoch
 
     def retire_previous_epoch(self) -> None:
-        self._previous = None
+        self._past = []
+
+    def retire_epoch(self, epoch: int) -> None:
+        self._past = [p for p in self._past if p.number != epoch]
+
+    @property
+    def past_epochs(self) -> tuple[int, ...]:
+        return tuple(p.number for p in self._past)
 
     def close(self) -> None:
         self._closed = True
-        self._previous = None
+        self._past = []
 
     @property
     def send_epoch(self) -> int:
@@ -292,10 +311,6 @@ class PureRecordLayer(RecordLayer):
     def recv_epoch(self) -> int:
         assert self._current is not None
         return self._current.number
-
-    @property
-    def has_previous_epoch(self) -> bool:
-        return self._previous is not None
 
     @property
     def messages_sealed(self) -> int:
