@@ -315,28 +315,41 @@ def test_max_connections_gives_busy():
 
 
 def test_handshake_limiter_bounds_half_open_handshakes():
+    """A silent connection holds no handshake slot (it gets TIMEOUT after the
+    first-byte deadline); when the handshake table is full, the oldest
+    half-open handshake is evicted for the new one instead of the new one
+    getting BUSY (issue 11 s.4; tests/test_dos_server.py has the rest)."""
     svc = make_service()
     limiter = HandshakeLimiter(max_pending=1, max_per_peer=1)
 
     async def main():
         async with serve(svc, SERVER_CFG, limiter=limiter, handshake_timeout=0.4) as server:
-            # A stalled peer holds the only handshake slot ...
             r, w = await raw_connect(server.port)
             await asyncio.sleep(0.05)
-            with pytest.raises(errors.HandshakeRejected) as info:
-                await connect("127.0.0.1", server.port, SHOP_CFG)
-            assert info.value.reason_code == RejectReason.BUSY
-            # ... until its handshake times out: it gets a TIMEOUT Reject.
+            async with connect("127.0.0.1", server.port, SHOP_CFG) as channel:
+                assert await channel.call("whoami") == b"shop"
             frames = await read_frames(r)
             assert reject_code(frames) == RejectReason.TIMEOUT
             w.close()
-            assert limiter.pending == 0
+            # A stalled handshake (half a Hello) holds the only slot ...
+            r, w = await raw_connect(server.port)
+            w.write(_hello_frame()[:20])
+            await w.drain()
+            while limiter.pending == 0:
+                await asyncio.sleep(0.01)
+            # ... and is evicted for the next handshake.
             async with connect("127.0.0.1", server.port, SHOP_CFG) as channel:
                 assert await channel.call("whoami") == b"shop"
+            try:
+                assert await read_frames(r) == []
+            except ConnectionError:
+                pass  # cut with a reset
+            w.close()
+            assert limiter.pending == 0
             return server.stats
 
     stats = run(main())
-    assert stats.handshake_timeouts == 1 and stats.busy_rejects == 1
+    assert stats.handshake_timeouts == 1 and stats.evictions == 1 and stats.busy_rejects == 0
     assert limiter.pending == 0
 
 

@@ -102,14 +102,24 @@ def reason_name(code: int) -> str:
 
 async def run_handshake(hs: Handshake, reader: asyncio.StreamReader,
                         writer: asyncio.StreamWriter, decoder: FrameDecoder, *,
-                        timeout: float) -> tuple[HandshakeComplete, list[Frame]]:
+                        timeout: float, first_data: bytes = b"",
+                        max_pending_frame: int | None = None,
+                        ) -> tuple[HandshakeComplete, list[Frame]]:
     """Drive ``hs`` until it completes. Returns the event and any frames that
     arrived after the last handshake message (records to hand to the
     session). Raises :class:`HandshakeAborted` (the Reject, if any, was
-    written), :class:`ProtocolViolation` or :class:`ConnectionClosed`."""
+    written), :class:`ProtocolViolation` or :class:`ConnectionClosed`.
+
+    ``first_data``: bytes already read from the stream. ``max_pending_frame``
+    (a responder's pre-authentication bound): while the handshake needs more
+    data, the frame it waits for is a handshake message, so a partial frame
+    announcing more than this many bytes (length field included) is refused
+    at its header, before it is buffered."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     frames: deque[Frame] = deque()
+    if first_data:
+        frames.extend(decoder.feed(first_data))
 
     def send_pending() -> None:
         out = hs.data_to_send()
@@ -131,6 +141,9 @@ async def run_handshake(hs: Handshake, reader: asyncio.StreamReader,
                 raise ProtocolViolation("record frame before the handshake completed")
             hs.receive_data(payload)
             continue
+        if max_pending_frame is not None and decoder.pending_frame > max_pending_frame:
+            raise ProtocolViolation(
+                "frame larger than the largest handshake message before authentication")
         remaining = deadline - loop.time()
         data = b""
         if remaining > 0:

@@ -331,13 +331,14 @@ class Channel(RecordConnection):
 
 
 async def _connect(host: str, port: int, config: HandshakeConfig, *, timeout: float,
-                   max_frame: int | None) -> Channel:
+                   max_frame: int | None,
+                   local_addr: tuple[str, int] | None = None) -> Channel:
     if not isinstance(config, HandshakeConfig):
         raise TypeError("config must be a HandshakeConfig")
     loop = asyncio.get_running_loop()
     deadline = loop.time() + min(timeout, config.timeout)
     reader, writer = await asyncio.wait_for(
-        asyncio.open_connection(host, port, limit=STREAM_LIMIT), timeout)
+        asyncio.open_connection(host, port, limit=STREAM_LIMIT, local_addr=local_addr), timeout)
     peername = writer.get_extra_info("peername")
     peer = f"{peername[0]}:{peername[1]}" if peername else f"{host}:{port}"
     decoder = FrameDecoder(max_frame or default_max_frame(config))
@@ -378,7 +379,8 @@ class _Connect:
 
 
 def connect(host: str, port: int, config: HandshakeConfig, *, timeout: float = 10.0,
-            max_frame: int | None = None) -> _Connect:
+            max_frame: int | None = None,
+            local_addr: tuple[str, int] | None = None) -> _Connect:
     """Open a TCP connection, run the handshake as initiator, return a
     :class:`Channel`. Use as ``channel = await connect(...)`` or
     ``async with connect(...) as channel``.
@@ -389,5 +391,9 @@ def connect(host: str, port: int, config: HandshakeConfig, *, timeout: float = 1
     code, e.g. BUSY when the server is at its connection bound;
     :class:`~rolewire.errors.HandshakeTimeout`, ...),
     :class:`~rolewire.errors.ConnectionClosed` or ``OSError``.
+
+    ``local_addr`` binds the local end (e.g. ``("127.0.0.2", 0)``: servers
+    apply their per-peer limits by source address).
     """
-    return _Connect(host, port, config, timeout=timeout, max_frame=max_frame)
+    return _Connect(host, port, config, timeout=timeout, max_frame=max_frame,
+                    local_addr=local_addr)

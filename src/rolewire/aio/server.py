@@ -4,6 +4,7 @@ as responder and dispatches calls to a :class:`~rolewire.services.Service`."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 from collections import deque
@@ -12,18 +13,21 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from rolewire.aio._base import (
+    READ_SIZE,
     STREAM_LIMIT,
+    WRITE_HIGH_WATER,
     Frame,
     HandshakeAborted,
     RecordConnection,
     close_writer,
+    limit_recv_size,
     linger_close,
     log,
     log_handshake_complete,
     log_handshake_failed,
     run_handshake,
 )
-from rolewire.budgets import CallGuard
+from rolewire.budgets import CallGuard, PeerBudget, peer_group
 from rolewire.callstate import ConnectionState
 from rolewire.errors import (
     AuthenticationFailed,
@@ -35,6 +39,9 @@ from rolewire.errors import (
     TooManyHandshakes,
 )
 from rolewire.handshake import HandshakeConfig, HandshakeLimiter, Responder, busy_reject
+from rolewire.handshake.limiter import HandshakeSlot
+from rolewire.handshake.messages import Reject
+from rolewire.handshake.reasons import RejectReason
 from rolewire.protocol.wire import (
     CallMessage,
     ErrorCode,
@@ -68,6 +75,9 @@ class ServerStats:
     handshakes_failed: int = 0
     handshake_timeouts: int = 0
     busy_rejects: int = 0
+    evictions: int = 0
+    first_byte_timeouts: int = 0
+    rate_limited: int = 0
     protocol_errors: int = 0
     idle_closes: int = 0
     records_sealed: int = 0
@@ -205,7 +215,15 @@ class _ServerConnection(RecordConnection):
                     self.flush()  # the replies of this chunk, in one write
                 if self._peer_closed:
                     break
-                while self._backlog or self._inflight >= self._server.max_inflight:
+                max_inflight = self._server.max_inflight
+                while self._backlog or self._inflight >= max_inflight:
+                    if self._backlog and self._inflight < max_inflight:
+                        # Held back while replies were unsent: wait until
+                        # they drain, then start what the backlog holds.
+                        await self.drain()
+                        while self._backlog and self._inflight < max_inflight:
+                            self._start(self._backlog.popleft())
+                        continue
                     self._room.clear()
                     await self._room.wait()  # back-pressure: stop reading
                 # A client that does not read its replies stops being read.
@@ -293,7 +311,14 @@ class _ServerConnection(RecordConnection):
                     self._reply(reply)
                     if guard.refused != self._refused_seen:
                         self._check_guard()
-                elif self._inflight < self._server.max_inflight:
+                    if self._unsent() > WRITE_HIGH_WATER:
+                        # Issue 11 s.4: a client that does not read must not
+                        # make us buffer a chunk's worth of large replies.
+                        # Stop handling its requests until they drain.
+                        self.flush()
+                        await self.drain()
+                elif (self._inflight < self._server.max_inflight
+                      and self._unsent() <= WRITE_HIGH_WATER):
                     self._start(message)
                 else:
                     self._backlog.append(message)
@@ -303,6 +328,10 @@ class _ServerConnection(RecordConnection):
             else:
                 # RESPONSE/ERROR: the server issues no calls.
                 raise ProtocolViolation("unexpected reply message from the client")
+
+    def _unsent(self) -> int:
+        """Reply bytes queued or in the transport's buffer, not yet sent."""
+        return self._out_bytes + self._transport.get_write_buffer_size()
 
     def _reply(self, reply: CallMessage | None) -> None:
         if reply is None:
@@ -328,14 +357,32 @@ class _ServerConnection(RecordConnection):
             self.last_activity = self._loop.time()
             if self._transport.is_closing():
                 self._backlog.clear()  # nobody to answer
-            elif self._backlog:
+            elif self._backlog and self._unsent() <= WRITE_HIGH_WATER:
                 self._start(self._backlog.popleft())
-            if self._inflight < self._server.max_inflight and not self._backlog:
-                self._room.set()
+            # The run loop re-checks the backlog and the in-flight bound.
+            self._room.set()
             if self._inflight == 0:
                 self._idle_event.set()
                 if self._closing and not self._backlog:
                     self._send_close()  # leaves in the same write as the last reply
+
+
+#: Stream buffer limit before the handshake completes (asyncio stops reading
+#: a connection whose buffer passes twice its limit).
+PRE_AUTH_STREAM_LIMIT = 32 * 1024
+#: Busy refusals lingering (to deliver their Reject) at once; more are cut.
+_MAX_LINGERING = 256
+
+
+class _Pending:
+    """An unauthenticated connection in the server's table."""
+
+    __slots__ = ("key", "slot", "writer")
+
+    def __init__(self, key: str, writer: asyncio.StreamWriter) -> None:
+        self.key = key
+        self.writer = writer
+        self.slot: HandshakeSlot | None = None
 
 
 class Server:
@@ -350,23 +397,40 @@ class Server:
                  handshake_timeout: float, idle_timeout: float | None,
                  limiter: HandshakeLimiter | None, max_frame: int | None,
                  max_inflight: int, close_timeout: float,
-                 call_guard: dict[str, Any] | None = None) -> None:
+                 call_guard: dict[str, Any] | None = None,
+                 max_pending_per_peer: int | None = None,
+                 first_byte_timeout: float = 3.0,
+                 handshake_rate: tuple[float, int] | None = (20.0, 64)) -> None:
         if not isinstance(config, HandshakeConfig):
             raise ConfigurationError("config must be a HandshakeConfig")
         if max_connections < 1 or max_inflight < 1:
             raise ConfigurationError("max_connections and max_inflight must be >= 1")
-        if handshake_timeout <= 0 or close_timeout <= 0 or (idle_timeout is not None
-                                                           and idle_timeout <= 0):
+        if handshake_timeout <= 0 or close_timeout <= 0 or first_byte_timeout <= 0 or (
+                idle_timeout is not None and idle_timeout <= 0):
             raise ConfigurationError("timeouts must be > 0 (idle_timeout may be None)")
+        if max_pending_per_peer is None:
+            max_pending_per_peer = max(1, min(32, max_connections // 8))
+        if max_pending_per_peer < 1:
+            raise ConfigurationError("max_pending_per_peer must be >= 1")
         self.service = service
         self.config = config
         self.max_connections = max_connections
         self.handshake_timeout = min(handshake_timeout, config.timeout)
         self.idle_timeout = idle_timeout
+        #: Unauthenticated connections (waiting for their first byte or in
+        #: the handshake) from one address (IPv6: one /64) at once.
+        self.max_pending_per_peer = max_pending_per_peer
+        #: Seconds a new connection may take to send its first byte.
+        self.first_byte_timeout = min(first_byte_timeout, self.handshake_timeout)
         if limiter is None:
             pending = min(256, max_connections)
-            limiter = HandshakeLimiter(max_pending=pending, max_per_peer=pending)
+            limiter = HandshakeLimiter(max_pending=pending,
+                                       max_per_peer=min(pending, max_pending_per_peer))
         self.limiter = limiter
+        #: Handshakes one address may start: (per second, burst); None: no bound.
+        self.handshake_rate = handshake_rate
+        self._handshake_budget = (PeerBudget(*handshake_rate)
+                                  if handshake_rate is not None else None)
         self.max_frame = max_frame or default_max_frame(config)
         self.max_inflight = max_inflight
         self.close_timeout = close_timeout
@@ -376,7 +440,10 @@ class Server:
         self._server: asyncio.base_events.Server | None = None
         self._handlers: set[asyncio.Task[Any]] = set()
         self._established: set[_ServerConnection] = set()
-        self._handshaking: set[asyncio.StreamWriter] = set()
+        # Unauthenticated connections, oldest first (the eviction order).
+        self._unauthenticated: dict[asyncio.StreamWriter, _Pending] = {}
+        self._pending_per_peer: dict[str, int] = {}
+        self._lingering = 0
         self._closing = False
         self._async_ops: dict[str, bool] = {}
 
@@ -408,7 +475,7 @@ class Server:
         self._closing = True
         if self._server is not None:
             self._server.close()
-        for writer in list(self._handshaking):
+        for writer in list(self._unauthenticated):
             writer.transport.abort()
         for conn in list(self._established):
             conn.begin_close("shutdown")
@@ -445,8 +512,11 @@ class Server:
 
     # -- connections ----------------------------------------------------------------------
     async def _start(self, host: str, port: int, **kwargs: Any) -> None:
+        # The stream buffer limit starts small (a pre-authentication peer
+        # gets at most about twice PRE_AUTH_STREAM_LIMIT buffered) and is
+        # raised to STREAM_LIMIT once the handshake has completed.
         self._server = await asyncio.start_server(self._on_connection, host, port,
-                                                  limit=STREAM_LIMIT, **kwargs)
+                                                  limit=PRE_AUTH_STREAM_LIMIT, **kwargs)
 
     async def _on_connection(self, reader: asyncio.StreamReader,
                              writer: asyncio.StreamWriter) -> None:
@@ -475,46 +545,135 @@ class Server:
         if self._closing:
             writer.transport.abort()
             return
-        if stats.connections_open >= self.max_connections:
-            stats.busy_rejects += 1
-            log.info("connection refused: busy", extra={
-                "event": "busy_reject", "peer": peer, "open": stats.connections_open})
-            writer.write(encode_frame(FrameKind.HANDSHAKE, busy_reject()))
-            await linger_close(reader, writer, timeout=0.5)
+        limit_recv_size(writer.transport)
+        key = peer_group(host)
+        if self._pending_per_peer.get(key, 0) >= self.max_pending_per_peer:
+            # One address may not fill the table (issue 11 s.4: 500 idle
+            # sockets from one peer used to lock everyone out).
+            await self._refuse_busy(reader, writer, peer, "peer_pending")
             return
+        if stats.connections_open >= self.max_connections and not self._evict_oldest():
+            await self._refuse_busy(reader, writer, peer, "connections")
+            return
+        pending = _Pending(key, writer)
+        self._unauthenticated[writer] = pending
+        self._pending_per_peer[key] = self._pending_per_peer.get(key, 0) + 1
         stats.connections_open += 1
         stats.connections_total += 1
         try:
-            await self._handshake_and_run(reader, writer, host, peer)
+            await self._handshake_and_run(reader, writer, host, peer, pending)
         finally:
+            self._authenticated(pending)
             stats.connections_open -= 1
 
-    async def _handshake_and_run(self, reader: asyncio.StreamReader,
-                                 writer: asyncio.StreamWriter, host: str, peer: str) -> None:
+    def _authenticated(self, pending: _Pending) -> None:
+        """Take a connection out of the unauthenticated table (idempotent)."""
+        if self._unauthenticated.pop(pending.writer, None) is None:
+            return
+        n = self._pending_per_peer.get(pending.key, 0) - 1
+        if n <= 0:
+            self._pending_per_peer.pop(pending.key, None)
+        else:
+            self._pending_per_peer[pending.key] = n
+        if pending.slot is not None:
+            pending.slot.release()
+
+    def _evict_oldest(self, *, handshaking: bool = False) -> bool:
+        """Cut the oldest unauthenticated connection (with ``handshaking``:
+        the oldest holding a handshake slot) to make room for a new one;
+        False if there is none. Its slot is freed at once."""
+        for writer, pending in self._unauthenticated.items():
+            if handshaking and pending.slot is None:
+                continue
+            self._authenticated(pending)
+            writer.transport.abort()
+            self.stats.evictions += 1
+            log.info("unauthenticated connection evicted", extra={
+                "event": "evicted", "peer": pending.key})
+            return True
+        return False
+
+    async def _refuse_busy(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                           peer: str, why: str) -> None:
         stats = self.stats
-        decoder = FrameDecoder(self.max_frame)
+        stats.busy_rejects += 1
+        log.info("connection refused: busy", extra={
+            "event": "busy_reject", "peer": peer, "open": stats.connections_open,
+            "why": why})
+        writer.write(encode_frame(FrameKind.HANDSHAKE, busy_reject()))
+        if self._lingering >= _MAX_LINGERING:
+            # Under a flood, refusals must not pile up either: cut at once
+            # (the BUSY may be lost to a RST; the peer sees a reset).
+            writer.transport.abort()
+            return
+        self._lingering += 1
         try:
-            slot = self.limiter.acquire(host)
+            await linger_close(reader, writer, timeout=0.5)
+        finally:
+            self._lingering -= 1
+
+    async def _handshake_and_run(self, reader: asyncio.StreamReader,
+                                 writer: asyncio.StreamWriter, host: str, peer: str,
+                                 pending: _Pending) -> None:
+        stats = self.stats
+        loop = asyncio.get_running_loop()
+        decoder = FrameDecoder(self.max_frame)
+        # A short deadline for the first byte: a connection that says nothing
+        # holds no handshake slot, and not for long.
+        try:
+            first = await asyncio.wait_for(reader.read(READ_SIZE), self.first_byte_timeout)
+        except asyncio.TimeoutError:
+            stats.handshakes_failed += 1
+            stats.handshake_timeouts += 1
+            stats.first_byte_timeouts += 1
+            log_handshake_failed("TIMEOUT", peer=peer, side="responder")
+            if not writer.transport.is_closing():
+                writer.write(encode_frame(FrameKind.HANDSHAKE,
+                                          Reject(RejectReason.TIMEOUT).encode()))
+            await close_writer(writer)
+            return
+        except (ConnectionError, OSError):
+            first = b""
+        if not first or writer.transport.is_closing():
+            stats.handshakes_failed += 1
+            log_handshake_failed("ConnectionClosed", peer=peer, side="responder")
+            writer.transport.abort()
+            return
+        budget = self._handshake_budget
+        if budget is not None and not budget.take(pending.key, loop.time()):
+            stats.handshakes_failed += 1
+            stats.rate_limited += 1
+            log_handshake_failed("BUSY", peer=peer, side="responder")
+            self._authenticated(pending)
+            await self._refuse_busy(reader, writer, peer, "handshake_rate")
+            return
+        try:
+            slot = self.limiter.acquire(pending.key)
         except TooManyHandshakes:
-            stats.busy_rejects += 1
+            slot = None
+            if self.limiter.pending >= self.limiter.max_pending and self._evict_oldest(
+                    handshaking=True):
+                with contextlib.suppress(TooManyHandshakes):
+                    slot = self.limiter.acquire(pending.key)
+        if slot is None:
             stats.handshakes_failed += 1
             log_handshake_failed("BUSY", peer=peer, side="responder")
-            writer.write(encode_frame(FrameKind.HANDSHAKE, busy_reject()))
-            await linger_close(reader, writer, timeout=0.5)
+            self._authenticated(pending)
+            await self._refuse_busy(reader, writer, peer, "handshakes")
             return
-        self._handshaking.add(writer)
+        pending.slot = slot
         try:
             hs = Responder(self.config, peer=host)
-            event, leftover = await run_handshake(hs, reader, writer, decoder,
-                                                  timeout=self.handshake_timeout)
+            event, leftover = await run_handshake(
+                hs, reader, writer, decoder, timeout=self.handshake_timeout, first_data=first,
+                max_pending_frame=self.config.max_message_size + 5)  # + length, kind
         except HandshakeAborted as aborted:
             stats.handshakes_failed += 1
             if aborted.reason == "TIMEOUT":
                 stats.handshake_timeouts += 1
             log_handshake_failed(aborted.reason, peer=peer, side="responder",
                                  remote=aborted.remote, error=aborted.error)
-            self._handshaking.discard(writer)
-            slot.release()
+            self._authenticated(pending)
             await linger_close(reader, writer, timeout=0.5)
             return
         except (ProtocolViolation, ConnectionClosed, OSError) as exc:
@@ -525,9 +684,11 @@ class Server:
             writer.transport.abort()
             return
         finally:
-            # The slot bounds half-open handshakes: free it however we left.
-            self._handshaking.discard(writer)
-            slot.release()
+            # Frees the slot and the per-peer count however we left.
+            self._authenticated(pending)
+        if isinstance(getattr(reader, "_limit", None), int):
+            # asyncio has no public setter for a stream's buffer limit.
+            reader._limit = STREAM_LIMIT  # type: ignore[attr-defined]
         log_handshake_complete(event, peer=peer, side="responder")
         stats.sessions_open += 1
         stats.sessions_total += 1
@@ -575,7 +736,9 @@ def serve(service: Service, config: HandshakeConfig, *, host: str = "127.0.0.1",
           idle_timeout: float | None = 300.0, limiter: HandshakeLimiter | None = None,
           max_frame: int | None = None, max_inflight: int = 64,
           close_timeout: float = 5.0, backlog: int = 1024,
-          call_guard: dict[str, Any] | None = None) -> _Serve:
+          call_guard: dict[str, Any] | None = None, max_pending_per_peer: int | None = None,
+          first_byte_timeout: float = 3.0,
+          handshake_rate: tuple[float, int] | None = (20.0, 64)) -> _Serve:
     """Listen on ``host:port`` and serve ``service`` to every peer that
     completes a handshake with ``config``.
 
@@ -589,7 +752,7 @@ def serve(service: Service, config: HandshakeConfig, *, host: str = "127.0.0.1",
         idle_timeout: an established session with no traffic and no call in
             progress for this long is closed gracefully (None: never).
         limiter: bounds half-open handshakes (default: ``min(256,
-            max_connections)`` pending, no separate per-peer bound).
+            max_connections)`` pending, ``max_pending_per_peer`` per address).
         max_frame: largest frame accepted (default: the config's largest
             record or handshake message).
         max_inflight: requests of one connection running at once; beyond it
@@ -601,8 +764,19 @@ def serve(service: Service, config: HandshakeConfig, *, host: str = "127.0.0.1",
         call_guard: keyword arguments of each connection's
             :class:`~rolewire.budgets.CallGuard` (audit lines per connection;
             the refused-call threshold past which it is closed).
+        max_pending_per_peer: unauthenticated connections (before or in the
+            handshake) from one address, IPv6 peers grouped by /64; one more
+            gets BUSY (default: ``max_connections // 8``, at most 32). When
+            the connection table or the handshake table is full, the oldest
+            unauthenticated connection is evicted to admit a new one.
+        first_byte_timeout: seconds a new connection may stay silent before
+            it is closed (it holds no handshake slot meanwhile).
+        handshake_rate: ``(per_second, burst)`` handshakes one address may
+            start (a token bucket); over it, BUSY. None: unbounded.
     """
     return _Serve(service, config, host=host, port=port, max_connections=max_connections,
                   handshake_timeout=handshake_timeout, idle_timeout=idle_timeout,
                   limiter=limiter, max_frame=max_frame, max_inflight=max_inflight,
-                  close_timeout=close_timeout, backlog=backlog, call_guard=call_guard)
+                  close_timeout=close_timeout, backlog=backlog, call_guard=call_guard,
+                  max_pending_per_peer=max_pending_per_peer,
+                  first_byte_timeout=first_byte_timeout, handshake_rate=handshake_rate)

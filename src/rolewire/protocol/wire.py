@@ -168,6 +168,14 @@ class FrameDecoder:
         """Bytes held of an incomplete frame."""
         return len(self._buffer)
 
+    @property
+    def pending_frame(self) -> int:
+        """Size (length field included) that the partial frame being
+        buffered announced in its header; 0 if there is none or its header
+        is incomplete. Lets a caller refuse a frame it will not accept
+        before its bytes arrive (e.g. a responder before authentication)."""
+        return self._need if self._buffer else 0
+
     def feed(self, data: bytes) -> list[tuple[FrameKind, bytes]]:
         """Returns the frames completed by ``data``; raises
         :class:`ProtocolViolation` on an oversized or unknown frame."""
