@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from rolewire import __version__
-from rolewire.errors import RolewireError
+from rolewire.errors import ConfigurationError, RolewireError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_ERROR = 0, 1, 2, 3
 
@@ -176,13 +176,81 @@ def _demo_record(args: argparse.Namespace) -> int:
 def cmd_keygen(args: argparse.Namespace) -> int:
     """A new 32-byte role key, base64, in a file only the owner can read."""
     import base64
+    from pathlib import Path
 
     from rolewire.pki import write_secret_file
     from rolewire.roles.key import KeyRole
 
+    Path(args.path).parent.mkdir(parents=True, exist_ok=True)
     write_secret_file(args.path, base64.b64encode(KeyRole.generate_key()) + b"\n")
-    print(f"wrote role key {args.path} (mode 0600)")
+    print(f"wrote role key {args.path} (owner only)")
     return EXIT_OK
+
+
+_TTL_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_ttl(text: str) -> float:
+    """``"90s"``, ``"15m"``, ``"1h"``, ``"7d"`` (or plain seconds) -> seconds > 0."""
+    text = text.strip().lower()
+    unit = _TTL_UNITS.get(text[-1:]) if text else None
+    number = text[:-1] if unit else text
+    try:
+        value = float(number) * (unit or 1)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise ConfigurationError(f"--ttl {text!r}: give a positive duration such as 90s, "
+                                 "15m, 1h or 7d")
+    return value
+
+
+def _lifetime(args: argparse.Namespace) -> float:
+    """The validity the user asked for, in days (``--ttl`` or ``--days``)."""
+    if getattr(args, "ttl", None):
+        if args.days is not None:
+            raise ConfigurationError("give --ttl or --days, not both")
+        return parse_ttl(args.ttl) / 86400
+    days = args.days if args.days is not None else args.default_days
+    if days <= 0:
+        raise ConfigurationError(f"--days must be > 0 (got {days})")
+    return float(days)
+
+
+class _NewFiles:
+    """Files and directories a command creates: removed again if the command
+    fails, so a failure leaves nothing half-written."""
+
+    def __init__(self) -> None:
+        self.paths: list[Any] = []
+
+    def mkdir(self, directory: Any) -> None:
+        missing = []
+        for parent in (directory, *directory.parents):
+            if parent.exists():
+                break
+            missing.append(parent)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.paths += reversed(missing)
+
+    def add(self, path: Any) -> Any:
+        self.paths.append(path)
+        return path
+
+    def undo(self) -> None:
+        for path in reversed(self.paths):
+            try:
+                path.rmdir() if path.is_dir() else path.unlink()
+            except OSError:
+                pass
+
+
+def _ca_paths(directory: Any) -> tuple[Any, Any]:
+    cert, key = directory / "ca.pem", directory / "ca.key"
+    if not cert.is_file() or not key.is_file():
+        raise ConfigurationError(f"{directory} holds no CA (ca.pem and ca.key); "
+                                 f"create one with: rolewire ca init {directory}")
+    return cert, key
 
 
 def cmd_ca_init(args: argparse.Namespace) -> int:
@@ -191,38 +259,176 @@ def cmd_ca_init(args: argparse.Namespace) -> int:
     from rolewire.pki import create_ca
 
     directory = Path(args.dir)
-    directory.mkdir(parents=True, exist_ok=True)
+    if not args.name.strip() or not args.name.isprintable() or len(args.name) > 64:
+        raise ConfigurationError("--name must be 1..64 printable characters")
+    days = _lifetime(args)
     cert, key = directory / "ca.pem", directory / "ca.key"
+    if directory.exists() and not directory.is_dir():
+        raise ConfigurationError(f"{directory} exists and is not a directory")
     if cert.exists() or key.exists():
-        print(f"rolewire: error: {directory} already holds a CA", file=sys.stderr)
-        return EXIT_ERROR
-    create_ca(args.name, key_type=args.key_type, days=args.days).save(cert, key)
-    print(f"created CA {args.name!r}: {cert} (trust anchor), {key} (mode 0600)")
+        raise ConfigurationError(f"{directory} already holds a CA")
+    ca = create_ca(args.name, key_type=args.key_type, days=days)  # all in memory first
+    created = _NewFiles()
+    try:
+        created.mkdir(directory)
+        created.add(key)
+        created.add(cert)
+        ca.save(cert, key)
+    except BaseException:
+        created.undo()
+        raise
+    print(f"created CA {args.name!r}: {cert} (trust anchor), {key} (owner only)")
     return EXIT_OK
+
+
+def _issue_to(args: argparse.Namespace, name: str, days: float, *, replace: bool,
+              dns: tuple[str, ...], ips: tuple[str, ...], key_type: str) -> Any:
+    from pathlib import Path
+
+    from rolewire.pki import issue, load_issued, write_atomically
+
+    directory = Path(args.dir)
+    ca = load_issued(*_ca_paths(directory))
+    out = Path(args.out) if args.out else directory
+    if out.exists() and not out.is_dir():
+        raise ConfigurationError(f"{out} exists and is not a directory")
+    cert, key = out / f"{name}.pem", out / f"{name}.key"
+    if not replace and (cert.exists() or key.exists()):
+        raise ConfigurationError(f"{cert} or {key} already exists (use rolewire ca rotate "
+                                 "to re-issue)")
+    issued = issue(ca, name, key_type=key_type, days=days, dns_names=dns, ip_addresses=ips)
+    created = _NewFiles()
+    try:
+        created.mkdir(out)
+        # Key first, then certificate, each replaced atomically: a reader sees
+        # the old pair, or a new key with the old certificate (which does not
+        # load: it is retried), then the new pair; never a partial file.
+        write_atomically(key, issued.private_key_pem(), secret=True)
+        write_atomically(cert, issued.certificate_pem())
+    except BaseException:
+        created.undo()
+        raise
+    return issued, cert, key
 
 
 def cmd_ca_issue(args: argparse.Namespace) -> int:
+    from rolewire.pki import check_dns_name, check_ip_address
+
+    name = check_dns_name(args.name, "NAME")
+    dns = tuple(check_dns_name(d, "--dns") for d in args.dns)
+    ips = tuple(check_ip_address(a) for a in args.ip)
+    issued, cert, key = _issue_to(args, name, _lifetime(args), replace=False, dns=dns, ips=ips,
+                                  key_type=args.key_type)
+    print(f"issued {name!r}: {cert}, {key} (owner only), valid until "
+          f"{issued.certificate.not_valid_after_utc:%Y-%m-%d %H:%M:%S} UTC")
+    return EXIT_OK
+
+
+def cmd_ca_rotate(args: argparse.Namespace) -> int:
+    """Re-issue OUT/NAME.pem and .key (same names, new key) when due."""
+    import datetime
+    import ipaddress
     from pathlib import Path
 
-    from rolewire.pki import issue, load_issued
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from rolewire.pki import check_dns_name
+
+    name = check_dns_name(args.name, "NAME")
+    out = Path(args.out) if args.out else Path(args.dir)
+    current_path = out / f"{name}.pem"
+    try:
+        current = x509.load_pem_x509_certificate(current_path.read_bytes())
+    except OSError:
+        raise ConfigurationError(f"{current_path} does not exist; issue it first with "
+                                 f"rolewire ca issue") from None
+    except ValueError:
+        raise ConfigurationError(f"{current_path} is not a PEM certificate") from None
+    now = datetime.datetime.now(datetime.timezone.utc)
+    lifetime = current.not_valid_after_utc - current.not_valid_before_utc
+    left = current.not_valid_after_utc - now
+    if args.renew_before:
+        due = datetime.timedelta(seconds=parse_ttl(args.renew_before))
+    else:
+        due = lifetime / 3
+    if not args.force and left > due:
+        print(f"{name}: not due (valid until {current.not_valid_after_utc:%Y-%m-%d %H:%M:%S} "
+              f"UTC; renews in the last {_human(due.total_seconds())})")
+        return EXIT_OK
+    if args.ttl or args.days is not None:
+        days = _lifetime(args)
+    else:  # the same lifetime as before (not counting issue()'s 5 minutes of skew)
+        days = max(lifetime.total_seconds() - 300, 1) / 86400
+    try:
+        san = current.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        dns = tuple(d for d in san.get_values_for_type(x509.DNSName) if d != name)
+        ips = tuple(str(a) for a in san.get_values_for_type(x509.IPAddress)
+                    if isinstance(a, (ipaddress.IPv4Address, ipaddress.IPv6Address)))
+    except x509.ExtensionNotFound:
+        dns, ips = (), ()
+    public = current.public_key()
+    if isinstance(public, ec.EllipticCurvePublicKey):
+        key_type = "ec-p384" if public.curve.key_size >= 384 else "ec-p256"
+    else:
+        key_type = "rsa-2048"
+    if args.key_type:
+        key_type = args.key_type
+    issued, cert, key = _issue_to(args, name, days, replace=True, dns=dns, ips=ips,
+                                  key_type=key_type)
+    print(f"rotated {name!r}: {cert}, {key}, valid until "
+          f"{issued.certificate.not_valid_after_utc:%Y-%m-%d %H:%M:%S} UTC "
+          f"(was {current.not_valid_after_utc:%Y-%m-%d %H:%M:%S} UTC)")
+    return EXIT_OK
+
+
+def cmd_ca_revoke(args: argparse.Namespace) -> int:
+    """Add a certificate (NAME.pem in OUT, or a PEM file) to DIR/ca.crl."""
+    from pathlib import Path
+
+    from cryptography import x509
+    from cryptography.exceptions import InvalidSignature
+
+    from rolewire.pki import create_crl, load_issued, write_atomically
+    from rolewire.roles.certificate import load_crl
 
     directory = Path(args.dir)
-    ca = load_issued(directory / "ca.pem", directory / "ca.key")
-    out = Path(args.out) if args.out else directory
-    out.mkdir(parents=True, exist_ok=True)
-    cert, key = out / f"{args.name}.pem", out / f"{args.name}.key"
-    issued = issue(ca, args.name, key_type=args.key_type, days=args.days,
-                   dns_names=tuple(args.dns), ip_addresses=tuple(args.ip))
-    issued.save(cert, key)
-    print(f"issued {args.name!r}: {cert}, {key} (mode 0600), valid until "
-          f"{issued.certificate.not_valid_after_utc:%Y-%m-%d}")
+    ca = load_issued(*_ca_paths(directory))
+    target = Path(args.cert)
+    if not target.exists() and "/" not in args.cert and "\\" not in args.cert:
+        target = directory / f"{args.cert}.pem"
+    try:
+        revoked = x509.load_pem_x509_certificate(target.read_bytes())
+    except OSError:
+        raise ConfigurationError(f"no certificate {target}") from None
+    except ValueError:
+        raise ConfigurationError(f"{target} is not a PEM certificate") from None
+    try:
+        revoked.verify_directly_issued_by(ca.certificate)
+    except (ValueError, TypeError, InvalidSignature):
+        raise ConfigurationError(f"{target} was not issued by the CA in {directory}") from None
+    crl_path = directory / "ca.crl"
+    previous = load_crl(crl_path) if crl_path.exists() else None
+    crl = create_crl(ca, [revoked], days=args.crl_days, previous=previous)
+    from cryptography.hazmat.primitives import serialization
+
+    write_atomically(crl_path, crl.public_bytes(serialization.Encoding.PEM))
+    print(f"revoked serial {revoked.serial_number:x} ({target}); {crl_path} lists "
+          f"{len(crl)} certificate(s), next update {crl.next_update_utc:%Y-%m-%d %H:%M} UTC")
     return EXIT_OK
+
+
+def _human(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f}{unit}"
+    return f"{seconds:.0f}s"
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     """What a service claims and accepts. Reads secrets only with --check,
     and never prints them."""
-    from rolewire.config import load_config
+    from rolewire.config import check_config, load_config
 
     config = load_config(args.config)
     report: dict[str, Any] = {
@@ -234,12 +440,31 @@ def cmd_inspect(args: argparse.Namespace) -> int:
                    for op, v in sorted(config.access.items())},
         "peers": {p: f"{h}:{port}" for p, (h, port) in sorted(config.peers.items())},
     }
+    checked = None
     if args.check:
-        config.load_roles()  # raises ConfigurationError naming the missing source
-        report["secrets"] = "all readable"
+        if args.warn_days < 0:
+            raise ConfigurationError("--warn-days must be >= 0")
+        checked = check_config(config, warn_days=args.warn_days)
+        report["problems"] = checked.problems
+        report["warnings"] = checked.warnings
+        report["secrets"] = "all readable" if checked.ok else "problems found"
     if args.json:
         print(json.dumps(report, indent=2))
-        return EXIT_OK
+    else:
+        _print_inspect(report, args.check)
+    if checked is not None:
+        for line in checked.warnings:
+            print(f"rolewire: warning: {line}", file=sys.stderr)
+        for line in checked.problems:
+            print(f"rolewire: error: {line}", file=sys.stderr)
+        if not checked.ok:
+            print(f"rolewire: {len(checked.problems)} problem(s) in {args.config}",
+                  file=sys.stderr)
+            return EXIT_ERROR
+    return EXIT_OK
+
+
+def _print_inspect(report: dict[str, Any], check: bool) -> None:
     print(f"service {report['service']}" + (f" listening on {report['listen']}"
                                             if report["listen"] else ""))
     print("  claims (can prove):")
@@ -255,9 +480,216 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         print("  calls:")
         for peer, address in report["peers"].items():
             print(f"    {peer} at {address}")
-    if args.check:
-        print("  secrets: all readable")
+    if check:
+        print(f"  check: {len(report['problems'])} problem(s), "
+              f"{len(report['warnings'])} warning(s)")
+        if not report["problems"]:
+            print("  secrets: all readable")
+
+
+def _say(line: str) -> None:
+    print(f"rolewire: {line}", flush=True)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """``rolewire serve MODULE:SERVICE --config service.toml``."""
+    import asyncio
+    import logging
+
+    from rolewire.config import load_config, parse_address
+    from rolewire.serving import ServiceRunner, load_service
+
+    if args.workers not in (None, 1):
+        raise ConfigurationError("--workers: this build serves from one process (worker "
+                                 "processes come with the native fast path)")
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = load_config(args.config)
+    service = load_service(args.target)
+    listen = parse_address(args.listen, "--listen") if args.listen else None
+    runner = ServiceRunner(service, config, listen=listen, say=_say)
+    try:
+        return asyncio.run(runner.run())
+    except KeyboardInterrupt:  # a second Ctrl-C during the drain
+        return 130
+
+
+def _call_body(text: str) -> bytes:
+    if text == "-":
+        return sys.stdin.buffer.read()
+    if text.startswith("@"):
+        from pathlib import Path
+
+        return Path(text[1:]).read_bytes()
+    return text.encode("utf-8")
+
+
+def cmd_call(args: argparse.Namespace) -> int:
+    """``rolewire call HOST:PORT OPERATION [BODY] --config client.toml``."""
+    import asyncio
+
+    from rolewire.aio import connect
+    from rolewire.config import load_config, parse_address
+
+    config = load_config(args.config)
+    host, port = parse_address(args.address, "HOST:PORT")
+    body = _call_body(args.body)
+    timeout = args.timeout if args.timeout is not None else config.client.call_timeout
+    if timeout <= 0:
+        raise ConfigurationError("--timeout must be > 0")
+    handshake = config.handshake_config()
+
+    async def run() -> bytes | None:
+        async with connect(host, port, handshake,
+                           timeout=config.client.connect_timeout) as channel:
+            if args.notify:
+                await channel.notify(args.operation, body)
+                return None
+            return await channel.call(args.operation, body, timeout=timeout)
+
+    try:
+        reply = asyncio.run(run())
+    except RolewireError as exc:
+        print(f"rolewire: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except (asyncio.TimeoutError, TimeoutError):
+        print(f"rolewire: TimeoutError: no reply within {timeout:g}s", file=sys.stderr)
+        return EXIT_ERROR
+    if reply is not None:
+        sys.stdout.buffer.write(reply)
+        if sys.stdout.isatty() and not reply.endswith(b"\n"):
+            sys.stdout.buffer.write(b"\n")
+        sys.stdout.flush()
     return EXIT_OK
+
+
+_CA_HELP = ("A small certificate authority for certificate roles. A certificate role "
+            "has exactly one CA: its anchor is that CA's ca.pem, and only certificates "
+            "the CA issued prove the role, so use one DIR (one CA) per role. Names become "
+            "file names and DNS SANs and must be DNS-safe.")
+
+
+def _add_lifetime(parser: argparse.ArgumentParser, default_days: int | None) -> None:
+    what = f"default {default_days}" if default_days else "default: the current lifetime"
+    parser.add_argument("--days", type=float, default=None,
+                        help=f"validity in days ({what})")
+    parser.add_argument("--ttl", metavar="DURATION",
+                        help="validity as a duration instead of --days: 90s, 15m, 1h, 7d "
+                             "(short-lived certificates)")
+    parser.set_defaults(default_days=default_days)
+
+
+def _add_ca_parser(sub: Any) -> None:
+    from rolewire.pki import KEY_TYPES
+
+    ca = sub.add_parser("ca", help="self-hosted PKI for certificate roles (one CA per role)",
+                        description=_CA_HELP)
+    ca_sub = ca.add_subparsers(dest="ca_command", required=True, metavar="COMMAND")
+    ca_init = ca_sub.add_parser("init", help="create a CA (ca.pem, ca.key) in DIR",
+                                description="Create a root CA in DIR: ca.pem is the trust "
+                                            "anchor of one certificate role, ca.key stays "
+                                            "private (owner only). DIR is created; nothing "
+                                            "is left behind on failure. " + _CA_HELP)
+    ca_init.add_argument("dir", metavar="DIR")
+    ca_init.add_argument("--name", default="rolewire CA", help="CA common name")
+    ca_init.add_argument("--key-type", choices=KEY_TYPES, default="ec-p256")
+    ca_init.set_defaults(func=cmd_ca_init, ttl=None)
+    ca_init.add_argument("--days", type=float, default=None, help="validity (default 3650)")
+    ca_init.set_defaults(default_days=3650)
+    ca_issue = ca_sub.add_parser("issue", help="issue a certificate signed by the CA in DIR",
+                                 description="Issue NAME.pem and NAME.key (owner only) signed "
+                                             "by DIR/ca.*. Refuses to overwrite; see rotate.")
+    ca_issue.add_argument("dir", metavar="DIR")
+    ca_issue.add_argument("name", metavar="NAME", help="service or holder name (DNS-safe)")
+    ca_issue.add_argument("--out", metavar="OUTDIR", help="where to write (default: DIR)")
+    ca_issue.add_argument("--key-type", choices=KEY_TYPES, default="ec-p256")
+    _add_lifetime(ca_issue, 365)
+    ca_issue.add_argument("--dns", action="append", default=[], help="extra DNS SAN")
+    ca_issue.add_argument("--ip", action="append", default=[], help="IP address SAN")
+    ca_issue.set_defaults(func=cmd_ca_issue)
+    rotate = ca_sub.add_parser(
+        "rotate", help="re-issue NAME's certificate and key before they expire",
+        description="For cron or a sidecar: if OUTDIR/NAME.pem expires within --renew-before "
+                    "(default: the last third of its lifetime), issue a new key and "
+                    "certificate with the same names and lifetime and replace both files "
+                    "atomically (key first). Otherwise print when it is due and exit 0. A "
+                    "service whose role has watch = true, or that gets SIGHUP, picks the "
+                    "new pair up for new handshakes.")
+    rotate.add_argument("dir", metavar="DIR")
+    rotate.add_argument("name", metavar="NAME")
+    rotate.add_argument("--out", metavar="OUTDIR", help="where NAME.pem lives (default: DIR)")
+    rotate.add_argument("--renew-before", metavar="DURATION",
+                        help="rotate when less than this is left (90s, 15m, 1h, 7d)")
+    rotate.add_argument("--force", action="store_true", help="rotate now")
+    rotate.add_argument("--key-type", choices=KEY_TYPES, default=None,
+                        help="default: the current key's type")
+    _add_lifetime(rotate, None)
+    rotate.set_defaults(func=cmd_ca_rotate)
+    revoke = ca_sub.add_parser("revoke", help="add a certificate to DIR/ca.crl",
+                               description="Revoke CERT (a PEM file, or NAME for DIR/NAME.pem) "
+                                           "in the CA's revocation list DIR/ca.crl (created "
+                                           "if missing). Name the CRL in the role's crl "
+                                           "setting; services re-read it on reload.")
+    revoke.add_argument("dir", metavar="DIR")
+    revoke.add_argument("cert", metavar="CERT")
+    revoke.add_argument("--crl-days", type=float, default=7.0,
+                        help="the CRL's next update, in days (default 7)")
+    revoke.set_defaults(func=cmd_ca_revoke)
+
+
+def _add_inspect_parser(sub: Any) -> None:
+    inspect = sub.add_parser("inspect", help="show what a service config claims and accepts",
+                             description="Show the roles a service claims, the roles it only "
+                                         "verifies, who may call each operation, and its "
+                                         "peers. Never prints secrets.")
+    inspect.add_argument("config", metavar="CONFIG")
+    inspect.add_argument("--check", action="store_true",
+                         help="also check: every secret readable, every certificate chains "
+                              "to its anchor and is valid, every [access] role declared; "
+                              "lists every problem and exits 3 if there is one")
+    inspect.add_argument("--warn-days", type=float, default=30.0, metavar="N",
+                         help="--check warns about certificates expiring within N days "
+                              "(default 30)")
+    inspect.add_argument("--json", action="store_true", help="machine-readable output")
+    inspect.set_defaults(func=cmd_inspect)
+
+
+def _add_serve_parser(sub: Any) -> None:
+    serve = sub.add_parser(
+        "serve", help="run a Service from a config file",
+        description="Load SERVICE from MODULE (MODULE:ATTR, as uvicorn does; the current "
+                    "directory is importable), apply the config's roles, [access] table and "
+                    "listen address, and serve. SIGTERM/SIGINT: stop accepting, let running "
+                    "calls finish within [service] drain_timeout, close every session with "
+                    "CLOSE, exit 0. SIGHUP: re-read the config and every secret; new "
+                    "handshakes use them, open sessions are kept. Roles with watch = true "
+                    "are reloaded the same way when their files change.")
+    serve.add_argument("target", metavar="MODULE:SERVICE")
+    serve.add_argument("--config", required=True, metavar="TOML")
+    serve.add_argument("--listen", metavar="HOST:PORT",
+                       help="override [service] listen (port 0: any free port)")
+    serve.add_argument("--workers", type=int, default=None, metavar="N",
+                       help="worker processes (not available in this build)")
+    serve.add_argument("--log-level", default="info",
+                       choices=["debug", "info", "warning", "error"])
+    serve.set_defaults(func=cmd_serve)
+
+
+def _add_call_parser(sub: Any) -> None:
+    call = sub.add_parser(
+        "call", help="make one call to a service (like grpcurl)",
+        description="Connect to HOST:PORT with the roles of the client config, call "
+                    "OPERATION with BODY (default empty; '-' reads stdin; @FILE reads a file) "
+                    "and print the reply to stdout. Exit 0 on a reply, 3 with the typed error "
+                    "(Forbidden, UnknownOperation, HandshakeRejected, ...) on stderr.")
+    call.add_argument("address", metavar="HOST:PORT")
+    call.add_argument("operation", metavar="OPERATION")
+    call.add_argument("body", metavar="BODY", nargs="?", default="")
+    call.add_argument("--config", required=True, metavar="TOML")
+    call.add_argument("--notify", action="store_true", help="send a notification (no reply)")
+    call.add_argument("--timeout", type=float, default=None,
+                      help="call timeout in seconds (default: [client] call_timeout)")
+    call.set_defaults(func=cmd_call)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -285,39 +717,10 @@ def build_parser() -> argparse.ArgumentParser:
     keygen.add_argument("path", metavar="PATH")
     keygen.set_defaults(func=cmd_keygen)
 
-    from rolewire.pki import KEY_TYPES
-
-    ca = sub.add_parser("ca", help="self-hosted PKI for certificate roles",
-                        description="A small certificate authority for certificate roles.")
-    ca_sub = ca.add_subparsers(dest="ca_command", required=True, metavar="COMMAND")
-    ca_init = ca_sub.add_parser("init", help="create a CA (ca.pem, ca.key) in DIR",
-                                description="Create a root CA in DIR: ca.pem is the trust "
-                                            "anchor to configure, ca.key stays private.")
-    ca_init.add_argument("dir", metavar="DIR")
-    ca_init.add_argument("--name", default="rolewire CA", help="CA common name")
-    ca_init.add_argument("--key-type", choices=KEY_TYPES, default="ec-p256")
-    ca_init.add_argument("--days", type=int, default=3650)
-    ca_init.set_defaults(func=cmd_ca_init)
-    ca_issue = ca_sub.add_parser("issue", help="issue a certificate signed by the CA in DIR",
-                                 description="Issue NAME.pem and NAME.key signed by DIR/ca.*")
-    ca_issue.add_argument("dir", metavar="DIR")
-    ca_issue.add_argument("name", metavar="NAME", help="service or holder name (DNS-safe)")
-    ca_issue.add_argument("--out", metavar="OUTDIR", help="where to write (default: DIR)")
-    ca_issue.add_argument("--key-type", choices=KEY_TYPES, default="ec-p256")
-    ca_issue.add_argument("--days", type=int, default=365)
-    ca_issue.add_argument("--dns", action="append", default=[], help="extra DNS SAN")
-    ca_issue.add_argument("--ip", action="append", default=[], help="IP address SAN")
-    ca_issue.set_defaults(func=cmd_ca_issue)
-
-    inspect = sub.add_parser("inspect", help="show what a service config claims and accepts",
-                             description="Show the roles a service claims, the roles it only "
-                                         "verifies, who may call each operation, and its "
-                                         "peers. Never prints secrets.")
-    inspect.add_argument("config", metavar="CONFIG")
-    inspect.add_argument("--check", action="store_true",
-                         help="also read every secret source (exit 3 if one is missing)")
-    inspect.add_argument("--json", action="store_true", help="machine-readable output")
-    inspect.set_defaults(func=cmd_inspect)
+    _add_ca_parser(sub)
+    _add_inspect_parser(sub)
+    _add_serve_parser(sub)
+    _add_call_parser(sub)
 
     from rolewire.baselines.audit import add_audit_parser
 

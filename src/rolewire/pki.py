@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import os
+import re
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -29,10 +30,14 @@ from rolewire.errors import ConfigurationError
 __all__ = [
     "KEY_TYPES",
     "Issued",
+    "check_dns_name",
+    "check_ip_address",
     "create_ca",
+    "create_crl",
     "issue",
     "load_issued",
     "owner_only",
+    "write_atomically",
     "write_private_key",
     "write_secret_file",
 ]
@@ -48,6 +53,13 @@ class Issued:
 
     def certificate_pem(self) -> bytes:
         return self.certificate.public_bytes(serialization.Encoding.PEM)
+
+    def private_key_pem(self) -> bytes:
+        """The private key as unencrypted PKCS#8 PEM (write it with
+        :func:`write_secret_file` or ``write_atomically(..., secret=True)``)."""
+        return self.private_key.private_bytes(serialization.Encoding.PEM,
+                                              serialization.PrivateFormat.PKCS8,
+                                              serialization.NoEncryption())
 
     def save(self, cert_path: str | os.PathLike[str], key_path: str | os.PathLike[str]) -> None:
         Path(cert_path).write_bytes(self.certificate_pem())
@@ -74,7 +86,7 @@ def _now() -> datetime.datetime:
     return datetime.datetime.now(datetime.timezone.utc)
 
 
-def create_ca(common_name: str, *, key_type: str = "ec-p256", days: int = 3650,
+def create_ca(common_name: str, *, key_type: str = "ec-p256", days: float = 3650,
               path_length: int | None = 0) -> Issued:
     """A self-signed root CA that may sign leaf certificates only (by default)."""
     key = _new_key(key_type)
@@ -99,7 +111,7 @@ def create_ca(common_name: str, *, key_type: str = "ec-p256", days: int = 3650,
     return Issued(cert, key)
 
 
-def issue(ca: Issued, common_name: str, *, key_type: str = "ec-p256", days: int = 365,
+def issue(ca: Issued, common_name: str, *, key_type: str = "ec-p256", days: float = 365,
           dns_names: tuple[str, ...] = (), ip_addresses: tuple[str, ...] = (),
           uris: Iterable[str] = (), not_before: datetime.datetime | None = None,
           not_after: datetime.datetime | None = None) -> Issued:
@@ -139,6 +151,57 @@ def issue(ca: Issued, common_name: str, *, key_type: str = "ec-p256", days: int 
         .sign(ca.private_key, _hash_for(ca.private_key))
     )
     return Issued(cert, key)
+
+
+def create_crl(ca: Issued, revoked: Iterable[x509.Certificate | int] = (), *,
+               days: float = 7.0,
+               previous: x509.CertificateRevocationList | None = None
+               ) -> x509.CertificateRevocationList:
+    """A certificate revocation list signed by ``ca`` listing ``revoked``
+    (certificates or serial numbers) plus every entry of ``previous``; valid
+    (``nextUpdate``) for ``days``."""
+    now = _now()
+    builder = (x509.CertificateRevocationListBuilder()
+               .issuer_name(ca.certificate.subject)
+               .last_update(now - datetime.timedelta(minutes=5))
+               .next_update(now + datetime.timedelta(days=days))
+               .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
+                   ca.private_key.public_key()), critical=False))
+    serials: dict[int, datetime.datetime] = {}
+    if previous is not None:
+        for entry in previous:
+            serials[entry.serial_number] = entry.revocation_date_utc
+    for item in revoked:
+        serial = item if isinstance(item, int) else item.serial_number
+        serials.setdefault(serial, now)
+    for serial, when in sorted(serials.items()):
+        builder = builder.add_revoked_certificate(
+            x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(when).build())
+    return builder.sign(ca.private_key, _hash_for(ca.private_key))
+
+
+_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)\Z")
+
+
+def check_dns_name(name: str, what: str = "name") -> str:
+    """``name`` if it is a DNS-safe host name (dot-separated labels of
+    letters, digits and inner hyphens; at most 253 characters; a leading
+    ``*.`` wildcard is not accepted): it becomes a file name and a SAN, so
+    nothing else (no ``/``, ``..``, spaces) may pass."""
+    if not isinstance(name, str) or not name or len(name) > 253 \
+            or not all(_LABEL.match(label) for label in name.split(".")):
+        raise ConfigurationError(f"{what} {name!r} is not a DNS-safe name (letters, digits, "
+                                 "'-' inside labels, labels separated by '.')")
+    return name
+
+
+def check_ip_address(text: str) -> str:
+    """``text`` if it is an IPv4 or IPv6 address."""
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        raise ConfigurationError(f"{text!r} is not an IP address") from None
+    return text
 
 
 def write_private_key(path: str | os.PathLike[str], key: PrivateKey) -> None:
@@ -188,6 +251,31 @@ def _restrict_windows_acl(path: str | os.PathLike[str]) -> None:  # pragma: no c
     if done.returncode != 0:
         raise ConfigurationError(f"cannot restrict access to {os.fspath(path)}: "
                                  f"icacls said {done.stdout.strip() or done.stderr.strip()}")
+
+
+def write_atomically(path: str | os.PathLike[str], data: bytes, *, secret: bool = False) -> None:
+    """Replace ``path`` with ``data`` in one step (a temporary file in the
+    same directory, flushed, then renamed over it): a reader sees the old
+    content or the new one, never a partial file. ``secret``: the file is
+    created owner-only (:func:`write_secret_file`) before anything is
+    written to it."""
+    target = Path(path)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
+    try:
+        if secret:
+            write_secret_file(tmp, data)
+        else:
+            with open(tmp, "xb") as handle:
+                handle.write(data)
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
 
 
 def owner_only(path: str | os.PathLike[str]) -> bool:

@@ -20,6 +20,22 @@ travels encrypted in the handshake. The verifier
 
 A role built with anchors only can verify the role but not claim it.
 
+Revocation: ``crls`` are certificate revocation lists (PEM or DER) issued
+by the role's anchor or by an intermediate of the chain. After the path
+validates, every certificate of the path below the anchor is looked up in
+the CRL of its issuer (the CRL's signature checked with the issuer's key);
+a listed serial number rejects the chain with :class:`CertificateRejected`
+(CERTIFICATE_REJECTED on the wire). A CRL past its ``nextUpdate`` is still
+applied (the newest revocations known are better than none);
+``rolewire inspect --check`` warns about it.
+
+Rotation: a role object never changes. To rotate (new chain and key, new
+anchors or CRLs), build a new role (``CertificateRole.from_files`` again, or
+:meth:`reloaded`) and hand a new ``HandshakeConfig`` to
+``Server.reload_config``: each handshake uses the one role object it
+started with, so chain and key always match, sessions already open are
+untouched, and the new role starts with an empty validation cache.
+
 Successful path validations are cached per role (keyed by the exact chain
 bytes, bounded, for at most ``cache_ttl`` seconds and never past the chain's
 validity window); the signature is verified on every handshake.
@@ -28,6 +44,7 @@ validity window); the signature is verified on every handshake.
 from __future__ import annotations
 
 import datetime
+import itertools
 import os
 import threading
 from collections import OrderedDict
@@ -51,7 +68,7 @@ from cryptography.x509.verification import (
 from rolewire.errors import CertificateRejected, ConfigurationError, RoleProofInvalid
 from rolewire.roles.base import Direction, Role, RoleKind, proof_input
 
-__all__ = ["MAX_CHAIN_DEPTH", "MIN_RSA_BITS", "CertificateRole"]
+__all__ = ["MAX_CHAIN_DEPTH", "MIN_RSA_BITS", "CertificateRole", "load_crl"]
 
 PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 PublicKey = ec.EllipticCurvePublicKey | rsa.RSAPublicKey
@@ -123,6 +140,41 @@ def _load_pems(path: str | os.PathLike[str], what: str) -> list[x509.Certificate
     return certs
 
 
+def load_crl(path: str | os.PathLike[str]) -> x509.CertificateRevocationList:
+    """One certificate revocation list from a PEM or DER file."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigurationError(f"cannot read CRL file {os.fspath(path)!r}: {exc.strerror}"
+                                 ) from None
+    try:
+        if b"-----BEGIN X509 CRL-----" in data:
+            return x509.load_pem_x509_crl(data)
+        return x509.load_der_x509_crl(data)
+    except ValueError:
+        raise ConfigurationError(f"CRL file {os.fspath(path)!r}: not a PEM or DER "
+                                 "certificate revocation list") from None
+
+
+def _crl_signed_by(crl: x509.CertificateRevocationList, issuer: x509.Certificate) -> bool:
+    try:
+        return crl.is_signature_valid(cast(Any, issuer.public_key()))
+    except (TypeError, ValueError, UnsupportedAlgorithm):
+        return False
+
+
+def _stamps(paths: Sequence[Path]) -> tuple[tuple[int, int, int] | None, ...]:
+    result: list[tuple[int, int, int] | None] = []
+    for path in paths:
+        try:
+            st = path.stat()
+        except OSError:
+            result.append(None)
+            continue
+        result.append((st.st_mtime_ns, st.st_size, st.st_ino))
+    return tuple(result)
+
+
 def _utc(at: datetime.datetime) -> datetime.datetime:
     return at if at.tzinfo else at.replace(tzinfo=datetime.timezone.utc)
 
@@ -142,6 +194,8 @@ class CertificateRole(Role):
         "_cache_size",
         "_cache_ttl",
         "_chain",
+        "_crls",
+        "_files",
         "_key",
         "_lock",
         "_max_depth",
@@ -153,7 +207,8 @@ class CertificateRole(Role):
                  chain: Sequence[x509.Certificate] = (),
                  private_key: PrivateKey | None = None,
                  max_chain_depth: int = MAX_CHAIN_DEPTH,
-                 cache_size: int = 128, cache_ttl: float = 300.0) -> None:
+                 cache_size: int = 128, cache_ttl: float = 300.0,
+                 crls: Sequence[x509.CertificateRevocationList] = ()) -> None:
         super().__init__(name)
         anchors = list(anchors)
         if not anchors:
@@ -176,6 +231,17 @@ class CertificateRole(Role):
                     f"role {name!r}: private key does not match the leaf certificate")
         if not 1 <= max_chain_depth <= MAX_CHAIN_DEPTH:
             raise ConfigurationError(f"max_chain_depth must be 1..{MAX_CHAIN_DEPTH}")
+        crls = list(crls)
+        if not all(isinstance(c, x509.CertificateRevocationList) for c in crls):
+            raise ConfigurationError("crls must be cryptography CertificateRevocationList objects")
+        for crl in crls:
+            for anchor in anchors:
+                if crl.issuer == anchor.subject and not _crl_signed_by(crl, anchor):
+                    raise ConfigurationError(
+                        f"role {name!r}: a CRL names the anchor {anchor.subject.rfc4514_string()}"
+                        " as issuer but its signature does not verify with the anchor's key")
+        self._crls = tuple(crls)
+        self._files: dict[str, Any] | None = None
         self._anchors = tuple(anchors)
         self._store = Store(anchors)
         self._chain = tuple(chain)
@@ -206,20 +272,56 @@ class CertificateRole(Role):
     def chain(self) -> tuple[x509.Certificate, ...]:
         return self._chain
 
+    @property
+    def crls(self) -> tuple[x509.CertificateRevocationList, ...]:
+        """The revocation lists this role applies."""
+        return self._crls
+
+    @property
+    def source_files(self) -> tuple[Path, ...]:
+        """The files this role was loaded from (``from_files``), else ()."""
+        if self._files is None:
+            return ()
+        return tuple(self._files["paths"])
+
+    def files_changed(self) -> bool:
+        """True if a file this role was loaded from changed (size, mtime or
+        inode) or vanished since it was loaded. Cheap: one ``stat`` a file."""
+        if self._files is None:
+            return False
+        return _stamps(self._files["paths"]) != self._files["stamps"]
+
+    def reloaded(self) -> CertificateRole:
+        """A new role read from the same files (a rotated chain and key, new
+        anchors or CRLs); this one is left as it was. Raises
+        :class:`ConfigurationError` if the files are unusable (for example a
+        certificate written before its key: call again once both are in
+        place)."""
+        if self._files is None:
+            raise ConfigurationError(f"role {self.name!r} was not loaded from files")
+        return CertificateRole.from_files(self.name, **self._files["args"])
+
     @classmethod
     def from_files(cls, name: str, *, anchors: str | os.PathLike[str],
                    cert: str | os.PathLike[str] | None = None,
                    key: str | os.PathLike[str] | None = None,
-                   key_password: bytes | None = None, **kwargs: Any) -> CertificateRole:
+                   key_password: bytes | None = None,
+                   crls: Sequence[str | os.PathLike[str]] = (),
+                   **kwargs: Any) -> CertificateRole:
         """Loads PEM files: ``anchors`` (one or more CA certificates),
         ``cert`` (leaf first, then intermediates) and ``key`` (PKCS#8 or
-        traditional PEM, optionally encrypted with ``key_password``)."""
+        traditional PEM, optionally encrypted with ``key_password``);
+        ``crls``: revocation list files, PEM or DER. The role remembers the
+        files (:meth:`files_changed`, :meth:`reloaded`)."""
+        paths = [Path(anchors), *(Path(p) for p in crls)]
+        stamps = _stamps(paths + [Path(p) for p in (cert, key) if p is not None])
         anchor_certs = _load_pems(anchors, "anchor file")
         chain: list[x509.Certificate] = []
         private_key = None
         if (cert is None) != (key is None):
             raise ConfigurationError("give both cert and key, or neither")
         if cert is not None and key is not None:
+            paths += [Path(cert), Path(key)]
             chain = _load_pems(cert, "certificate file")
             try:
                 pk = serialization.load_pem_private_key(Path(key).read_bytes(), key_password)
@@ -232,7 +334,14 @@ class CertificateRole(Role):
             if not isinstance(pk, (ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey)):
                 raise ConfigurationError("certificate role keys must be ECDSA or RSA")
             private_key = pk
-        return cls(name, anchors=anchor_certs, chain=chain, private_key=private_key, **kwargs)
+        crl_list = [load_crl(p) for p in crls]
+        role = cls(name, anchors=anchor_certs, chain=chain, private_key=private_key,
+                   crls=crl_list, **kwargs)
+        role._files = {"paths": paths, "stamps": stamps,
+                       "args": {"anchors": anchors, "cert": cert, "key": key,
+                                "key_password": key_password, "crls": tuple(crls),
+                                **kwargs}}
+        return role
 
     # --- proving -------------------------------------------------------------
 
@@ -278,6 +387,8 @@ class CertificateRole(Role):
         except VerificationError as exc:
             raise CertificateRejected(f"certificate chain rejected for role {self.name!r}: "
                                       f"{exc}") from None
+        if self._crls:
+            self._check_revocation(verified.chain)
         if self._cache_size > 0:
             path = verified.chain
             not_before = max(_utc(c.not_valid_before_utc) for c in path)
@@ -295,6 +406,19 @@ class CertificateRole(Role):
             _verify(pub, signature, proof_input(self.kind, direction, self.role_id, h))
         except InvalidSignature:
             raise RoleProofInvalid("certificate role signature did not verify") from None
+
+    def _check_revocation(self, path: Sequence[x509.Certificate]) -> None:
+        """``path`` is leaf first, anchor last; each certificate below the
+        anchor is checked against the CRLs of its issuer."""
+        for cert, issuer in itertools.pairwise(path):
+            for crl in self._crls:
+                if crl.issuer != issuer.subject or not _crl_signed_by(crl, issuer):
+                    continue
+                if crl.get_revoked_certificate_by_serial_number(cert.serial_number) is not None:
+                    what = "leaf" if cert is path[0] else "intermediate"
+                    raise CertificateRejected(
+                        f"certificate chain rejected for role {self.name!r}: the {what} "
+                        f"certificate (serial {cert.serial_number:x}) is revoked")
 
     def clear_cache(self) -> None:
         with self._lock:

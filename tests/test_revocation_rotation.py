@@ -1,0 +1,316 @@
+"""Certificate revocation (issue 11 section 5) and certificates that rotate
+(issue 17 section 4): CRLs for a role's anchor and intermediates, re-read on
+reload, no validation cache outliving a reload; chain and key swapped
+atomically for new handshakes while live sessions keep working, with
+certificates valid for seconds rotated under traffic."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import signal
+import sys
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from rolewire import (
+    CertificateRejected,
+    CertificateRole,
+    ConfigurationError,
+    HandshakeConfig,
+    HandshakeError,
+    HandshakeRejected,
+    KeyRole,
+    Service,
+    connect,
+    serve,
+)
+from rolewire.handshake.reasons import RejectReason
+from rolewire.pki import Issued, create_ca, create_crl, issue, write_atomically
+from rolewire.roles.certificate import load_crl
+from tests.serve_helpers import ServeProcess, cli
+
+NOW = datetime.datetime.now(datetime.timezone.utc)
+
+
+def intermediate(root: Issued, name: str = "intermediate CA") -> Issued:
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject).issuer_name(root.certificate.subject)
+        .public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(NOW - datetime.timedelta(minutes=5))
+        .not_valid_after(NOW + datetime.timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False,
+                                     key_encipherment=False, data_encipherment=False,
+                                     key_agreement=False, key_cert_sign=True, crl_sign=True,
+                                     encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
+                       critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
+            root.private_key.public_key()), critical=False)
+        .sign(root.private_key, hashes.SHA256())
+    )
+    return Issued(cert, key)
+
+
+@pytest.fixture(scope="module")
+def pki_tree():
+    root = create_ca("root", path_length=1)
+    mid = intermediate(root)
+    leaf = issue(mid, "holder")
+    other_leaf = issue(mid, "other")
+    return root, mid, leaf, other_leaf
+
+
+def role_for(root, crls=()):
+    return CertificateRole("holder", anchors=[root.certificate], crls=crls)
+
+
+def chain_of(*certs: Issued) -> list[bytes]:
+    return [c.certificate.public_bytes(serialization.Encoding.DER) for c in certs]
+
+
+# --- CRLs, sans IO -----------------------------------------------------------------------
+
+def test_revoked_leaf_is_rejected(pki_tree):
+    root, mid, leaf, other = pki_tree
+    crl = create_crl(mid, [leaf.certificate])
+    role = role_for(root, [crl])
+    with pytest.raises(CertificateRejected, match="leaf certificate .* is revoked"):
+        role.validate_chain(chain_of(leaf, mid), NOW)
+    role.validate_chain(chain_of(other, mid), NOW)  # not revoked: still fine
+
+
+def test_revoked_intermediate_is_rejected(pki_tree):
+    root, mid, leaf, other = pki_tree
+    role = role_for(root, [create_crl(root, [mid.certificate])])
+    for holder in (leaf, other):
+        with pytest.raises(CertificateRejected, match="intermediate certificate .* is revoked"):
+            role.validate_chain(chain_of(holder, mid), NOW)
+
+
+def test_crl_with_a_forged_signature_is_refused_or_ignored(pki_tree):
+    root, mid, leaf, _ = pki_tree
+    impostor = Issued(root.certificate, ec.generate_private_key(ec.SECP256R1()))
+    forged = create_crl(impostor, [mid.certificate])
+    # Naming the anchor as issuer with a bad signature: a configuration error.
+    with pytest.raises(ConfigurationError, match="signature does not verify"):
+        role_for(root, [forged])
+    # For an intermediate, the CRL is checked against the issuing
+    # certificate at validation time: a forged one revokes nothing.
+    fake_mid = Issued(mid.certificate, ec.generate_private_key(ec.SECP256R1()))
+    role = role_for(root, [create_crl(fake_mid, [leaf.certificate])])
+    role.validate_chain(chain_of(leaf, mid), NOW)
+
+
+@pytest.mark.parametrize("encoding", [serialization.Encoding.PEM, serialization.Encoding.DER])
+def test_crl_files_pem_or_der(tmp_path, pki_tree, encoding):
+    root, mid, leaf, _other = pki_tree
+    path = tmp_path / "mid.crl"
+    path.write_bytes(create_crl(mid, [leaf.certificate]).public_bytes(encoding))
+    anchor = tmp_path / "root.pem"
+    anchor.write_bytes(root.certificate_pem())
+    role = CertificateRole.from_files("holder", anchors=anchor, crls=[path])
+    assert len(role.crls) == 1
+    with pytest.raises(CertificateRejected):
+        role.validate_chain(chain_of(leaf, mid), NOW)
+    (tmp_path / "junk.crl").write_bytes(b"not a crl")
+    with pytest.raises(ConfigurationError, match="not a PEM or DER"):
+        load_crl(tmp_path / "junk.crl")
+
+
+def test_reload_rereads_crls_and_drops_the_validation_cache(tmp_path, pki_tree):
+    root, mid, leaf, _other = pki_tree
+    anchor = tmp_path / "root.pem"
+    anchor.write_bytes(root.certificate_pem())
+    crl_path = tmp_path / "mid.crl"
+    write_atomically(crl_path, create_crl(mid, []).public_bytes(serialization.Encoding.PEM))
+    role = CertificateRole.from_files("holder", anchors=anchor, crls=[crl_path])
+    role.validate_chain(chain_of(leaf, mid), NOW)  # now cached as valid
+    assert not role.files_changed()
+    write_atomically(crl_path, create_crl(mid, [leaf.certificate]).public_bytes(
+        serialization.Encoding.PEM))
+    assert role.files_changed()
+    fresh = role.reloaded()
+    with pytest.raises(CertificateRejected, match="revoked"):
+        fresh.validate_chain(chain_of(leaf, mid), NOW)
+    # The old object is unchanged (handshakes that started with it finish
+    # with it); the reloaded one never saw the cached success.
+    role.validate_chain(chain_of(leaf, mid), NOW)
+
+
+# --- CRLs over a real server --------------------------------------------------------------
+
+def test_server_reload_config_applies_a_new_crl(pki_tree):
+    root, mid, leaf, _other = pki_tree
+    service = Service("s")
+    service.add("ping", lambda call, body: b"pong", roles=["holder"])
+    claim = HandshakeConfig(roles=[CertificateRole(
+        "holder", anchors=[root.certificate], chain=[leaf.certificate, mid.certificate],
+        private_key=leaf.private_key)], allow_anonymous=True)
+
+    async def main():
+        async with serve(service, HandshakeConfig(roles=[role_for(root)])) as server:
+            live = await connect("127.0.0.1", server.port, claim, timeout=30)
+            assert await live.call("ping") == b"pong"
+            server.reload_config(HandshakeConfig(roles=[
+                role_for(root, [create_crl(mid, [leaf.certificate])])]))
+            with pytest.raises(HandshakeRejected) as rejected:
+                # The server rejects our last handshake message: connect()
+                # may return first, the Reject then fails the call.
+                late = await connect("127.0.0.1", server.port, claim, timeout=30)
+                await late.call("ping", timeout=30)
+            assert rejected.value.reason_code == RejectReason.CERTIFICATE_REJECTED
+            # The session established before the revocation is a live session
+            # (revocation applies to new handshakes).
+            assert await live.call("ping") == b"pong"
+            await live.close()
+
+    asyncio.run(asyncio.wait_for(main(), 120))
+
+
+# --- rotation under traffic, rolewire serve + watch = true --------------------------------
+
+ROTATING_TOML = """
+[service]
+name = "rotating"
+listen = "127.0.0.1:1"
+watch_interval = 0.1
+
+[[role]]
+name = "caller"
+kind = "key"
+key_file = "caller.key"
+
+[[role]]
+name = "rotating"
+kind = "certificate"
+anchor = "pki/ca.pem"
+cert = "pki/rotating.pem"
+key = "pki/rotating.key"
+crl = "pki/ca.crl"
+watch = true
+
+[[role]]
+name = "member"
+kind = "certificate"
+anchor = "members/ca.pem"
+crl = "members/ca.crl"
+watch = true
+
+[access]
+ping = ["caller"]
+members = ["member"]
+"""
+
+ROTATING_MODULE = """
+from rolewire import Service
+service = Service("rotating")
+service.add("ping", lambda call, body: b"pong " + ",".join(sorted(call.peer_roles)).encode(),
+            roles=["caller"])
+service.add("members", lambda call, body: b"member", roles=["member"])
+"""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_short_lived_certificates_rotate_under_traffic(tmp_path):
+    """The service's certificate lives 8 seconds and is re-issued every
+    second or so while clients keep opening sessions and a long-lived
+    session keeps calling. Every new handshake verifies the service's
+    certificate against the anchor at the current time, so once the first
+    certificate has expired, handshakes succeed only if the service really
+    switched. The long-lived session outlives several certificates."""
+    import base64
+    import time
+
+    (tmp_path / "rotsvc.py").write_text(ROTATING_MODULE)
+    (tmp_path / "service.toml").write_text(ROTATING_TOML)
+    assert cli("keygen", str(tmp_path / "caller.key")).returncode == 0
+    for ca in ("pki", "members"):
+        assert cli("ca", "init", str(tmp_path / ca)).returncode == 0
+        # an empty CRL to start with
+        assert cli("ca", "issue", str(tmp_path / ca), "placeholder").returncode == 0
+        assert cli("ca", "revoke", str(tmp_path / ca), "placeholder").returncode == 0
+    assert cli("ca", "issue", str(tmp_path / "pki"), "rotating", "--ttl", "8s").returncode == 0
+    assert cli("ca", "issue", str(tmp_path / "members"), "alice").returncode == 0
+
+    from rolewire.pki import load_issued
+
+    caller = KeyRole("caller", base64.b64decode((tmp_path / "caller.key").read_bytes()))
+    verify = CertificateRole.from_files("rotating", anchors=tmp_path / "pki" / "ca.pem")
+    client = HandshakeConfig(roles=[caller, verify])
+    alice = load_issued(tmp_path / "members" / "alice.pem", tmp_path / "members" / "alice.key")
+    member_anchor = load_issued(tmp_path / "members" / "ca.pem", tmp_path / "members" / "ca.key")
+    alice_cfg = HandshakeConfig(roles=[CertificateRole(
+        "member", anchors=[member_anchor.certificate], chain=[alice.certificate],
+        private_key=alice.private_key), verify])
+    first = x509.load_pem_x509_certificate((tmp_path / "pki" / "rotating.pem").read_bytes())
+
+    with ServeProcess("rotsvc:service", tmp_path / "service.toml", tmp_path) as server:
+        async def traffic(stop: asyncio.Event, counts: dict[str, int]) -> None:
+            while not stop.is_set():
+                async with connect(server.host, server.port, client, timeout=60) as ch:
+                    assert ch.peer_roles == {"caller", "rotating"}
+                    assert await ch.call("ping", timeout=60) == b"pong caller"
+                counts["handshakes"] += 1
+
+        async def scenario():
+            live = await connect(server.host, server.port, client, timeout=60)
+            stop = asyncio.Event()
+            counts = {"handshakes": 0}
+            workers = [asyncio.ensure_future(traffic(stop, counts)) for _ in range(3)]
+            rotations = 0
+            try:
+                # Rotate until the first certificate is well past its expiry.
+                while datetime.datetime.now(datetime.timezone.utc) < \
+                        first.not_valid_after_utc + datetime.timedelta(seconds=2) \
+                        or rotations < 4:
+                    done = await asyncio.to_thread(
+                        cli, "ca", "rotate", str(tmp_path / "pki"), "rotating", "--force",
+                        "--ttl", "8s")
+                    assert done.returncode == 0, done.stderr
+                    rotations += 1
+                    await asyncio.to_thread(server.wait_for, "reloaded (files changed)")
+                    assert await live.call("ping", timeout=60) == b"pong caller"
+                    await asyncio.sleep(0.3)
+                    for w in workers:
+                        if w.done():
+                            w.result()  # a failed handshake fails the test here
+                # New handshakes after the first certificate expired succeeded.
+                before = counts["handshakes"]
+                deadline = time.monotonic() + 60
+                while counts["handshakes"] < before + 3 and time.monotonic() < deadline:
+                    await asyncio.sleep(0.05)
+                assert counts["handshakes"] >= before + 3
+            finally:
+                stop.set()
+                await asyncio.gather(*workers)
+            # The long-lived session outlived every certificate it started with.
+            assert datetime.datetime.now(datetime.timezone.utc) > first.not_valid_after_utc
+            assert await live.call("ping", timeout=60) == b"pong caller"
+
+            # CRLs are watched too: revoke alice, and her next handshake fails
+            # while her session from before stays up.
+            member = await connect(server.host, server.port, alice_cfg, timeout=60)
+            assert await member.call("members", timeout=60) == b"member"
+            assert cli("ca", "revoke", str(tmp_path / "members"), "alice").returncode == 0
+            await asyncio.to_thread(server.wait_for, "reloaded (files changed)")
+            with pytest.raises(HandshakeError):
+                late = await connect(server.host, server.port, alice_cfg, timeout=60)
+                await late.call("members", timeout=60)
+            assert await member.call("members", timeout=60) == b"member"
+            await member.close()
+            await live.close()
+            return rotations, counts["handshakes"]
+
+        rotations, handshakes = asyncio.run(asyncio.wait_for(scenario(), 300))
+        assert rotations >= 4 and handshakes > rotations
+        server.signal(signal.SIGTERM)
+        assert server.wait() == 0
