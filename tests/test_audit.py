@@ -14,13 +14,13 @@ from typing import Any
 import pytest
 
 from rolewire import pki
+from rolewire.auditcmd import add_audit_parser
 from rolewire.baselines import jwt
 from rolewire.baselines.audit import (
     AuditError,
     AuditRecordTampered,
     AuditStore,
     UnknownSigner,
-    add_audit_parser,
     verify,
 )
 from rolewire.services import CallContext, Service

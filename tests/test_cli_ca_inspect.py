@@ -236,6 +236,8 @@ def test_config_rejects_bad_settings(tmp_path):
         ('[service]\nname = "s"\ndrain_timeout = -1\n', "must be > 0"),
         ('[service]\nname = "s"\nmax_connections = 1.5\n', "integer"),
         ('[service]\nname = "s"\ntypo = 1\n', "unknown setting"),
+        ('[service]\nname = "s"\nhandshake_rate = [1]\n', "per_second, burst"),
+        ('[service]\nname = "s"\nhandshake_rate = [0, 5]\n', "must be > 0"),
         ('[service]\nname = "s"\n[client]\ncall_timeout = "x"\n', "number of seconds"),
         (CERT_ROLE + 'watch = "yes"\n', "true or false"),
         (CERT_ROLE + "crl = [1]\n", "crl must be"),

@@ -9,7 +9,7 @@ batch state (:mod:`rolewire.nonrep`).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from rolewire.errors import RolewireError
@@ -32,12 +32,16 @@ class ConnectionState:
         extensions: per-layer state (``"nonrep"``: the signed-call receiver).
     """
 
-    __slots__ = ("extensions", "transcript_hash", "user_cache")
+    __slots__ = ("admit", "extensions", "transcript_hash", "user_cache")
 
     def __init__(self, transcript_hash: bytes = b"") -> None:
         self.transcript_hash = transcript_hash
         self.user_cache: dict[bytes, Any] = {}
         self.extensions: dict[str, Any] = {}
+        #: None, or ``admit(messages) -> messages``: the connection-level
+        #: check decoded call messages pass before dispatch (signed calls
+        #: are held until their batch's signature verifies).
+        self.admit: Callable[[Iterable[Any]], Iterable[Any]] | None = None
 
 
 class VerifiedMetadata(Mapping[str, bytes]):

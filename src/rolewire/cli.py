@@ -722,7 +722,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_serve_parser(sub)
     _add_call_parser(sub)
 
-    from rolewire.baselines.audit import add_audit_parser
+    from rolewire.auditcmd import add_audit_parser
 
     add_audit_parser(sub)
 

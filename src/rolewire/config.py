@@ -81,7 +81,7 @@ _ROLE_KEYS = {
     "certificate": {"name", "kind", "anchor", "cert", "key", "crl", "watch"},
 }
 _SERVICE_KEYS = {"name", "listen", "drain_timeout", "handshake_timeout", "idle_timeout",
-                 "max_connections", "max_inflight", "watch_interval"}
+                 "max_connections", "max_inflight", "watch_interval", "handshake_rate"}
 _CLIENT_KEYS = {"connect_timeout", "call_timeout"}
 
 
@@ -157,13 +157,20 @@ class ServerSettings:
     max_inflight: int = 64
     #: How often watched files are checked (seconds).
     watch_interval: float = 2.0
+    #: ``(per_second, burst)`` handshakes one address may start; None: the
+    #: server's default.
+    handshake_rate: tuple[float, int] | None = None
 
     def serve_options(self) -> dict[str, Any]:
         """Keyword arguments for :func:`rolewire.serve`."""
-        return {"handshake_timeout": self.handshake_timeout,
-                "idle_timeout": self.idle_timeout or None,
-                "max_connections": self.max_connections, "max_inflight": self.max_inflight,
-                "close_timeout": self.drain_timeout}
+        options: dict[str, Any] = {
+            "handshake_timeout": self.handshake_timeout,
+            "idle_timeout": self.idle_timeout or None,
+            "max_connections": self.max_connections, "max_inflight": self.max_inflight,
+            "close_timeout": self.drain_timeout}
+        if self.handshake_rate is not None:
+            options["handshake_rate"] = self.handshake_rate
+        return options
 
 
 @dataclass(frozen=True)
@@ -311,8 +318,15 @@ def load_config(path: str | os.PathLike[str]) -> ServiceConfig:
     if unknown:
         raise ConfigurationError(f"[service]: unknown setting(s) {', '.join(sorted(unknown))}")
     listen = parse_address(service["listen"], "service.listen") if "listen" in service else None
-    server = ServerSettings(**{k: _number(service, k, "service", getattr(ServerSettings, k))
-                               for k in _SERVICE_KEYS - {"name", "listen"} if k in service})
+    rate = service.get("handshake_rate")
+    if rate is not None:
+        if not (isinstance(rate, list) and len(rate) == 2):
+            raise ConfigurationError("service.handshake_rate must be [per_second, burst]")
+        rate = (_number({"r": rate[0]}, "r", "service.handshake_rate", 1.0),
+                _number({"b": rate[1]}, "b", "service.handshake_rate", 1))
+    server = ServerSettings(handshake_rate=rate, **{
+        k: _number(service, k, "service", getattr(ServerSettings, k))
+        for k in _SERVICE_KEYS - {"name", "listen", "handshake_rate"} if k in service})
     client_table = data.get("client", {})
     if not isinstance(client_table, dict):
         raise ConfigurationError("[client] must be a table")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 __all__ = [
     "AuthenticationFailed",
+    "CallTimeout",
     "CertificateRejected",
     "ConcurrentUseError",
     "ConfigurationError",
@@ -30,6 +31,7 @@ __all__ = [
     "NoCommonSuite",
     "NoVerifiedRole",
     "PasswordAttemptsExceeded",
+    "PeerUnresponsive",
     "ProtocolViolation",
     "RecordError",
     "RecordLayerClosed",
@@ -118,6 +120,16 @@ class ProtocolViolation(RolewireError):
 
 class ConnectionClosed(RolewireError, ConnectionError):
     """The connection closed (or was closed) before the operation finished."""
+
+
+class PeerUnresponsive(ConnectionClosed):
+    """The peer stopped answering: a liveness probe got no reply in time
+    (the path is dead or the peer hangs). The connection is closed."""
+
+
+class CallTimeout(RolewireError, TimeoutError):
+    """No reply to a request within its timeout (the connection stays
+    open; a late reply is dropped). Also a :class:`TimeoutError`."""
 
 
 class RemoteCallError(RolewireError):

@@ -46,7 +46,7 @@ import inspect
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from rolewire.budgets import CallGuard
 from rolewire.callstate import ConnectionState, SignatureRequired, VerifiedMetadata
@@ -62,6 +62,7 @@ __all__ = [
     "Access",
     "CallContext",
     "Operation",
+    "Refusal",
     "Service",
 ]
 
@@ -82,6 +83,14 @@ class Access(enum.Enum):
 
 ANY_AUTHENTICATED = Access.ANY_AUTHENTICATED
 UNRESTRICTED = Access.UNRESTRICTED
+
+
+class Refusal(NamedTuple):
+    """Why a call is answered with an ERROR instead of its handler's reply:
+    the :class:`~rolewire.protocol.wire.ErrorCode` and the reply text."""
+
+    code: ErrorCode
+    text: str
 
 
 @dataclass(frozen=True)
@@ -146,12 +155,16 @@ class Service:
             cannot enumerate the operations they may not call).
         end_users: verifier of end-user tokens in call metadata
             (:class:`rolewire.enduser.EndUserVerifier`; None: ignore them).
+        signed_calls: the receiver of signed calls
+            (:class:`rolewire.nonrep.SignedCalls`: trust anchors per role,
+            audit log); needed by operations with ``signed=``.
     """
 
     name: str
     operations: dict[str, Operation] = field(default_factory=dict)
     distinct_errors: bool = False
     end_users: Any = None
+    signed_calls: Any = None
     _contexts: dict[tuple[str, frozenset[str], str], CallContext] = field(
         default_factory=dict, init=False, repr=False, compare=False)
 
@@ -193,6 +206,15 @@ class Service:
             raise ConfigurationError("signed= names the certificate role that signs")
         self.operations[name] = Operation(name, handler, allowed, user, signed)
 
+    def connection_state(self, transcript_hash: bytes, peer_roles: frozenset[str],
+                         peer: str = "") -> ConnectionState:
+        """A new connection's :class:`~rolewire.callstate.ConnectionState`
+        (servers call this once per connection)."""
+        state = ConnectionState(transcript_hash)
+        if self.signed_calls is not None:
+            state.admit = self.signed_calls.admission(state, peer_roles, peer)
+        return state
+
     @property
     def signed_operations(self) -> frozenset[str]:
         """The certificate roles some operation requires signed calls under."""
@@ -223,6 +245,101 @@ class Service:
             return result
         return await result
 
+    def authorize(self, operation: str, peer_roles: frozenset[str], peer: str = "",
+                  guard: CallGuard | None = None, now: float = 0.0) -> Operation | Refusal:
+        """May a caller with ``peer_roles`` call ``operation``? Returns the
+        :class:`Operation`, or the :class:`Refusal` to answer with (its
+        audit event written, and charged to ``guard`` at time ``now``, as in
+        :meth:`dispatch`). The connection core calls it for every call."""
+        found = self.operations.get(operation)
+        if found is None:
+            self._audit_refusal(guard, now, "unknown operation", {
+                "event": "unknown_operation", "service": self.name,
+                "operation": operation, "peer": peer,
+                "peer_roles": sorted(peer_roles)})
+            if self.distinct_errors:
+                return Refusal(ErrorCode.UNKNOWN_OPERATION, UNKNOWN_TEXT)
+            return Refusal(ErrorCode.FORBIDDEN, REFUSED_TEXT)
+        if not found.permits(peer_roles):
+            # The required roles go to the local audit log only, never into
+            # the reply (issue 11, section 3).
+            self._audit_refusal(guard, now, "forbidden call", {
+                "event": "forbidden", "service": self.name,
+                "operation": found.name, "peer": peer,
+                "peer_roles": sorted(peer_roles), "required": found.describe()})
+            return Refusal(ErrorCode.FORBIDDEN, REFUSED_TEXT)
+        return found
+
+    def needs_call_checks(self, operation: Operation) -> bool:
+        """True if calls of ``operation`` are checked beyond roles (end-user
+        context or signature required), even without metadata."""
+        return operation.user is not None or operation.signed is not None
+
+    def call_context(self, operation: Operation, peer_roles: frozenset[str], peer: str = "",
+                     call_id: int = 0, metadata: Mapping[str, bytes] = NO_METADATA, *,
+                     state: ConnectionState | None = None, guard: CallGuard | None = None,
+                     now: float = 0.0) -> CallContext | Refusal:
+        """The :class:`CallContext` a handler of the (authorized)
+        ``operation`` receives, with the verified end user and signed-call
+        evidence of its ``metadata``; or the :class:`Refusal` if the
+        operation's end-user or signature requirement is not met (audited
+        and charged like :meth:`authorize`). Contexts of notifications
+        without metadata are cached and shared."""
+        if metadata or operation.user is not None or operation.signed is not None:
+            try:
+                end_user, evidence = self._call_extras(operation, metadata, peer_roles, state)
+            except RolewireError as exc:
+                self._audit_refusal(guard, now, "call refused", {
+                    "event": "call_refused", "service": self.name,
+                    "operation": operation.name, "peer": peer,
+                    "peer_roles": sorted(peer_roles), "reason": type(exc).__name__})
+                return Refusal(ErrorCode.FORBIDDEN, f"{REFUSED_TEXT}: {exc}")
+            return CallContext(self.name, operation.name, peer_roles, peer, call_id,
+                               metadata, end_user, evidence)
+        return self._context(operation.name, peer_roles, peer, call_id)
+
+    def invoke(self, operation: Operation, context: CallContext,
+               body: bytes) -> bytes | Refusal | Awaitable[bytes | Refusal]:
+        """Run an authorized operation's handler (with the context's end
+        user as the current one). Returns the reply body, or a
+        ``HANDLER_FAILED`` :class:`Refusal` if the handler raised (logged;
+        the text names only the exception type); for an asynchronous
+        handler, an awaitable of either."""
+        end_user = context.end_user
+        current = set_current(end_user, self.name) if end_user is not None else None
+        try:
+            result = operation.handler(context, body)
+        except Exception as exc:  # noqa: BLE001 - a handler bug must not kill the session
+            return self._failed(operation, exc)
+        finally:
+            if current is not None:
+                reset_current(current)
+        if result is not None and not isinstance(result, (bytes, bytearray, memoryview)) \
+                and inspect.isawaitable(result):
+            return self._await_handler(operation, result, end_user)
+        return bytes(result or b"")
+
+    async def _await_handler(self, operation: Operation, pending: Awaitable[bytes | None],
+                             end_user: EndUser | None) -> bytes | Refusal:
+        current = set_current(end_user, self.name) if end_user is not None else None
+        try:
+            result = await pending
+        except Exception as exc:  # noqa: BLE001 - a handler bug must not kill the session
+            return self._failed(operation, exc)
+        finally:
+            if current is not None:
+                reset_current(current)
+        return bytes(result or b"")
+
+    def _failed(self, operation: Operation, exc: Exception) -> Refusal:
+        logging.getLogger("rolewire.services").error(
+            "handler failed",
+            exc_info=exc,
+            extra={"event": "handler_failed", "service": self.name,
+                   "operation": operation.name},
+        )
+        return Refusal(ErrorCode.HANDLER_FAILED, f"handler raised {type(exc).__name__}")
+
     def dispatch_nowait(
         self, message: CallMessage, peer_roles: frozenset[str], peer: str = "",
         guard: CallGuard | None = None, now: float = 0.0,
@@ -232,92 +349,43 @@ class Service:
         synchronous (the common case on a message stream: creating and
         awaiting a coroutine per message costs more than a small handler).
         Returns the reply or None, or, for an asynchronous handler, an
-        awaitable of it."""
+        awaitable of it. (:meth:`authorize`, :meth:`call_context`,
+        :meth:`invoke`.)"""
         expects_reply = message.type is MessageType.REQUEST
-        operation = self.operations.get(message.operation)
-        if operation is None:
-            self._audit_refusal(guard, now, "unknown operation", {
-                "event": "unknown_operation", "service": self.name,
-                "operation": message.operation, "peer": peer,
-                "peer_roles": sorted(peer_roles)})
-            if self.distinct_errors:
-                return _reply_error(message, expects_reply, ErrorCode.UNKNOWN_OPERATION,
-                                    UNKNOWN_TEXT)
-            return _reply_error(message, expects_reply, ErrorCode.FORBIDDEN, REFUSED_TEXT)
-        if not operation.permits(peer_roles):
-            # The required roles go to the local audit log only, never into
-            # the reply (issue 11, section 3).
-            self._audit_refusal(guard, now, "forbidden call", {
-                "event": "forbidden", "service": self.name,
-                "operation": operation.name, "peer": peer,
-                "peer_roles": sorted(peer_roles), "required": operation.describe()})
-            return _reply_error(message, expects_reply, ErrorCode.FORBIDDEN, REFUSED_TEXT)
-        end_user = None
-        if message.metadata or operation.user is not None or operation.signed is not None:
-            try:
-                end_user, evidence = self._call_extras(operation, message, peer_roles, state)
-            except RolewireError as exc:
-                self._audit_refusal(guard, now, "call refused", {
-                    "event": "call_refused", "service": self.name,
-                    "operation": operation.name, "peer": peer,
-                    "peer_roles": sorted(peer_roles), "reason": type(exc).__name__})
-                return _reply_error(message, expects_reply, ErrorCode.FORBIDDEN,
-                                    f"{REFUSED_TEXT}: {exc}")
-            context = CallContext(self.name, operation.name, peer_roles, peer, message.call_id,
-                                  message.metadata, end_user, evidence)
-        else:
-            context = self._context(operation.name, peer_roles, peer, message.call_id)
-        current = set_current(end_user, self.name) if end_user is not None else None
-        try:
-            result = operation.handler(context, message.body)
-        except Exception as exc:  # noqa: BLE001 - a handler bug must not kill the session
-            return self._handler_failed(operation, message, expects_reply, exc)
-        finally:
-            if current is not None:
-                reset_current(current)
-        if result is not None and not isinstance(result, (bytes, bytearray, memoryview)) \
-                and inspect.isawaitable(result):
-            return self._finish(operation, message, expects_reply, result, end_user)
-        if not expects_reply:
-            return None
-        return CallMessage(MessageType.RESPONSE, message.call_id, operation.name,
-                           bytes(result or b""))
+        operation = self.authorize(message.operation, peer_roles, peer, guard, now)
+        if isinstance(operation, Refusal):
+            return _reply_error(message, expects_reply, operation.code, operation.text)
+        context = self.call_context(operation, peer_roles, peer, message.call_id,
+                                    message.metadata, state=state, guard=guard, now=now)
+        if isinstance(context, Refusal):
+            return _reply_error(message, expects_reply, context.code, context.text)
+        result = self.invoke(operation, context, message.body)
+        if isinstance(result, (bytes, Refusal)):
+            return _reply(message, expects_reply, operation, result)
+        return self._finish(message, expects_reply, operation, result)
 
-    def _call_extras(self, operation: Operation, message: CallMessage,
+    def _call_extras(self, operation: Operation, metadata: Mapping[str, bytes],
                      peer_roles: frozenset[str], state: ConnectionState | None
                      ) -> tuple[EndUser | None, Any]:
         """The verified end user and signed-call evidence of one call; raises
         a RolewireError (EndUserRejected, SignatureRequired) if the
         operation's requirements are not met."""
-        evidence = message.metadata.evidence \
-            if isinstance(message.metadata, VerifiedMetadata) else None
+        evidence = metadata.evidence if isinstance(metadata, VerifiedMetadata) else None
         if operation.signed is not None and (
                 evidence is None or getattr(evidence, "role", None) != operation.signed):
             raise SignatureRequired("this operation requires signed calls")
         end_user = None
         if self.end_users is not None:
             end_user = self.end_users.from_metadata(
-                message.metadata, peer_roles=peer_roles,
+                metadata, peer_roles=peer_roles,
                 cache=state.user_cache if state is not None else None)
         if operation.user is not None:
             operation.user.check(end_user)
         return end_user, evidence
 
-    async def _finish(self, operation: Operation, message: CallMessage, expects_reply: bool,
-                      pending: Awaitable[bytes | None],
-                      end_user: EndUser | None = None) -> CallMessage | None:
-        current = set_current(end_user, self.name) if end_user is not None else None
-        try:
-            result = await pending
-        except Exception as exc:  # noqa: BLE001 - a handler bug must not kill the session
-            return self._handler_failed(operation, message, expects_reply, exc)
-        finally:
-            if current is not None:
-                reset_current(current)
-        if not expects_reply:
-            return None
-        return CallMessage(MessageType.RESPONSE, message.call_id, operation.name,
-                           bytes(result or b""))
+    async def _finish(self, message: CallMessage, expects_reply: bool, operation: Operation,
+                      pending: Awaitable[bytes | Refusal]) -> CallMessage | None:
+        return _reply(message, expects_reply, operation, await pending)
 
     #: The former private name (kept for callers written against it).
     _dispatch_nowait = dispatch_nowait
@@ -333,17 +401,6 @@ class Service:
             if suppressed:
                 fields["suppressed"] = suppressed  # lines dropped since the last one
             audit_log.warning(text, extra=fields)
-
-    def _handler_failed(self, operation: Operation, message: CallMessage, expects_reply: bool,
-                        exc: Exception) -> CallMessage | None:
-        logging.getLogger("rolewire.services").error(
-            "handler failed",
-            exc_info=exc,
-            extra={"event": "handler_failed", "service": self.name,
-                   "operation": operation.name},
-        )
-        return _reply_error(message, expects_reply, ErrorCode.HANDLER_FAILED,
-                            f"handler raised {type(exc).__name__}")
 
     def _context(self, operation: str, peer_roles: frozenset[str], peer: str,
                  call_id: int) -> CallContext:
@@ -364,6 +421,15 @@ class Service:
 
 #: Bound of a service's cache of notification contexts.
 _CONTEXT_CACHE_SIZE = 4096
+
+
+def _reply(message: CallMessage, expects_reply: bool, operation: Operation,
+           result: bytes | Refusal) -> CallMessage | None:
+    if not expects_reply:
+        return None
+    if isinstance(result, Refusal):
+        return error_message(message.call_id, message.operation, result.code, result.text)
+    return CallMessage(MessageType.RESPONSE, message.call_id, operation.name, result)
 
 
 def _reply_error(message: CallMessage, expects_reply: bool, code: ErrorCode,

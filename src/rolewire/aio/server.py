@@ -8,7 +8,7 @@ import contextlib
 import inspect
 import logging
 from collections import deque
-from collections.abc import Generator
+from collections.abc import Generator, Iterable
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +28,6 @@ from rolewire.aio._base import (
     run_handshake,
 )
 from rolewire.budgets import CallGuard, PeerBudget, peer_group
-from rolewire.callstate import ConnectionState
 from rolewire.errors import (
     AuthenticationFailed,
     ConfigurationError,
@@ -124,7 +123,8 @@ class _ServerConnection(RecordConnection):
         self._refused_seen = 0
         # Per-connection state of the call layers (end-user token cache,
         # signed-call batches): rolewire.callstate.
-        self.call_state = ConnectionState(session.transcript_hash)
+        self.call_state = server.service.connection_state(session.transcript_hash,
+                                                          session.peer_roles, peer)
         if server.idle_timeout:
             self._idle_handle = self._loop.call_later(server.idle_timeout, self._idle_check)
 
@@ -284,8 +284,10 @@ class _ServerConnection(RecordConnection):
         now = self._loop.time()
         dispatch_nowait = service.dispatch_nowait
         state = self.call_state
-        for plaintext in self.open_records(records):
-            message = decode(plaintext)
+        messages: Iterable[CallMessage] = map(decode, self.open_records(records))
+        if state.admit is not None:  # signed calls wait until their batch verifies
+            messages = state.admit(messages)
+        for message in messages:
             call_type = message.type
             if call_type is MessageType.NOTIFY:
                 stats.notifications += 1
@@ -325,6 +327,8 @@ class _ServerConnection(RecordConnection):
             elif call_type is MessageType.CLOSE:
                 self._peer_closed = True
                 break
+            elif call_type is MessageType.SIGNED_BATCH:
+                continue  # a signed batch head for a service that verifies none
             else:
                 # RESPONSE/ERROR: the server issues no calls.
                 raise ProtocolViolation("unexpected reply message from the client")

@@ -25,13 +25,13 @@ default), and only for the exact request they hash; the server also seeds its
 replay cache from this store at start, so a token read from the file cannot
 be replayed to the same service after a restart either.
 
-Command line (``rolewire audit verify DB --keys DIR``): :func:`add_audit_parser`.
+Command line (``rolewire audit verify DB --anchors DIR``, ``rolewire audit
+show DB``; the same interface as rolewire's own signed-call log):
+:mod:`rolewire.auditcmd`.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import sqlite3
 import time
@@ -54,7 +54,7 @@ __all__ = [
     "AuditRecordTampered",
     "AuditStore",
     "UnknownSigner",
-    "add_audit_parser",
+    "show",
     "verify",
 ]
 
@@ -289,51 +289,20 @@ def verify(db_path: str | os.PathLike[str], registry: KeyRegistry | str | os.Pat
         db.close()
 
 
-# --- command line -------------------------------------------------------------------
-
-
-def _cmd_verify(args: argparse.Namespace) -> int:
+def show(db_path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """Every stored row (token and body left out), unverified, for
+    ``rolewire audit show``."""
+    path = Path(db_path)
+    if not path.is_file():
+        raise AuditError(f"no audit store at {os.fspath(path)}")
     try:
-        entries = verify(args.db, args.keys, jti=args.jti)
-    except AuditRecordTampered as exc:
-        if args.json:
-            print(json.dumps({"ok": False, "error": str(exc), "row": exc.row_id,
-                              "column": exc.column}))
-        else:
-            print(f"TAMPERED: {exc}")
-        return 1
-    if args.json:
-        print(json.dumps({"ok": True, "entries": [e.as_dict() for e in entries]}, indent=2))
-        return 0
-    for e in entries:
-        user = f" for user {e.user!r}" + ("" if e.user_verified else " (unverified)") \
-            if e.user else ""
-        body = "body matches" if e.body_verified else "body not stored"
-        print(f"row {e.row_id}: {e.issuer} signed {e.operation!r} to {e.audience} at "
-              f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(e.issued_at))}{user} "
-              f"[jti {e.jti}, {body}]")
-    print(f"{len(entries)} request(s) proven")
-    return 0
-
-
-def add_audit_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Add ``audit verify DB --keys DIR [--jti JTI] [--json]`` to a
-    ``rolewire`` argparse sub-command set. Exit 0: every row proven; 1: a row
-    was tampered with; errors (unknown signer, unreadable files) are
-    :class:`~rolewire.errors.RolewireError`\\ s for the caller to report."""
-    audit: argparse.ArgumentParser = subparsers.add_parser(
-        "audit", help="prove stored JWT-baseline requests to a third party",
-        description="Work with the JWT baseline's audit store (non-repudiation).")
-    audit_sub = audit.add_subparsers(dest="audit_command", required=True, metavar="COMMAND")
-    check = audit_sub.add_parser(
-        "verify", help="re-verify every stored token with the signers' public keys",
-        description="Re-verify each stored token's signature with its issuer's public key "
-                    "and check the request hash (and stored body). Exit 0 if every row is "
-                    "proven, 1 if one was tampered with.")
-    check.add_argument("db", metavar="DB", help="the audit store (SQLite file)")
-    check.add_argument("--keys", metavar="DIR", required=True,
-                       help="directory of public keys (KeyRegistry.save)")
-    check.add_argument("--jti", help="prove only the request with this token id")
-    check.add_argument("--json", action="store_true", help="machine-readable output")
-    check.set_defaults(func=_cmd_verify)
-    return audit
+        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            rows = db.execute("SELECT id, jti, iss, aud, sub, iat, exp, operation, "
+                              "request_hash, received_at FROM received_tokens ORDER BY id")
+            names = [d[0] for d in rows.description]
+            return [dict(zip(names, row)) for row in rows]
+        finally:
+            db.close()
+    except sqlite3.Error as exc:
+        raise AuditError(f"cannot read the audit store: {exc}") from None

@@ -1,11 +1,38 @@
 """The protocol above the handshake, sans-IO (the h11 / aioquic model).
 
-:mod:`rolewire.protocol.wire` defines every wire format once (frames, call
-messages; the record header is re-exported from the record layer).
+- :mod:`rolewire.protocol.wire`: every wire format once (frames, call
+  messages; the record header re-exported from the record layer).
+- :mod:`rolewire.protocol.connection`: :class:`Connection`, the whole
+  protocol of one connection (handshake, session, calls, authorization,
+  budgets, timers) driven with bytes and time.
+- :mod:`rolewire.protocol.events`: what it reports.
+
+Transports (:mod:`rolewire.aio`, :mod:`rolewire.transport.memory`) only move
+bytes, keep time and run handlers. See docs/architecture.md.
 """
 
 from __future__ import annotations
 
+from rolewire.protocol.connection import (
+    Authorizer,
+    Connection,
+    ConnectionSettings,
+    busy_frame,
+    reason_name,
+)
+from rolewire.protocol.events import (
+    CallFailed,
+    CallReceived,
+    CallRefused,
+    Closed,
+    Closing,
+    Event,
+    Failed,
+    HandshakeDone,
+    Notified,
+    OtherMessage,
+    ReplyReceived,
+)
 from rolewire.protocol.wire import (
     CallDecoder,
     CallMessage,
@@ -16,10 +43,26 @@ from rolewire.protocol.wire import (
 )
 
 __all__ = [
+    "Authorizer",
     "CallDecoder",
+    "CallFailed",
     "CallMessage",
+    "CallReceived",
+    "CallRefused",
+    "Closed",
+    "Closing",
+    "Connection",
+    "ConnectionSettings",
     "ErrorCode",
+    "Event",
+    "Failed",
     "FrameDecoder",
     "FrameKind",
+    "HandshakeDone",
     "MessageType",
+    "Notified",
+    "OtherMessage",
+    "ReplyReceived",
+    "busy_frame",
+    "reason_name",
 ]

@@ -1,0 +1,1200 @@
+"""The sans-IO connection: the whole protocol above the record layer in one
+object (the h11 / aioquic model).
+
+Theory of operation. A transport owns a socket (or a message bus, or an
+in-memory queue) and a clock; the :class:`Connection` owns everything else:
+
+- it drives the handshake (:class:`~rolewire.handshake.Initiator` or
+  :class:`~rolewire.handshake.Responder`) and then the
+  :class:`~rolewire.session.Session`, framing both (``protocol.wire``);
+- it opens received records in batches, counts bad ones against a budget,
+  decodes call messages, authorizes requests and notifications against the
+  :class:`~rolewire.services.Service` (with the connection's
+  :class:`~rolewire.budgets.CallGuard`), answers liveness probes, matches
+  replies to our requests, and runs the CLOSE exchange;
+- it queues outgoing call messages and seals them in batches;
+- it keeps every deadline (handshake, calls, keepalive/liveness, idle,
+  close) and reports the earliest through :meth:`get_timer`.
+
+The transport calls :meth:`receive_data` (streams) or
+:meth:`receive_message` (message transports) with what arrived, then takes
+events from :meth:`next_event` until it returns None, runs handlers for
+:class:`~rolewire.protocol.events.CallReceived` and
+:class:`~rolewire.protocol.events.Notified`, answers with :meth:`reply`, and
+writes :meth:`data_to_send` (or :meth:`messages_to_send`). When
+:meth:`get_timer` passes it calls :meth:`handle_timer`. Time is always
+passed in (``now``, seconds on a monotonic origin, e.g. ``loop.time()``):
+the connection never reads a clock; the handshake and the session it drives
+see the same time through the config's ``clock``.
+
+Nothing here does I/O. The connection does not run handlers: it does not
+know about event loops or threads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import heapq
+import logging
+import math
+from collections import deque
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+from rolewire.budgets import CallGuard
+from rolewire.callstate import ConnectionState
+from rolewire.errors import (
+    CallTimeout,
+    ConfigurationError,
+    ConnectionClosed,
+    HandshakeError,
+    HandshakeStateError,
+    HandshakeTimeout,
+    PeerUnresponsive,
+    ProtocolViolation,
+    RecordError,
+    RecordTooLarge,
+    ReplayDetected,
+    RolewireError,
+    ServiceUnavailable,
+)
+from rolewire.handshake import (
+    NEED_DATA,
+    HandshakeComplete,
+    HandshakeConfig,
+    HandshakeFailed,
+    Initiator,
+    RejectReason,
+    Responder,
+    busy_reject,
+    parse_late_reject,
+)
+from rolewire.handshake.messages import Reject
+from rolewire.protocol.events import (
+    CallFailed,
+    CallReceived,
+    CallRefused,
+    Closed,
+    Closing,
+    Event,
+    Failed,
+    HandshakeDone,
+    Notified,
+    OtherMessage,
+    ReplyReceived,
+)
+from rolewire.protocol.wire import (
+    NO_METADATA,
+    PING_OPERATION,
+    CallDecoder,
+    CallMessage,
+    ErrorCode,
+    FrameDecoder,
+    FrameKind,
+    MessageType,
+    call_header,
+    decode_message,
+    default_max_frame,
+    encode,
+    encode_frame,
+    encode_message,
+    encode_records,
+    error_message,
+    remote_error,
+)
+
+if TYPE_CHECKING:
+    from rolewire.services import CallContext, Operation, Refusal
+    from rolewire.session import Session
+
+__all__ = [
+    "Authorizer",
+    "Connection",
+    "ConnectionSettings",
+    "busy_frame",
+    "reason_name",
+]
+
+log = logging.getLogger("rolewire.protocol")
+audit_log = logging.getLogger("rolewire.audit")
+
+_CLOSE = encode(CallMessage(MessageType.CLOSE, 0, ""))
+
+
+class Authorizer(Protocol):
+    """What the connection needs of a :class:`~rolewire.services.Service`
+    (a protocol, so that the core does not import the service layer's
+    module at run time)."""
+
+    def authorize(self, operation: str, peer_roles: frozenset[str], peer: str = "",
+                  guard: CallGuard | None = None,
+                  now: float = 0.0) -> Operation | Refusal: ...
+
+    def call_context(self, operation: Operation, peer_roles: frozenset[str], peer: str = "",
+                     call_id: int = 0, metadata: Mapping[str, bytes] = NO_METADATA, *,
+                     state: ConnectionState | None = None, guard: CallGuard | None = None,
+                     now: float = 0.0) -> CallContext | Refusal: ...
+
+    def needs_call_checks(self, operation: Operation) -> bool: ...
+
+
+@dataclass(frozen=True)
+class ConnectionSettings:
+    """Limits and timeouts of one connection (all seconds on the transport's
+    monotonic clock). The defaults are the ones :func:`rolewire.aio.connect`
+    and :func:`rolewire.aio.serve` use.
+
+    Args:
+        handshake_timeout: the whole handshake (also bounded by the
+            handshake config's ``timeout``); a stalled peer gets a TIMEOUT
+            Reject.
+        call_timeout: default deadline of a request (``call(timeout=None)``);
+            None: no deadline (liveness still ends a call on a dead path).
+        keepalive_interval: client side: with a request outstanding or data
+            sent since the peer was last heard, probe the peer (an empty
+            REQUEST to the reserved operation ``""``) after this long without
+            a record from it. None: no probes. The first data sent after the
+            handshake is always followed by a probe: its answer confirms that
+            the responder accepted the handshake.
+        liveness_timeout: a probe unanswered this long fails the connection
+            with :class:`~rolewire.errors.PeerUnresponsive` (the first one,
+            confirming the handshake, with
+            :class:`~rolewire.errors.HandshakeTimeout` after
+            ``handshake_timeout``).
+        idle_timeout: server side: no traffic and no call running for this
+            long starts a graceful close (None: never).
+        close_timeout: a graceful close that takes longer ends the connection
+            anyway.
+        max_inflight: requests received and not answered yet, past which
+            :attr:`Connection.reading_paused` asks the transport to stop
+            reading (back-pressure).
+        max_bad_records: records that fail to open (forged, replayed, too
+            old) before the connection is closed as a protocol violation.
+        max_frame: largest frame accepted (default: the config's largest
+            record or handshake message).
+        call_guard: keyword arguments of the connection's
+            :class:`~rolewire.budgets.CallGuard` (refused-call budget).
+        coalesce_bytes, max_batch_messages: queued plaintext is sealed (one
+            native call) when it reaches either bound.
+    """
+
+    handshake_timeout: float = 10.0
+    call_timeout: float | None = 60.0
+    keepalive_interval: float | None = 30.0
+    liveness_timeout: float = 15.0
+    idle_timeout: float | None = None
+    close_timeout: float = 5.0
+    max_inflight: int = 64
+    max_bad_records: int = 100
+    max_frame: int | None = None
+    call_guard: Mapping[str, Any] | None = None
+    coalesce_bytes: int = 64 * 1024
+    max_batch_messages: int = 4096
+    bad_record_log_interval: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name in ("handshake_timeout", "liveness_timeout", "close_timeout"):
+            if not getattr(self, name) > 0:
+                raise ConfigurationError(f"{name} must be > 0")
+        for name in ("call_timeout", "keepalive_interval", "idle_timeout"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ConfigurationError(f"{name} must be > 0 or None")
+        if self.max_inflight < 1 or self.max_bad_records < 0 or self.max_batch_messages < 1:
+            raise ConfigurationError("max_inflight and max_batch_messages must be >= 1")
+        CallGuard(**dict(self.call_guard or {}))  # bad settings fail here
+
+
+def reason_name(code: int) -> str:
+    """The name of a Reject reason code (``code-N`` if unknown)."""
+    try:
+        return RejectReason(code).name
+    except ValueError:
+        return f"code-{code}"
+
+
+def busy_frame() -> bytes:
+    """The frame a server writes to a connection it will not serve (a BUSY
+    Reject), before closing it."""
+    return encode_frame(FrameKind.HANDSHAKE, busy_reject())
+
+
+_HANDSHAKE, _OPEN, _CLOSED, _FAILED = "handshake", "open", "closed", "failed"
+
+
+class Connection:
+    """One rolewire connection, sans-IO. Build it with :meth:`client` or
+    :meth:`server`.
+
+    Attributes:
+        session: the :class:`~rolewire.session.Session` once the handshake
+            completed (else None).
+        peer: a description of the peer for logs (``"host:port"``).
+        guard: the :class:`~rolewire.budgets.CallGuard` (refused calls).
+        inflight: requests received and not answered yet.
+        bad_records: records that failed to open.
+    """
+
+    def __init__(self, config: HandshakeConfig, *, client: bool, now: float,
+                 service: Authorizer | None = None, peer: str = "",
+                 handshake_peer: object = None, settings: ConnectionSettings | None = None,
+                 framing: str = "stream", logger: logging.Logger | None = None) -> None:
+        if not isinstance(config, HandshakeConfig):
+            raise ConfigurationError("config must be a HandshakeConfig")
+        if framing not in ("stream", "message"):
+            raise ConfigurationError("framing must be 'stream' or 'message'")
+        self._settings = s = settings or ConnectionSettings()
+        self._now = now
+        self.config = config
+        self.is_client = client
+        self.side = "initiator" if client else "responder"
+        self.peer = peer
+        self._service = service
+        self._log = logger or log
+        self._stream = framing == "stream"
+        self._decoder = FrameDecoder(s.max_frame or default_max_frame(config))
+        self._state = _HANDSHAKE
+        self._started = now
+        self._hs_deadline = now + min(s.handshake_timeout, config.timeout)
+        # The handshake and its session read the time this connection was given.
+        driven = dataclasses.replace(config, clock=self._clock)
+        hs_peer = handshake_peer if handshake_peer is not None else peer
+        self._hs: Initiator | Responder | None = (
+            Initiator(driven, peer=hs_peer) if client else Responder(driven, peer=hs_peer))
+        self.session: Session | None = None
+        self._peer_roles: frozenset[str] = frozenset()
+        self._events: deque[Event] = deque()
+        self._wire: list[bytes] = []       # frames (or messages) ready to send
+        self._out: list[bytes] = []        # plaintexts to seal
+        self._out_bytes = 0
+        self._max_plaintext = 0
+        self._calls = CallDecoder()
+        # our requests
+        self._next_id = 1
+        self._pending: dict[int, str] = {}  # call id -> operation
+        self._default_deadlines: deque[tuple[float, int]] = deque()
+        self._deadlines: list[tuple[float, int]] = []
+        self._notify_heads: dict[str, bytes] = {}
+        self._pings: set[int] = set()
+        self._ping_deadline: float | None = None
+        self._confirmed = not client
+        self._sent_since_recv = False
+        self._last_recv = now
+        self._last_activity = now
+        # requests of the peer
+        self.inflight = 0
+        self.guard = CallGuard(**dict(s.call_guard or {}))
+        self._allowed: dict[str, Operation] = {}
+        #: Per-connection state of the layers above the codec (end-user
+        #: token cache, signed-call state), set when the handshake completes.
+        self.state: ConnectionState | None = None
+        self._notify_contexts: dict[str, CallContext] = {}
+        # closing
+        self._closing = False
+        self._close_sent = False
+        self._close_received = False
+        self._close_reason = ""
+        self._close_deadline: float | None = None
+        self.failure: BaseException | None = None
+        # bad records, rekeys
+        self.bad_records = 0
+        self._bad_logged_at = -math.inf
+        self._bad_suppressed = 0
+        self._send_epoch = 0
+        self._recv_epoch = 0
+        self._flush_handshake()
+
+    # -- construction ----------------------------------------------------------------
+    @classmethod
+    def client(cls, config: HandshakeConfig, *, now: float, peer: str = "",
+               handshake_peer: object = None, settings: ConnectionSettings | None = None,
+               framing: str = "stream", logger: logging.Logger | None = None) -> Connection:
+        """The initiator's side; its Hello is ready in :meth:`data_to_send`."""
+        return cls(config, client=True, now=now, peer=peer, handshake_peer=handshake_peer,
+                   settings=settings, framing=framing, logger=logger)
+
+    @classmethod
+    def server(cls, config: HandshakeConfig, service: Authorizer, *, now: float,
+               peer: str = "", handshake_peer: object = None,
+               settings: ConnectionSettings | None = None, framing: str = "stream",
+               logger: logging.Logger | None = None) -> Connection:
+        """The responder's side, serving ``service`` (its
+        :meth:`~rolewire.services.Service.authorize` decides every call)."""
+        return cls(config, client=False, now=now, service=service, peer=peer,
+                   handshake_peer=handshake_peer, settings=settings, framing=framing,
+                   logger=logger)
+
+    def _clock(self) -> float:
+        return self._now
+
+    # -- state -------------------------------------------------------------------------
+    @property
+    def settings(self) -> ConnectionSettings:
+        return self._settings
+
+    @property
+    def handshake_done(self) -> bool:
+        """True once the handshake completed (also after the connection ended)."""
+        return self.session is not None
+
+    @property
+    def established(self) -> bool:
+        """The handshake completed and the connection has not ended."""
+        return self._state is _OPEN
+
+    @property
+    def ended(self) -> bool:
+        """The connection is closed or failed (terminal)."""
+        return self._state is _CLOSED or self._state is _FAILED
+
+    @property
+    def closing(self) -> bool:
+        """A graceful close is under way (or the connection ended)."""
+        return self._closing or self._close_sent or self._close_received or self.ended
+
+    @property
+    def peer_roles(self) -> frozenset[str]:
+        """The roles the peer proved and this side verified."""
+        return self._peer_roles
+
+    @property
+    def pending_calls(self) -> int:
+        """Our requests without a reply yet."""
+        return len(self._pending)
+
+    @property
+    def reading_paused(self) -> bool:
+        """Stop reading: ``max_inflight`` requests are unanswered, or the
+        peer sent CLOSE (nothing more is read)."""
+        return self.inflight >= self._settings.max_inflight or self._close_received
+
+    @property
+    def wants_flush(self) -> bool:
+        """Sealed output is waiting (a batch bound was reached, or handshake
+        bytes): write :meth:`data_to_send` now rather than at the end of the
+        loop iteration."""
+        return bool(self._wire)
+
+    @property
+    def has_output(self) -> bool:
+        """:meth:`data_to_send` would return something."""
+        return bool(self._wire or self._out)
+
+    # -- input ---------------------------------------------------------------------------
+    def receive_data(self, data: bytes, now: float | None = None) -> None:
+        """Bytes from a stream transport (any split)."""
+        if now is not None:
+            self._now = now
+        if self._state is _CLOSED or self._state is _FAILED or not data:
+            return
+        try:
+            frames = self._decoder.feed(data)
+        except ProtocolViolation as exc:
+            self._fail(exc, "protocol_violation")
+            return
+        if frames:
+            self._frames(frames)
+
+    def receive_message(self, message: bytes, now: float | None = None) -> None:
+        """One message of a message transport (``kind u8 | payload``, see
+        :func:`~rolewire.protocol.wire.encode_message`)."""
+        if now is not None:
+            self._now = now
+        if self._state is _CLOSED or self._state is _FAILED:
+            return
+        try:
+            frame = decode_message(message)
+        except ProtocolViolation as exc:
+            self._fail(exc, "protocol_violation")
+            return
+        self._frames([frame])
+
+    def connection_lost(self, error: BaseException | None = None,
+                        now: float | None = None) -> None:
+        """The transport lost the connection (``error``) or the peer closed
+        it (None). Pending requests fail; a :class:`Closed` or
+        :class:`Failed` event follows."""
+        if now is not None:
+            self._now = now
+        if self.ended:
+            return
+        if self._state is _HANDSHAKE:
+            self._fail(ConnectionClosed("the peer closed the connection during the handshake"),
+                       "ConnectionClosed")
+            return
+        reason = "connection_lost" if error is not None else (self._close_reason or "eof")
+        if self._close_received and self._close_sent:
+            self._finish(self._close_reason or "closed", graceful=True)
+        else:
+            self._finish(reason, graceful=False)
+
+    def _frames(self, frames: list[tuple[FrameKind, bytes]]) -> None:
+        records: list[bytes] = []
+        for kind, payload in frames:
+            state = self._state
+            if state is _OPEN:
+                if kind is FrameKind.RECORD:
+                    records.append(payload)
+                    continue
+                if records:
+                    self._open(records)
+                    records = []
+                    if self._state is not _OPEN:
+                        return
+                if self.is_client:
+                    # A handshake frame after completion: the responder
+                    # rejected our last handshake message.
+                    rejected = parse_late_reject(payload)
+                    code = getattr(rejected, "reason_code", None)
+                    self._fail(rejected, reason_name(code) if code is not None
+                               else type(rejected).__name__, remote=True)
+                else:
+                    self._fail(ProtocolViolation(
+                        "handshake frame after the handshake completed"), "protocol_violation")
+                return
+            if state is not _HANDSHAKE:
+                return
+            if kind is not FrameKind.HANDSHAKE:
+                self._fail(ProtocolViolation("record frame before the handshake completed"),
+                           "protocol_violation")
+                return
+            assert self._hs is not None
+            self._hs.receive_data(payload)
+            self._drive_handshake()
+        if records and self._state is _OPEN:
+            self._open(records)
+
+    # -- handshake ---------------------------------------------------------------------
+    def _flush_handshake(self) -> None:
+        hs = self._hs
+        if hs is None:
+            return
+        out = hs.data_to_send()
+        if out:
+            self._wire.append(encode_frame(FrameKind.HANDSHAKE, out) if self._stream
+                              else encode_message(FrameKind.HANDSHAKE, out))
+
+    def _drive_handshake(self) -> None:
+        hs = self._hs
+        assert hs is not None
+        while True:
+            try:
+                event = hs.next_event()
+            except HandshakeStateError:  # ended, and its last event was taken
+                return
+            self._flush_handshake()
+            if event is NEED_DATA:
+                return
+            if isinstance(event, HandshakeComplete):
+                self._established(event)
+                return
+            if isinstance(event, HandshakeFailed):
+                self._fail(event.error, reason_name(event.reason_code), remote=event.remote)
+                return
+
+    def _established(self, event: HandshakeComplete) -> None:
+        session = event.session
+        self.session = session
+        self._hs = None
+        self._state = _OPEN
+        self._peer_roles = session.peer_roles
+        self.state = ConnectionState(session.transcript_hash)
+        self._max_plaintext = session.max_plaintext
+        self._send_epoch = session.send_epoch
+        self._recv_epoch = session.recv_epoch
+        self._last_recv = self._last_activity = self._now
+        self._events.append(HandshakeDone(event.peer_roles, event.suite,
+                                          event.transcript_hash, session))
+        self._log.info("handshake complete", extra={
+            "event": "handshake_complete", "peer": self.peer, "side": self.side,
+            "suite": event.suite.wire_name, "peer_roles": sorted(event.peer_roles),
+            "transcript": event.transcript_hash[:4].hex()})
+
+    # -- records in ----------------------------------------------------------------------
+    def _open(self, records: list[bytes]) -> None:
+        session = self.session
+        assert session is not None
+        results: list[bytes | RecordError]
+        if len(records) == 1:
+            try:
+                results = [session.open(records[0])]
+            except RecordError as exc:
+                results = [exc]
+        else:
+            results = session.open_many(records)
+        good: list[bytes] = []
+        errors: list[RecordError] | None = None
+        for item in results:
+            if item.__class__ is bytes:
+                good.append(item)  # type: ignore[arg-type]
+            elif isinstance(item, RecordError):
+                if errors is None:
+                    errors = []
+                errors.append(item)
+            else:
+                good.append(bytes(item))
+        epoch = session.recv_epoch
+        if epoch != self._recv_epoch:
+            self._recv_epoch = epoch
+            self._log.info("rekey", extra={"event": "rekey", "peer": self.peer,
+                                           "side": self.side, "direction": "receive",
+                                           "epoch": epoch})
+        if errors is not None:
+            self._bad(errors)
+            if self._state is not _OPEN:
+                return
+        if good:
+            now = self._now
+            self._last_recv = self._last_activity = now
+            self._confirmed = True
+            self._ping_deadline = None
+            self._sent_since_recv = False
+            self._messages(good)
+
+    def _bad(self, errors: list[RecordError]) -> None:
+        self.bad_records += len(errors)
+        now = self._now
+        if now - self._bad_logged_at >= self._settings.bad_record_log_interval:
+            self._log.debug("bad records dropped", extra={
+                "event": "bad_record", "peer": self.peer, "side": self.side,
+                "error": type(errors[0]).__name__,
+                "replay": isinstance(errors[0], ReplayDetected),
+                "count": len(errors) + self._bad_suppressed, "total": self.bad_records})
+            self._bad_logged_at = now
+            self._bad_suppressed = 0
+        else:
+            self._bad_suppressed += len(errors)
+        if self.bad_records > self._settings.max_bad_records:
+            self._fail(ProtocolViolation("too many bad records on this connection"),
+                       "protocol_violation")
+
+    # -- call messages in -------------------------------------------------------------
+    def _messages(self, plaintexts: list[bytes]) -> None:
+        decode = self._calls.decode
+        events = self._events
+        append = events.append
+        service = self._service
+        allowed = self._allowed
+        contexts = self._notify_contexts
+        for plaintext in plaintexts:
+            try:
+                message = decode(plaintext)
+            except ProtocolViolation as exc:
+                self._fail(exc, "protocol_violation")
+                return
+            kind = message.type
+            if kind is MessageType.NOTIFY:
+                if self._closing or self._close_received or service is None:
+                    continue  # a client serves nothing; a closing server runs nothing new
+                name = message.operation
+                operation = allowed.get(name)
+                if operation is None:
+                    operation = self._authorize(message)
+                    if operation is None:
+                        continue
+                context = None if message.metadata else contexts.get(name)
+                if context is None:
+                    context = self._context(operation, message)
+                    if context is None:
+                        continue
+                    if not message.metadata and len(contexts) < 1024 and \
+                            not service.needs_call_checks(operation):
+                        contexts[name] = context
+                append(Notified(operation, context, message.body))
+            elif kind is MessageType.REQUEST:
+                self._request(message)
+            elif kind is MessageType.RESPONSE or kind is MessageType.ERROR:
+                if not self._reply_received(message):
+                    return
+            elif kind is MessageType.CLOSE:
+                self._peer_close()
+                return  # nothing after CLOSE is read
+            else:
+                append(OtherMessage(message))
+
+    def _request(self, message: CallMessage) -> None:
+        call_id = message.call_id
+        name = message.operation
+        if name == PING_OPERATION and call_id:
+            # Liveness probe: answered at once, never authorized or counted.
+            if not self._close_sent:
+                self._queue(call_header(MessageType.RESPONSE, call_id, ""))
+            return
+        if call_id == 0:
+            self._refuse(message, ErrorCode.BAD_REQUEST, "a request needs a call id other than 0")
+            return
+        if self._closing or self._close_received:
+            self._refuse(message, ErrorCode.UNAVAILABLE, "the server is closing this connection")
+            return
+        service = self._service
+        if service is None:
+            self._refuse(message, ErrorCode.UNKNOWN_OPERATION, "the client serves no operations")
+            return
+        operation = self._allowed.get(name)
+        if operation is None:
+            operation = self._authorize(message)
+            if operation is None:
+                return
+        context = self._context(operation, message)
+        if context is None:
+            return
+        self.inflight += 1
+        self._events.append(CallReceived(call_id, operation, context, message.body))
+
+    def _authorize(self, message: CallMessage) -> Operation | None:
+        """The Operation, or None after refusing the call."""
+        service = self._service
+        assert service is not None
+        result = service.authorize(message.operation, self._peer_roles, self.peer, self.guard,
+                                   self._now)
+        if isinstance(result, tuple):  # a Refusal
+            self._refuse(message, result.code, result.text)
+            return None
+        if len(self._allowed) < 1024:
+            self._allowed[message.operation] = result
+        return result
+
+    def _context(self, operation: Operation, message: CallMessage) -> CallContext | None:
+        """The handler's context, or None after refusing the call (its
+        end-user or signature requirement is not met)."""
+        service = self._service
+        assert service is not None
+        context = service.call_context(operation, self._peer_roles, self.peer,
+                                       message.call_id, message.metadata, state=self.state,
+                                       guard=self.guard, now=self._now)
+        if isinstance(context, tuple):  # a Refusal
+            self._refuse(message, context.code, context.text)
+            return None
+        return context
+
+    def _refuse(self, message: CallMessage, code: ErrorCode, text: str) -> None:
+        notification = message.type is MessageType.NOTIFY
+        if not notification and not self._close_sent:  # nothing follows our CLOSE
+            self._queue(encode(error_message(message.call_id, message.operation, code, text)))
+        guard = self.guard
+        limit = guard.exhausted and not self._closing and code in (
+            ErrorCode.FORBIDDEN, ErrorCode.UNKNOWN_OPERATION)
+        self._events.append(CallRefused(message.call_id, message.operation, code,
+                                        notification, limit))
+        if limit:
+            audit_log.warning("too many refused calls: closing the connection", extra={
+                "event": "refused_calls_limit", "peer": self.peer, "refused": guard.refused})
+            self._events.append(Closing("refused_calls"))
+            self.begin_close("refused_calls")
+
+    def _reply_received(self, message: CallMessage) -> bool:
+        """Match a reply to our request; False if the connection failed."""
+        call_id = message.call_id
+        if call_id in self._pings:
+            self._pings.discard(call_id)
+            return True
+        if self._pending.pop(call_id, None) is None:
+            if self._next_id == 1:
+                self._fail(ProtocolViolation("unexpected reply message from the peer"),
+                           "protocol_violation")
+                return False
+            return True  # late reply to a call that timed out or was cancelled
+        if message.type is MessageType.RESPONSE:
+            self._events.append(ReplyReceived(call_id, message.body, message.metadata))
+        else:
+            try:
+                error = remote_error(message)
+            except ProtocolViolation as exc:
+                self._fail(exc, "protocol_violation")
+                return False
+            self._events.append(CallFailed(call_id, error))
+        if self._close_received:
+            self._check_close()
+        return True
+
+    def _peer_close(self) -> None:
+        self._close_received = True
+        if not self._close_reason:
+            self._close_reason = "closed_by_peer" if not self.is_client else "closed"
+            if not self.is_client:
+                self._events.append(Closing("closed_by_peer"))
+        self._check_close()
+
+    # -- sending -----------------------------------------------------------------------------
+    def _check_open(self) -> None:
+        if self._state is _OPEN and not (self._closing or self._close_sent
+                                         or self._close_received):
+            return
+        if self.failure is not None:
+            raise self.failure_error()
+        if self._state is _HANDSHAKE:
+            raise HandshakeStateError("the handshake has not completed")
+        raise ConnectionClosed("the channel is closed")
+
+    def failure_error(self) -> RolewireError:
+        """The typed error calls get after a failure (ConnectionClosed if the
+        cause was not a rolewire error)."""
+        exc = self.failure
+        if isinstance(exc, RolewireError):
+            return exc
+        return ConnectionClosed(f"the connection failed: {type(exc).__name__}")
+
+    def _check_size(self, plaintext: bytes) -> None:
+        if len(plaintext) > self._max_plaintext:
+            raise RecordTooLarge(
+                f"message of {len(plaintext)} bytes exceeds the session's maximum record "
+                f"plaintext ({self._max_plaintext} bytes)")
+
+    def _queue(self, plaintext: bytes) -> None:
+        self._out.append(plaintext)
+        self._out_bytes += len(plaintext)
+        if (self._out_bytes >= self._settings.coalesce_bytes
+                or len(self._out) >= self._settings.max_batch_messages):
+            self._seal_out()
+
+    def _note_send(self) -> None:
+        self._sent_since_recv = True
+        if not self._confirmed and not self._pings and self._settings.keepalive_interval:
+            # The first data after the handshake: confirm that the responder
+            # accepted our last handshake message (a swallowed InitiatorAuth
+            # otherwise leaves us sending into the void).
+            self._send_ping(self._now + min(self._settings.handshake_timeout,
+                                            self.config.timeout))
+
+    def _send_ping(self, deadline: float) -> None:
+        call_id = self._next_id
+        self._next_id += 1
+        self._pings.add(call_id)
+        self._ping_deadline = deadline
+        self._queue(call_header(MessageType.REQUEST, call_id, PING_OPERATION))
+
+    def _message(self, kind: MessageType, call_id: int, operation: str, body: bytes,
+                 metadata: Mapping[str, bytes] | None) -> bytes:
+        if metadata:
+            return encode(CallMessage(kind, call_id, operation, bytes(body), metadata))
+        if kind is MessageType.NOTIFY:
+            head = self._notify_heads.get(operation)
+            if head is None:
+                head = call_header(MessageType.NOTIFY, 0, operation)
+                if len(self._notify_heads) < 256:
+                    self._notify_heads[operation] = head
+            return head + body
+        return call_header(kind, call_id, operation) + body
+
+    def call(self, operation: str, body: bytes = b"", *, timeout: float | None = None,
+             metadata: Mapping[str, bytes] | None = None) -> int:
+        """Queue a REQUEST; returns its call id. Its outcome is a
+        :class:`ReplyReceived` or :class:`CallFailed` event with that id.
+        ``timeout`` (seconds; default ``settings.call_timeout``, ``math.inf``
+        for none) makes it fail with :class:`~rolewire.errors.CallTimeout`.
+        Raises :class:`~rolewire.errors.RecordTooLarge` (nothing queued) or
+        the connection's error if it is not open."""
+        self._check_open()
+        call_id = self._next_id
+        message = self._message(MessageType.REQUEST, call_id, operation, body, metadata)
+        self._check_size(message)
+        self._next_id = call_id + 1
+        self._pending[call_id] = operation
+        if timeout is None:
+            default = self._settings.call_timeout
+            if default is not None:
+                self._default_deadlines.append((self._now + default, call_id))
+        elif timeout != math.inf:
+            heapq.heappush(self._deadlines, (self._now + timeout, call_id))
+        self._queue(message)
+        self._note_send()
+        return call_id
+
+    def cancel(self, call_id: int) -> None:
+        """Forget our request ``call_id`` (its reply, if one comes, is dropped)."""
+        self._pending.pop(call_id, None)
+
+    def notify(self, operation: str, body: bytes = b"", *,
+               metadata: Mapping[str, bytes] | None = None) -> None:
+        """Queue a NOTIFY (one-way). Raises like :meth:`call`."""
+        self._check_open()
+        message = self._message(MessageType.NOTIFY, 0, operation, body, metadata)
+        if len(message) > self._max_plaintext:
+            self._check_size(message)
+        self._queue(message)
+        self._note_send()
+
+    def notify_many(self, operation: str, bodies: Iterable[bytes], *,
+                    metadata: Mapping[str, bytes] | None = None) -> None:
+        """Queue many NOTIFYs of one operation, all or nothing (every size is
+        checked first); sealed in batches."""
+        self._check_open()
+        if metadata:
+            messages = [self._message(MessageType.NOTIFY, 0, operation, body, metadata)
+                        for body in bodies]
+        else:
+            head = self._message(MessageType.NOTIFY, 0, operation, b"", None)
+            messages = [head + body for body in bodies]
+        limit = self._max_plaintext
+        for message in messages:
+            if len(message) > limit:
+                self._check_size(message)
+        out = self._out
+        coalesce = self._settings.coalesce_bytes
+        batch = self._settings.max_batch_messages
+        for message in messages:
+            out.append(message)
+            self._out_bytes += len(message)
+            if self._out_bytes >= coalesce or len(out) >= batch:
+                self._seal_out()
+                out = self._out
+        if messages:
+            self._note_send()
+
+    def reply(self, call_id: int, operation: str, result: bytes | Refusal,
+              now: float | None = None) -> None:
+        """Answer the peer's request ``call_id`` (from a :class:`CallReceived`):
+        ``result`` is the body, or a :class:`~rolewire.services.Refusal`
+        (what :meth:`~rolewire.services.Service.invoke` returns for a failed
+        handler) for an ERROR reply. A reply too large for one record is
+        replaced by a HANDLER_FAILED error."""
+        if now is not None:
+            self._now = now
+        self.inflight -= 1
+        self._last_activity = self._now
+        if self._state is not _OPEN or self._close_sent:
+            return
+        if isinstance(result, (bytes, bytearray, memoryview)):
+            message = call_header(MessageType.RESPONSE, call_id, operation) + result
+            if len(message) > self._max_plaintext:
+                message = encode(error_message(call_id, operation, ErrorCode.HANDLER_FAILED,
+                                               "the reply exceeds the maximum record size"))
+        else:
+            message = encode(error_message(call_id, operation, result.code, result.text))
+        self._queue(message)
+        if self._closing or self._close_received:
+            self._check_close()
+
+    def rekey(self) -> None:
+        """Ratchet our sending key now (the next record uses the new epoch)."""
+        if self.session is None:
+            raise HandshakeStateError("the handshake has not completed")
+        self._seal_out()
+        self.session.rekey()
+
+    def _seal_out(self) -> None:
+        messages = self._out
+        if not messages:
+            return
+        self._out = []
+        self._out_bytes = 0
+        session = self.session
+        if self._state is not _OPEN or session is None:
+            return
+        try:
+            if len(messages) == 1:  # the batch call's setup costs more than it saves
+                records = [session.seal(messages[0])]
+            else:
+                records = session.seal_many(messages)
+        except RolewireError as exc:  # KeyExhausted, RecordLayerClosed
+            self._fail(exc, type(exc).__name__)
+            return
+        if self._stream:
+            self._wire.append(encode_records(records))
+        else:
+            self._wire.extend(b"\x02" + record for record in records)
+        epoch = session.send_epoch
+        if epoch != self._send_epoch:
+            self._send_epoch = epoch
+            self._log.info("rekey", extra={"event": "rekey", "peer": self.peer,
+                                           "side": self.side, "direction": "send",
+                                           "epoch": epoch})
+
+    # -- output ---------------------------------------------------------------------------
+    def data_to_send(self, now: float | None = None) -> bytes:
+        """Everything to write to a stream now (frames), sealing what is
+        queued; possibly empty."""
+        if now is not None:
+            self._now = now
+        if self._out:
+            self._seal_out()
+        wire = self._wire
+        if not wire:
+            return b""
+        self._wire = []
+        return wire[0] if len(wire) == 1 else b"".join(wire)
+
+    def messages_to_send(self, now: float | None = None) -> list[bytes]:
+        """For a message transport (``framing="message"``): the messages to
+        send now, in order (``kind u8 | payload`` each)."""
+        if now is not None:
+            self._now = now
+        if self._out:
+            self._seal_out()
+        wire, self._wire = self._wire, []
+        return wire
+
+    # -- events -------------------------------------------------------------------------
+    def next_event(self) -> Event | None:
+        """The next event, or None when there is none until more input (or
+        a timer)."""
+        events = self._events
+        return events.popleft() if events else None
+
+    def events(self) -> list[Event]:
+        """All pending events at once (what repeated :meth:`next_event`
+        would return)."""
+        events = list(self._events)
+        self._events.clear()
+        return events
+
+    # -- closing -------------------------------------------------------------------------
+    def close(self, now: float | None = None, timeout: float | None = None) -> None:
+        """Close gracefully from our side: CLOSE goes out after everything
+        queued; replies to our pending requests are still accepted; the
+        connection is :class:`Closed` when the peer's CLOSE arrived (or
+        after ``timeout``, default ``settings.close_timeout``). Idempotent.
+        Before the handshake completed it just ends the connection."""
+        if now is not None:
+            self._now = now
+        if self.ended:
+            return
+        if self._state is _HANDSHAKE:
+            self._finish("closed", graceful=True)
+            return
+        if not self._close_reason:
+            self._close_reason = "closed"
+        self._closing = True
+        if self._close_deadline is None:
+            self._close_deadline = self._now + (timeout if timeout is not None
+                                                else self._settings.close_timeout)
+        if not self._close_sent:
+            self._close_sent = True
+            self._queue(_CLOSE)
+        self._check_close()
+
+    def begin_close(self, reason: str, now: float | None = None) -> None:
+        """Start a graceful close as a server does (``reason`` for logs):
+        requests already running finish and are answered, new ones get
+        UNAVAILABLE, then CLOSE is sent; the connection ends when the peer
+        closes too, or after ``settings.close_timeout``."""
+        if now is not None:
+            self._now = now
+        if self.ended or self._closing:
+            return
+        if self._state is _HANDSHAKE:
+            self._finish(reason, graceful=True)
+            return
+        self._closing = True
+        if not self._close_reason:
+            self._close_reason = reason
+        self._close_deadline = self._now + self._settings.close_timeout
+        self._check_close()
+
+    def abort(self, error: BaseException | None = None, reason: str = "aborted") -> None:
+        """End the connection at once (pending requests fail). With
+        ``error`` it is a :class:`Failed`, else a non-graceful
+        :class:`Closed`."""
+        if self.ended:
+            return
+        if error is not None:
+            self._fail(error, reason)
+        else:
+            self._out = []
+            self._finish(reason, graceful=False)
+
+    def _check_close(self) -> None:
+        if self._state is not _OPEN:
+            return
+        if self.inflight > 0:
+            return
+        if self._close_received:
+            if self._pending:
+                # The peer answers every request it ran before its CLOSE and
+                # runs nothing after it: these were not run.
+                append = self._events.append
+                for call_id, operation in self._pending.items():
+                    append(CallFailed(call_id, ServiceUnavailable(
+                        "the peer closed the connection; the request was not run",
+                        operation=operation, code=ErrorCode.UNAVAILABLE)))
+                self._pending.clear()
+            if not self._close_sent:
+                self._close_sent = True
+                self._queue(_CLOSE)
+            self._finish(self._close_reason or "closed", graceful=True)
+        elif self._closing and not self._close_sent:
+            self._close_sent = True
+            self._queue(_CLOSE)
+
+    def _fail_pending(self, error: BaseException) -> None:
+        if self._pending:
+            append = self._events.append
+            for call_id in self._pending:
+                append(CallFailed(call_id, error))
+            self._pending.clear()
+        self._default_deadlines.clear()
+        self._deadlines.clear()
+
+    def _finish(self, reason: str, *, graceful: bool) -> None:
+        """The end: seal what is queued (a final CLOSE), wipe the keys."""
+        if self.ended:
+            return
+        if self._out and self.session is not None:
+            self._seal_out()
+            if self.ended:
+                return
+        self._state = _CLOSED
+        self._fail_pending(ConnectionClosed("the channel closed before the reply arrived"))
+        self._events.append(Closed(reason, graceful))
+        self._ended(reason)
+
+    def _fail(self, error: BaseException, reason: str, *, remote: bool = False) -> None:
+        if self.ended:
+            return
+        handshaking = self._state is _HANDSHAKE
+        self._state = _FAILED
+        self.failure = error
+        self._out = []
+        self._out_bytes = 0
+        self._fail_pending(self.failure_error())
+        self._events.append(Failed(error, reason, remote))
+        if handshaking:
+            self._log.info("handshake failed", extra={
+                "event": "handshake_failed", "peer": self.peer, "side": self.side,
+                "reason": reason, "remote": remote, "error": type(error).__name__})
+            self._hs = None
+            return
+        if isinstance(error, HandshakeError):
+            self._log.info("handshake failed", extra={
+                "event": "handshake_failed", "peer": self.peer, "side": self.side,
+                "reason": reason, "remote": remote, "error": type(error).__name__})
+        elif isinstance(error, ProtocolViolation):
+            self._log.warning("protocol violation", extra={
+                "event": "protocol_violation", "peer": self.peer, "side": self.side,
+                "error": str(error)})
+        self._ended(reason)
+
+    def _ended(self, reason: str) -> None:
+        session = self.session
+        if session is None:
+            return
+        c = session.counters
+        if self.guard.suppressed_total:
+            audit_log.warning("audit lines suppressed", extra={
+                "event": "audit_suppressed", "peer": self.peer,
+                "suppressed": self.guard.suppressed_total, "refused": self.guard.refused})
+        self._log.info("session closed", extra={
+            "event": "session_closed", "peer": self.peer, "side": self.side,
+            "reason": reason, "duration": round(self._now - self._started, 3),
+            "records_sealed": c.records_sealed, "records_opened": c.records_opened,
+            "bad_records": self.bad_records, "rekeys": c.rekeys})
+        session.close()
+
+    # -- timers -----------------------------------------------------------------------------
+    def _earliest_call_deadline(self) -> float | None:
+        pending = self._pending
+        queue = self._default_deadlines
+        while queue and queue[0][1] not in pending:
+            queue.popleft()
+        heap = self._deadlines
+        while heap and heap[0][1] not in pending:
+            heapq.heappop(heap)
+        if queue and heap:
+            return min(queue[0][0], heap[0][0])
+        if queue:
+            return queue[0][0]
+        return heap[0][0] if heap else None
+
+    def get_timer(self) -> float | None:
+        """When :meth:`handle_timer` must be called next (same clock as
+        ``now``), or None."""
+        state = self._state
+        if state is _HANDSHAKE:
+            return self._hs_deadline
+        if state is not _OPEN:
+            return None
+        s = self._settings
+        times: list[float] = []
+        if self._close_deadline is not None:
+            times.append(self._close_deadline)
+        if self._pending:
+            deadline = self._earliest_call_deadline()
+            if deadline is not None:
+                times.append(deadline)
+        if self._ping_deadline is not None:
+            times.append(self._ping_deadline)
+        elif self.is_client and s.keepalive_interval is not None and (
+                self._pending or self._sent_since_recv):
+            times.append(self._last_recv + s.keepalive_interval)
+        if (not self.is_client and s.idle_timeout is not None and not self._closing
+                and self.inflight == 0):
+            times.append(self._last_activity + s.idle_timeout)
+        return min(times) if times else None
+
+    def handle_timer(self, now: float) -> None:
+        """Act on every deadline that has passed by ``now``."""
+        self._now = now
+        state = self._state
+        if state is _HANDSHAKE:
+            if now >= self._hs_deadline:
+                hs = self._hs
+                assert hs is not None
+                hs.check_timeout()
+                if hs.finished:
+                    self._drive_handshake()
+                    return
+                # The connection's limit is shorter than the config's: reject
+                # ourselves.
+                self._wire.append(encode_frame(FrameKind.HANDSHAKE,
+                                               Reject(RejectReason.TIMEOUT).encode())
+                                  if self._stream else
+                                  encode_message(FrameKind.HANDSHAKE,
+                                                 Reject(RejectReason.TIMEOUT).encode()))
+                self._fail(HandshakeTimeout("the handshake did not finish in time"),
+                           RejectReason.TIMEOUT.name)
+            return
+        if state is not _OPEN:
+            return
+        s = self._settings
+        if self._close_deadline is not None and now >= self._close_deadline:
+            self._finish(self._close_reason or "closed", graceful=False)
+            return
+        if self._pending:
+            self._expire_calls(now)
+        if self._ping_deadline is not None:
+            if now >= self._ping_deadline:
+                if not self._confirmed:
+                    self._fail(HandshakeTimeout(
+                        "the responder never confirmed the handshake (no record arrived)"),
+                        "unconfirmed")
+                else:
+                    self._fail(PeerUnresponsive(
+                        f"no answer from the peer for {s.liveness_timeout:g} s"), "unresponsive")
+                return
+        elif self.is_client and s.keepalive_interval is not None and (
+                self._pending or self._sent_since_recv) and (
+                now >= self._last_recv + s.keepalive_interval):
+            self._send_ping(now + s.liveness_timeout)
+        if (not self.is_client and s.idle_timeout is not None and not self._closing
+                and self.inflight == 0 and now >= self._last_activity + s.idle_timeout):
+            self._log.info("idle timeout", extra={
+                "event": "idle_timeout", "peer": self.peer,
+                "idle": round(now - self._last_activity, 3)})
+            self._events.append(Closing("idle"))
+            self.begin_close("idle")
+
+    def _expire_calls(self, now: float) -> None:
+        pending = self._pending
+        expired: list[int] = []
+        queue = self._default_deadlines
+        while queue and (queue[0][1] not in pending or queue[0][0] <= now):
+            _, call_id = queue.popleft()
+            if call_id in pending:
+                expired.append(call_id)
+        heap = self._deadlines
+        while heap and (heap[0][1] not in pending or heap[0][0] <= now):
+            _, call_id = heapq.heappop(heap)
+            if call_id in pending:
+                expired.append(call_id)
+        for call_id in expired:
+            if pending.pop(call_id, None) is not None:
+                self._events.append(CallFailed(call_id, CallTimeout(
+                    "no reply within the call's timeout")))
+        if expired and self._close_received:
+            self._check_close()
+
+    def __repr__(self) -> str:
+        return (f"<Connection {self.side} {self._state} peer={self.peer!r} "
+                f"peer_roles={sorted(self._peer_roles)} pending={len(self._pending)}>")
+
