@@ -293,3 +293,48 @@ def test_operation_table_and_arguments() -> None:
         seal_frames(a["c"], [b"x" * 10], 10)
     with pytest.raises(ConfigurationError):
         FastReceiver(a["pure"], native=True)
+
+
+# --- in the sans-IO connection ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("framing", ["stream", "message"])
+def test_connection_uses_containers_on_streams_only(framing: str) -> None:
+    from rolewire.protocol import ConnectionSettings, Notified, ReplyReceived
+    from tests.test_connection import Pair
+
+    pair = Pair(framing=framing)
+    pair.pump()
+    bodies = [b"%05d" % i for i in range(3000)]
+    pair.client.notify_many("sink", bodies)
+    call_id = pair.client.call("echo", b"after")
+    pair.pump()
+    got = [ev.body for ev in pair.server_events if isinstance(ev, Notified)]
+    assert got == bodies
+    assert any(isinstance(ev, ReplyReceived) and ev.call_id == call_id and ev.body == b"after"
+               for ev in pair.client_events)
+    sealed = pair.client.session.counters.records_sealed
+    if framing == "stream":
+        assert sealed < 100  # 3000 messages in a few 16 KiB containers
+    else:
+        assert sealed > 3000  # unordered transports: one record per message
+    # Containers off: one record per message on a stream too.
+    plain = Pair(client_settings=ConnectionSettings(container_bytes=0))
+    plain.pump()
+    plain.client.notify_many("sink", bodies[:50])
+    plain.pump()
+    assert plain.client.session.counters.records_sealed > 50
+
+
+def test_connection_rejects_a_malformed_container() -> None:
+    from rolewire.protocol import Failed
+    from tests.test_connection import Pair
+
+    pair = Pair()
+    pair.pump()
+    nested = bytes([7]) + bytes(9) + struct.pack(">I", 24) + encode_container(
+        [bytes([2]) + bytes(9)])
+    pair.client._queue(nested)
+    pair.pump()
+    (failed,) = [ev for ev in pair.server_events if isinstance(ev, Failed)]
+    assert isinstance(failed.error, ProtocolViolation)

@@ -84,6 +84,7 @@ from rolewire.protocol.events import (
     OtherMessage,
     ReplyReceived,
 )
+from rolewire.protocol.fastpath import seal_frames
 from rolewire.protocol.wire import (
     NO_METADATA,
     PING_OPERATION,
@@ -94,6 +95,7 @@ from rolewire.protocol.wire import (
     FrameKind,
     MessageType,
     call_header,
+    decode_container,
     decode_message,
     default_max_frame,
     encode,
@@ -177,6 +179,10 @@ class ConnectionSettings:
             :class:`~rolewire.budgets.CallGuard` (refused-call budget).
         coalesce_bytes, max_batch_messages: queued plaintext is sealed (one
             native call) when it reaches either bound.
+        container_bytes: stream framing (ordered transports): consecutive
+            queued messages travel in CONTAINER records of at most this much
+            plaintext (docs/PROTOCOL.md, "Containers"); 0: one record per
+            message. Message framing always uses one record per message.
     """
 
     handshake_timeout: float = 10.0
@@ -192,6 +198,7 @@ class ConnectionSettings:
     coalesce_bytes: int = 64 * 1024
     max_batch_messages: int = 4096
     bad_record_log_interval: float = 1.0
+    container_bytes: int = 16 * 1024
 
     def __post_init__(self) -> None:
         for name in ("handshake_timeout", "liveness_timeout", "close_timeout"):
@@ -201,6 +208,8 @@ class ConnectionSettings:
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise ConfigurationError(f"{name} must be > 0 or None")
+        if self.container_bytes and self.container_bytes < 18:
+            raise ConfigurationError("container_bytes must be 0 or >= 18")
         if self.max_inflight < 1 or self.max_bad_records < 0 or self.max_batch_messages < 1:
             raise ConfigurationError("max_inflight and max_batch_messages must be >= 1")
         CallGuard(**dict(self.call_guard or {}))  # bad settings fail here
@@ -269,6 +278,7 @@ class Connection:
         self._out: list[bytes] = []        # plaintexts to seal
         self._out_bytes = 0
         self._max_plaintext = 0
+        self._container_max = 0
         self._calls = CallDecoder()
         # our requests
         self._next_id = 1
@@ -501,6 +511,8 @@ class Connection:
         self._peer_roles = session.peer_roles
         self.state = ConnectionState(session.transcript_hash)
         self._max_plaintext = session.max_plaintext
+        container = self._settings.container_bytes
+        self._container_max = min(container, session.max_plaintext) if container else 0
         self._send_epoch = session.send_epoch
         self._recv_epoch = session.recv_epoch
         self._last_recv = self._last_activity = self._now
@@ -527,7 +539,14 @@ class Connection:
         errors: list[RecordError] | None = None
         for item in results:
             if item.__class__ is bytes:
-                good.append(item)  # type: ignore[arg-type]
+                if item[:1] == b"\x07":  # type: ignore[index]  # CONTAINER
+                    try:
+                        good.extend(decode_container(item))  # type: ignore[arg-type]
+                    except ProtocolViolation as exc:
+                        self._fail(exc, "protocol_violation")
+                        return
+                else:
+                    good.append(item)  # type: ignore[arg-type]
             elif isinstance(item, RecordError):
                 if errors is None:
                     errors = []
@@ -885,12 +904,25 @@ class Connection:
         try:
             if len(messages) == 1:  # the batch call's setup costs more than it saves
                 records = [session.seal(messages[0])]
+            elif self._stream and self._container_max:
+                # Ordered transport: one native call seals the messages into
+                # CONTAINER records, straight into the frames written
+                # (protocol.fastpath; docs/PROTOCOL.md, "Containers").
+                session.before_send()
+                data, sealed, _ = seal_frames(session.record_layer, messages,
+                                              self._container_max)
+                session.counters.records_sealed += sealed
+                session.counters.bytes_sealed += sum(map(len, messages))
+                self._wire.append(data)
+                records = None
             else:
                 records = session.seal_many(messages)
         except RolewireError as exc:  # KeyExhausted, RecordLayerClosed
             self._fail(exc, type(exc).__name__)
             return
-        if self._stream:
+        if records is None:
+            pass
+        elif self._stream:
             self._wire.append(encode_records(records))
         else:
             self._wire.extend(b"\x02" + record for record in records)
