@@ -26,7 +26,13 @@ from rolewire import errors
 from rolewire.aio import FrameDecoder, FrameKind, connect, serve
 from rolewire.aio._base import COALESCE_BYTES, WRITE_HIGH_WATER
 from rolewire.aio.framing import encode_frame, encode_records
-from rolewire.handshake import HandshakeComplete, HandshakeConfig, Initiator, RejectReason
+from rolewire.handshake import (
+    HandshakeComplete,
+    HandshakeConfig,
+    HandshakeLimiter,
+    Initiator,
+    RejectReason,
+)
 from rolewire.roles.key import KeyRole
 from rolewire.rpc import CallMessage, MessageType, decode, encode
 from rolewire.services import UNRESTRICTED, Service
@@ -312,22 +318,40 @@ def test_memory_per_pending_handshake_is_bounded():
 
 def test_handshake_rate_budget_per_peer():
     """Old code let one address start handshakes (and their X448/X25519 +
-    ML-KEM work) as fast as it liked. Now a token bucket per address."""
+    ML-KEM work) as fast as it liked. Now a token bucket per address,
+    enforced while the server is loaded (handshakes pending)."""
     service = make_service()
+    limiter = HandshakeLimiter(max_pending=16, max_per_peer=8)  # enforced at >= 2 pending
+    hello = encode_frame(FrameKind.HANDSHAKE, Initiator(CFG).data_to_send())
 
     async def main():
-        async with serve(service, CFG, handshake_rate=(0.01, 3)) as server:
-            for _ in range(3):
+        async with serve(service, CFG, handshake_rate=(0.01, 3), limiter=limiter,
+                         handshake_timeout=30.0) as server:
+            # Unloaded: the bucket runs dry, but nobody waits, so no refusal.
+            for _ in range(5):
                 async with connect("127.0.0.1", server.port, CFG) as channel:
                     assert await channel.call("echo", b"x") == b"x"
+            assert server.stats.rate_limited == 0
+            # Loaded: two stalled handshakes from a third address.
+            stalled = []
+            for _ in range(2):
+                _r, w = await asyncio.open_connection("127.0.0.1", server.port,
+                                                     local_addr=("127.0.0.3", 0))
+                w.write(hello[:20])
+                stalled.append(w)
+            while limiter.pending < 2:
+                await asyncio.sleep(0.01)
             with pytest.raises(errors.HandshakeRejected) as info:
                 await connect("127.0.0.1", server.port, CFG)
             assert info.value.reason_code == RejectReason.BUSY
+            # Another address still has its budget.
             assert await legit_call(server.port) == b"legit"
+            for w in stalled:
+                w.close()
             return server.stats
 
     stats = run(main())
-    assert stats.rate_limited == 1 and stats.sessions_total == 4
+    assert stats.rate_limited == 1 and stats.sessions_total == 6
 
 
 # -- 4. a client that stops reading ----------------------------------------------------------

@@ -21,7 +21,7 @@ def test_purchase_succeeds_and_every_escalation_is_denied():
             ("payment", "shipping", "ship"), ("shipping", "user-api", "profile"),
             ("shipping", "warehouse", "pick")} <= hops
     targets = {b["to"]: b for b in report.breach}
-    assert set(targets) == {"payment", "shipping", "warehouse"}
+    assert set(targets) == {"payment", "shipping", "warehouse", "user-api"}
     assert all(b["result"] == "denied" for b in report.breach)
     # payment and warehouse share no role with suggestion: the handshake
     # refuses; shipping shares user-info but `ship` needs approval: Forbidden
@@ -33,6 +33,16 @@ def test_purchase_succeeds_and_every_escalation_is_denied():
     role_names = ("user-info", "payment", "approval", "shipping")
     assert not any(name in targets["shipping"]["detail"] for name in role_names)
     assert report.ok
+    # issue 18: the customer's identity reached the warehouse through every hop
+    receipt = json.loads(report.purchase_detail)["receipt"]
+    assert receipt["shipment"]["parcel"].startswith("parcel-teapot")
+    assert receipt["shipment"]["for"] == "alice"
+    assert receipt["shipment"]["via"] == ["shipping", "payment", "user-api"]
+    # ... and a forged or replayed customer context is refused by the user API
+    contexts = [b for b in report.breach if b["to"] == "user-api"]
+    assert [b["result"] for b in contexts] == ["denied", "denied"]
+    assert "forged" in contexts[0]["detail"] and "signature" in contexts[0]["detail"]
+    assert "captured" in contexts[1]["detail"] and "audience" in contexts[1]["detail"]
     text = webshop.render(report)
     assert "OK: the purchase succeeded" in text
 
@@ -43,5 +53,5 @@ def test_cli_demo_webshop_json():
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
     assert data["purchase"] == "ok"
-    assert [b["result"] for b in data["breach"]] == ["denied"] * 3
+    assert [b["result"] for b in data["breach"]] == ["denied"] * 5
     assert {b["from"] for b in data["breach"]} == {"suggestion"}

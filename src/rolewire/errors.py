@@ -24,6 +24,7 @@ __all__ = [
     "HandshakeRejected",
     "HandshakeStateError",
     "HandshakeTimeout",
+    "IntegrityLimitExceeded",
     "InvalidKeyShare",
     "KeyExhausted",
     "MalformedHandshakeMessage",
@@ -101,6 +102,12 @@ class KeyExhausted(RecordError):
 
 class RecordLayerClosed(RecordError):
     """The record layer was closed and its keys wiped."""
+
+
+class IntegrityLimitExceeded(RecordLayerClosed):
+    """More records failed to authenticate than the session's integrity
+    limit allows: the session closed itself and wiped its keys (the idea of
+    RFC 9001's integrity limit; every forged record is a forgery attempt)."""
 
 
 class ConcurrentUseError(RolewireError, RuntimeError):

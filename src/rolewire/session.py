@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING
 from rolewire.errors import (
     AuthenticationFailed,
     ConfigurationError,
+    IntegrityLimitExceeded,
     RecordError,
     RecordTooOld,
     ReplayDetected,
@@ -54,10 +55,15 @@ from rolewire.record import Buffer, RecordLayer, RecordLimits, Suite
 if TYPE_CHECKING:
     from typing_extensions import Self
 
-__all__ = ["DEFAULT_MIN_EPOCH_RECORDS", "Session", "SessionCounters"]
+__all__ = ["DEFAULT_MIN_EPOCH_RECORDS", "INTEGRITY_LIMIT", "Session", "SessionCounters"]
 
 #: Records a sending epoch seals at least before an automatic rekey.
 DEFAULT_MIN_EPOCH_RECORDS = 64
+#: Records that may fail to authenticate before a session closes itself
+#: (issue 11 s.4, the idea of RFC 9001's integrity limit: a legitimate peer
+#: over a reliable transport sends none; an attacker gets this many
+#: forgery attempts per session, far below the AEAD's own bound).
+INTEGRITY_LIMIT = 100
 
 
 @dataclass
@@ -92,6 +98,7 @@ class Session:
         "_clock",
         "_closed",
         "_grace_period",
+        "_integrity_limit",
         "_known_recv_epoch",
         "_layer",
         "_min_epoch_lifetime",
@@ -113,7 +120,8 @@ class Session:
                  rekey_interval: float = 600.0, grace_period: float = 30.0,
                  min_epoch_records: int = DEFAULT_MIN_EPOCH_RECORDS,
                  min_epoch_lifetime: float = 0.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 integrity_limit: int | None = None) -> None:
         if (not isinstance(min_epoch_records, int) or min_epoch_records < 0
                 or min_epoch_lifetime < 0 or grace_period < 0 or rekey_interval <= 0):
             raise ConfigurationError("min_epoch_records, min_epoch_lifetime and grace_period "
@@ -132,6 +140,7 @@ class Session:
         self._min_epoch_lifetime = min_epoch_lifetime
         self._send_key_since = clock()
         self._closed = False
+        self._integrity_limit = INTEGRITY_LIMIT if integrity_limit is None else integrity_limit
         self._known_recv_epoch = layer.recv_epoch
         # past receive epoch -> clock() when it was superseded (grace start)
         self._superseded: dict[int, float] = {}
@@ -252,13 +261,23 @@ class Session:
 
     def open(self, record: Buffer) -> bytes:
         """Open one record; raises a :class:`~rolewire.errors.RecordError`
-        subclass (and changes nothing) if it is forged, replayed or too old."""
+        subclass (and changes nothing) if it is forged, replayed or too old.
+
+        Integrity limit: once more than ``integrity_limit`` records (default
+        :data:`INTEGRITY_LIMIT`) have failed to authenticate, the session
+        closes itself and this raises
+        :class:`~rolewire.errors.IntegrityLimitExceeded`; :meth:`open_many`
+        closes it after the batch (check :attr:`closed`)."""
         if self._superseded:
             self._retire_if_due()
         try:
             plaintext = self._layer.open(record)
         except RecordError as exc:
             self._count_error(exc)
+            if self.counters.auth_failures > self._integrity_limit:
+                self.close()
+                raise IntegrityLimitExceeded(
+                    "too many records failed to authenticate; the session is closed") from exc
             raise
         self._note_recv_epoch()
         self.counters.records_opened += 1
@@ -278,6 +297,8 @@ class Session:
             else:
                 self.counters.records_opened += 1
                 self.counters.bytes_opened += len(item)
+        if self.counters.auth_failures > self._integrity_limit:
+            self.close()  # later opens and seals raise RecordLayerClosed
         return results
 
     def close(self) -> None:

@@ -435,6 +435,9 @@ class Server:
         self.handshake_rate = handshake_rate
         self._handshake_budget = (PeerBudget(*handshake_rate)
                                   if handshake_rate is not None else None)
+        #: The handshake rate is enforced while at least this many
+        #: handshakes are pending (an eighth of the handshake table).
+        self.rate_enforced_above = max(1, limiter.max_pending // 8)
         self.max_frame = max_frame or default_max_frame(config)
         self.max_inflight = max_inflight
         self.close_timeout = close_timeout
@@ -644,7 +647,12 @@ class Server:
             writer.transport.abort()
             return
         budget = self._handshake_budget
-        if budget is not None and not budget.take(pending.key, loop.time()):
+        # Every handshake is charged to its peer's bucket; an empty bucket
+        # is enforced only while the server is loaded (handshakes pending),
+        # so a lone client reconnecting fast is not refused when nobody
+        # waits, and the heaviest peers are the first refused when others do.
+        if (budget is not None and not budget.take(pending.key, loop.time())
+                and self.limiter.pending >= self.rate_enforced_above):
             stats.handshakes_failed += 1
             stats.rate_limited += 1
             log_handshake_failed("BUSY", peer=peer, side="responder")
@@ -776,7 +784,9 @@ def serve(service: Service, config: HandshakeConfig, *, host: str = "127.0.0.1",
         first_byte_timeout: seconds a new connection may stay silent before
             it is closed (it holds no handshake slot meanwhile).
         handshake_rate: ``(per_second, burst)`` handshakes one address may
-            start (a token bucket); over it, BUSY. None: unbounded.
+            start (a token bucket); over it, BUSY while the server is loaded
+            (at least an eighth of the handshake slots in use). None:
+            unbounded.
     """
     return _Serve(service, config, host=host, port=port, max_connections=max_connections,
                   handshake_timeout=handshake_timeout, idle_timeout=idle_timeout,

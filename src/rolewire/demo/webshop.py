@@ -20,10 +20,21 @@ end: user API → payment (``payment``) → shipping (``approval``) → warehous
 (``user-info``) and the user API asking suggestion for recommendations
 (``user-info``).
 
+The customer's identity travels with the purchase (issue 18, end-user
+context): an identity provider signs alice's token (Ed25519, JWKS file in the
+temporary directory); the customer sends it in the call metadata, and before
+every hop a service exchanges the token it received for one bound to the
+next service (the thesis's per-hop variant, RFC 8693 ``act`` chain), so
+payment charges, shipping ships and the warehouse picks *for alice*, each
+knowing the path the order took.
+
 Then the demo plays an attacker who took over the suggestion service: it has
 suggestion's secrets (the ``user-info`` key) and nothing else, and tries to
-call payment, shipping and warehouse. Every attempt must be denied — by the
-handshake (no shared role) or by the callee's authorization (Forbidden).
+call payment, shipping and warehouse; then, as a ``user-info`` holder, to
+read a customer's profile from the user API with a forged token for another
+customer and with alice's context it captured (exchanged for suggestion, so
+bound to it). Every attempt must be denied — by the handshake (no shared
+role) or by the callee's authorization (Forbidden).
 """
 
 from __future__ import annotations
@@ -42,6 +53,14 @@ from typing import Any
 
 from rolewire import pki
 from rolewire.config import ServiceConfig, load_config
+from rolewire.enduser import (
+    EndUserVerifier,
+    Issuer,
+    TokenService,
+    current_end_user,
+    require_claim,
+    token_metadata,
+)
 from rolewire.errors import Forbidden, HandshakeError, RolewireError
 from rolewire.handshake import HandshakeConfig
 from rolewire.roles import PasswordRateLimiter
@@ -50,6 +69,10 @@ from rolewire.services import CallContext, Service
 __all__ = ["SERVICES", "WebshopReport", "run", "write_secrets"]
 
 SERVICES = ("user-api", "suggestion", "payment", "shipping", "warehouse")
+#: The identity provider / STS of the shop, and the audience of the tokens
+#: it issues to customers (accepted by the user API only).
+IDP = "https://idp.webshop.test"
+SHOP_AUDIENCE = "webshop"
 APPROVAL_ENV = "ROLEWIRE_DEMO_APPROVAL_PASSWORD"
 
 # Which roles each service holds, as TOML [[role]] tables (paths relative to
@@ -152,7 +175,7 @@ class _Node:
     """One running service: its config, roles, server and outgoing channels."""
 
     def __init__(self, config: ServiceConfig, report: WebshopReport,
-                 limiter: PasswordRateLimiter) -> None:
+                 limiter: PasswordRateLimiter, sts: TokenService, idp: Issuer) -> None:
         self.name = config.name
         self.config = config
         self.report = report
@@ -164,7 +187,14 @@ class _Node:
         # role (its `purchase` is unrestricted); everyone else requires one.
         self.handshake = HandshakeConfig(roles=roles,
                                          allow_anonymous=self.name == "user-api")
-        self.service = Service(self.name)
+        # End users: the front door accepts the IdP's customer tokens; every
+        # other service only tokens exchanged for it (bound to it, per hop).
+        front = self.name == "user-api"
+        self.service = Service(self.name, end_users=EndUserVerifier(
+            self.name, [idp], accept_audiences=[SHOP_AUDIENCE] if front else [],
+            require_exchanged=not front))
+        self.sts = sts
+        self.sts_check = EndUserVerifier("sts", [idp])
         self.server: Any = None
         self.port = 0
         self.channels: dict[str, Any] = {}
@@ -178,8 +208,15 @@ class _Node:
             host, port = self.addresses[peer]
             channel = await aio.connect(host, port, self.handshake)
             self.channels[peer] = channel
+        metadata = None
+        user = current_end_user()
+        if user is not None:
+            # Per hop: exchange the customer's token for one bound to `peer`.
+            metadata = token_metadata(self.sts.exchange(
+                user.token, actor=self.name, actor_roles=(), audience=peer,
+                verifier=self.sts_check))
         try:
-            result: bytes = await channel.call(operation, body)
+            result: bytes = await channel.call(operation, body, metadata=metadata)
         except RolewireError as exc:
             self.report.calls.append(CallRecord(self.name, peer, operation, "error",
                                                 type(exc).__name__))
@@ -196,35 +233,57 @@ class _Node:
             await self.server.wait_closed()
 
 
+#: End-user tokens the services received, by service (the breach replays the
+#: one the compromised suggestion service saw).
+captured_tokens: dict[str, str] = {}
+
+
 def _define_operations(nodes: dict[str, _Node]) -> None:
     user_api, suggestion, payment = nodes["user-api"], nodes["suggestion"], nodes["payment"]
     shipping, warehouse = nodes["shipping"], nodes["warehouse"]
     users = {"alice": {"address": "1 Loopback Lane, 127.0.0.1", "likes": "tea"}}
     stock = {"teapot": 3}
 
+    # What each operation needs of the end user (None: nothing).
+    wants = {"purchase": require_claim("scope", "orders:write"),
+             "profile": require_claim("scope", "profile:read"),
+             "charge": require_claim("scope", "orders:write"),
+             "ship": require_claim("scope", "orders:write"),
+             "pick": require_claim()}
+
     def add(node: _Node, op: str, handler: Callable[..., Any]) -> None:
         access = node.config.access[op]
-        node.service.add(op, handler, roles=access)
+        node.service.add(op, handler, roles=access, user=wants.get(op))
+
+    def customer(ctx: CallContext, claimed: str) -> str:
+        """The verified end user; an order or lookup for anyone else is refused."""
+        assert ctx.end_user is not None  # the operation requires one
+        if claimed != ctx.end_user.subject:
+            raise PermissionError("request for another customer than the end user")
+        return ctx.end_user.subject
 
     async def purchase(ctx: CallContext, body: bytes) -> bytes:
         order = json.loads(body)
-        user = order["user"]
+        user = customer(ctx, order["user"])
         tips = json.loads(await user_api.call("suggestion", "suggest",
                                               json.dumps({"user": user}).encode()))
         receipt = json.loads(await user_api.call("payment", "charge", body))
         return json.dumps({"status": "ok", "receipt": receipt, "suggestions": tips}).encode()
 
     async def profile(ctx: CallContext, body: bytes) -> bytes:
-        return json.dumps(users[json.loads(body)["user"]]).encode()
+        return json.dumps(users[customer(ctx, json.loads(body)["user"])]).encode()
 
     async def suggest(ctx: CallContext, body: bytes) -> bytes:
         user = json.loads(body)["user"]
+        if ctx.end_user is not None:
+            captured_tokens["suggestion"] = ctx.end_user.token
         likes = json.loads(await suggestion.call("user-api", "profile",
                                                  json.dumps({"user": user}).encode()))["likes"]
         return json.dumps([f"{likes} cosy", f"{likes} strainer"]).encode()
 
     async def charge(ctx: CallContext, body: bytes) -> bytes:
         order = json.loads(body)
+        customer(ctx, order["user"])
         shipment = json.loads(await payment.call("shipping", "ship", body))
         return json.dumps({"charged": order["amount"], "shipment": shipment}).encode()
 
@@ -234,7 +293,8 @@ def _define_operations(nodes: dict[str, _Node]) -> None:
                                                  json.dumps({"user": order["user"]}).encode())
                              )["address"]
         picked = json.loads(await shipping.call("warehouse", "pick", body))
-        return json.dumps({"to": address, "parcel": picked["parcel"]}).encode()
+        return json.dumps({"to": address, "parcel": picked["parcel"], "for": picked["for"],
+                           "via": picked["via"]}).encode()
 
     async def track(ctx: CallContext, body: bytes) -> bytes:
         return b'{"status": "in transit"}'
@@ -244,7 +304,10 @@ def _define_operations(nodes: dict[str, _Node]) -> None:
         if stock.get(item, 0) <= 0:
             raise LookupError("out of stock")
         stock[item] -= 1
-        return json.dumps({"parcel": f"parcel-{item}-{stock[item]}"}).encode()
+        assert ctx.end_user is not None
+        return json.dumps({"parcel": f"parcel-{item}-{stock[item]}",
+                           "for": ctx.end_user.subject,
+                           "via": list(ctx.end_user.path)}).encode()
 
     for node, op, handler in ((user_api, "purchase", purchase), (user_api, "profile", profile),
                               (suggestion, "suggest", suggest), (payment, "charge", charge),
@@ -260,7 +323,13 @@ async def _run(base: Path, say: Callable[[str], None]) -> WebshopReport:
     say("generating throwaway secrets and configs")
     paths = write_secrets(base)
     limiter = PasswordRateLimiter()
-    nodes = {name: _Node(load_config(path), report, limiter) for name, path in paths.items()}
+    # The identity provider (also the STS that exchanges tokens per hop);
+    # services trust its public JWKS file only.
+    sts = TokenService.generate(IDP, "EdDSA", lifetime=300)
+    sts.save_jwks(base / "idp-jwks.json")
+    idp = Issuer.from_jwks_file(IDP, base / "idp-jwks.json")
+    nodes = {name: _Node(load_config(path), report, limiter, sts, idp)
+             for name, path in paths.items()}
     _define_operations(nodes)
     try:
         for name, node in nodes.items():
@@ -275,10 +344,12 @@ async def _run(base: Path, say: Callable[[str], None]) -> WebshopReport:
         say("running one purchase")
         customer = HandshakeConfig(roles=[], allow_anonymous=True)
         order = {"user": "alice", "item": "teapot", "amount": "19.90 EUR"}
+        alice = sts.issue("alice", audience=SHOP_AUDIENCE, scope=["orders:write", "profile:read"])
         try:
             channel = await aio.connect("127.0.0.1", nodes["user-api"].port, customer)
             async with channel:
-                result = json.loads(await channel.call("purchase", json.dumps(order).encode()))
+                result = json.loads(await channel.call("purchase", json.dumps(order).encode(),
+                                                       metadata=token_metadata(alice)))
             report.calls.append(CallRecord("customer", "user-api", "purchase", "ok"))
             report.purchase = "ok" if result.get("status") == "ok" else "failed"
             report.purchase_detail = json.dumps(result)
@@ -301,6 +372,27 @@ async def _run(base: Path, say: Callable[[str], None]) -> WebshopReport:
                 entry.update(result="denied", detail=f"Forbidden: {exc}")
             except HandshakeError as exc:
                 entry.update(result="denied", detail=f"handshake refused: {exc}")
+            except RolewireError as exc:
+                entry.update(result="error", detail=f"{type(exc).__name__}: {exc}")
+            report.breach.append(entry)
+
+        # --- ... and customers' contexts: forged, and replayed -------------
+        forger = TokenService.generate(IDP, "EdDSA", kid=sts.kid)  # not the IdP's key
+        forged = forger.issue("bob", audience=SHOP_AUDIENCE, scope=["profile:read"])
+        captured = captured_tokens.get("suggestion")  # alice's, exchanged for suggestion
+        for label, token, who in (("forged token for bob", forged, "bob"),
+                                  ("alice's captured context", captured, "alice")):
+            entry = {"from": "suggestion", "to": "user-api", "operation": "profile"}
+            try:
+                if token is None:
+                    raise RolewireError("no context was captured")
+                channel = await aio.connect("127.0.0.1", nodes["user-api"].port, stolen)
+                async with channel:
+                    await channel.call("profile", json.dumps({"user": who}).encode(),
+                                       metadata=token_metadata(token))
+                entry.update(result="ALLOWED", detail=f"{label}: the call succeeded")
+            except Forbidden as exc:
+                entry.update(result="denied", detail=f"Forbidden ({label}): {exc}")
             except RolewireError as exc:
                 entry.update(result="error", detail=f"{type(exc).__name__}: {exc}")
             report.breach.append(entry)
