@@ -47,6 +47,7 @@ from rolewire.handshake import (
     Initiator,
     Responder,
 )
+from rolewire.pool import PeerUnavailable, Pool
 from rolewire.record import RecordLayer, RecordLimits, Suite
 from rolewire.roles import CertificateRole, KeyRole, PasswordRateLimiter, PasswordRole
 from rolewire.services import ANY_AUTHENTICATED, UNRESTRICTED, CallContext, Service
@@ -88,6 +89,8 @@ __all__ = [
     "PasswordAttemptsExceeded",
     "PasswordRateLimiter",
     "PasswordRole",
+    "PeerUnavailable",
+    "Pool",
     "RecordError",
     "RecordLayer",
     "RecordLayerClosed",

@@ -401,8 +401,9 @@ def check_config(config: ServiceConfig, *, warn_days: float = 30.0,
     private = owner_only or pki.owner_only
     soon = now + datetime.timedelta(days=warn_days)
     report = CheckReport()
-    for op, role in config.undeclared_access_roles():
-        report.problems.append(f"[access] {op}: role {role!r} is not declared by any [[role]]")
+    for op, undeclared in config.undeclared_access_roles():
+        report.problems.append(
+            f"[access] {op}: role {undeclared!r} is not declared by any [[role]]")
     for spec in config.roles:
         try:
             role = spec.load()

@@ -155,8 +155,11 @@ class ServiceRunner:
 
     def _install_signals(self) -> None:
         loop = asyncio.get_running_loop()
+        def hangup() -> None:
+            self.reload("SIGHUP")
+
         handlers: dict[str, Callable[[], None]] = {
-            "SIGTERM": self.stop, "SIGINT": self.stop, "SIGHUP": lambda: self.reload("SIGHUP")}
+            "SIGTERM": self.stop, "SIGINT": self.stop, "SIGHUP": hangup}
         for name, handler in handlers.items():
             signum = getattr(signal, name, None)
             if signum is None:

@@ -158,7 +158,7 @@ def load_crl(path: str | os.PathLike[str]) -> x509.CertificateRevocationList:
 
 def _crl_signed_by(crl: x509.CertificateRevocationList, issuer: x509.Certificate) -> bool:
     try:
-        return crl.is_signature_valid(cast(Any, issuer.public_key()))
+        return bool(crl.is_signature_valid(cast(Any, issuer.public_key())))
     except (TypeError, ValueError, UnsupportedAlgorithm):
         return False
 
@@ -289,7 +289,7 @@ class CertificateRole(Role):
         inode) or vanished since it was loaded. Cheap: one ``stat`` a file."""
         if self._files is None:
             return False
-        return _stamps(self._files["paths"]) != self._files["stamps"]
+        return bool(_stamps(self._files["paths"]) != self._files["stamps"])
 
     def reloaded(self) -> CertificateRole:
         """A new role read from the same files (a rotated chain and key, new
