@@ -148,7 +148,7 @@ static int parsable(const uint8_t *p, size_t n)
     return n >= RW_FP_CALL_HEAD && plain_type(p[0]) && RW_FP_CALL_HEAD + (size_t)p[9] <= n;
 }
 
-/* A well-formed container at p[0..n): header (type 7, call id 0, empty op),
+/* A well-formed container at p[0..n): header (type 8, call id 0, empty op),
  * then at least one item, each length u32 | a call message of at least a
  * header's size that is not a container. Items are only structure-checked
  * here; each one is then parsed (or goes slow) on its own. */

@@ -6,7 +6,7 @@
  * Receive: rw_fp_recv walks the frames of a chunk (length u32 | kind u8 |
  * payload), opens every record frame into one plaintext buffer and parses
  * the call message header of each plaintext, expanding CONTAINER messages
- * (type 7: several call messages in one record). Per message it fills
+ * (type 8: several call messages in one record). Per message it fills
  * parallel arrays: status, type, call id, operation index (in an rw_optable,
  * -1 if absent), and the offsets/lengths of operation name and body in the
  * plaintext buffer. Anything unusual (metadata, unknown type, truncation, a
@@ -30,7 +30,7 @@
 
 #define RW_FP_CALL_HEAD 10       /* type u8 | call_id u64 | op_len u8 */
 #define RW_FP_ITEM_HEAD 4        /* container item: length u32 */
-#define RW_FP_TYPE_CONTAINER 7
+#define RW_FP_TYPE_CONTAINER 8
 #define RW_FP_METADATA_FLAG 0x80
 #define RW_FP_FRAME_HANDSHAKE 1
 #define RW_FP_FRAME_RECORD 2

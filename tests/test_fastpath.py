@@ -210,15 +210,15 @@ def _sealed_plaintexts(a: dict[str, RecordLayer], plaintexts: list[bytes]) -> by
 
 
 BAD_CONTAINERS = [
-    bytes([7]) + bytes(9),                                            # no item
-    bytes([7]) + bytes(9) + b"\x00\x00",                              # item header cut
-    bytes([7]) + bytes(9) + struct.pack(">I", 9) + bytes(9),          # item below a header
-    bytes([7]) + bytes(9) + struct.pack(">I", 50) + bytes(10),        # item overruns
-    bytes([7, 0, 0, 0, 0, 0, 0, 0, 1, 0]) + struct.pack(">I", 10) + bytes([2]) + bytes(9),
-    bytes([7]) + bytes(8) + b"\x01x" + struct.pack(">I", 10) + bytes([2]) + bytes(9),
-    bytes([0x87]) + bytes(9) + struct.pack(">I", 10) + bytes([2]) + bytes(9),
+    bytes([8]) + bytes(9),                                            # no item
+    bytes([8]) + bytes(9) + b"\x00\x00",                              # item header cut
+    bytes([8]) + bytes(9) + struct.pack(">I", 9) + bytes(9),          # item below a header
+    bytes([8]) + bytes(9) + struct.pack(">I", 50) + bytes(10),        # item overruns
+    bytes([8, 0, 0, 0, 0, 0, 0, 0, 1, 0]) + struct.pack(">I", 10) + bytes([2]) + bytes(9),
+    bytes([8]) + bytes(8) + b"\x01x" + struct.pack(">I", 10) + bytes([2]) + bytes(9),
+    bytes([0x88]) + bytes(9) + struct.pack(">I", 10) + bytes([2]) + bytes(9),
     # nested container
-    bytes([7]) + bytes(9) + struct.pack(">I", 24) + encode_container([bytes([2]) + bytes(9)]),
+    bytes([8]) + bytes(9) + struct.pack(">I", 24) + encode_container([bytes([2]) + bytes(9)]),
 ]
 
 
@@ -235,6 +235,7 @@ def test_malformed_containers_go_slow_and_the_decoder_rejects_them(plaintext: by
 @pytest.mark.parametrize("plaintext", [b"", b"\x02", bytes([9]) + bytes(9),
                                        bytes([2]) + bytes(8) + b"\x05ab",
                                        bytes([6]) + bytes(9),        # SIGNED_BATCH: slow
+                                       bytes([7]) + bytes(14),       # REHANDSHAKE: slow
                                        encode(CallMessage(MessageType.NOTIFY, 1, "sink", b"b",
                                                           {"k": b"v"}))])
 def test_unusual_messages_go_slow(plaintext: bytes) -> None:
@@ -332,7 +333,7 @@ def test_connection_rejects_a_malformed_container() -> None:
 
     pair = Pair()
     pair.pump()
-    nested = bytes([7]) + bytes(9) + struct.pack(">I", 24) + encode_container(
+    nested = bytes([8]) + bytes(9) + struct.pack(">I", 24) + encode_container(
         [bytes([2]) + bytes(9)])
     pair.client._queue(nested)
     pair.pump()

@@ -46,7 +46,9 @@ from rolewire.errors import (
     AuthenticationFailed,
     ConfigurationError,
     IntegrityLimitExceeded,
+    KeyExhausted,
     RecordError,
+    RecordLayerClosed,
     RecordTooOld,
     ReplayDetected,
 )
@@ -64,6 +66,24 @@ DEFAULT_MIN_EPOCH_RECORDS = 64
 #: over a reliable transport sends none; an attacker gets this many
 #: forgery attempts per session, far below the AEAD's own bound).
 INTEGRITY_LIMIT = 100
+
+
+class _Generation:
+    """Receive keys of one (re)handshake: records of epochs from
+    ``first_epoch`` on open here (newer generations take higher epochs)."""
+
+    __slots__ = ("advanced_at", "first_epoch", "known_epoch", "layer", "retire_at", "used")
+
+    def __init__(self, first_epoch: int, layer: RecordLayer, *, used: bool = True) -> None:
+        self.first_epoch = first_epoch
+        self.layer = layer
+        self.known_epoch = layer.recv_epoch
+        #: The layer's recv_epoch_advanced_at when last looked at (cheap
+        #: test for "did the epoch move?" on the hot path).
+        self.advanced_at = layer.recv_epoch_advanced_at
+        self.retire_at: float | None = None
+        #: A record opened here (for a pending generation: not yet).
+        self.used = used
 
 
 @dataclass
@@ -97,13 +117,18 @@ class Session:
     __slots__ = (
         "_clock",
         "_closed",
+        "_generation",
+        "_generation_sealed",
+        "_generation_since",
+        "_gens",
         "_grace_period",
         "_integrity_limit",
-        "_known_recv_epoch",
         "_layer",
         "_min_epoch_lifetime",
         "_min_epoch_records",
+        "_pending_send",
         "_rekey_interval",
+        "_send_cap",
         "_send_key_since",
         "_superseded",
         "counters",
@@ -141,9 +166,17 @@ class Session:
         self._send_key_since = clock()
         self._closed = False
         self._integrity_limit = INTEGRITY_LIMIT if integrity_limit is None else integrity_limit
-        self._known_recv_epoch = layer.recv_epoch
-        # past receive epoch -> clock() when it was superseded (grace start)
+        # past receive epoch -> clock() when it was superseded (grace start);
+        # epochs are unique across key generations of one direction
         self._superseded: dict[int, float] = {}
+        # Receive key generations, newest first (one until a re-handshake).
+        self._gens: list[_Generation] = [_Generation(layer.recv_epoch, layer)]
+        # Re-handshake state (rolewire.protocol.rehandshake drives it).
+        self._generation = 0
+        self._generation_since = self._send_key_since
+        self._generation_sealed = 0
+        self._pending_send: RecordLayer | None = None
+        self._send_cap: int | None = None
 
     # -- properties ----------------------------------------------------------
     @property
@@ -166,7 +199,34 @@ class Session:
 
     @property
     def recv_epoch(self) -> int:
-        return self._layer.recv_epoch
+        """Newest receive epoch of the newest key generation that opened a
+        record (or the first one)."""
+        for gen in self._gens:
+            if gen.used or gen is self._gens[-1]:
+                return gen.layer.recv_epoch
+        return self._gens[-1].layer.recv_epoch  # pragma: no cover
+
+    @property
+    def generation(self) -> int:
+        """How many re-handshakes replaced this session's sending keys."""
+        return self._generation
+
+    @property
+    def records_in_generation(self) -> int:
+        """Records sealed since the sending keys came from a (re)handshake."""
+        return self._generation_sealed
+
+    @property
+    def generation_age(self) -> float:
+        """Seconds (session clock) since the sending keys came from a
+        (re)handshake."""
+        return self._clock() - self._generation_since
+
+    @property
+    def switch_pending(self) -> bool:
+        """True while new keys from a re-handshake are installed for
+        receiving but this side still seals under the old ones."""
+        return self._pending_send is not None
 
     @property
     def closed(self) -> bool:
@@ -180,14 +240,18 @@ class Session:
 
     # -- rekeying ------------------------------------------------------------
     def rekey(self) -> int:
-        """Ratchet the sending key now; returns the new epoch."""
+        """Ratchet the sending key now; returns the new epoch. While a
+        re-handshake announced the epoch its new keys start at, the old keys
+        are not ratcheted up to it (the call returns the current epoch)."""
+        if self._send_cap is not None and self._layer.send_epoch + 1 >= self._send_cap:
+            return self._layer.send_epoch
         epoch = self._layer.update_send_key()
         self._send_key_since = self._clock()
         self.counters.rekeys += 1
         return epoch
 
     def _before_send(self, count: int = 1) -> None:
-        if self._superseded:
+        if self._superseded or len(self._gens) > 1:
             self._retire_if_due()
         layer = self._layer
         sealed = layer.messages_sealed
@@ -201,36 +265,131 @@ class Session:
             return
         if age >= self._rekey_interval or (
                 layer.rekey_due and sealed >= self._min_epoch_records):
-            self.rekey()
+            self.rekey()  # a no-op while a re-handshake holds the epoch
 
-    def _note_recv_epoch(self) -> None:
-        """After an open: start the grace period of newly superseded epochs."""
-        layer = self._layer
+    def _note_recv_epoch(self, gen: _Generation) -> None:
+        """After an open in ``gen``: start the grace period of newly
+        superseded epochs; the first record of a newer key generation starts
+        the grace period of the older generations (and lets this side seal
+        under the new keys, since the peer evidently has them)."""
+        layer = gen.layer
+        gen.advanced_at = layer.recv_epoch_advanced_at
         epoch = layer.recv_epoch
-        if epoch != self._known_recv_epoch:
-            self._known_recv_epoch = epoch
+        if epoch != gen.known_epoch:
+            gen.known_epoch = epoch
             now = self._clock()
             superseded = self._superseded
             for past in layer.past_epochs:
                 superseded.setdefault(past, now)
+        if not gen.used:
+            gen.used = True
+            now = self._clock()
+            for older in self._gens[self._gens.index(gen) + 1:]:
+                if older.retire_at is None:
+                    older.retire_at = now + self._grace_period
+            if layer is self._pending_send:
+                self.switch_send()
 
     def _retire_if_due(self) -> None:
-        layer = self._layer
         now = self._clock()
+        gens = self._gens
+        if len(gens) > 1:
+            for gen in gens[1:]:
+                if gen.retire_at is not None and now >= gen.retire_at:
+                    gens.remove(gen)
+                    if gen.layer is not self._layer:
+                        gen.layer.close()
+        if not self._superseded:
+            return
         grace = self._grace_period
-        open_epochs = set(layer.past_epochs)
         for epoch, since in list(self._superseded.items()):
-            if epoch not in open_epochs:
-                del self._superseded[epoch]  # evicted by the bound
+            layer = self._gen_for(epoch).layer
+            if epoch not in layer.past_epochs:
+                del self._superseded[epoch]  # evicted by the bound, or retired
             elif now - since >= grace:
                 layer.retire_epoch(epoch)
                 del self._superseded[epoch]
+
+    def _gen_for(self, epoch: int) -> _Generation:
+        for gen in self._gens:
+            if epoch >= gen.first_epoch:
+                return gen
+        return self._gens[-1]
+
+    def _gen_of_record(self, record: Buffer) -> _Generation:
+        gens = self._gens
+        if len(gens) == 1:
+            return gens[0]
+        view = memoryview(record).cast("B")
+        if len(view) < 6:
+            return gens[0]
+        return self._gen_for(int.from_bytes(view[2:6], "big"))
+
+    # -- re-handshake (hazmat: driven by rolewire.protocol.rehandshake) ---------------------
+    def announce_next_epoch(self) -> int:
+        """The epoch this side's next key generation will start at (its
+        current send epoch + 1); until the switch the old keys are not
+        ratcheted up to it. Idempotent while a re-handshake runs."""
+        if self._send_cap is None:
+            if self._layer.send_epoch >= 0xFFFFFFFF:
+                raise KeyExhausted("no epoch left for a new key generation")
+            self._send_cap = self._layer.send_epoch + 1
+        return self._send_cap
+
+    def install_generation(self, layer: RecordLayer, peer_first_epoch: int) -> None:
+        """Install the keys of a completed re-handshake: ``layer`` opens the
+        peer's records from ``peer_first_epoch`` on (older ones still go to
+        the old keys, during their grace period); this side keeps sealing
+        under the old keys until :meth:`switch_send` (or the first record
+        that opens under the new keys)."""
+        if self._closed:
+            raise RecordLayerClosed("session closed")
+        if self._send_cap is None or layer.send_epoch != self._send_cap:
+            raise ConfigurationError("the new keys must start at the announced epoch")
+        if peer_first_epoch <= self._gens[0].first_epoch:
+            raise ConfigurationError("the peer's new keys must start after its old ones")
+        if self._pending_send is not None:
+            self.discard_generation()
+        # At most two generations open for receiving: the oldest goes now.
+        while len(self._gens) > 1:
+            old = self._gens.pop()
+            if old.layer is not self._layer:
+                old.layer.close()
+        self._gens.insert(0, _Generation(peer_first_epoch, layer, used=False))
+        self._pending_send = layer
+
+    def switch_send(self) -> None:
+        """Seal under the installed new keys from now on."""
+        layer = self._pending_send
+        if layer is None:
+            return
+        old = self._layer
+        self._layer = layer
+        self._pending_send = None
+        self._send_cap = None
+        self._send_key_since = self._generation_since = self._clock()
+        self._generation += 1
+        self._generation_sealed = 0
+        self.counters.extra["rehandshakes"] = self._generation
+        if all(gen.layer is not old for gen in self._gens):
+            old.close()
+
+    def discard_generation(self) -> None:
+        """Forget installed keys whose re-handshake failed (and the announced
+        epoch): this side goes on with the old keys."""
+        layer = self._pending_send
+        if layer is not None:
+            self._gens = [gen for gen in self._gens if gen.layer is not layer]
+            layer.close()
+            self._pending_send = None
+        self._send_cap = None
 
     # -- records ---------------------------------------------------------------
     def seal(self, plaintext: Buffer) -> bytes:
         """Seal one message (rekeying first if a trigger fired)."""
         self._before_send()
         record = self._layer.seal(plaintext)
+        self._generation_sealed += 1
         self.counters.records_sealed += 1
         self.counters.bytes_sealed += len(record) - self.overhead
         return record
@@ -247,6 +406,7 @@ class Session:
         batch = messages if isinstance(messages, list) else list(messages)
         self._before_send(len(batch))
         records = self._layer.seal_many(batch)
+        self._generation_sealed += len(records)
         self.counters.records_sealed += len(records)
         self.counters.bytes_sealed += sum(len(r) for r in records) - len(records) * self.overhead
         return records
@@ -268,10 +428,14 @@ class Session:
         closes itself and this raises
         :class:`~rolewire.errors.IntegrityLimitExceeded`; :meth:`open_many`
         closes it after the batch (check :attr:`closed`)."""
-        if self._superseded:
+        gens = self._gens
+        if self._superseded or len(gens) > 1:
             self._retire_if_due()
+            gens = self._gens
+        gen = gens[0] if len(gens) == 1 else self._gen_of_record(record)
+        layer = gen.layer
         try:
-            plaintext = self._layer.open(record)
+            plaintext = layer.open(record)
         except RecordError as exc:
             self._count_error(exc)
             if self.counters.auth_failures > self._integrity_limit:
@@ -279,7 +443,8 @@ class Session:
                 raise IntegrityLimitExceeded(
                     "too many records failed to authenticate; the session is closed") from exc
             raise
-        self._note_recv_epoch()
+        if layer.recv_epoch_advanced_at != gen.advanced_at or not gen.used:
+            self._note_recv_epoch(gen)
         self.counters.records_opened += 1
         self.counters.bytes_opened += len(plaintext)
         return plaintext
@@ -287,10 +452,31 @@ class Session:
     def open_many(self, records: Iterable[Buffer]) -> list[bytes | RecordError]:
         """Open several records in one native call: per record the plaintext
         or the (unraised) RecordError."""
-        if self._superseded:
+        if self._superseded or len(self._gens) > 1:
             self._retire_if_due()
-        results = self._layer.open_many(records)
-        self._note_recv_epoch()
+        if len(self._gens) == 1:
+            gen = self._gens[0]
+            results = gen.layer.open_many(records)
+            self._note_recv_epoch(gen)
+        else:
+            # During a key switch: one batch per generation, results in the
+            # order given.
+            batch = list(records)
+            groups: dict[int, list[int]] = {}
+            by_index = [self._gen_of_record(r) for r in batch]
+            for i, gen in enumerate(by_index):
+                groups.setdefault(id(gen), []).append(i)
+            merged: list[bytes | RecordError] = [b""] * len(batch)
+            for gen in self._gens[::-1]:  # oldest first: no early switch
+                indices = groups.get(id(gen))
+                if not indices:
+                    continue
+                opened = gen.layer.open_many([batch[i] for i in indices])
+                for i, item in zip(indices, opened):
+                    merged[i] = item
+                if any(not isinstance(item, RecordError) for item in opened):
+                    self._note_recv_epoch(gen)
+            results = merged
         for item in results:
             if isinstance(item, RecordError):
                 self._count_error(item)
@@ -306,6 +492,9 @@ class Session:
         if not self._closed:
             self._closed = True
             self._layer.close()
+            for gen in self._gens:
+                gen.layer.close()
+            self._gens = self._gens[:1]
 
     def __enter__(self) -> Self:
         return self

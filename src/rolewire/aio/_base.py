@@ -365,7 +365,7 @@ class RecordConnection:
         for item in results:
             if isinstance(item, RecordError):
                 errors.append(item)
-            elif item[:1] == b"\x07":  # a CONTAINER: its messages, in order
+            elif item[:1] == b"\x08":  # a CONTAINER: its messages, in order
                 good.extend(decode_container(item))
             else:
                 good.append(item)

@@ -51,6 +51,13 @@ class HandshakeConfig:
         min_epoch_records: an automatic rekey waits until the sending epoch
             sealed this many records (see :class:`~rolewire.session.Session`).
         min_epoch_lifetime: ... and until it lived this many seconds.
+        channel_binding: for a re-handshake (:mod:`rolewire.protocol.rehandshake`):
+            the transcript hash of the session it re-keys, mixed into the
+            new transcript first (docs/PROTOCOL.md, "Re-handshake"); empty
+            for a first handshake.
+        session_factory: builds the session from the derived keys (the
+            keyword arguments of ``Session.from_keys``); None = that. Used
+            by the re-handshake to start the new keys at announced epochs.
         record_limits: the sessions' record limits (RecordLayer ``limits``).
         record_window: their replay window size (RecordLayer ``window``).
         record_backend: ``"c"``, ``"pure"`` or None (RecordLayer ``backend``).
@@ -70,6 +77,8 @@ class HandshakeConfig:
     record_past_epochs: int | None = None
     min_epoch_records: int = 64
     min_epoch_lifetime: float = 0.0
+    channel_binding: bytes = b""
+    session_factory: Callable[..., Any] | None = None
     record_limits: Any = None
     record_window: int | None = None
     record_backend: str | None = None

@@ -163,7 +163,7 @@ class Handshake:
         self.peer = peer
         self._clock = config.clock
         self._started = self._clock()
-        self._ss = SymmetricState()
+        self._ss = SymmetricState(config.channel_binding)
         self._in = bytearray()
         self._out = bytearray()
         self._events: collections.deque[Event] = collections.deque()
@@ -362,7 +362,7 @@ class Handshake:
         cfg = self.config
         names = frozenset(name for _, name in self._verified)
         kinds = frozenset((RoleKind(k), n) for k, n in self._verified)
-        session = Session.from_keys(
+        session = (cfg.session_factory or Session.from_keys)(
             suite=suite.record_suite, send_key=send[0], send_iv=send[1], recv_key=recv[0],
             recv_iv=recv[1], peer_roles=names, handshake_suite=suite,
             transcript_hash=self._ss.h, is_initiator=self.is_initiator,

@@ -39,6 +39,7 @@ __all__ = [
     "LABEL_I2R_KEY",
     "LABEL_R2I_IV",
     "LABEL_R2I_KEY",
+    "LABEL_REHANDSHAKE",
     "PROTOCOL_NAME",
     "SymmetricState",
     "hkdf",
@@ -53,6 +54,7 @@ LABEL_I2R_KEY = b"rolewire/1 i2r key"
 LABEL_I2R_IV = b"rolewire/1 i2r iv"
 LABEL_R2I_KEY = b"rolewire/1 r2i key"
 LABEL_R2I_IV = b"rolewire/1 r2i iv"
+LABEL_REHANDSHAKE = b"rolewire/2 rehandshake"
 
 _blake2b = hashlib.blake2b
 _hmac = hmac.digest
@@ -76,11 +78,15 @@ class SymmetricState:
 
     __slots__ = ("_aead", "_n", "ck", "h")
 
-    def __init__(self) -> None:
+    def __init__(self, channel_binding: bytes = b"") -> None:
         self.h = _H0
         self.ck = _H0
         self._aead: ChaCha20Poly1305 | None = None
         self._n = 0
+        if channel_binding:
+            # A re-handshake: bind the new transcript to the session it
+            # re-keys (docs/PROTOCOL.md, "Re-handshake").
+            self.mix_hash(LABEL_REHANDSHAKE + channel_binding)
 
     def mix_hash(self, data: bytes) -> None:
         self.h = _blake2b(self.h + data).digest()

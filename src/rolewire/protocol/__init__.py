@@ -31,6 +31,7 @@ from rolewire.protocol.events import (
     HandshakeDone,
     Notified,
     OtherMessage,
+    Rehandshaked,
     ReplyReceived,
 )
 from rolewire.protocol.wire import (
@@ -62,6 +63,7 @@ __all__ = [
     "MessageType",
     "Notified",
     "OtherMessage",
+    "Rehandshaked",
     "ReplyReceived",
     "busy_frame",
     "reason_name",

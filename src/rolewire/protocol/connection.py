@@ -82,7 +82,14 @@ from rolewire.protocol.events import (
     HandshakeDone,
     Notified,
     OtherMessage,
+    Rehandshaked,
     ReplyReceived,
+)
+from rolewire.protocol.rehandshake import (
+    DEFAULT_REHANDSHAKE_INTERVAL,
+    DEFAULT_REHANDSHAKE_RECORDS,
+    Rehandshake,
+    RehandshakeComplete,
 )
 from rolewire.protocol.fastpath import seal_frames
 from rolewire.protocol.wire import (
@@ -179,6 +186,11 @@ class ConnectionSettings:
             :class:`~rolewire.budgets.CallGuard` (refused-call budget).
         coalesce_bytes, max_batch_messages: queued plaintext is sealed (one
             native call) when it reaches either bound.
+        rehandshake_interval, rehandshake_records: an in-band re-handshake
+            (fresh keys and role proofs, docs/PROTOCOL.md "Re-handshake")
+            starts before a send once the sending keys are this old or
+            sealed this many records (None: never by that trigger);
+            :meth:`Connection.rehandshake` starts one on demand.
         container_bytes: stream framing (ordered transports): consecutive
             queued messages travel in CONTAINER records of at most this much
             plaintext (docs/PROTOCOL.md, "Containers"); 0: one record per
@@ -198,6 +210,8 @@ class ConnectionSettings:
     coalesce_bytes: int = 64 * 1024
     max_batch_messages: int = 4096
     bad_record_log_interval: float = 1.0
+    rehandshake_interval: float | None = DEFAULT_REHANDSHAKE_INTERVAL
+    rehandshake_records: int | None = DEFAULT_REHANDSHAKE_RECORDS
     container_bytes: int = 16 * 1024
 
     def __post_init__(self) -> None:
@@ -268,7 +282,10 @@ class Connection:
         self._hs_deadline = now + min(s.handshake_timeout, config.timeout)
         # The handshake and its session read the time this connection was given.
         driven = dataclasses.replace(config, clock=self._clock)
+        self._driven = driven
         hs_peer = handshake_peer if handshake_peer is not None else peer
+        self._hs_peer = hs_peer
+        self._rehandshake: Rehandshake | None = None
         self._hs: Initiator | Responder | None = (
             Initiator(driven, peer=hs_peer) if client else Responder(driven, peer=hs_peer))
         self.session: Session | None = None
@@ -515,6 +532,10 @@ class Connection:
         self._container_max = min(container, session.max_plaintext) if container else 0
         self._send_epoch = session.send_epoch
         self._recv_epoch = session.recv_epoch
+        s = self._settings
+        self._rehandshake = Rehandshake(session, self._driven, peer=self._hs_peer,
+                                        interval=s.rehandshake_interval,
+                                        max_records=s.rehandshake_records)
         self._last_recv = self._last_activity = self._now
         self._events.append(HandshakeDone(event.peer_roles, event.suite,
                                           event.transcript_hash, session))
@@ -539,7 +560,7 @@ class Connection:
         errors: list[RecordError] | None = None
         for item in results:
             if item.__class__ is bytes:
-                if item[:1] == b"\x07":  # type: ignore[index]  # CONTAINER
+                if item[:1] == b"\x08":  # type: ignore[index]  # CONTAINER
                     try:
                         good.extend(decode_container(item))  # type: ignore[arg-type]
                     except ProtocolViolation as exc:
@@ -570,6 +591,8 @@ class Connection:
             self._ping_deadline = None
             self._sent_since_recv = False
             self._messages(good)
+        if self._rehandshake is not None and self._rehandshake.wants_flush:
+            self._flush_rehandshake()  # e.g. the SWITCH after the first new-key record
 
     def _bad(self, errors: list[RecordError]) -> None:
         self.bad_records += len(errors)
@@ -629,6 +652,9 @@ class Connection:
             elif kind is MessageType.CLOSE:
                 self._peer_close()
                 return  # nothing after CLOSE is read
+            elif kind is MessageType.REHANDSHAKE:
+                if not self._rehandshake_message(plaintext):
+                    return
             else:
                 append(OtherMessage(message))
 
@@ -734,6 +760,64 @@ class Connection:
             if not self.is_client:
                 self._events.append(Closing("closed_by_peer"))
         self._check_close()
+
+    # -- re-handshake ----------------------------------------------------------------------
+    def rehandshake(self) -> None:
+        """Start an in-band re-handshake now (fresh hybrid key exchange and
+        role proofs; docs/PROTOCOL.md, "Re-handshake"). Nothing happens if
+        one is running. :class:`~rolewire.protocol.events.Rehandshaked`
+        reports its completion."""
+        if self.session is None or self._rehandshake is None:
+            raise HandshakeStateError("the handshake has not completed")
+        if self._state is not _OPEN:
+            return
+        self._seal_out()
+        self._rehandshake.start()
+        self._flush_rehandshake()
+
+    def _rehandshake_message(self, plaintext: bytes) -> bool:
+        """A control message of the re-handshake; False if the connection
+        failed."""
+        rehandshake = self._rehandshake
+        assert rehandshake is not None
+        self._seal_out()  # what was queued goes out first, under the current keys
+        try:
+            rehandshake.handle(plaintext)
+        except ProtocolViolation as exc:
+            self._fail(exc, "protocol_violation")
+            return False
+        return self._flush_rehandshake()
+
+    def _flush_rehandshake(self) -> bool:
+        """Queue the re-handshake's sealed records, act on its events;
+        False if the connection failed."""
+        rehandshake = self._rehandshake
+        if rehandshake is None or self._state is not _OPEN:
+            return self._state is _OPEN
+        records = rehandshake.records_to_send()
+        if records:
+            if self._stream:
+                self._wire.append(encode_records(records))
+            else:
+                self._wire.extend(b"\x02" + record for record in records)
+        while (event := rehandshake.next_event()) is not None:
+            if isinstance(event, RehandshakeComplete):
+                session = self.session
+                assert session is not None
+                self._peer_roles = session.peer_roles
+                self._allowed.clear()  # authorization decisions used the old roles
+                self._notify_contexts.clear()
+                self._events.append(Rehandshaked(event.peer_roles, event.transcript_hash,
+                                                 event.generation))
+                self._log.info("re-handshake complete", extra={
+                    "event": "rehandshake_complete", "peer": self.peer, "side": self.side,
+                    "peer_roles": sorted(event.peer_roles), "generation": event.generation,
+                    "transcript": event.transcript_hash[:4].hex()})
+            else:
+                self._fail(event.error, "rehandshake_" + reason_name(event.reason),
+                           remote=event.remote)
+                return False
+        return True
 
     # -- sending -----------------------------------------------------------------------------
     def _check_open(self) -> None:
@@ -901,6 +985,11 @@ class Connection:
         session = self.session
         if self._state is not _OPEN or session is None:
             return
+        rehandshake = self._rehandshake
+        if rehandshake is not None and (rehandshake.in_progress or rehandshake.due()):
+            rehandshake.poll()
+            if not self._flush_rehandshake():
+                return
         try:
             if len(messages) == 1:  # the batch call's setup costs more than it saves
                 records = [session.seal(messages[0])]
@@ -1184,6 +1273,11 @@ class Connection:
             return
         if self._pending:
             self._expire_calls(now)
+        rehandshake = self._rehandshake
+        if rehandshake is not None and rehandshake.in_progress:
+            rehandshake.poll()  # its handshake timeout
+            if not self._flush_rehandshake():
+                return
         if self._ping_deadline is not None:
             if now >= self._ping_deadline:
                 if not self._confirmed:

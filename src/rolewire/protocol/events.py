@@ -28,6 +28,7 @@ __all__ = [
     "HandshakeDone",
     "Notified",
     "OtherMessage",
+    "Rehandshaked",
     "ReplyReceived",
 ]
 
@@ -101,6 +102,18 @@ class OtherMessage(NamedTuple):
     message: CallMessage
 
 
+class Rehandshaked(NamedTuple):
+    """An in-band re-handshake completed (docs/PROTOCOL.md, "Re-handshake"):
+    fresh keys in both directions; ``peer_roles`` are the roles the peer
+    proved again (the connection authorizes with them from now on);
+    ``generation`` counts re-handshakes. A failed re-handshake fails the
+    connection (:class:`Failed`)."""
+
+    peer_roles: frozenset[str]
+    transcript_hash: bytes
+    generation: int
+
+
 class Closing(NamedTuple):
     """This side started a graceful close on its own (``reason``:
     ``"idle"``, ``"refused_calls"``; or ``"closed_by_peer"`` when the peer
@@ -134,4 +147,4 @@ class Failed(NamedTuple):
 
 
 Event = (HandshakeDone | CallReceived | Notified | CallRefused | ReplyReceived | CallFailed
-         | OtherMessage | Closing | Closed | Failed)
+         | OtherMessage | Rehandshaked | Closing | Closed | Failed)

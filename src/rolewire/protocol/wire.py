@@ -248,9 +248,11 @@ class MessageType(enum.IntEnum):
     ERROR = 4
     CLOSE = 5
     SIGNED_BATCH = 6
+    #: A re-handshake control message (rolewire.protocol.rehandshake), never a call.
+    REHANDSHAKE = 7
     #: Several call messages in one record (ordered transports): see
     #: :func:`encode_container`.
-    CONTAINER = 7
+    CONTAINER = 8
 
 
 _TYPES = {int(t): t for t in MessageType}
@@ -418,7 +420,7 @@ def encode_container(messages: list[bytes]) -> bytes:
     """Several encoded call messages as one CONTAINER message (the plaintext
     of one record)::
 
-        type u8 = 7 | call_id u64 = 0 | op_len u8 = 0 | (length u32 | message)+
+        type u8 = 8 | call_id u64 = 0 | op_len u8 = 0 | (length u32 | message)+
 
     Items are complete call messages (any type but CONTAINER, metadata
     allowed), in the order they are to be handled."""

@@ -145,7 +145,9 @@ class RecordLayer:
     - ``suite``: the record AEAD;
     - ``send_key``, ``send_iv``, ``recv_key``, ``recv_iv``: 32-byte keys,
       ``suite.iv_size``-byte IVs;
-    - ``epoch``: the key epoch both directions start in;
+    - ``epoch``: the key epoch both directions start in (``recv_epoch``, if
+      given, is the receiving direction's: a re-handshake starts each
+      direction's new keys at the epoch its sender announced);
     - ``limits``: soft/hard rekey limits and the maximum record size;
     - ``window``: replay window size in counters (multiple of 64, 64..2**20);
     - ``past_epochs``: how many past receive epochs stay open for late
@@ -167,6 +169,7 @@ class RecordLayer:
         recv_key: bytes,
         recv_iv: bytes,
         epoch: int = 0,
+        recv_epoch: int | None = None,
         limits: RecordLimits | None = None,
         window: int = DEFAULT_WINDOW,
         past_epochs: int = DEFAULT_PAST_EPOCHS,
@@ -190,6 +193,8 @@ class RecordLayer:
     suite: Suite
     limits: RecordLimits
     window: int
+    #: The bound on past receive epochs kept open (``past_epochs``).
+    max_past_epochs: int
 
     def seal(self, plaintext: Buffer) -> bytes:
         """Seal one message into a record.

@@ -77,6 +77,7 @@ class CRecordLayer(RecordLayer):
         recv_key: bytes,
         recv_iv: bytes,
         epoch: int = 0,
+        recv_epoch: int | None = None,
         limits: RecordLimits | None = None,
         window: int = DEFAULT_WINDOW,
         past_epochs: int = DEFAULT_PAST_EPOCHS,
@@ -88,12 +89,15 @@ class CRecordLayer(RecordLayer):
         self.max_past_epochs = check_past_epochs(past_epochs)
         check_keys(self.suite, send_key, send_iv, "send")
         check_keys(self.suite, recv_key, recv_iv, "receive")
-        if not isinstance(epoch, int) or not 0 <= epoch <= 0xFFFFFFFF:
-            raise ConfigurationError("epoch must be a 32-bit unsigned integer")
+        if recv_epoch is None:
+            recv_epoch = epoch
+        for value in (epoch, recv_epoch):
+            if not isinstance(value, int) or not 0 <= value <= 0xFFFFFFFF:
+                raise ConfigurationError("epoch must be a 32-bit unsigned integer")
         limits_struct = _limits_struct(self.limits)
         sender = lib.rw_sender_new(self.suite, bytes(send_key), bytes(send_iv), epoch,
                                    limits_struct)
-        receiver = lib.rw_receiver_new(self.suite, bytes(recv_key), bytes(recv_iv), epoch,
+        receiver = lib.rw_receiver_new(self.suite, bytes(recv_key), bytes(recv_iv), recv_epoch,
                                        limits_struct, window)
         if sender == _NULL or receiver == _NULL:
             if sender != _NULL:

@@ -96,6 +96,7 @@ class PureRecordLayer(RecordLayer):
         recv_key: bytes,
         recv_iv: bytes,
         epoch: int = 0,
+        recv_epoch: int | None = None,
         limits: RecordLimits | None = None,
         window: int = DEFAULT_WINDOW,
         past_epochs: int = DEFAULT_PAST_EPOCHS,
@@ -107,15 +108,18 @@ class PureRecordLayer(RecordLayer):
         self.max_past_epochs = check_past_epochs(past_epochs)
         check_keys(self.suite, send_key, send_iv, "send")
         check_keys(self.suite, recv_key, recv_iv, "receive")
-        if not isinstance(epoch, int) or not 0 <= epoch <= 0xFFFFFFFF:
-            raise ConfigurationError("epoch must be a 32-bit unsigned integer")
+        if recv_epoch is None:
+            recv_epoch = epoch
+        for value in (epoch, recv_epoch):
+            if not isinstance(value, int) or not 0 <= value <= 0xFFFFFFFF:
+                raise ConfigurationError("epoch must be a 32-bit unsigned integer")
         self._closed = False
         self._send_key, self._send_iv, self._send_epoch = bytes(send_key), bytes(send_iv), epoch
         self._seal = _aead(self.suite, self._send_key)[0]
         self._counter = 0
         self._bytes = 0
         self._current: _Epoch | None = _Epoch(self.suite, bytes(recv_key), bytes(recv_iv),
-                                              epoch, window)
+                                              recv_epoch, window)
         # Past epochs still open, newest first (csrc/record.c: past[]).
         self._past: list[_Epoch] = []
         self.recv_epoch_advanced_at = None

@@ -284,6 +284,11 @@ class CertificateRole(Role):
             return ()
         return tuple(self._files["paths"])
 
+    @property
+    def watch(self) -> bool:
+        """Loaded with ``from_files(..., watch=True)``."""
+        return bool(self._files is not None and self._files["watch"])
+
     def files_changed(self) -> bool:
         """True if a file this role was loaded from changed (size, mtime or
         inode) or vanished since it was loaded. Cheap: one ``stat`` a file."""
@@ -307,12 +312,15 @@ class CertificateRole(Role):
                    key: str | os.PathLike[str] | None = None,
                    key_password: bytes | None = None,
                    crls: Sequence[str | os.PathLike[str]] = (),
+                   watch: bool = False,
                    **kwargs: Any) -> CertificateRole:
         """Loads PEM files: ``anchors`` (one or more CA certificates),
         ``cert`` (leaf first, then intermediates) and ``key`` (PKCS#8 or
         traditional PEM, optionally encrypted with ``key_password``);
         ``crls``: revocation list files, PEM or DER. The role remembers the
-        files (:meth:`files_changed`, :meth:`reloaded`)."""
+        files (:meth:`files_changed`, :meth:`reloaded`). ``watch=True`` marks
+        it for :func:`rolewire.serving.watch_certificates`, which swaps in
+        :meth:`reloaded` on a running server when the files change."""
         paths = [Path(anchors), *(Path(p) for p in crls)]
         stamps = _stamps(paths + [Path(p) for p in (cert, key) if p is not None])
         anchor_certs = _load_pems(anchors, "anchor file")
@@ -337,10 +345,10 @@ class CertificateRole(Role):
         crl_list = [load_crl(p) for p in crls]
         role = cls(name, anchors=anchor_certs, chain=chain, private_key=private_key,
                    crls=crl_list, **kwargs)
-        role._files = {"paths": paths, "stamps": stamps,
+        role._files = {"paths": paths, "stamps": stamps, "watch": watch,
                        "args": {"anchors": anchors, "cert": cert, "key": key,
                                 "key_password": key_password, "crls": tuple(crls),
-                                **kwargs}}
+                                "watch": watch, **kwargs}}
         return role
 
     # --- proving -------------------------------------------------------------
