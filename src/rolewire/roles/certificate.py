@@ -44,6 +44,7 @@ validity window); the signature is verified on every handshake.
 from __future__ import annotations
 
 import datetime
+import hashlib
 import itertools
 import os
 import threading
@@ -267,6 +268,15 @@ class CertificateRole(Role):
     @property
     def anchors(self) -> tuple[x509.Certificate, ...]:
         return self._anchors
+
+    def hint_keys(self) -> tuple[bytes, ...]:
+        """One Hello hint key per anchor: ``BLAKE2b-256(anchor SPKI DER,
+        person="rolewire2crthint")`` (docs/PROTOCOL.md, "Role hints"), so
+        only parties that hold the anchor recognise the role."""
+        return tuple(hashlib.blake2b(
+            a.public_key().public_bytes(serialization.Encoding.DER,
+                                        serialization.PublicFormat.SubjectPublicKeyInfo),
+            digest_size=32, person=b"rolewire2crthint").digest() for a in self._anchors)
 
     @property
     def chain(self) -> tuple[x509.Certificate, ...]:
