@@ -375,3 +375,46 @@ def test_watch_true_role_swaps_chain_and_key_on_a_running_server(tmp_path):
                 watcher.cancel()
 
     asyncio.run(asyncio.wait_for(main(), 120))
+
+
+def test_watched_anchor_rotation_switches_the_trusted_ca(tmp_path):
+    """Anchors rotate like chains: a verify-only role watching its anchor
+    file trusts the new CA for new handshakes once the file changes."""
+    from rolewire.serving import watch_certificates
+
+    old_ca, new_ca = create_ca("old members CA"), create_ca("new members CA")
+    anchor = tmp_path / "members.pem"
+    write_atomically(anchor, old_ca.certificate_pem())
+    verify = CertificateRole.from_files("member", anchors=anchor, watch=True)
+    service = Service("svc")
+    service.add("hello", lambda call, body: b"hi", roles=["member"])
+
+    def member_of(ca):
+        leaf = issue(ca, "alice")
+        return HandshakeConfig(roles=[CertificateRole(
+            "member", anchors=[ca.certificate], chain=[leaf.certificate],
+            private_key=leaf.private_key)], allow_anonymous=True)
+
+    async def attempt(port, config):
+        async with connect("127.0.0.1", port, config, timeout=30) as channel:
+            return await channel.call("hello", timeout=30)
+
+    async def main():
+        async with serve(service, HandshakeConfig(roles=[verify])) as server:
+            swapped: list[list[str]] = []
+            watcher = asyncio.create_task(watch_certificates(server, interval=0.05,
+                                                             on_reload=swapped.append))
+            try:
+                assert await attempt(server.port, member_of(old_ca)) == b"hi"
+                with pytest.raises(HandshakeError):
+                    await attempt(server.port, member_of(new_ca))
+                write_atomically(anchor, new_ca.certificate_pem())
+                while not swapped:
+                    await asyncio.sleep(0.02)
+                assert await attempt(server.port, member_of(new_ca)) == b"hi"
+                with pytest.raises(HandshakeError):
+                    await attempt(server.port, member_of(old_ca))
+            finally:
+                watcher.cancel()
+
+    asyncio.run(asyncio.wait_for(main(), 120))

@@ -532,7 +532,10 @@ def cmd_call(args: argparse.Namespace) -> int:
     from rolewire.config import load_config, parse_address
 
     config = load_config(args.config)
-    host, port = parse_address(args.address, "HOST:PORT")
+    if args.address in config.peers:  # a peer named in the client config
+        host, port = config.peers[args.address]
+    else:
+        host, port = parse_address(args.address, "HOST:PORT (or a [peers] name)")
     body = _call_body(args.body)
     timeout = args.timeout if args.timeout is not None else config.client.call_timeout
     if timeout <= 0:
@@ -678,11 +681,12 @@ def _add_serve_parser(sub: Any) -> None:
 def _add_call_parser(sub: Any) -> None:
     call = sub.add_parser(
         "call", help="make one call to a service (like grpcurl)",
-        description="Connect to HOST:PORT with the roles of the client config, call "
+        description="Connect to HOST:PORT (or to a peer NAME of the config's [peers]) "
+                    "with the roles of the client config, call "
                     "OPERATION with BODY (default empty; '-' reads stdin; @FILE reads a file) "
                     "and print the reply to stdout. Exit 0 on a reply, 3 with the typed error "
                     "(Forbidden, UnknownOperation, HandshakeRejected, ...) on stderr.")
-    call.add_argument("address", metavar="HOST:PORT")
+    call.add_argument("address", metavar="HOST:PORT|PEER")
     call.add_argument("operation", metavar="OPERATION")
     call.add_argument("body", metavar="BODY", nargs="?", default="")
     call.add_argument("--config", required=True, metavar="TOML")
