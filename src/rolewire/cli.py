@@ -84,12 +84,13 @@ def _print_handshake_table(report: dict[str, Any]) -> None:
     _print_ratios(report)
 
 
-BENCH_KINDS = ("record", "handshake", "channel", "auth", "connect", "fleet", "all")
+BENCH_KINDS = ("record", "handshake", "channel", "auth", "connect", "fleet", "audit", "all")
 COMPARE_KINDS = ("channel", "auth", "connect", "fleet")
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    kinds = ["record", "handshake", *COMPARE_KINDS] if args.kind == "all" else [args.kind]
+    kinds = ["record", "handshake", *COMPARE_KINDS, "audit"] if args.kind == "all" \
+        else [args.kind]
     wanted = [k for k in kinds if k in COMPARE_KINDS]
     if getattr(args, "plot", None) and not wanted:
         print("rolewire: --plot applies to channel, auth, connect and all", file=sys.stderr)
@@ -106,6 +107,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
         report["handshake"] = _progress_runner("bench handshake", handshake.run,
                                                quick=args.quick)
         _print_handshake_table(report["handshake"])
+    if "audit" in kinds:  # issue 18: signed calls vs stored JWTs, end-user context
+        from rolewire.benchmarks import audit
+
+        report["audit"] = _progress_runner("bench audit", audit.run, quick=args.quick)
+        audit.print_report(report["audit"])
     if wanted:
         # One run for channel+auth+connect: servers start once, ratios from the same run.
         try:
@@ -124,6 +130,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if len(kinds) > 1 and wanted:
         # bench all: every ratio of the issue by its name, in one place.
         report.update(compare.merge_ratios(report))
+        if "audit" in report:
+            from rolewire.benchmarks import audit
+
+            audit.merge_into(report)
         compare.print_report({k: report[k] for k in ("ratios", "ratio_ranges", "targets")},
                              table=False)
     if args.json:
