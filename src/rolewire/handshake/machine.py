@@ -25,11 +25,10 @@ from __future__ import annotations
 import collections
 import enum
 import logging
-import os
 from collections.abc import Hashable
 from typing import Any
 
-from rolewire import errors
+from rolewire import entropy, errors
 from rolewire.errors import (
     HandshakeError,
     HandshakeInternalError,
@@ -46,7 +45,7 @@ from rolewire.errors import (
 )
 from rolewire.handshake.config import HandshakeConfig
 from rolewire.handshake.events import NEED_DATA, Event, HandshakeComplete, HandshakeFailed
-from rolewire.handshake.kex import InitiatorShare, responder_exchange
+from rolewire.handshake.kex import InitiatorShare, hybrid_ikm, responder_exchange
 from rolewire.handshake.limiter import HandshakeLimiter, HandshakeSlot
 from rolewire.handshake.messages import (
     FRAME_HEADER_SIZE,
@@ -393,7 +392,7 @@ class Initiator(Handshake):
 
     def __init__(self, config: HandshakeConfig, *, peer: Hashable = None) -> None:
         super().__init__(config, peer=peer)
-        self._random = os.urandom(RANDOM_SIZE)
+        self._random = entropy.random_bytes(RANDOM_SIZE, "initiator random")
         self._retried = False
         self._offered: list[Role] = []
         self._exchanges: dict[int, PasswordExchange] = {}
@@ -475,7 +474,7 @@ class Initiator(Handshake):
         self._suite = suite
         self._ss.mix_hash(bytes((MsgType.RESPONDER_HELLO,)) + rh.clear())
         ss_mlkem, ss_ecdh = self._share.finish(rh.ecdh_public, rh.mlkem_ct)
-        self._ss.mix_key(ss_mlkem + ss_ecdh)
+        self._ss.mix_key(hybrid_ikm(ss_mlkem, ss_ecdh, rh.ecdh_public, self._share.ecdh_public))
         entries = parse_role_entries(self._ss.decrypt_and_hash(rh.data_ct))
         h_responder = self._ss.h
         proofs = {p.index: p.proof for p in parse_proofs(self._ss.decrypt_and_hash(rh.proof_ct))}
@@ -713,11 +712,12 @@ class Responder(Handshake):
                 data = encode_chain(role.chain_der)
             entries.append(RoleEntry(match.index, _my_flags(role), data))
 
-        random = os.urandom(RANDOM_SIZE)
+        random = entropy.random_bytes(RANDOM_SIZE, "responder random")
         rh_clear = ResponderHello(PROTOCOL_VERSION, random, int(suite), ecdh_public, mlkem_ct,
                                   b"", b"")
         self._ss.mix_hash(bytes((MsgType.RESPONDER_HELLO,)) + rh_clear.clear())
-        self._ss.mix_key(ss_mlkem + ss_ecdh)
+        self._ss.mix_key(hybrid_ikm(ss_mlkem, ss_ecdh, ecdh_public,
+                                    hello.share[:group.ecdh_size]))
         data_ct = self._ss.encrypt_and_hash(encode_role_entries(entries))
         h_responder = self._ss.h
         proofs = []
