@@ -5,9 +5,10 @@
     python fuzz/fuzz_parsers.py --list
 
 PARSER is one of: hello, hello_retry, responder_hello, initiator_auth,
-responder_auth, reject (``parse_message`` for that type), message_any
-(``parse_message`` with the type taken from the first byte), role_entries,
-proofs, chain, password_data, frame (``parse_frame_header`` and ``frame``).
+responder_auth, initiator_finish, reject (``parse_message`` for that type),
+message_any (``parse_message`` with the type taken from the first byte),
+role_entries, role_data, padding, proofs, chain, frame
+(``parse_frame_header`` and ``frame``).
 Only MalformedHandshakeMessage (or its subclass HandshakeMessageTooLarge)
 may escape, and whatever a parser accepts must encode back to the same
 bytes. Oracle: ``tests/regressions/oracles.py`` (``PARSER_TARGETS``).

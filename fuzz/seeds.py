@@ -61,15 +61,12 @@ def _parser_seeds() -> dict[str, list[bytes]]:
     from rolewire.handshake import messages as hm
 
     hint = lambda i: hashlib.blake2b(bytes((i,)), digest_size=16).digest()
-    offers = (
-        hm.RoleOffer(1, 3, hint(1)),
-        hm.RoleOffer(2, 1, hint(2), b"jpake-round-1" * 10),
-        hm.RoleOffer(3, 2, hint(3)),
-    )
+    hints = tuple(hint(i) for i in range(4))
+    slots = (bytes(range(192)), bytes(192))
     hellos = [
-        hm.Hello(1, bytes(range(32)), (1, 2, 3, 4), 1, bytes(56 + 1184), offers),
-        hm.Hello(1, bytes(32), (2,), 2, bytes(32 + 1184), ()),
-        hm.Hello(1, bytes(32), (4, 3), 2, b"short", offers[:1]),
+        hm.Hello(2, bytes(range(32)), (1, 2, 3, 4), 1, bytes(56 + 1184), hints, slots),
+        hm.Hello(2, bytes(32), (2,), 2, bytes(32 + 1184), ()),
+        hm.Hello(2, bytes(32), (4, 3), 2, b"short", hints[:1], slots[:1]),
     ]
     responder = [
         hm.ResponderHello(1, bytes(32), suite, bytes(56 if suite in (1, 3) else 32),
@@ -82,8 +79,10 @@ def _parser_seeds() -> dict[str, list[bytes]]:
         "responder_hello": [r.encode()[4:] for r in responder],
         "initiator_auth": [hm.InitiatorAuth(b"d" * 40, b"p" * 60).encode()[4:],
                            hm.InitiatorAuth(b"", b"").encode()[4:]],
-        "responder_auth": [hm.ResponderAuth(b"p" * 48).encode()[4:],
-                           hm.ResponderAuth(b"").encode()[4:]],
+        "responder_auth": [hm.ResponderAuth(b"d" * 40, b"p" * 48).encode()[4:],
+                           hm.ResponderAuth(b"", b"").encode()[4:]],
+        "initiator_finish": [hm.InitiatorFinish(b"d" * 20, b"p" * 30).encode()[4:],
+                             hm.InitiatorFinish(b"", b"").encode()[4:]],
         "reject": [hm.Reject(1).encode()[4:], hm.Reject(200).encode()[4:]],
         "role_entries": [
             hm.encode_role_entries([hm.RoleEntry(0, 1, b"x"), hm.RoleEntry(2, 3, b"")]),
@@ -96,8 +95,12 @@ def _parser_seeds() -> dict[str, list[bytes]]:
         ],
         "chain": [hm.encode_chain((b"leaf-der" * 20, b"intermediate" * 10)),
                   hm.encode_chain(tuple(bytes((i,)) * 8 for i in range(8)))],
-        "password_data": [b"\x02" + hm.encode_password_data(b"r1" * 40, b"r2" * 50),
-                          b"\x01" + hm.encode_password_data(b"round"), b"\x00"],
+        "role_data": [
+            hm.encode_role_data([hm.RoleEntry(0, 1, b"x")], [b"s" * 112, b"t" * 112]),
+            hm.encode_role_data([], []),
+            hm.encode_role_data([hm.RoleEntry(i, 3, b"") for i in range(4)], [b""] * 8),
+        ],
+        "padding": [hm.pad(b"body"), hm.pad(b""), hm.pad(bytes(300), 64), b"\x00\x00"],
         "frame": [b"\xff" + hm.frame(1, b"body"), b"\x00" + b"\x05\x00\x00\x01" + b"x",
                   b"\x10" + b"\x01\x00\x10\x00"],
     }
@@ -107,6 +110,7 @@ def _parser_seeds() -> dict[str, list[bytes]]:
                         (hm.MsgType.RESPONDER_HELLO, "responder_hello"),
                         (hm.MsgType.INITIATOR_AUTH, "initiator_auth"),
                         (hm.MsgType.RESPONDER_AUTH, "responder_auth"),
+                        (hm.MsgType.INITIATOR_FINISH, "initiator_finish"),
                         (hm.MsgType.REJECT, "reject"))
         for b in bodies[name]
     ]

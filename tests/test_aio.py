@@ -279,7 +279,8 @@ def test_late_reject_of_message_three_reaches_the_caller():
             channel = await connect("127.0.0.1", server.port, SHOP_CFG)
             with pytest.raises(errors.HandshakeRejected) as info:
                 await channel.call("whoami")
-            assert info.value.reason_code == RejectReason.NO_SHARED_ROLE
+            # protocol 2: every authentication failure is AUTH_FAILED on the wire
+            assert info.value.reason_code == RejectReason.AUTH_FAILED
             with pytest.raises(errors.HandshakeRejected):
                 await channel.call("whoami")
             await channel.close()

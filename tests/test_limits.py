@@ -201,12 +201,12 @@ def test_frame_header_bound_is_configurable():
         (hm.parse_chain, b"\x01\xff\xff\xff" + b"x" * 8),
         (hm.parse_role_entries, b"\x01\x00\x01\xff\xff\xff" + b"x" * 8),
         (hm.parse_proofs, b"\x01\x00\xff\xff" + b"x" * 8),
-        (lambda d: hm.parse_password_data(d, 1), b"\xff\xff" + b"x" * 8),
+        (hm.parse_role_data, b"\x00\x01\xff\xff" + b"x" * 8),
         (lambda d: hm.parse_message(hm.MsgType.HELLO, d),
          b"\x01" + bytes(32) + b"\x01\x01\x01\xff\xff" + b"x" * 8),
     ],
     ids=["initiator_auth", "responder_auth", "responder_hello", "chain", "role_entries",
-         "proofs", "password_data", "hello_share"],
+         "proofs", "role_data", "hello_share"],
 )
 def test_length_field_claiming_huge_size_allocates_nothing(parse, data):
     with peak_allocation() as peak, pytest.raises(errors.MalformedHandshakeMessage):
@@ -300,20 +300,24 @@ def _hint(i: int) -> bytes:
 
 
 def _hello(n_offers: int, n_suites: int = 1) -> hm.Hello:
-    offers = tuple(hm.RoleOffer(1, 3, _hint(i)) for i in range(n_offers))
-    return hm.Hello(1, bytes(32), tuple(range(1, n_suites + 1)), 1, bytes(8), offers)
+    hints = tuple(_hint(i) for i in range(n_offers))
+    return hm.Hello(2, bytes(32), tuple(range(1, n_suites + 1)), 1, bytes(8), hints)
 
 
 def test_roles_per_message_bounds():
     body = _hello(MAX_ROLES).encode()[4:]
-    assert len(hm.parse_message(hm.MsgType.HELLO, body).offers) == MAX_ROLES
+    assert len(hm.parse_message(hm.MsgType.HELLO, body).hints) == MAX_ROLES
     with pytest.raises(errors.HandshakeMessageTooLarge):
         _hello(MAX_ROLES + 1).encode()
-    too_many = body[:-(1 + (2 + hm.HINT_SIZE + 2) * MAX_ROLES)]
-    too_many += bytes((MAX_ROLES + 1,)) + b"".join(
-        bytes((1, 3)) + _hint(i) + b"\x00\x00" for i in range(MAX_ROLES + 1))
+    too_many = body[:-(1 + hm.HINT_SIZE * MAX_ROLES + 1)]
+    too_many += bytes((MAX_ROLES + 1,)) + b"".join(_hint(i) for i in range(MAX_ROLES + 1))
+    too_many += b"\x00"
     with pytest.raises(errors.HandshakeMessageTooLarge):
         hm.parse_message(hm.MsgType.HELLO, too_many)
+    slots = hm.Hello(2, bytes(32), (1,), 1, bytes(8), (), (bytes(192),) * hm.MAX_PASSWORD_SLOTS)
+    assert len(hm.parse_message(hm.MsgType.HELLO, slots.encode()[4:]).slots) == 8
+    with pytest.raises(errors.HandshakeMessageTooLarge):
+        hm.Hello(2, bytes(32), (1,), 1, bytes(8), (), (bytes(192),) * 9).encode()
 
 
 def test_role_entries_and_proofs_bounds():

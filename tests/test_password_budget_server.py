@@ -21,12 +21,8 @@ from rolewire.handshake import (
     NEED_DATA,
     HandshakeComplete,
     HandshakeConfig,
-    HandshakeFailed,
     Initiator,
-    RejectReason,
-    machine,
 )
-from rolewire.handshake.messages import Flag
 from rolewire.roles import KeyRole, PasswordRateLimiter, PasswordRole
 from rolewire.roles.password import PasswordExchange
 from rolewire.services import Service
@@ -43,17 +39,18 @@ def run(coro, timeout: float = 120.0):
 
 @pytest.fixture
 def guesses(monkeypatch):
-    runs: set[int] = set()
+    """Responder-side runs with the role's password that checked or sent a proof."""
+    runs: dict[int, object] = {}
     verify, prove = PasswordExchange.verify, PasswordExchange.prove
 
     def counting_verify(ex, direction, h, proof):
-        if not ex.initiator:
-            runs.add(id(ex))
+        if not ex.initiator and ex.role is not None:
+            runs[id(ex)] = ex
         return verify(ex, direction, h, proof)
 
     def counting_prove(ex, direction, h):
-        if not ex.initiator:
-            runs.add(id(ex))
+        if not ex.initiator and ex.role is not None:
+            runs[id(ex)] = ex
         return prove(ex, direction, h)
 
     monkeypatch.setattr(PasswordExchange, "verify", counting_verify)
@@ -73,12 +70,13 @@ def service() -> Service:
 
 class RawClient:
     """A sans-IO initiator on a raw TCP connection, from a chosen local
-    address, that can stop after message 2 and send message 3 later."""
+    address, that can stop at message 4 (the responder's proof) and decide
+    later whether to answer."""
 
     def __init__(self, init: Initiator) -> None:
         self.init = init
         self.decoder = FrameDecoder()
-        self.held = b""
+        self.msg4 = b""
         self.outcome: object = None
 
     async def open(self, port: int, local: str = "127.0.0.1") -> None:
@@ -86,94 +84,74 @@ class RawClient:
             "127.0.0.1", port, local_addr=(local, 0))
         self.writer.write(encode_frame(FrameKind.HANDSHAKE, self.init.data_to_send()))
 
+    async def _read_handshake(self) -> bytes:
+        while True:
+            data = await asyncio.wait_for(self.reader.read(65536), 60)
+            if not data:
+                return b""
+            payloads = [p for kind, p in self.decoder.feed(data) if kind is FrameKind.HANDSHAKE]
+            if payloads:
+                return b"".join(payloads)
+
     async def run(self) -> object:
         """Runs the handshake to its end; returns the final event."""
         while True:
             ev = self.init.next_event()
-            if ev is not NEED_DATA:
-                return ev
             out = self.init.data_to_send()
             if out:
                 self.writer.write(encode_frame(FrameKind.HANDSHAKE, out))
-            data = await asyncio.wait_for(self.reader.read(65536), 60)
+            if ev is not NEED_DATA:
+                return ev
+            data = await self._read_handshake()
             if not data:
                 return None
-            for kind, payload in self.decoder.feed(data):
-                assert kind is FrameKind.HANDSHAKE
-                self.init.receive_data(payload)
+            self.init.receive_data(data)
 
     async def park(self) -> None:
-        """Read message 2 and hold message 3."""
-        while not self.held:
-            data = await asyncio.wait_for(self.reader.read(65536), 60)
-            if not data:
-                self.outcome = "closed"
-                return
-            for kind, payload in self.decoder.feed(data):
-                self.init.receive_data(payload)
-            ev = self.init.next_event()
-            if isinstance(ev, HandshakeFailed):
-                self.outcome = ev
-                return
-            self.held = self.init.data_to_send()
+        """Messages 1 to 3, then hold message 4 unread by the initiator."""
+        data = await self._read_handshake()
+        self.init.receive_data(data)
+        ev = self.init.next_event()
+        if ev is not NEED_DATA:
+            self.outcome = ev
+            return
+        self.writer.write(encode_frame(FrameKind.HANDSHAKE, self.init.data_to_send()))
+        self.msg4 = await self._read_handshake()
 
-    async def finish(self) -> object:
-        """Send message 3 and read the outcome."""
-        self.writer.write(encode_frame(FrameKind.HANDSHAKE, self.held))
-        while True:
-            data = await asyncio.wait_for(self.reader.read(65536), 60)
-            if not data:
-                break
-            for kind, payload in self.decoder.feed(data):
-                if kind is FrameKind.HANDSHAKE and not self.init.finished:
-                    self.init.receive_data(payload)
-            if not self.init.finished:
-                ev = self.init.next_event()
-                if ev is not NEED_DATA:
-                    self.outcome = ev
-                    break
-            else:
-                break
-        self.writer.close()
-        return self.outcome
+    def offline_check(self) -> bool:
+        """Does the responder's proof verify for our guess?"""
+        self.init.receive_data(self.msg4)
+        ev = self.init.next_event()
+        return isinstance(ev, HandshakeComplete) and "admin" in ev.peer_roles
 
     def close(self) -> None:
         self.writer.transport.abort()
 
 
-def verify_only(password: str, monkeypatch) -> Initiator:
-    real = machine._my_flags
-
-    def flags(role):
-        return int(Flag.VERIFY) if isinstance(role, PasswordRole) else real(role)
-
-    with monkeypatch.context() as m:
-        m.setattr(machine, "_my_flags", flags)
-        return Initiator(HandshakeConfig(roles=[KeyRole("public", PUBLIC_KEY),
-                                                PasswordRole("admin", password)]))
-
-
-def test_verify_only_offers_over_loopback(monkeypatch, guesses):
-    limiter = PasswordRateLimiter(max_failures=5)
+def test_initiators_that_never_prove_over_loopback(guesses):
+    # Protocol 1: VERIFY-only offers made the server prove without checking
+    # anything, uncounted. Protocol 2: each such run is charged.
+    limiter = PasswordRateLimiter(max_failures=3, window=600, cooldown=600)
     cfg = HandshakeConfig(roles=[KeyRole("public", PUBLIC_KEY),
                                  PasswordRole("admin", SECRET, limiter=limiter)])
 
     async def main():
         async with serve(service(), cfg) as server:
-            outcomes = []
-            for candidate in ["a", "b", "c", SECRET]:
-                client = RawClient(verify_only(candidate, monkeypatch))
+            found = []
+            for candidate in ["a", "b", "c", "d", SECRET]:
+                client = RawClient(Initiator(HandshakeConfig(
+                    roles=[KeyRole("public", PUBLIC_KEY), PasswordRole("admin", candidate)])))
                 await client.open(server.port)
-                outcomes.append(await client.run())
-                client.close()
-            return outcomes
+                await client.park()
+                found.append(client.offline_check())
+                client.close()  # never answers
+                await asyncio.sleep(0)
+            return found
 
-    outcomes = run(main())
-    for ev in outcomes:
-        # Before the fix the last one completed with "admin" verified.
-        assert isinstance(ev, HandshakeFailed) and ev.remote
-        assert ev.reason_code == RejectReason.ILLEGAL_PARAMETER
-    assert len(guesses) == 0
+    found = run(main())
+    assert not any(found)
+    assert len(guesses) <= 3
+    assert limiter.failures("127.0.0.1", "admin") <= 3
 
 
 def test_parked_parallel_handshakes_over_loopback(guesses):
@@ -183,27 +161,21 @@ def test_parked_parallel_handshakes_over_loopback(guesses):
     async def main():
         async with serve(service(), cfg, handshake_timeout=90) as server:
             clients = [RawClient(Initiator(HandshakeConfig(
-                roles=[PasswordRole("admin", f"wrong-{i}")], timeout=90)))
-                for i in range(60)]
+                roles=[PasswordRole("admin", SECRET if i == 59 else f"wrong-{i}")],
+                timeout=90))) for i in range(60)]
             for c in clients:
                 await c.open(server.port)
             await asyncio.gather(*(c.park() for c in clients))
-            parked = [c for c in clients if c.held]
-            for c in parked:
-                await c.finish()
+            found = [c.offline_check() for c in clients if c.msg4]
             for c in clients:
-                if not c.held:
-                    c.close()
-            # the right password, after the lockout started
-            right = RawClient(Initiator(HandshakeConfig(roles=[PasswordRole("admin", SECRET)])))
-            await right.open(server.port)
-            return len(parked), await right.run()
+                c.close()
+            return found
 
-    n_parked, last = run(main())
-    # Before the fix: all 60 parked, 60 guesses counted afterwards.
-    assert n_parked <= 5
+    found = run(main())
+    # Protocol 1: all 60 passed the check at Hello and the right one (last)
+    # completed. Protocol 2: 5 runs in flight at most; the last is a dummy.
+    assert not any(found)
     assert len(guesses) <= 5
-    assert isinstance(last, HandshakeFailed) and last.reason_code == RejectReason.RATE_LIMITED
 
 
 def test_guesses_from_many_addresses_over_loopback(guesses):

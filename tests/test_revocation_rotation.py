@@ -167,7 +167,8 @@ def test_server_reload_config_applies_a_new_crl(pki_tree):
                 # may return first, the Reject then fails the call.
                 late = await connect("127.0.0.1", server.port, claim, timeout=30)
                 await late.call("ping", timeout=30)
-            assert rejected.value.reason_code == RejectReason.CERTIFICATE_REJECTED
+            # protocol 2: sent as AUTH_FAILED (the server's log says CERTIFICATE_REJECTED)
+            assert rejected.value.reason_code == RejectReason.AUTH_FAILED
             # The session established before the revocation is a live session
             # (revocation applies to new handshakes).
             assert await live.call("ping") == b"pong"
@@ -316,3 +317,61 @@ def test_short_lived_certificates_rotate_under_traffic(tmp_path):
         assert rotations >= 4 and handshakes > rotations
         server.signal(signal.SIGTERM)
         assert server.wait() == 0
+
+
+# --- watch=True on a role, library API ------------------------------------------------------
+
+def test_watch_true_role_swaps_chain_and_key_on_a_running_server(tmp_path):
+    """A server started with ``CertificateRole.from_files(..., watch=True)``
+    and ``watch_certificates``: rewriting the files swaps the role for new
+    handshakes (clients see the new leaf: the old one has been revoked by
+    the anchor's CRL the client applies), while an open session goes on."""
+    from rolewire.serving import watch_certificates
+
+    ca = create_ca("watched CA")
+    anchor = tmp_path / "ca.pem"
+    anchor.write_bytes(ca.certificate_pem())
+    first = issue(ca, "svc")
+    write_atomically(tmp_path / "svc.key", first.private_key_pem(), secret=True)
+    write_atomically(tmp_path / "svc.pem", first.certificate_pem())
+    role = CertificateRole.from_files("svc", anchors=anchor, cert=tmp_path / "svc.pem",
+                                      key=tmp_path / "svc.key", watch=True)
+    assert role.watch and not role.files_changed()
+    service = Service("svc")
+    service.add("serial", lambda call, body: b"ok", roles=["caller"])
+    caller_key = KeyRole("caller", KeyRole.generate_key())
+
+    def client(crls=()):
+        return HandshakeConfig(roles=[caller_key, CertificateRole(
+            "svc", anchors=[ca.certificate], crls=crls)])
+
+    async def main():
+        async with serve(service, HandshakeConfig(roles=[role, caller_key])) as server:
+            swapped: list[list[str]] = []
+            watcher = asyncio.create_task(watch_certificates(server, interval=0.05,
+                                                             on_reload=swapped.append))
+            try:
+                live = await connect("127.0.0.1", server.port, client(), timeout=30)
+                assert live.peer_roles == {"svc", "caller"}
+                second = issue(ca, "svc")
+                # the key first: for a moment key and certificate do not match
+                write_atomically(tmp_path / "svc.key", second.private_key_pem(), secret=True)
+                await asyncio.sleep(0.2)
+                write_atomically(tmp_path / "svc.pem", second.certificate_pem())
+                while not swapped:
+                    await asyncio.sleep(0.02)
+                assert swapped[-1] == ["svc"]
+                (current,) = [r for r in server.config.roles if r.name == "svc"]
+                assert current.chain[0] == second.certificate
+                # A client refusing the first certificate still connects: the
+                # server presents the second one now.
+                strict = client([create_crl(ca, [first.certificate])])
+                async with connect("127.0.0.1", server.port, strict, timeout=30) as fresh:
+                    assert fresh.peer_roles == {"svc", "caller"}
+                    assert await fresh.call("serial", timeout=30) == b"ok"
+                assert await live.call("serial", timeout=30) == b"ok"
+                await live.close()
+            finally:
+                watcher.cancel()
+
+    asyncio.run(asyncio.wait_for(main(), 120))

@@ -141,7 +141,7 @@ class RoleSpec:
                 raise ConfigurationError(f"role {self.name!r}: crl file {crl!r} does not exist")
         return CertificateRole.from_files(self.name, anchors=src["anchor"],
                                           cert=src.get("cert"), key=src.get("key"),
-                                          crls=self.crls)
+                                          crls=self.crls, watch=self.watch)
 
 
 @dataclass(frozen=True)

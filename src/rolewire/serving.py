@@ -14,6 +14,7 @@ roles start with empty certificate-validation caches.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import importlib
 import logging
 import os
@@ -26,9 +27,10 @@ from typing import Any
 from rolewire.aio import Server, serve
 from rolewire.config import ServiceConfig, load_config
 from rolewire.errors import ConfigurationError, RolewireError
+from rolewire.roles.certificate import CertificateRole
 from rolewire.services import Operation, Service
 
-__all__ = ["ServiceRunner", "file_stamps", "load_service"]
+__all__ = ["ServiceRunner", "file_stamps", "load_service", "watch_certificates"]
 
 log = logging.getLogger("rolewire.serve")
 
@@ -71,6 +73,46 @@ def file_stamps(paths: tuple[str, ...]) -> tuple[tuple[int, int, int] | None, ..
             continue
         stamps.append((st.st_mtime_ns, st.st_size, st.st_ino))
     return tuple(stamps)
+
+
+async def watch_certificates(server: Server, *, interval: float = 2.0,
+                             on_reload: Callable[[list[str]], None] | None = None) -> None:
+    """Until cancelled: every ``interval`` seconds, look at the certificate
+    roles of ``server.config`` loaded with ``from_files(..., watch=True)``;
+    when one's files changed, build it anew (:meth:`CertificateRole.reloaded`)
+    and hand the server a config with the new role
+    (:meth:`Server.reload_config`). Run it as a task next to the server::
+
+        watcher = asyncio.create_task(watch_certificates(server))
+
+    A role whose files do not load yet (a new key next to the old
+    certificate, mid-rotation) is kept as it is and tried again next time.
+    ``on_reload`` receives the names of the roles swapped."""
+    if interval <= 0:
+        raise ConfigurationError("interval must be > 0")
+    last_error: dict[str, str] = {}
+    while True:
+        await asyncio.sleep(interval)
+        config = server.config
+        roles = list(config.roles)
+        swapped = []
+        for index, role in enumerate(roles):
+            if not (isinstance(role, CertificateRole) and role.watch and role.files_changed()):
+                continue
+            try:
+                roles[index] = role.reloaded()
+            except RolewireError as exc:
+                if last_error.get(role.name) != str(exc):
+                    last_error[role.name] = str(exc)
+                    log.warning("certificate role %r not reloaded yet: %s", role.name, exc,
+                                extra={"event": "reload_failed", "role": role.name})
+                continue
+            last_error.pop(role.name, None)
+            swapped.append(role.name)
+        if swapped and server.config is config:
+            server.reload_config(dataclasses.replace(config, roles=roles))
+            if on_reload is not None:
+                on_reload(swapped)
 
 
 class ServiceRunner:

@@ -8,7 +8,7 @@ import os
 import pytest
 from hs_util import FakeClock, cert_role, failed, make_ca, pump
 
-from rolewire import errors
+from rolewire import errors, pki
 from rolewire.handshake import (
     NEED_DATA,
     HandshakeComplete,
@@ -21,7 +21,8 @@ from rolewire.handshake import (
     Responder,
     parse_late_reject,
 )
-from rolewire.roles import KeyRole, PasswordRateLimiter, PasswordRole
+from rolewire.roles import CertificateRole, KeyRole, PasswordRateLimiter, PasswordRole
+from rolewire.roles.password import PasswordExchange
 
 SUITES = list(HandshakeSuite)
 KEY = os.urandom(32)
@@ -77,12 +78,12 @@ def test_every_role_kind_with_every_suite(kind, suite, ca):
     assert out.initiator.peer_roles == expect == out.responder.peer_roles
 
 
-def test_messages_count_three_without_passwords_four_with(ca):
+def test_messages_count_three_without_passwords_five_with(ca):
     out = run([KeyRole("a", KEY), cert_role("c", ca)], [KeyRole("a", KEY), cert_role("c", ca)])
     assert out.ok and len(out.flights) == 3
     pw = [PasswordRole("p", "pw"), KeyRole("a", KEY)]
     out = run(pw, pw)
-    assert out.ok and len(out.flights) == 4
+    assert out.ok and len(out.flights) == 5
 
 
 def test_only_shared_roles_are_attached_and_names_never_travel(ca):
@@ -101,7 +102,8 @@ def test_only_shared_roles_are_attached_and_names_never_travel(ca):
 def test_same_name_different_kind_is_another_role(ca):
     out = run([KeyRole("payment", KEY)], [PasswordRole("payment", "pw")])
     assert failed(out.initiator) and failed(out.responder)
-    assert out.responder.reason_code == RejectReason.NO_SHARED_ROLE
+    assert out.initiator.reason_code == RejectReason.NO_SHARED_ROLE  # local reason
+    assert out.responder.remote and out.responder.reason_code == RejectReason.AUTH_FAILED
 
 
 def test_anchor_only_side_verifies_but_cannot_claim(ca):
@@ -158,11 +160,14 @@ def test_no_common_suite_is_rejected_with_reason():
 # --- policy -------------------------------------------------------------------
 
 
-def test_no_role_in_common_rejected_by_default_before_key_exchange():
+def test_no_role_in_common_rejected_by_default_like_a_wrong_proof():
+    # Protocol 2: the key exchange runs either way, so "no such role" looks
+    # like "wrong proof" on the wire (AUTH_FAILED); the local event is precise.
     out = run([KeyRole("a", KEY)], [KeyRole("b", KEY)])
-    assert out.responder.reason_code == RejectReason.NO_SHARED_ROLE
-    assert out.initiator.reason_code == RejectReason.NO_SHARED_ROLE and out.initiator.remote
-    assert len(out.flights) == 2  # Hello, Reject: no ResponderHello was computed
+    assert out.initiator.reason_code == RejectReason.NO_SHARED_ROLE
+    assert out.initiator.sent_code == RejectReason.AUTH_FAILED
+    assert out.responder.remote and out.responder.reason_code == RejectReason.AUTH_FAILED
+    assert len(out.flights) == 3  # Hello, ResponderHello, Reject
 
 
 def test_opportunistic_encryption_is_explicit_opt_in():
@@ -184,12 +189,25 @@ def test_required_peer_roles():
     assert isinstance(parse_late_reject(late), errors.HandshakeRejected)
 
 
-def test_bad_proof_aborts_by_default_or_just_drops_the_role_if_configured():
-    init = [KeyRole("a", KEY), KeyRole("b", os.urandom(32))]
-    resp = [KeyRole("a", KEY), KeyRole("b", os.urandom(32))]
+def test_bad_proof_aborts_by_default_or_just_drops_the_role_if_configured(ca):
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    impostor = cert_role("b", ca)
+    impostor._key = ec.generate_private_key(ec.SECP256R1())  # signs with another key
+    init = [KeyRole("a", KEY), cert_role("b", ca, holder=False)]
+    resp = [KeyRole("a", KEY), impostor]
     out = run(init, resp)
     assert out.initiator.reason_code == RejectReason.AUTH_FAILED
     out = run(init, resp, abort_on_bad_proof=False)
+    assert out.ok and out.initiator.peer_roles == {"a"} == out.responder.peer_roles
+
+
+def test_a_key_role_with_another_key_is_another_role():
+    # Hints are keyed by the role key: with another key the role is simply
+    # not shared (nothing to prove, nothing learned).
+    init = [KeyRole("a", KEY), KeyRole("b", os.urandom(32))]
+    resp = [KeyRole("a", KEY), KeyRole("b", os.urandom(32))]
+    out = run(init, resp)
     assert out.ok and out.initiator.peer_roles == {"a"} == out.responder.peer_roles
 
 
@@ -198,29 +216,46 @@ def test_bad_proof_aborts_by_default_or_just_drops_the_role_if_configured():
 
 def test_wrong_key():
     out = run([KeyRole("a", KEY)], [KeyRole("a", os.urandom(32))])
-    assert isinstance(out.initiator.error, errors.RoleProofInvalid)
-    assert out.initiator.reason_code == RejectReason.AUTH_FAILED
+    assert isinstance(out.initiator.error, errors.NoVerifiedRole)
+    assert out.initiator.sent_code == RejectReason.AUTH_FAILED
     assert out.responder.remote and not isinstance(out.responder, HandshakeComplete)
 
 
-def test_wrong_password_fails_on_the_responder_without_it_proving():
+def test_wrong_password_the_initiator_never_proves():
     out = run([PasswordRole("p", "right")], [PasswordRole("p", "wrong")])
-    assert isinstance(out.responder.error, errors.RoleProofInvalid)
-    assert out.initiator.remote and out.initiator.reason_code == RejectReason.AUTH_FAILED
-    assert len(out.flights) == 4  # Hello, ResponderHello, InitiatorAuth, Reject
+    # The responder proved first (its run was charged); the initiator saw the
+    # proof fail and sent no proof of its own, just a Reject.
+    assert isinstance(out.initiator.error, errors.NoVerifiedRole)
+    assert out.responder.remote and out.responder.reason_code == RejectReason.AUTH_FAILED
+    assert len(out.flights) == 5  # Hello, ResponderHello, InitiatorAuth, ResponderAuth, Reject
+
+
+def foreign_holder(name, anchor_ca, issuing_ca):
+    """Claims ``name`` with the anchors of ``anchor_ca`` (so its hints are
+    recognised) but a certificate issued by ``issuing_ca``."""
+    leaf = pki.issue(issuing_ca.issued, f"{name}-foreign")
+    return CertificateRole(name, anchors=[anchor_ca.cert], chain=[leaf.certificate],
+                           private_key=leaf.private_key)
 
 
 def test_untrusted_certificate(ca):
     other = make_ca("other CA")
-    out = run([cert_role("ship", other, anchors=[other.cert])], [cert_role("ship", ca)])
+    out = run([cert_role("ship", ca)], [foreign_holder("ship", ca, other)])
     assert isinstance(out.initiator.error, errors.CertificateRejected)
-    assert out.initiator.reason_code == RejectReason.CERTIFICATE_REJECTED
+    assert out.initiator.reason_code == RejectReason.CERTIFICATE_REJECTED  # local
+    assert out.initiator.sent_code == RejectReason.AUTH_FAILED  # on the wire
+
+
+def test_certificate_of_another_anchor_is_another_role(ca):
+    other = make_ca("other CA")
+    out = run([cert_role("ship", other, anchors=[other.cert])], [cert_role("ship", ca)])
+    assert isinstance(out.initiator.error, errors.NoVerifiedRole)
 
 
 def test_certificate_chained_to_another_roles_anchor(ca):
     ca2 = make_ca("ca for payment")
     # The initiator claims "ship" with a certificate from the payment CA.
-    claim = cert_role("ship", ca2, anchors=[ca2.cert])
+    claim = foreign_holder("ship", ca, ca2)
     verifier = cert_role("ship", ca, holder=False)
     out = run([claim, KeyRole("k", KEY)], [verifier, KeyRole("k", KEY)])
     assert isinstance(out.responder.error, errors.CertificateRejected)
@@ -254,14 +289,14 @@ def test_sixth_wrong_password_refused_without_running_jpake(monkeypatch):
     limiter = PasswordRateLimiter(max_failures=5, window=60, cooldown=300, clock=clock)
     server_role = PasswordRole("p", "right", limiter=limiter)
     runs = []
-    original = PasswordRole.exchange
+    original = PasswordExchange.assign
 
-    def counting(self, **kw):
-        if self is server_role:
+    def counting(self, role):
+        if role is server_role:
             runs.append(1)
-        return original(self, **kw)
+        return original(self, role)
 
-    monkeypatch.setattr(PasswordRole, "exchange", counting)
+    monkeypatch.setattr(PasswordExchange, "assign", counting)
 
     def attempt(password):
         init = Initiator(HandshakeConfig(roles=[PasswordRole("p", password)]), peer="srv")
@@ -273,11 +308,12 @@ def test_sixth_wrong_password_refused_without_running_jpake(monkeypatch):
         assert out.responder.reason_code == RejectReason.AUTH_FAILED
     assert len(runs) == 5
     out = attempt("guess5")
-    assert out.responder.reason_code == RejectReason.RATE_LIMITED
-    assert isinstance(out.responder.error, errors.PasswordAttemptsExceeded)
-    assert len(runs) == 5  # J-PAKE was not run for the sixth attempt
+    # on the wire it looks like a wrong password; the event says why
+    assert out.responder.reason_code == RejectReason.AUTH_FAILED
+    assert out.responder.dropped_roles == {("p", "rate_limited")}
+    assert len(runs) == 5  # J-PAKE was not run with the role's password
     # even the right password is refused during the cool-down ...
-    assert attempt("right").responder.reason_code == RejectReason.RATE_LIMITED
+    assert not attempt("right").ok
     # ... other peers are not affected, and after the cool-down it works again
     init = Initiator(HandshakeConfig(roles=[PasswordRole("p", "right")]))
     assert pump(init, Responder(HandshakeConfig(roles=[server_role]), peer="10.0.0.10")).ok

@@ -85,7 +85,7 @@ def positions(length):
     return sorted(set(range(min(80, length))) | set(range(80, length, 53)) | {length - 1})
 
 
-@pytest.mark.parametrize("flight", [0, 1, 2, 3])
+@pytest.mark.parametrize("flight", [0, 1, 2, 3, 4])
 def test_flip_any_byte_of_any_message(flight, roles):
     clock = FakeClock()
     init, resp = fresh(roles, clock)
@@ -107,7 +107,7 @@ def test_flip_any_byte_of_any_message(flight, roles):
         assert_no_session(out, init, resp)
 
 
-@pytest.mark.parametrize("flight", [0, 1, 2, 3])
+@pytest.mark.parametrize("flight", [0, 1, 2, 3, 4])
 def test_dropped_message_times_out_with_typed_error(flight, roles):
     clock = FakeClock()
     init, resp = fresh(roles, clock)
@@ -131,7 +131,7 @@ def test_replayed_old_handshake(roles):
     clock = FakeClock()
     init, resp = fresh(roles, clock)
     old = pump(init, resp).flights
-    assert len(old) == 4
+    assert len(old) == 5
     # An attacker replays the initiator's old messages to a new responder.
     resp2 = Responder(HandshakeConfig(roles=roles, clock=clock))
     resp2.receive_data(old[0][1])
@@ -185,7 +185,7 @@ def _rewrite_hello(data, **changes):
     msg_type, length = m.parse_frame_header(data[:4])
     hello = m.parse_message(msg_type, data[4:4 + length])
     fields = {f: getattr(hello, f) for f in ("version", "random", "suites", "group", "share",
-                                              "offers")}
+                                              "hints", "slots")}
     fields.update(changes)
     return m.Hello(**fields).encode() + data[4 + length:]
 
@@ -298,25 +298,28 @@ def test_message_parsers_raise_only_typed_errors(msg_type, body):
 @settings(max_examples=200, deadline=None)
 @given(data=st.binary(max_size=600))
 def test_inner_parsers_raise_only_typed_errors(data):
-    for parse in (m.parse_role_entries, m.parse_proofs, m.parse_chain,
-                  lambda d: m.parse_password_data(d, 2)):
+    for parse in (m.parse_role_entries, m.parse_proofs, m.parse_chain, m.parse_role_data,
+                  m.unpad):
         try:
             parse(data)
         except errors.MalformedHandshakeMessage:
             pass
 
 
-def test_jpake_low_order_point_in_hello_is_refused():
+def test_jpake_low_order_point_in_a_hello_slot_is_refused(monkeypatch):
+    from rolewire.roles.password import PasswordExchange
+
+    real = PasswordExchange.round1
+
+    def bad_round1(self):  # the initiator's round 1 with the identity as G1
+        out = real(self)
+        return b"\x01" + bytes(31) + out[32:] if self.initiator else out
+
     roles = [PasswordRole("p", "pw")]
-    init, resp = fresh(roles)
-    data = init.data_to_send()
-    hello = m.parse_message(1, data[4:])
-    offer = hello.offers[0]
-    (round1,) = m.parse_password_data(offer.data, 1)
-    identity = b"\x01" + bytes(31)
-    bad = identity + round1[32:]
-    bad_offer = m.RoleOffer(offer.kind, offer.flags, offer.hint, m.encode_password_data(bad))
-    resp.receive_data(_rewrite_hello(data, offers=(bad_offer,)))
-    ev = resp.next_event()
-    assert isinstance(ev, HandshakeFailed)
-    assert ev.reason_code == RejectReason.ILLEGAL_PARAMETER
+    with monkeypatch.context() as mp:
+        mp.setattr(PasswordExchange, "round1", bad_round1)
+        init = Initiator(HandshakeConfig(roles=roles), peer="R")
+    out = pump(init, Responder(HandshakeConfig(roles=roles), peer="I"))
+    assert isinstance(out.responder, HandshakeFailed)
+    assert out.responder.reason_code == RejectReason.ILLEGAL_PARAMETER
+    assert out.initiator.remote and out.initiator.reason_code == RejectReason.ILLEGAL_PARAMETER

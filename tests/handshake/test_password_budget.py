@@ -28,7 +28,7 @@ from rolewire.handshake import (
     Responder,
     machine,
 )
-from rolewire.handshake.messages import Flag, Reject
+from rolewire.handshake.messages import Reject
 from rolewire.roles import KeyRole, PasswordRateLimiter, PasswordRole
 from rolewire.roles.budget import MemoryBudgetStore, peer_scope
 from rolewire.roles.password import PasswordExchange
@@ -39,25 +39,29 @@ CANDIDATES = ["rose-1", "lily-2", "iris-3", "aster-4", "daisy-5", "poppy-6", SEC
 
 
 class GuessCounter:
-    """Counts responder-side J-PAKE runs that gave the peer a guess."""
+    """Counts responder-side J-PAKE runs with the role's password that gave
+    the peer a guess (the responder checked a proof, or sent one)."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.runs: set[int] = set()
+        self.runs: dict[int, object] = {}
         self.online = 0
         self.offline = 0
+        self.initiator_proofs = 0
         verify, prove = PasswordExchange.verify, PasswordExchange.prove
         counter = self
 
         def counting_verify(ex, direction, h, proof):  # type: ignore[no-untyped-def]
-            if not ex.initiator:
+            if not ex.initiator and ex.role is not None:
                 counter.online += 1
-                counter.runs.add(id(ex))
+                counter.runs[id(ex)] = ex  # kept: ids are reused after GC
             return verify(ex, direction, h, proof)
 
         def counting_prove(ex, direction, h):  # type: ignore[no-untyped-def]
-            if not ex.initiator:
+            if ex.initiator:
+                counter.initiator_proofs += 1
+            elif ex.role is not None:
                 counter.offline += 1
-                counter.runs.add(id(ex))
+                counter.runs[id(ex)] = ex  # kept: ids are reused after GC
             return prove(ex, direction, h)
 
         monkeypatch.setattr(PasswordExchange, "verify", counting_verify)
@@ -77,64 +81,65 @@ def server_roles(limiter: PasswordRateLimiter) -> list[object]:
     return [KeyRole("public", PUBLIC_KEY), PasswordRole("admin", SECRET, limiter=limiter)]
 
 
-def verify_only_initiator(password: str, monkeypatch: pytest.MonkeyPatch,
-                          peer: object = "srv") -> Initiator:
-    """An attacker that holds the low-privilege key role and offers the
-    password role with flags VERIFY only."""
-    real = machine._my_flags
-
-    def flags(role):  # type: ignore[no-untyped-def]
-        return int(Flag.VERIFY) if isinstance(role, PasswordRole) else real(role)
-
-    with monkeypatch.context() as m:
-        m.setattr(machine, "_my_flags", flags)
-        return Initiator(HandshakeConfig(roles=[KeyRole("public", PUBLIC_KEY),
-                                                PasswordRole("admin", password)]), peer=peer)
+def attacker(password: str) -> Initiator:
+    """Holds the low-privilege key role and guesses the password role."""
+    return Initiator(HandshakeConfig(roles=[KeyRole("public", PUBLIC_KEY),
+                                            PasswordRole("admin", password)]), peer="srv")
 
 
-# --- VERIFY-only offers ---------------------------------------------------------
+def to_message4(init: Initiator, resp: Responder) -> tuple[bytes, HandshakeFailed | None]:
+    """Runs messages 1 to 3 and returns the responder's message 4, held (the
+    attacker can check its guess offline with it and never answer)."""
+    resp.receive_data(init.data_to_send())
+    ev = resp.next_event()
+    if isinstance(ev, HandshakeFailed):
+        return b"", ev
+    init.receive_data(resp.data_to_send())
+    assert init.next_event() is NEED_DATA
+    resp.receive_data(init.data_to_send())
+    ev = resp.next_event()
+    if isinstance(ev, HandshakeFailed):
+        return b"", ev
+    return resp.data_to_send(), None
 
 
-def test_verify_only_password_offer_is_illegal_and_gives_no_guess(monkeypatch, guesses):
-    # Before the fix: 8 handshakes found the password (the attacker's
-    # initiator verified the responder's proof for SECRET) with 0 failures.
-    limiter = PasswordRateLimiter(max_failures=5)
-    cfg = HandshakeConfig(roles=server_roles(limiter))
+def found_password(init: Initiator, msg4: bytes) -> bool:
+    """The attacker's offline check: does the responder's proof verify?"""
+    init.receive_data(msg4)
+    ev = init.next_event()
+    return isinstance(ev, HandshakeComplete) and "admin" in ev.peer_roles
+
+
+# --- an initiator that never proves (protocol 1: VERIFY-only offers) --------------
+
+
+def test_initiator_that_never_proves_gets_only_counted_guesses(guesses):
+    # Protocol 1: a VERIFY-only password offer made the responder send its
+    # proof without ever checking one: 8 handshakes found an 8-candidate
+    # password with 0 failures counted. Protocol 2 has no password flags (J-PAKE
+    # slots are mutual); the responder proves first, but every run is charged
+    # before J-PAKE goes on and stays charged unless the initiator's proof
+    # verifies, so an initiator that never proves spends the budget.
+    clock = FakeClock()
+    limiter = PasswordRateLimiter(max_failures=5, clock=clock)
+    cfg = HandshakeConfig(roles=server_roles(limiter), clock=clock, timeout=5)
     found = []
     for candidate in CANDIDATES:
-        init = verify_only_initiator(candidate, monkeypatch)
-        out = pump(init, Responder(cfg, peer="10.9.9.9"))
-        assert isinstance(out.responder, HandshakeFailed)
-        assert out.responder.reason_code == RejectReason.ILLEGAL_PARAMETER
-        assert isinstance(out.responder.error, errors.InvalidKeyShare)
-        if isinstance(out.initiator, HandshakeComplete) and "admin" in out.initiator.peer_roles:
+        init = attacker(candidate)
+        resp = Responder(cfg, peer="10.9.9.9")
+        msg4, _failure = to_message4(init, resp)
+        if found_password(init, msg4):
             found.append(candidate)
-    assert found == []
-    assert guesses.guesses == 0
-
-
-def test_responder_password_entry_with_odd_flags_is_a_typed_failure(monkeypatch):
-    # Before the fix: the initiator raised a bare ValueError out of
-    # next_event() (``_password_proofs_sent.remove``) and never sent a Reject.
-    real = machine._my_flags
-
-    def flags(role):  # type: ignore[no-untyped-def]
-        return int(Flag.PROVE) if isinstance(role, PasswordRole) else real(role)
-
-    init = Initiator(HandshakeConfig(roles=[PasswordRole("admin", SECRET)]), peer="srv")
-    resp = Responder(HandshakeConfig(roles=[PasswordRole("admin", SECRET)]), peer="cli")
-    resp.receive_data(init.data_to_send())
-    with monkeypatch.context() as m:
-        m.setattr(machine, "_my_flags", flags)
-        assert resp.next_event() is NEED_DATA
-    init.receive_data(resp.data_to_send())
-    ev = init.next_event()
-    assert isinstance(ev, HandshakeFailed)
-    assert ev.reason_code == RejectReason.ILLEGAL_PARAMETER
-    assert init.data_to_send() == Reject(RejectReason.ILLEGAL_PARAMETER).encode()
+        clock.now += 6  # the attacker never answers: the responder times out
+        resp.check_timeout()
+    assert found == []  # SECRET is the 7th candidate: the budget ran out at 5
+    assert guesses.guesses <= 5
+    assert limiter.failures("10.9.9.9", "admin") == guesses.guesses
 
 
 def test_any_unexpected_exception_in_next_event_is_a_typed_failure(monkeypatch):
+    # Protocol 1: ``_password_proofs_sent.remove`` raised a bare ValueError out
+    # of next_event() on odd flags and left the machine stuck without a Reject.
     init = Initiator(HandshakeConfig(roles=[KeyRole("public", PUBLIC_KEY)]))
     resp = Responder(HandshakeConfig(roles=[KeyRole("public", PUBLIC_KEY)]))
     resp.receive_data(init.data_to_send())
@@ -151,72 +156,57 @@ def test_any_unexpected_exception_in_next_event_is_a_typed_failure(monkeypatch):
     assert resp.finished
 
 
-def test_no_responder_password_proof_after_a_failed_initiator_proof(guesses):
-    # abort_on_bad_proof=False used to send ResponderAuth with the
-    # responder's password proof after the initiator's proof had failed.
-    limiter = PasswordRateLimiter(max_failures=5)
-    cfg = HandshakeConfig(roles=server_roles(limiter), abort_on_bad_proof=False)
-    init = Initiator(HandshakeConfig(roles=[KeyRole("public", PUBLIC_KEY),
-                                            PasswordRole("admin", "wrong")],
-                                     abort_on_bad_proof=False))
-    out = pump(init, Responder(cfg, peer="10.1.1.1"))
-    assert out.ok
-    assert out.responder.peer_roles == {"public"}
-    assert "admin" not in out.initiator.peer_roles
-    assert guesses.offline == 0 and guesses.online == 1
-    assert limiter.failures("10.1.1.1", "admin") == 1
+def test_initiator_never_proves_to_a_responder_whose_proof_failed(guesses):
+    # Protocol 1 (also with abort_on_bad_proof=False) handed a proof to a peer
+    # that had not proven the password. Protocol 2: the initiator proves only
+    # after the responder's proof verified.
+    for abort in (True, False):
+        cfg = HandshakeConfig(roles=[KeyRole("public", PUBLIC_KEY),
+                                     PasswordRole("admin", "other")],
+                              abort_on_bad_proof=abort)
+        init = Initiator(HandshakeConfig(roles=[KeyRole("public", PUBLIC_KEY),
+                                                PasswordRole("admin", SECRET)],
+                                         abort_on_bad_proof=abort))
+        out = pump(init, Responder(cfg, peer="10.1.1.1"))
+        assert out.ok and out.responder.peer_roles == {"public"} == out.initiator.peer_roles
+    assert guesses.initiator_proofs == 0
 
 
 # --- the parallel race -----------------------------------------------------------
 
 
-def park(init: Initiator, resp: Responder) -> tuple[bytes, HandshakeFailed | None]:
-    """Runs Hello -> ResponderHello; returns the initiator's held message 3
-    (or the responder's failure)."""
-    resp.receive_data(init.data_to_send())
-    ev = resp.next_event()
-    if isinstance(ev, HandshakeFailed):
-        return b"", ev
-    init.receive_data(resp.data_to_send())
-    assert init.next_event() is NEED_DATA
-    return init.data_to_send(), None
-
-
 def test_parallel_handshakes_cannot_outrun_the_budget(guesses):
-    # Before the fix: all 251 passed the check at Hello, 250 wrong guesses
-    # were counted afterwards, and the right guess (sent last) completed.
+    # Protocol 1: all 251 passed the check at Hello, 250 wrong guesses were
+    # counted afterwards, and the right guess (sent last) completed.
     clock = FakeClock()
     limiter = PasswordRateLimiter(max_failures=5, window=60, cooldown=300, clock=clock)
     cfg = HandshakeConfig(roles=[PasswordRole("admin", SECRET, limiter=limiter)])
     parked = []
-    refused = 0
     for i in range(251):
         password = SECRET if i == 250 else f"wrong-{i}"
         init = Initiator(HandshakeConfig(roles=[PasswordRole("admin", password)]))
         resp = Responder(cfg, peer="198.51.100.7")
-        held, failure = park(init, resp)
-        if failure is not None:
-            assert failure.reason_code == RejectReason.RATE_LIMITED
-            refused += 1
-        else:
-            parked.append((init, resp, held))
-    assert len(parked) == 5 and refused == 246  # in flight is bounded by the budget
-    completed = 0
-    for init, resp, held in parked:
-        resp.receive_data(held)
-        if isinstance(resp.next_event(), HandshakeComplete):
-            completed += 1
-    assert completed == 0
-    assert guesses.guesses <= 5 and guesses.offline == 0
+        msg4, failure = to_message4(init, resp)
+        assert failure is None
+        parked.append((init, resp, msg4))
+    # in flight is bounded by the budget: 5 runs charged, the rest dummies
+    assert guesses.guesses == 5 and limiter.failures("198.51.100.7", "admin") == 0
+    found = [found_password(init, msg4) for init, _, msg4 in parked]
+    assert not any(found)
+    for init, resp, _ in parked:
+        resp.receive_data(init.data_to_send())
+        assert not isinstance(resp.next_event(), HandshakeComplete)
+    assert guesses.guesses == 5
+    assert limiter.failures("198.51.100.7", "admin") == 5
     # the right password, sent now, is refused during the lockout
     init = Initiator(HandshakeConfig(roles=[PasswordRole("admin", SECRET)]))
     out = pump(init, Responder(cfg, peer="198.51.100.7"))
-    assert out.responder.reason_code == RejectReason.RATE_LIMITED
+    assert not out.ok and out.responder.dropped_roles == {("admin", "rate_limited")}
 
 
 def test_lockout_between_charge_and_proof_is_rechecked(guesses):
     clock = FakeClock()
-    limiter = PasswordRateLimiter(max_failures=2, window=60, cooldown=300, clock=clock,
+    limiter = PasswordRateLimiter(max_failures=5, window=60, cooldown=300, clock=clock,
                                   role_max_failures=2)
     cfg = HandshakeConfig(roles=[PasswordRole("admin", SECRET, limiter=limiter)])
     held = []
@@ -224,38 +214,42 @@ def test_lockout_between_charge_and_proof_is_rechecked(guesses):
                            ("203.0.113.3", "y")):
         init = Initiator(HandshakeConfig(roles=[PasswordRole("admin", password)]))
         resp = Responder(cfg, peer=peer)
-        msg3, failure = park(init, resp)
-        held.append((resp, msg3, failure))
-    # the role budget (2) holds in flight: the third was refused at Hello
-    assert held[2][2] is not None and held[2][2].reason_code == RejectReason.RATE_LIMITED
-    # the second run fails ... and the role stays under budget; the first
-    # (right) run then still completes: its charge was taken before.
-    resp, msg3, _ = held[1]
-    resp.receive_data(msg3)
-    assert isinstance(resp.next_event(), HandshakeFailed)
-    resp, msg3, _ = held[0]
-    resp.receive_data(msg3)
-    assert isinstance(resp.next_event(), HandshakeComplete)
+        msg4, _failure = to_message4(init, resp)
+        held.append((init, resp, msg4))
+    # the role budget (2) holds in flight: the third run is a dummy
     assert guesses.guesses == 2
+    # the second run fails (the role is now at its limit: locked out) ...
+    init, resp, msg4 = held[1]
+    init.receive_data(msg4)
+    init.next_event()
+    resp.receive_data(init.data_to_send())
+    assert isinstance(resp.next_event(), HandshakeFailed)
+    # Another worker sharing the store counts a failure: the role is locked.
+    limiter.record_failure("203.0.113.9", "admin")
+    # ... so the first (right) one is refused at the re-check before its proof
+    init, resp, msg4 = held[0]
+    init.receive_data(msg4)
+    assert isinstance(init.next_event(), HandshakeComplete)
+    resp.receive_data(init.data_to_send())
+    ev = resp.next_event()
+    assert isinstance(ev, HandshakeFailed) and ("admin", "rate_limited") in ev.dropped_roles
 
 
 # --- scope ---------------------------------------------------------------------
 
 
 def test_guesses_from_50_peers_stay_within_the_role_budget(guesses):
-    # Before the fix: every address had its own 5 guesses (250 here).
+    # Protocol 1: every address had its own 5 guesses (250 here).
     clock = FakeClock()
     limiter = PasswordRateLimiter(max_failures=5, window=60, cooldown=300, clock=clock,
                                   role_max_failures=20, role_cooldown=60)
     cfg = HandshakeConfig(roles=[PasswordRole("admin", SECRET, limiter=limiter)])
-    outcomes = []
     for peer in range(50):
         for attempt in range(5):
             init = Initiator(HandshakeConfig(roles=[PasswordRole("admin", f"g{peer}-{attempt}")]))
             out = pump(init, Responder(cfg, peer=f"192.0.2.{peer + 1}"))
-            outcomes.append(out.responder.reason_code)
+            assert not out.ok
     assert guesses.guesses <= 20
-    assert outcomes.count(RejectReason.AUTH_FAILED) == guesses.guesses
     assert limiter.locked_for("192.0.2.200", "admin") > 0  # the role itself is locked
 
 
@@ -297,8 +291,8 @@ def test_peer_scope():
 
 
 def test_locked_password_offer_is_dropped_and_other_roles_proceed():
-    # Before the fix: the whole handshake failed with RATE_LIMITED, also
-    # the key role the peer proved.
+    # Protocol 1: the whole handshake failed with RATE_LIMITED, also the key
+    # role the peer proved.
     clock = FakeClock()
     limiter = PasswordRateLimiter(max_failures=1, window=60, cooldown=300, clock=clock)
     cfg = HandshakeConfig(roles=server_roles(limiter))
@@ -313,8 +307,8 @@ def test_locked_password_offer_is_dropped_and_other_roles_proceed():
 
 
 def test_injected_reject_does_not_count_against_the_initiator():
-    # Before the fix: an on-path attacker that replaced message 4 by a
-    # Reject counted a failure each time and locked the initiator out.
+    # Protocol 1: an on-path attacker that replaced the last responder message
+    # by a Reject counted a failure each time and locked the initiator out.
     client_limiter = PasswordRateLimiter(max_failures=2)
     server_cfg = HandshakeConfig(roles=[PasswordRole("admin", SECRET)])
     for _ in range(5):
@@ -331,51 +325,44 @@ def test_injected_reject_does_not_count_against_the_initiator():
     assert client_limiter.locked_for("server", "admin") == 0
 
 
-def test_initiator_counts_an_authenticated_wrong_responder_proof():
-    client_limiter = PasswordRateLimiter(max_failures=5)
-    init = Initiator(HandshakeConfig(roles=[PasswordRole("admin", "mine",
-                                                         limiter=client_limiter)],
-                                     abort_on_bad_proof=False), peer="server")
-    # a responder that verifies anything and proves with another password
-    resp = Responder(HandshakeConfig(roles=[PasswordRole("admin", "other")],
-                                     abort_on_bad_proof=False, allow_anonymous=True),
-                     peer="client")
-    pump(init, resp)
-    # The responder's proof was withheld (ours did not verify): counted once.
-    assert client_limiter.failures("server", "admin") == 1
-
-
 # --- the target ------------------------------------------------------------------
 
 
-def test_target_guesses_stay_within_the_budget_per_role_and_window(monkeypatch, guesses):
-    """250 concurrent handshakes, VERIFY-only offers and guesses spread over
-    50 peers, all against one role with a budget of 10 per window."""
+def test_target_guesses_stay_within_the_budget_per_role_and_window(guesses):
+    """Initiators that never prove, 250 concurrent handshakes, and guesses
+    spread over 50 peers, all against one role with a budget of 10 per
+    window: at most 10 guesses can be checked, online or offline."""
     clock = FakeClock()
     limiter = PasswordRateLimiter(max_failures=5, window=60, cooldown=300, clock=clock,
                                   role_max_failures=10, role_cooldown=120)
     cfg = HandshakeConfig(roles=server_roles(limiter))
-    # 1. VERIFY-only offers
-    for candidate in CANDIDATES:
-        pump(verify_only_initiator(candidate, monkeypatch), Responder(cfg, peer="10.7.0.1"))
-    # 2. 250 concurrent handshakes from 50 peers (5 each), parked after message 2
+    found = []
+    # 1. initiators that never prove (they keep message 4 and go away)
+    for candidate in CANDIDATES[:4]:
+        init = attacker(candidate)
+        resp = Responder(cfg, peer="10.7.0.1")
+        msg4, _ = to_message4(init, resp)
+        found.append(found_password(init, msg4))
+        resp.receive_data(Reject(RejectReason.TIMEOUT).encode())  # the attacker leaves
+        resp.next_event()
+    # 2. 250 concurrent handshakes from 50 peers (5 each), parked at message 4
     parked = []
     for i in range(250):
         init = Initiator(HandshakeConfig(roles=[PasswordRole("admin", f"c{i}")]))
         resp = Responder(cfg, peer=f"10.8.{i % 50}.1")
-        held, failure = park(init, resp)
-        if failure is None:
-            parked.append((resp, held))
-    assert len(parked) <= 10
-    for resp, held in parked:
-        resp.receive_data(held)
-        assert isinstance(resp.next_event(), HandshakeFailed)
-    assert guesses.guesses <= 10
+        msg4, _failure = to_message4(init, resp)
+        parked.append((init, resp, msg4))
+    for init, resp, msg4 in parked:
+        found.append(found_password(init, msg4))
+        resp.receive_data(init.data_to_send())
+        resp.next_event()
     # 3. the same window, sequential guesses from 50 more peers
     for peer in range(50):
         init = Initiator(HandshakeConfig(roles=[PasswordRole("admin", f"s{peer}")]))
-        pump(init, Responder(cfg, peer=f"10.9.{peer}.1"))
+        found.append(pump(init, Responder(cfg, peer=f"10.9.{peer}.1")).ok)
+    assert not any(found)
     assert guesses.guesses <= 10
+    assert limiter.role_failures("admin") <= 10
 
 
 # --- limiter invariants (hypothesis) ------------------------------------------------

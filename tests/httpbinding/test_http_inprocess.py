@@ -173,7 +173,7 @@ def test_concurrent_requests_arrive_out_of_order() -> None:
     assert transport.handshakes == 1 and counter.calls == 25
 
 
-def test_password_role_four_message_flow() -> None:
+def test_password_role_five_message_flow() -> None:
     server = HandshakeConfig(roles=[PasswordRole("payment", "correct horse battery")])
     client = HandshakeConfig(roles=[PasswordRole("payment", "correct horse battery")])
     counter = Counter()
@@ -185,7 +185,8 @@ def test_password_role_four_message_flow() -> None:
 
     run(main())
     assert counter.calls == 1
-    assert len([w for w in tap.log if w.url.path == HANDSHAKE_PATH]) == 2
+    # protocol 2: five handshake messages, three HTTP round trips
+    assert len([w for w in tap.log if w.url.path == HANDSHAKE_PATH]) == 3
 
 
 def test_streaming_request_and_response() -> None:
@@ -292,20 +293,24 @@ def test_wrong_role_route_is_403_typed_and_handler_not_run() -> None:
 
 def test_no_shared_role_handshake_rejected_with_status() -> None:
     counter = Counter()
-    stranger = HandshakeConfig(roles=[KeyRole("warehouse", os.urandom(32))])
+    # allow_anonymous: the stranger goes on to the server's verdict (protocol
+    # 2 runs the key exchange either way; the server rejects message 3)
+    stranger = HandshakeConfig(roles=[KeyRole("warehouse", os.urandom(32))],
+                               allow_anonymous=True)
     _, tap, transport = setup(counter, client=stranger)
 
     async def main() -> None:
         async with httpx.AsyncClient(transport=transport, base_url="http://svc") as c:
             with pytest.raises(HandshakeRejected) as info:
                 await c.post("/charge", json={})
-            assert info.value.reason_code == RejectReason.NO_SHARED_ROLE
+            # protocol 2: every authentication failure is AUTH_FAILED on the wire
+            assert info.value.reason_code == RejectReason.AUTH_FAILED
 
     run(main())
     assert counter.calls == 0
     last = tap.log[-1]
     assert last.status == 403
-    assert dict(last.response_headers)[b"rolewire-reject"] == b"%d" % RejectReason.NO_SHARED_ROLE
+    assert dict(last.response_headers)[b"rolewire-reject"] == b"%d" % RejectReason.AUTH_FAILED
 
 
 def test_wrong_key_client_fails_and_tells_the_server() -> None:

@@ -520,14 +520,26 @@ def chain_target(data: bytes) -> None:
         assert hm.encode_chain(chain) == data
 
 
-def password_data_target(data: bytes) -> None:
-    if not data:
-        return
-    count, body = data[0] % 4, data[1:]
-    rounds = _parse_guard(lambda: hm.parse_password_data(body, count))
-    if rounds is not None:
-        assert len(rounds) == count
-        assert hm.encode_password_data(*rounds) == body
+def role_data_target(data: bytes) -> None:
+    """Role data of an encrypted field (entries, then password slots)."""
+    parsed = _parse_guard(lambda: hm.parse_role_data(data))
+    if parsed is not None:
+        entries, slots = parsed
+        assert len(entries) <= hm.MAX_ROLES and len(slots) <= hm.MAX_PASSWORD_SLOTS
+        assert hm.encode_role_data(entries, slots) == data
+
+
+def padding_target(data: bytes) -> None:
+    """``unpad``: only typed errors; what it accepts pads back to itself when
+    the padding is minimal, and ``pad`` always round-trips."""
+    body = _parse_guard(lambda: hm.unpad(data))
+    if body is not None:
+        assert len(body) <= len(data) - 2
+        n = int.from_bytes(data[-2:], "big")
+        assert data == body + bytes(n) + n.to_bytes(2, "big")
+    bucket = 1 + (data[0] if data else 0)
+    padded = hm.pad(data, bucket)
+    assert len(padded) % bucket == 0 and hm.unpad(padded) == data
 
 
 def frame_target(data: bytes) -> None:
@@ -559,12 +571,14 @@ PARSER_TARGETS: dict[str, Callable[[bytes], None]] = {
     "responder_hello": _message_target(hm.MsgType.RESPONDER_HELLO),
     "initiator_auth": _message_target(hm.MsgType.INITIATOR_AUTH),
     "responder_auth": _message_target(hm.MsgType.RESPONDER_AUTH),
+    "initiator_finish": _message_target(hm.MsgType.INITIATOR_FINISH),
     "reject": _message_target(hm.MsgType.REJECT),
     "message_any": message_any_target,
     "role_entries": role_entries_target,
     "proofs": proofs_target,
     "chain": chain_target,
-    "password_data": password_data_target,
+    "role_data": role_data_target,
+    "padding": padding_target,
     "frame": frame_target,
 }
 

@@ -38,6 +38,11 @@ class HandshakeConfig:
         required_peer_roles: names the peer must prove, or the handshake fails.
         abort_on_bad_proof: a role proof that does not verify aborts the
             handshake (default); if False the role is just not attached.
+        withhold_certificates: as responder, send our certificate chains and
+            signatures only after the initiator authenticated with another
+            role in message 3 (in message 4, one more message); by default
+            they go in message 2, encrypted against passive observers but
+            readable by an unauthenticated initiator.
         timeout: seconds from the start until the handshake must be done.
         clock: monotonic clock (seconds) for timeouts and session rekeying.
         wall_clock: UTC time for certificate validity.
@@ -68,6 +73,7 @@ class HandshakeConfig:
     allow_anonymous: bool = False
     required_peer_roles: frozenset[str] = frozenset()
     abort_on_bad_proof: bool = True
+    withhold_certificates: bool = False
     timeout: float = 10.0
     clock: Callable[[], float] = time.monotonic
     wall_clock: Callable[[], datetime.datetime] = utc_now

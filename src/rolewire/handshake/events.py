@@ -58,14 +58,21 @@ class HandshakeFailed:
     """The handshake ended without a session.
 
     ``remote`` is True when the peer sent a Reject (``reason_code`` is the
-    code it sent); otherwise this side detected the failure and (unless
-    ``reject_sent`` is False) queued a Reject carrying ``reason_code``.
-    ``error`` is the typed exception describing the cause."""
+    code it sent); otherwise this side detected the failure, ``reason_code``
+    is the precise local reason, and (unless ``reject_sent`` is False) a
+    Reject carrying ``sent_code`` was queued: every authentication failure
+    (no such role, wrong proof, rejected certificate, password budget) goes
+    on the wire as AUTH_FAILED. ``error`` is the typed exception describing
+    the cause."""
 
     reason_code: int
     error: HandshakeError
     remote: bool = False
     reject_sent: bool = True
+    sent_code: int | None = None
+    #: As in :class:`HandshakeComplete` (e.g. a password role the budget
+    #: refused, which the peer cannot tell from a wrong password).
+    dropped_roles: frozenset[tuple[str, str]] = frozenset()
 
     @property
     def reason(self) -> RejectReason | None:

@@ -7,17 +7,25 @@ given. Message flow (docs/PROTOCOL.md, "Handshake")::
 
     Initiator                                   Responder
     Hello  (suites, key share, role hints,
-            J-PAKE round 1)             ---->
+            anonymous J-PAKE round-1 slots) ---->
                                         <----   [HelloRetry (suite)]  -> new Hello
                                         <----   ResponderHello (suite, key share,
-                                                 {role entries}, {role proofs})
-    InitiatorAuth ({role entries},
+                                                 {role entries, slot round 1s},
+                                                 {role proofs})
+    InitiatorAuth ({role entries, slot name
+                   hints + round 2s},
                    {role proofs})       ---->
-                                        <----   [ResponderAuth ({password proofs})]
-                                                 only with password roles
+                                        <----   [ResponderAuth ({withheld chains,
+                                                 slot round 2s + proofs},
+                                                 {withheld proofs})]
+    [InitiatorFinish ({deferred chains,
+                      slot proofs},
+                      {deferred proofs})] ---->
 
-``{...}`` is encrypted under the handshake key. 3 messages without password
-roles, 4 with; a failure on either side sends a Reject with a reason code.
+``{...}`` is encrypted under the handshake key (and padded). 3 messages for
+key and certificate roles; 5 with password slots; 4 or 5 when certificate
+proofs wait for the peer to authenticate. A failure on either side sends a
+Reject with a reason code (one code for every authentication failure).
 """
 
 from __future__ import annotations
@@ -49,42 +57,54 @@ from rolewire.handshake.kex import InitiatorShare, hybrid_ikm, responder_exchang
 from rolewire.handshake.limiter import HandshakeLimiter, HandshakeSlot
 from rolewire.handshake.messages import (
     FRAME_HEADER_SIZE,
+    HINT_SIZE,
+    MAX_PASSWORD_SLOTS,
+    MAX_ROLES,
     PROTOCOL_VERSION,
     RANDOM_SIZE,
     Flag,
     Hello,
     HelloRetry,
     InitiatorAuth,
+    InitiatorFinish,
     MsgType,
     ProofEntry,
     Reject,
     ResponderAuth,
     ResponderHello,
     RoleEntry,
-    RoleOffer,
     encode_chain,
-    encode_password_data,
     encode_proofs,
-    encode_role_entries,
+    encode_role_data,
+    pad,
     parse_chain,
     parse_frame_header,
     parse_message,
-    parse_password_data,
     parse_proofs,
-    parse_role_entries,
+    parse_role_data,
+    unpad,
 )
-from rolewire.handshake.reasons import RejectReason, reason_for
+from rolewire.handshake.reasons import RejectReason, reason_for, wire_reason
 from rolewire.handshake.schedule import SymmetricState
 from rolewire.handshake.suites import HandshakeSuite, KexGroup
-from rolewire.roles.base import Direction, Role, RoleKind
+from rolewire.roles.base import Direction, Role, RoleKind, password_hint
 from rolewire.roles.certificate import CertificateRole
+from rolewire.roles.jpake import ROUND2_SIZE
 from rolewire.roles.key import KeyRole
-from rolewire.roles.password import PasswordAttempt, PasswordExchange, PasswordRole
+from rolewire.roles.password import (
+    PASSWORD_PROOF_SIZE,
+    PasswordAttempt,
+    PasswordExchange,
+    PasswordRole,
+)
 from rolewire.session import Session
 
 __all__ = ["Handshake", "Initiator", "Responder", "parse_late_reject"]
 
 logger = logging.getLogger("rolewire.handshake")
+
+#: Hello hints are padded to a power of two, at least this many.
+MIN_HINT_BUCKET = 4
 
 
 class _State(enum.Enum):
@@ -93,15 +113,17 @@ class _State(enum.Enum):
     WAIT_RESPONDER_HELLO = "wait-responder-hello"
     WAIT_INITIATOR_AUTH = "wait-initiator-auth"
     WAIT_RESPONDER_AUTH = "wait-responder-auth"
+    WAIT_INITIATOR_FINISH = "wait-initiator-finish"
     DONE = "done"
     FAILED = "failed"
 
 
 class _Match:
-    """A role both sides know, in one handshake (indexed by the Hello offer)."""
+    """A key or certificate role both sides know, in one handshake (indexed
+    by the Hello hint)."""
 
-    __slots__ = ("attempt", "exchange", "index", "offer_flags", "peer_data", "peer_flags",
-                 "role")
+    __slots__ = ("deferred", "index", "offer_flags", "peer_data", "peer_flags", "role",
+                 "withheld")
 
     def __init__(self, index: int, role: Role, offer_flags: int) -> None:
         self.index = index
@@ -110,27 +132,57 @@ class _Match:
         self.offer_flags = offer_flags
         #: Flags of the responder's entry.
         self.peer_flags = 0
-        self.exchange: PasswordExchange | None = None
         self.peer_data = b""
+        #: The responder's chain and proof wait for ResponderAuth.
+        self.withheld = False
+        #: The initiator's chain and proof wait for InitiatorFinish.
+        self.deferred = False
+
+
+class _Slot:
+    """One J-PAKE slot of the Hello."""
+
+    __slots__ = ("attempt", "exchange", "index", "my_round2", "peer_round1", "proved",
+                 "verified")
+
+    def __init__(self, index: int, exchange: PasswordExchange) -> None:
+        self.index = index
+        self.exchange = exchange
+        self.peer_round1 = b""
+        self.my_round2 = b""
         #: The responder's charged password run (section "Password budget").
         self.attempt: PasswordAttempt | None = None
+        #: We sent our proof (the peer may have checked one guess with it).
+        self.proved = False
+        self.verified = False
 
 
 def _my_flags(role: Role) -> int:
     return (Flag.PROVE if role.can_prove else 0) | (Flag.VERIFY if role.can_verify else 0)
 
 
-#: The only flags a password offer or entry may carry: J-PAKE is mutual, and
-#: a one-sided password role would let the side that only verifies collect
-#: the other's proofs (one uncounted offline guess per handshake).
-_PASSWORD_FLAGS = int(Flag.PROVE | Flag.VERIFY)
+def _useful(offer_flags: int, my_flags: int) -> bool:
+    return bool((offer_flags & Flag.PROVE and my_flags & Flag.VERIFY)
+                or (offer_flags & Flag.VERIFY and my_flags & Flag.PROVE))
+
+
+def _bucket(n: int, minimum: int, maximum: int) -> int:
+    """The smallest power of two >= max(n, minimum), at most ``maximum``
+    (``n`` itself if that is larger still)."""
+    if n == 0 and minimum == 0:
+        return 0
+    size = max(minimum, 1)
+    while size < n:
+        size *= 2
+    return max(min(size, maximum), n)
 
 
 def parse_late_reject(payload: bytes) -> HandshakeRejected:
     """For the initiator's adapter: a handshake message that arrives after the
-    initiator completed (3-message flow) can only be the responder's Reject of
-    message 3. Returns the exception to raise; raises
-    :class:`MalformedHandshakeMessage` if ``payload`` is not a Reject."""
+    initiator completed (its last message was the last of the handshake) can
+    only be the responder's Reject of that message. Returns the exception to
+    raise; raises :class:`MalformedHandshakeMessage` if ``payload`` is not a
+    Reject."""
     if len(payload) < FRAME_HEADER_SIZE:
         raise MalformedHandshakeMessage("truncated handshake message")
     msg_type, length = parse_frame_header(payload[:FRAME_HEADER_SIZE])
@@ -169,6 +221,7 @@ class Handshake:
         self._state = _State.WAIT_HELLO
         self._suite: HandshakeSuite | None = None
         self._matches: list[_Match] = []
+        self._slots: list[_Slot] = []
         self._verified: set[tuple[int, str]] = set()
         #: (role name, reason) of roles left out of this handshake.
         self._dropped: set[tuple[str, str]] = set()
@@ -273,13 +326,19 @@ class Handshake:
         if self.finished:
             return
         code = reason_for(exc)
+        # The peer is not authenticated: it gets one code for "no such role",
+        # "wrong proof", "foreign CA" and "budget refused"; the event and the
+        # log keep the precise reason.
+        sent = wire_reason(code)
         if send_reject:
-            self._out += Reject(code).encode()
+            self._out += Reject(sent).encode()
         self._state = _State.FAILED
         self._on_failure()
         self._cleanup()
         self._events.append(HandshakeFailed(int(code), exc, remote=False,
-                                            reject_sent=send_reject))
+                                            reject_sent=send_reject,
+                                            sent_code=int(sent) if send_reject else None,
+                                            dropped_roles=frozenset(self._dropped)))
         logger.info("handshake failed", extra={
             "event": "handshake_failed", "peer": str(self.peer), "reason": code.name,
             "side": "initiator" if self.is_initiator else "responder"})
@@ -289,17 +348,21 @@ class Handshake:
         self._on_failure()
         self._cleanup()
         self._events.append(HandshakeFailed(code, _rejected(code), remote=True,
-                                            reject_sent=False))
+                                            reject_sent=False,
+                                            dropped_roles=frozenset(self._dropped)))
 
     def _on_failure(self) -> None:
-        """Password bookkeeping on failure (overridden by the initiator)."""
+        """Bookkeeping on failure (overridden)."""
 
     # -- role proofs -------------------------------------------------------------
+    def _encrypt(self, plaintext: bytes) -> bytes:
+        return self._ss.encrypt_and_hash(pad(plaintext))
+
+    def _decrypt(self, ciphertext: bytes) -> bytes:
+        return unpad(self._ss.decrypt_and_hash(ciphertext))
+
     def _prove(self, match: _Match, direction: Direction, h: bytes) -> bytes:
         role = match.role
-        if isinstance(role, PasswordRole):
-            assert match.exchange is not None
-            return match.exchange.prove(direction, h)
         assert isinstance(role, (KeyRole, CertificateRole))
         return role.prove(direction, h)
 
@@ -313,17 +376,10 @@ class Handshake:
                 raise RoleProofInvalid("a role proof is missing")
             if isinstance(role, KeyRole):
                 role.verify(direction, h, proof)
-            elif isinstance(role, CertificateRole):
+            else:
+                assert isinstance(role, CertificateRole)
                 chain = parse_chain(chain_data)
                 role.verify(direction, h, chain, proof, self.config.wall_clock())
-            else:
-                assert isinstance(role, PasswordRole) and match.exchange is not None
-                try:
-                    match.exchange.verify(direction, h, proof)
-                except RoleProofInvalid:
-                    self._password_failed(match)
-                    raise
-                self._password_verified(match)
         except (RoleProofInvalid, MalformedHandshakeMessage):
             if self.config.abort_on_bad_proof:
                 raise
@@ -334,10 +390,32 @@ class Handshake:
         self._verified.add((role.kind, role.name))
         return True
 
-    def _password_failed(self, match: _Match) -> None:
+    def _verify_password(self, slot: _Slot, direction: Direction, h: bytes,
+                         proof: bytes) -> bool:
+        """Checks the peer's password proof of one slot; True if verified."""
+        try:
+            if not proof:
+                raise RoleProofInvalid("a password proof is missing")
+            slot.exchange.verify(direction, h, proof)
+        except RoleProofInvalid:
+            self._password_failed(slot)
+            if self.config.abort_on_bad_proof:
+                raise
+            logger.warning("role proof did not verify; role not attached",
+                           extra={"event": "role_proof_failed", "peer": str(self.peer),
+                                  "kind": "password"})
+            return False
+        role = slot.exchange.role
+        assert role is not None
+        slot.verified = True
+        self._password_verified(slot)
+        self._verified.add((role.kind, role.name))
+        return True
+
+    def _password_failed(self, slot: _Slot) -> None:
         """A password proof of the peer did not verify (overridden)."""
 
-    def _password_verified(self, match: _Match) -> None:
+    def _password_verified(self, slot: _Slot) -> None:
         """A password proof of the peer verified (overridden)."""
 
     def _check_policy(self) -> None:
@@ -394,24 +472,43 @@ class Initiator(Handshake):
         super().__init__(config, peer=peer)
         self._random = entropy.random_bytes(RANDOM_SIZE, "initiator random")
         self._retried = False
-        self._offered: list[Role] = []
-        self._exchanges: dict[int, PasswordExchange] = {}
-        offers: list[RoleOffer] = []
+        self._responder_authenticated = False
+        #: (role, our flags) per Hello hint; None for padding.
+        self._offered: list[tuple[Role, int] | None] = []
+        hints: list[bytes] = []
+        passwords: list[PasswordRole] = []
         for role in config.roles:
-            flags = _my_flags(role)
-            data = b""
             if isinstance(role, PasswordRole):
                 if role.limiter.locked_for(peer, role.name) > 0:
                     logger.warning("password role not offered: peer locked out",
                                    extra={"event": "password_refused", "peer": str(peer),
                                           "role": role.name})
                     continue
-                exchange = role.exchange(initiator=True, context=self._random)
-                self._exchanges[len(offers)] = exchange
-                data = encode_password_data(exchange.round1())
-            offers.append(RoleOffer(role.kind, flags, role.hint(self._random), data))
-            self._offered.append(role)
-        self._offers = tuple(offers)
+                passwords.append(role)
+                continue
+            flags = _my_flags(role)
+            for hint in role.hints(self._random, flags):
+                hints.append(hint)
+                self._offered.append((role, flags))
+        if len(hints) > MAX_ROLES:
+            raise errors.ConfigurationError(f"more than {MAX_ROLES} role hints to offer")
+        if len(passwords) > MAX_PASSWORD_SLOTS:
+            raise errors.ConfigurationError(
+                f"at most {MAX_PASSWORD_SLOTS} password roles per initiator")
+        # Padding: random hints and dummy J-PAKE slots look like real ones.
+        while len(hints) < _bucket(len(hints), MIN_HINT_BUCKET, MAX_ROLES):
+            hints.append(entropy.random_bytes(HINT_SIZE, "padding hint"))
+            self._offered.append(None)
+        self._hints = tuple(hints)
+        n_slots = _bucket(len(passwords), 0, MAX_PASSWORD_SLOTS)
+        rounds = []
+        for i in range(n_slots):
+            role = passwords[i] if i < len(passwords) else None
+            exchange = PasswordExchange(role, initiator=True,
+                                        context=self._random + bytes((i,)))
+            rounds.append(exchange.round1())
+            self._slots.append(_Slot(i, exchange))
+        self._rounds1 = tuple(rounds)
         self._share = InitiatorShare(config.suites[0].group)
         self._hello = self._build_hello()
         raw = self._hello.encode(config.max_message_size)
@@ -422,19 +519,11 @@ class Initiator(Handshake):
     def _build_hello(self) -> Hello:
         share = self._share
         return Hello(PROTOCOL_VERSION, self._random, tuple(int(s) for s in self.config.suites),
-                     int(share.group), share.ecdh_public + share.mlkem_ek, self._offers)
+                     int(share.group), share.ecdh_public + share.mlkem_ek, self._hints,
+                     self._rounds1)
 
     def _cleanup(self) -> None:
-        self._exchanges = {}
-
-    def _password_failed(self, match: _Match) -> None:
-        # Only an authenticated failure counts: the responder's proof (or its
-        # absence) came in ResponderAuth, under the handshake key, from the
-        # party that ran J-PAKE with us. A Reject is unauthenticated (anyone
-        # on the path can inject one), so it never counts.
-        role = match.role
-        assert isinstance(role, PasswordRole)
-        role.limiter.record_failure(self.peer, role.name)
+        self._slots = []
 
     def _handle(self, message: Any, raw: bytes) -> None:
         if isinstance(message, HelloRetry) and self._state is _State.WAIT_RESPONDER_HELLO:
@@ -475,88 +564,158 @@ class Initiator(Handshake):
         self._ss.mix_hash(bytes((MsgType.RESPONDER_HELLO,)) + rh.clear())
         ss_mlkem, ss_ecdh = self._share.finish(rh.ecdh_public, rh.mlkem_ct)
         self._ss.mix_key(hybrid_ikm(ss_mlkem, ss_ecdh, rh.ecdh_public, self._share.ecdh_public))
-        entries = parse_role_entries(self._ss.decrypt_and_hash(rh.data_ct))
+        entries, rounds1 = parse_role_data(self._decrypt(rh.data_ct))
         h_responder = self._ss.h
-        proofs = {p.index: p.proof for p in parse_proofs(self._ss.decrypt_and_hash(rh.proof_ct))}
+        proofs = {p.index: p.proof for p in parse_proofs(self._decrypt(rh.proof_ct))}
+        if len(rounds1) != len(self._slots):
+            raise MalformedHandshakeMessage("one J-PAKE round 1 per password slot expected")
 
-        # Match the responder's entries to our offers.
+        # Match the responder's entries to our hints.
+        roles_seen: set[bytes] = set()
         for entry in entries:
-            if entry.index >= len(self._offered):
+            offered = self._offered[entry.index] if entry.index < len(self._offered) else None
+            if offered is None:
                 raise MalformedHandshakeMessage("role entry for an index we did not offer")
-            match = _Match(entry.index, self._offered[entry.index], self._offers[entry.index].flags)
+            role, flags = offered
+            if role.role_id in roles_seen:
+                raise MalformedHandshakeMessage("two role entries for one role")
+            roles_seen.add(role.role_id)
+            if not _useful(entry.flags, flags):
+                raise MalformedHandshakeMessage("role entry with flags of no use")
+            if entry.data and not (isinstance(role, CertificateRole) and entry.flags & Flag.PROVE):
+                raise MalformedHandshakeMessage("unexpected role entry data")
+            match = _Match(entry.index, role, flags)
             match.peer_flags = entry.flags
             match.peer_data = entry.data
-            if not entry.flags:
-                raise MalformedHandshakeMessage("role entry without flags")
-            if isinstance(match.role, PasswordRole):
-                if entry.flags != _PASSWORD_FLAGS:
-                    raise InvalidKeyShare("a password role entry must carry PROVE|VERIFY")
-                match.exchange = self._exchanges.get(entry.index)
-                assert match.exchange is not None
-                r1, r2 = parse_password_data(entry.data, 2)
-                my_round2 = match.exchange.round2(r1)
-                match.exchange.finish(r2)
-                match.peer_data = my_round2  # what we send back in message 3
-            elif entry.data and not (isinstance(match.role, CertificateRole)
-                                     and entry.flags & Flag.PROVE):
-                raise MalformedHandshakeMessage("unexpected role entry data")
             self._matches.append(match)
 
-        pending_password = False
         for match in self._matches:
             expected = bool(match.peer_flags & Flag.PROVE and match.offer_flags & Flag.VERIFY)
-            if isinstance(match.role, PasswordRole):
-                pending_password = pending_password or expected
-                continue
             proof = proofs.pop(match.index, None)
             if expected:
+                if (isinstance(match.role, CertificateRole) and not match.peer_data
+                        and proof is None):
+                    match.withheld = True  # the responder proves in ResponderAuth
+                    continue
                 self._verify(match, Direction.RESPONDER, h_responder, proof, match.peer_data)
             elif proof is not None:
                 raise MalformedHandshakeMessage("a proof for a role not announced as proven")
         if proofs:
             raise MalformedHandshakeMessage("a proof for an unknown role")
-        if not pending_password:
-            self._check_policy()
+        self._responder_authenticated = bool(self._verified)
 
-        # Message 3: our entries and proofs.
+        # Password slots: our round 2 and, encrypted, which role each names.
+        h_slots = self._ss.h
+        slot_data = []
+        for slot, round1 in zip(self._slots, rounds1):
+            slot.peer_round1 = round1
+            slot.my_round2 = slot.exchange.round2(round1)
+            pw_role = slot.exchange.role
+            hint = (password_hint(pw_role.role_id, h_slots, slot.index) if pw_role is not None
+                    else entropy.random_bytes(HINT_SIZE, "padding slot hint"))
+            slot_data.append(hint + slot.my_round2)
+
+        # Message 3: our entries and proofs. Certificate chains and signatures
+        # go only to a responder that has authenticated (else: deferred to
+        # message 5). Exception: a responder that has no later chance to
+        # authenticate, when we accept anonymous responders anyway (we chose
+        # to talk to anyone: a client certificate to an anonymous server).
+        expect_auth = bool(self._slots) or any(m.withheld for m in self._matches)
+        send_chains = self._responder_authenticated or (
+            not expect_auth and self.config.allow_anonymous)
         my_entries = []
         for match in self._matches:
             data = b""
-            if isinstance(match.role, PasswordRole):
-                data = encode_password_data(match.peer_data)
-            elif (isinstance(match.role, CertificateRole) and match.offer_flags & Flag.PROVE
-                  and match.peer_flags & Flag.VERIFY):
-                data = encode_chain(match.role.chain_der)
+            if (isinstance(match.role, CertificateRole) and match.offer_flags & Flag.PROVE
+                    and match.peer_flags & Flag.VERIFY):
+                if send_chains:
+                    data = encode_chain(match.role.chain_der)
+                else:
+                    match.deferred = True
             my_entries.append(RoleEntry(match.index, match.offer_flags, data))
-        data_ct = self._ss.encrypt_and_hash(encode_role_entries(my_entries))
+        if not expect_auth:
+            self._check_policy()
+        data_ct = self._encrypt(encode_role_data(my_entries, slot_data))
         h_initiator = self._ss.h
         my_proofs = []
         for match in self._matches:
-            if match.offer_flags & Flag.PROVE and match.peer_flags & Flag.VERIFY:
+            if (match.offer_flags & Flag.PROVE and match.peer_flags & Flag.VERIFY
+                    and not match.deferred):
                 my_proofs.append(ProofEntry(match.index,
                                             self._prove(match, Direction.INITIATOR, h_initiator)))
-        proof_ct = self._ss.encrypt_and_hash(encode_proofs(my_proofs))
+        proof_ct = self._encrypt(encode_proofs(my_proofs))
         self._out += InitiatorAuth(data_ct, proof_ct).encode(self.config.max_message_size)
-        if pending_password:
+        if expect_auth:
             self._state = _State.WAIT_RESPONDER_AUTH
         else:
             self._complete()
 
     def _on_responder_auth(self, ra: ResponderAuth) -> None:
+        h_slots = self._ss.h
+        entries, slot_data = parse_role_data(self._decrypt(ra.data_ct))
         h_responder = self._ss.h
-        proofs = {p.index: p.proof for p in parse_proofs(self._ss.decrypt_and_hash(ra.proof_ct))}
-        for match in self._matches:
-            if not isinstance(match.role, PasswordRole):
-                continue
-            proof = proofs.pop(match.index, None)
-            if proof is None:
-                # The responder (authenticated by the handshake key) did not
-                # verify our password proof: a failed attempt.
-                self._password_failed(match)
-            self._verify(match, Direction.RESPONDER, h_responder, proof, b"")
+        proofs = {p.index: p.proof for p in parse_proofs(self._decrypt(ra.proof_ct))}
+        if len(slot_data) != len(self._slots):
+            raise MalformedHandshakeMessage("one J-PAKE entry per password slot expected")
+
+        # Withheld certificate roles (a responder sends them only to an
+        # initiator that authenticated in message 3).
+        withheld = {m.index: m for m in self._matches if m.withheld}
+        for entry in entries:
+            match = withheld.pop(entry.index, None)
+            if match is None or entry.flags != match.peer_flags or not entry.data:
+                raise MalformedHandshakeMessage("unexpected role entry in ResponderAuth")
+            self._verify(match, Direction.RESPONDER, h_responder, proofs.pop(entry.index, None),
+                         entry.data)
         if proofs:
             raise MalformedHandshakeMessage("a proof for an unknown role")
+
+        # Password slots: the responder's round 2 and proof.
+        for slot, data in zip(self._slots, slot_data):
+            if len(data) != ROUND2_SIZE + PASSWORD_PROOF_SIZE:
+                raise MalformedHandshakeMessage("J-PAKE slot entry has the wrong length")
+            slot.exchange.finish(data[:ROUND2_SIZE])
+            role = slot.exchange.role
+            if role is None:
+                continue
+            # A proof that does not verify means "wrong password" or "the
+            # responder does not hold this role" (indistinguishable by
+            # design): the role is just not attached, and nothing is counted.
+            # Our own proof goes only to a responder whose proof verified, so
+            # a responder without the password never gets an offline guess
+            # from us (nor can an injected Reject lock us out).
+            try:
+                slot.exchange.verify(Direction.RESPONDER, h_slots, data[ROUND2_SIZE:])
+            except RoleProofInvalid:
+                logger.info("password role not verified by the responder", extra={
+                    "event": "password_not_verified", "peer": str(self.peer),
+                    "role": role.name})
+                continue
+            slot.verified = True
+            self._verified.add((role.kind, role.name))
+        self._responder_authenticated = self._responder_authenticated or bool(self._verified)
+
+        deferred = [m for m in self._matches if m.deferred]
+        if not (self._slots or (deferred and any(m.withheld for m in self._matches))):
+            self._check_policy()
+            self._complete()
+            return
         self._check_policy()
+        # Message 5: our password proofs (only for slots whose responder
+        # proof verified) and the deferred certificate proofs (only if the
+        # responder has authenticated by now).
+        h_finish = self._ss.h
+        slot_proofs = [slot.exchange.prove(Direction.INITIATOR, h_finish) if slot.verified
+                       else b"" for slot in self._slots]
+        sent = deferred if self._responder_authenticated else []
+        fin_entries = [RoleEntry(m.index, m.offer_flags, encode_chain(m.role.chain_der))
+                       for m in sent if isinstance(m.role, CertificateRole)]
+        data_ct = self._encrypt(encode_role_data(fin_entries, slot_proofs))
+        h_initiator = self._ss.h
+        fin_proofs = [ProofEntry(m.index, self._prove(m, Direction.INITIATOR, h_initiator))
+                      for m in sent]
+        proof_ct = self._encrypt(encode_proofs(fin_proofs))
+        self._out += InitiatorFinish(data_ct, proof_ct).encode(self.config.max_message_size)
         self._complete()
 
 
@@ -580,6 +739,9 @@ class Responder(Handshake):
         self._slot: HandshakeSlot | None = None
         self._hello: Hello | None = None
         self._retry_suite: HandshakeSuite | None = None
+        self._expect_finish = False
+        #: The transcript hash the password slot hints of message 3 are keyed with.
+        self._slots_h = b""
         if limiter is not None:
             try:
                 self._slot = limiter.acquire(peer)
@@ -590,26 +752,22 @@ class Responder(Handshake):
         if self._slot is not None:
             self._slot.release()
             self._slot = None
-        # A password run that ends before its proof was checked gave nobody a
-        # guess (we prove only after the initiator's proof verified): refund.
-        for match in self._matches:
-            if match.attempt is not None:
-                match.attempt.abandoned()
+        for slot in self._slots:
+            if slot.attempt is not None:
+                if slot.proved:
+                    # Our proof went out: the peer could check one guess with
+                    # it, whether or not it answered.
+                    slot.attempt.failed()
+                else:
+                    slot.attempt.abandoned()  # no guess: refunded
 
-    def _password_failed(self, match: _Match) -> None:
-        if match.attempt is not None:
-            match.attempt.failed()
+    def _password_failed(self, slot: _Slot) -> None:
+        if slot.attempt is not None:
+            slot.attempt.failed()
 
-    def _password_verified(self, match: _Match) -> None:
-        if match.attempt is not None:
-            match.attempt.succeeded()
-
-    def _password_budget_refused(self, match: _Match) -> None:
-        """The budget refused the run: the role leaves the handshake, the
-        other roles proceed (the event's ``dropped_roles`` says why)."""
-        if match.attempt is not None:
-            match.attempt.abandoned()
-        self._dropped.add((match.role.name, "rate_limited"))
+    def _password_verified(self, slot: _Slot) -> None:
+        if slot.attempt is not None:
+            slot.attempt.succeeded()
 
     def _handle(self, message: Any, raw: bytes) -> None:
         if isinstance(message, Hello) and self._state in (_State.WAIT_HELLO,
@@ -617,6 +775,9 @@ class Responder(Handshake):
             self._on_hello(message, raw)
         elif isinstance(message, InitiatorAuth) and self._state is _State.WAIT_INITIATOR_AUTH:
             self._on_initiator_auth(message)
+        elif (isinstance(message, InitiatorFinish)
+              and self._state is _State.WAIT_INITIATOR_FINISH):
+            self._on_initiator_finish(message)
         else:
             raise self._unexpected(message)
 
@@ -661,55 +822,45 @@ class Responder(Handshake):
             raise InvalidKeyShare("key share has the wrong length")
         self._suite = suite
 
-        # Roles: which offers name a role we know?
-        for offer in hello.offers:
-            if offer.kind == RoleKind.PASSWORD and offer.flags != _PASSWORD_FLAGS:
-                # Checked for every password offer, known or not, so the
-                # answer says nothing about which roles we hold.
-                raise InvalidKeyShare("a password offer must carry PROVE|VERIFY")
-        mine = self.config.roles.hints(hello.random)
-        for index, offer in enumerate(hello.offers):
-            role = mine.get((offer.kind, offer.hint))
-            if role is None:
+        # Roles: which hints name a key or certificate role we hold? (No
+        # early refusal when none does: "no such role" must look like "wrong
+        # proof", so the key exchange runs either way.)
+        table = self.config.roles.hints(hello.random)
+        roles_seen: set[bytes] = set()
+        for index, hint in enumerate(hello.hints):
+            found = table.get(hint)
+            if found is None:
                 continue
-            flags = _my_flags(role)
-            useful = ((offer.flags & Flag.PROVE and flags & Flag.VERIFY)
-                      or (offer.flags & Flag.VERIFY and flags & Flag.PROVE))
-            if not useful:
+            role, offer_flags = found
+            if role.role_id in roles_seen or not _useful(offer_flags, _my_flags(role)):
                 continue
-            match = _Match(index, role, offer.flags)
-            if isinstance(role, PasswordRole):
-                # Charged before J-PAKE runs, so runs in flight count and
-                # parallel handshakes cannot all pass one early check.
-                try:
-                    match.attempt = role.limiter.begin(self.peer, role.name)
-                except PasswordAttemptsExceeded:
-                    self._password_budget_refused(match)
-                    continue
-            self._matches.append(match)
-        if not self._matches and not self.config.allow_anonymous:
-            # Refuse before doing the expensive key exchange.
-            if self._dropped:
-                raise PasswordAttemptsExceeded("password budget exhausted; no other role")
-            raise NoVerifiedRole("no role in common with the peer")
+            roles_seen.add(role.role_id)
+            self._matches.append(_Match(index, role, offer_flags))
 
         ecdh_public, mlkem_ct, ss_mlkem, ss_ecdh = responder_exchange(
             group, hello.share[:group.ecdh_size], hello.share[group.ecdh_size:])
 
+        # Password slots: our round 1 now; which role a slot names (if any)
+        # we learn in message 3.
+        rounds1 = []
+        for i, peer_round1 in enumerate(hello.slots):
+            exchange = PasswordExchange(None, initiator=False,
+                                        context=hello.random + bytes((i,)), deferred=True)
+            slot = _Slot(i, exchange)
+            slot.peer_round1 = peer_round1
+            rounds1.append(exchange.round1())
+            self._slots.append(slot)
+
         entries = []
         for match in self._matches:
             role = match.role
-            offer = hello.offers[match.index]
             data = b""
-            if isinstance(role, PasswordRole):
-                (peer_round1,) = parse_password_data(offer.data, 1)
-                match.exchange = role.exchange(initiator=False, context=hello.random)
-                round1 = match.exchange.round1()
-                round2 = match.exchange.round2(peer_round1)
-                data = encode_password_data(round1, round2)
-            elif (isinstance(role, CertificateRole) and role.can_prove
-                  and offer.flags & Flag.VERIFY):
-                data = encode_chain(role.chain_der)
+            if (isinstance(role, CertificateRole) and role.can_prove
+                    and match.offer_flags & Flag.VERIFY):
+                if self.config.withhold_certificates:
+                    match.withheld = True
+                else:
+                    data = encode_chain(role.chain_der)
             entries.append(RoleEntry(match.index, _my_flags(role), data))
 
         random = entropy.random_bytes(RANDOM_SIZE, "responder random")
@@ -718,72 +869,141 @@ class Responder(Handshake):
         self._ss.mix_hash(bytes((MsgType.RESPONDER_HELLO,)) + rh_clear.clear())
         self._ss.mix_key(hybrid_ikm(ss_mlkem, ss_ecdh, ecdh_public,
                                     hello.share[:group.ecdh_size]))
-        data_ct = self._ss.encrypt_and_hash(encode_role_entries(entries))
+        data_ct = self._encrypt(encode_role_data(entries, rounds1))
         h_responder = self._ss.h
         proofs = []
         for match in self._matches:
-            if isinstance(match.role, PasswordRole):
-                continue  # proven in message 4, after the initiator's proof verified
-            if match.role.can_prove and match.offer_flags & Flag.VERIFY:
+            if match.role.can_prove and match.offer_flags & Flag.VERIFY and not match.withheld:
                 proofs.append(ProofEntry(match.index,
                                          self._prove(match, Direction.RESPONDER, h_responder)))
-        proof_ct = self._ss.encrypt_and_hash(encode_proofs(proofs))
+        proof_ct = self._encrypt(encode_proofs(proofs))
         rh = ResponderHello(PROTOCOL_VERSION, random, int(suite), ecdh_public, mlkem_ct,
                             data_ct, proof_ct)
         self._out += rh.encode(self.config.max_message_size)
         self._hello = hello
         self._state = _State.WAIT_INITIATOR_AUTH
 
+    def _assign_slot(self, slot: _Slot, hint: bytes, taken: set[bytes]) -> None:
+        """Which of our password roles the slot names, if it may run now;
+        charged to the budget before J-PAKE goes on. Unknown names, repeats
+        and refused runs go on as dummies (a random password)."""
+        h = self._slots_h
+        role: PasswordRole | None = None
+        for candidate in self.config.roles:
+            if (isinstance(candidate, PasswordRole) and candidate.role_id not in taken
+                    and password_hint(candidate.role_id, h, slot.index) == hint):
+                role = candidate
+                break
+        if role is not None:
+            taken.add(role.role_id)
+            try:
+                slot.attempt = role.limiter.begin(self.peer, role.name)
+            except PasswordAttemptsExceeded:
+                self._dropped.add((role.name, "rate_limited"))
+                role = None
+        slot.exchange.assign(role)
+
     def _on_initiator_auth(self, ia: InitiatorAuth) -> None:
-        entries = parse_role_entries(self._ss.decrypt_and_hash(ia.data_ct))
+        self._slots_h = self._ss.h
+        entries, slot_data = parse_role_data(self._decrypt(ia.data_ct))
         h_initiator = self._ss.h
-        proofs = {p.index: p.proof for p in parse_proofs(self._ss.decrypt_and_hash(ia.proof_ct))}
+        proofs = {p.index: p.proof for p in parse_proofs(self._decrypt(ia.proof_ct))}
         if [e.index for e in entries] != [m.index for m in self._matches]:
             raise MalformedHandshakeMessage("role entries do not match the responder's")
-        has_password = False
-        verified_passwords: list[_Match] = []
+        if len(slot_data) != len(self._slots):
+            raise MalformedHandshakeMessage("one J-PAKE entry per password slot expected")
         for entry, match in zip(entries, self._matches):
             if entry.flags != match.offer_flags:
                 raise MalformedHandshakeMessage("role entry flags differ from the Hello")
             role = match.role
-            my = _my_flags(role)
-            expected = bool(match.offer_flags & Flag.PROVE and my & Flag.VERIFY)
+            expected = bool(match.offer_flags & Flag.PROVE and _my_flags(role) & Flag.VERIFY)
             proof = proofs.pop(match.index, None)
-            if isinstance(role, PasswordRole):
-                has_password = True
-                assert match.exchange is not None and match.attempt is not None
-                (peer_round2,) = parse_password_data(entry.data, 1)
-                match.exchange.finish(peer_round2)
-                try:
-                    # Others may have used up the budget since the charge.
-                    match.attempt.recheck()
-                except PasswordAttemptsExceeded:
-                    self._password_budget_refused(match)
-                    continue
-                if proof is None:
-                    match.attempt.abandoned()  # no guess was checked
-                if self._verify(match, Direction.INITIATOR, h_initiator, proof, entry.data):
-                    verified_passwords.append(match)
-                continue
-            if entry.data and not isinstance(role, CertificateRole):
+            if entry.data and not (isinstance(role, CertificateRole) and expected):
                 raise MalformedHandshakeMessage("unexpected role entry data")
             if expected:
+                if isinstance(role, CertificateRole) and not entry.data and proof is None:
+                    match.deferred = True  # the initiator proves in InitiatorFinish
+                    continue
                 self._verify(match, Direction.INITIATOR, h_initiator, proof, entry.data)
             elif proof is not None:
                 raise MalformedHandshakeMessage("a proof for a role not announced as proven")
         if proofs:
             raise MalformedHandshakeMessage("a proof for an unknown role")
+        initiator_authenticated = bool(self._verified)
+
+        # Password slots: name, charge, our round 2, check theirs.
+        taken: set[bytes] = set()
+        for slot, data in zip(self._slots, slot_data):
+            if len(data) != HINT_SIZE + ROUND2_SIZE:
+                raise MalformedHandshakeMessage("J-PAKE slot entry has the wrong length")
+            self._assign_slot(slot, data[:HINT_SIZE], taken)
+            slot.my_round2 = slot.exchange.round2(slot.peer_round1)
+            slot.exchange.finish(data[HINT_SIZE:])
+
+        withheld = [m for m in self._matches if m.withheld]
+        deferred = [m for m in self._matches if m.deferred]
+        if not (self._slots or withheld):
+            self._check_policy()
+            self._complete()
+            return
+        self._expect_finish = bool(self._slots or (deferred and withheld))
+        if not self._expect_finish:
+            self._check_policy()
+        # Message 4: withheld chains and proofs (only to an initiator that
+        # authenticated), and per slot our round 2 and proof.
+        h_slots = self._ss.h
+        slot_out = []
+        for slot in self._slots:
+            slot_out.append(slot.my_round2 + slot.exchange.prove(Direction.RESPONDER, h_slots))
+            slot.proved = True
+        sent = withheld if initiator_authenticated else []
+        ra_entries = [RoleEntry(m.index, _my_flags(m.role), encode_chain(m.role.chain_der))
+                      for m in sent if isinstance(m.role, CertificateRole)]
+        data_ct = self._encrypt(encode_role_data(ra_entries, slot_out))
+        h_responder = self._ss.h
+        ra_proofs = [ProofEntry(m.index, self._prove(m, Direction.RESPONDER, h_responder))
+                     for m in sent]
+        proof_ct = self._encrypt(encode_proofs(ra_proofs))
+        self._out += ResponderAuth(data_ct, proof_ct).encode(self.config.max_message_size)
+        if self._expect_finish:
+            self._state = _State.WAIT_INITIATOR_FINISH
+        else:
+            self._complete()
+
+    def _on_initiator_finish(self, fin: InitiatorFinish) -> None:
+        h_slots = self._ss.h
+        entries, slot_proofs = parse_role_data(self._decrypt(fin.data_ct))
+        h_initiator = self._ss.h
+        proofs = {p.index: p.proof for p in parse_proofs(self._decrypt(fin.proof_ct))}
+        if len(slot_proofs) != len(self._slots):
+            raise MalformedHandshakeMessage("one J-PAKE entry per password slot expected")
+        deferred = {m.index: m for m in self._matches if m.deferred}
+        for entry in entries:
+            match = deferred.pop(entry.index, None)
+            if match is None or entry.flags != match.offer_flags or not entry.data:
+                raise MalformedHandshakeMessage("unexpected role entry in InitiatorFinish")
+            self._verify(match, Direction.INITIATOR, h_initiator, proofs.pop(entry.index, None),
+                         entry.data)
+        if proofs:
+            raise MalformedHandshakeMessage("a proof for an unknown role")
+        for slot, proof in zip(self._slots, slot_proofs):
+            if not proof and slot.attempt is None:
+                continue  # a dummy slot, as expected
+            if slot.attempt is not None:
+                try:
+                    # Others may have locked the role since the charge.
+                    slot.attempt.recheck()
+                except PasswordAttemptsExceeded:
+                    assert slot.exchange.role is not None
+                    self._dropped.add((slot.exchange.role.name, "rate_limited"))
+                    slot.attempt.failed()
+                    continue
+                if not proof:
+                    slot.attempt.failed()  # it had our proof: one guess
+                    continue
+            # A proof for a dummy slot fails like a wrong password.
+            self._verify_password(slot, Direction.INITIATOR, h_slots, proof)
         if self._dropped and not self._verified and not self.config.allow_anonymous:
             raise PasswordAttemptsExceeded("password budget exhausted; no other role verified")
         self._check_policy()
-        if has_password:
-            h_responder = self._ss.h
-            # Our password proof goes only for roles whose initiator proof
-            # verified in this handshake: anything else would hand the peer
-            # an offline guess.
-            my_proofs = [ProofEntry(m.index, self._prove(m, Direction.RESPONDER, h_responder))
-                         for m in verified_passwords]
-            proof_ct = self._ss.encrypt_and_hash(encode_proofs(my_proofs))
-            self._out += ResponderAuth(proof_ct).encode(self.config.max_message_size)
         self._complete()
-

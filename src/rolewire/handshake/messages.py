@@ -19,20 +19,24 @@ from dataclasses import dataclass
 from rolewire.errors import HandshakeMessageTooLarge, MalformedHandshakeMessage
 from rolewire.handshake.suites import MLKEM768_CT_SIZE, HandshakeSuite, KexGroup
 from rolewire.roles.base import HINT_SIZE, MAX_ROLES, RoleKind
+from rolewire.roles.jpake import ROUND1_SIZE
 
 __all__ = [
     "FRAME_HEADER_SIZE",
     "HINT_SIZE",
     "MAX_CHAIN",
     "MAX_MESSAGE_SIZE",
+    "MAX_PASSWORD_SLOTS",
     "MAX_ROLES",
     "MAX_SUITES",
+    "PAD_BUCKET",
     "PROTOCOL_VERSION",
     "RANDOM_SIZE",
     "Flag",
     "Hello",
     "HelloRetry",
     "InitiatorAuth",
+    "InitiatorFinish",
     "MsgType",
     "ProofEntry",
     "Reject",
@@ -40,18 +44,19 @@ __all__ = [
     "ResponderHello",
     "RoleEntry",
     "RoleKind",
-    "RoleOffer",
     "encode_chain",
-    "encode_password_data",
     "encode_proofs",
+    "encode_role_data",
     "encode_role_entries",
     "frame",
+    "pad",
     "parse_chain",
     "parse_frame_header",
     "parse_message",
-    "parse_password_data",
     "parse_proofs",
+    "parse_role_data",
     "parse_role_entries",
+    "unpad",
 ]
 
 PROTOCOL_VERSION = 2
@@ -62,6 +67,10 @@ MAX_MESSAGE_SIZE = 64 * 1024
 MAX_CHAIN = 8
 MAX_SUITES = 32
 RANDOM_SIZE = 32
+#: Most J-PAKE slots in one Hello (each costs the responder a J-PAKE run).
+MAX_PASSWORD_SLOTS = 8
+#: Encrypted handshake fields are padded to a multiple of this many bytes.
+PAD_BUCKET = 256
 
 
 class MsgType(enum.IntEnum):
@@ -70,6 +79,7 @@ class MsgType(enum.IntEnum):
     RESPONDER_HELLO = 0x03
     INITIATOR_AUTH = 0x04
     RESPONDER_AUTH = 0x05
+    INITIATOR_FINISH = 0x06
     REJECT = 0x0F
 
 
@@ -160,26 +170,19 @@ def parse_frame_header(header: bytes, max_size: int = MAX_MESSAGE_SIZE) -> tuple
 
 
 @dataclass(frozen=True)
-class RoleOffer:
-    """One role the initiator knows, as a handshake-bound keyed hash."""
-
-    kind: int
-    flags: int
-    hint: bytes
-    #: Kind-specific data: J-PAKE round 1 for password roles, else empty.
-    data: bytes = b""
-
-    def encode(self) -> bytes:
-        return bytes((self.kind, self.flags)) + self.hint + _u16(len(self.data)) + self.data
-
-
-@dataclass(frozen=True)
 class Hello:
     """Message 1, initiator -> responder, in the clear::
 
         version u8 | random[32] | suites: u8 n, n x u8 (preference order)
         | key share: group u8, u16<ecdh_public || mlkem_ek>
-        | offers: u8 n (<= 64), n x (kind u8 | flags u8 | hint[16] | u16<data>)
+        | hints: u8 n (<= 64), n x hint[16]
+        | password slots: u8 m (<= 8), m x J-PAKE round 1 [192]
+
+    A hint names a key or certificate role with its kind and flags, keyed
+    so that only holders of the role's key or anchor recognise it; the
+    count is padded to a bucket with random hints. A password slot is an
+    anonymous J-PAKE round 1 (the role is named only in message 3,
+    encrypted), also padded to a bucket.
     """
 
     version: int
@@ -187,22 +190,28 @@ class Hello:
     suites: tuple[int, ...]
     group: int
     share: bytes
-    offers: tuple[RoleOffer, ...]
+    hints: tuple[bytes, ...]
+    slots: tuple[bytes, ...] = ()
 
     def encode(self, max_size: int = MAX_MESSAGE_SIZE) -> bytes:
         if not 1 <= len(self.suites) <= MAX_SUITES:
             raise MalformedHandshakeMessage("Hello: 1..32 suites")
-        if len(self.offers) > MAX_ROLES:
+        if len(self.hints) > MAX_ROLES:
             raise HandshakeMessageTooLarge(f"Hello: more than {MAX_ROLES} roles")
+        if len(self.slots) > MAX_PASSWORD_SLOTS:
+            raise HandshakeMessageTooLarge(f"Hello: more than {MAX_PASSWORD_SLOTS} password slots")
+        if any(len(h) != HINT_SIZE for h in self.hints):
+            raise MalformedHandshakeMessage("Hello: hints are 16 bytes")
+        if any(len(r) != ROUND1_SIZE for r in self.slots):
+            raise MalformedHandshakeMessage("Hello: J-PAKE round 1 is 192 bytes")
         parts = [bytes((self.version,)), self.random, bytes((len(self.suites), *self.suites)),
                  bytes((self.group,)), _u16(len(self.share)), self.share,
-                 bytes((len(self.offers),))]
-        parts.extend(o.encode() for o in self.offers)
+                 bytes((len(self.hints),)), *self.hints, bytes((len(self.slots),)), *self.slots]
         return frame(MsgType.HELLO, b"".join(parts), max_size)
 
     def same_except_share(self, other: Hello) -> bool:
-        return (self.version, self.random, self.suites, self.offers) == (
-            other.version, other.random, other.suites, other.offers)
+        return (self.version, self.random, self.suites, self.hints, self.slots) == (
+            other.version, other.random, other.suites, other.hints, other.slots)
 
 
 def _parse_hello(body: bytes) -> Hello:
@@ -220,25 +229,15 @@ def _parse_hello(body: bytes) -> Hello:
     n = r.u8()
     if n > MAX_ROLES:
         raise HandshakeMessageTooLarge(f"Hello: more than {MAX_ROLES} roles")
-    offers = []
-    seen = set()
-    for _ in range(n):
-        kind = r.u8()
-        flags = r.u8()
-        hint = r.take(HINT_SIZE)
-        data = r.vec16()
-        if flags & ~_FLAGS_ALL or not flags:
-            raise r.fail("invalid role flags")
-        if kind in (RoleKind.KEY, RoleKind.CERTIFICATE) and data:
-            raise r.fail("unexpected role data")
-        if kind == RoleKind.PASSWORD and not data:
-            raise r.fail("password role without J-PAKE data")
-        if (kind, hint) in seen:
-            raise r.fail("duplicate role hint")
-        seen.add((kind, hint))
-        offers.append(RoleOffer(kind, flags, hint, data))
+    hints = tuple(r.take(HINT_SIZE) for _ in range(n))
+    if len(set(hints)) != n:
+        raise r.fail("duplicate role hint")
+    m = r.u8()
+    if m > MAX_PASSWORD_SLOTS:
+        raise HandshakeMessageTooLarge(f"Hello: more than {MAX_PASSWORD_SLOTS} password slots")
+    slots = tuple(r.take(ROUND1_SIZE) for _ in range(m))
     r.done()
-    return Hello(version, random, suites, group, share, tuple(offers))
+    return Hello(version, random, suites, group, share, hints, slots)
 
 
 @dataclass(frozen=True)
@@ -327,18 +326,41 @@ def _parse_initiator_auth(body: bytes) -> InitiatorAuth:
 
 @dataclass(frozen=True)
 class ResponderAuth:
-    """Message 4 (password roles only), responder -> initiator:
-    ``u24<proofs ct>``."""
+    """Message 4, responder -> initiator (password slots or withheld
+    certificate proofs only): ``u24<role data ct> | u24<proofs ct>``."""
 
+    data_ct: bytes
     proof_ct: bytes
 
     def encode(self, max_size: int = MAX_MESSAGE_SIZE) -> bytes:
-        return frame(MsgType.RESPONDER_AUTH, _u24(len(self.proof_ct)) + self.proof_ct, max_size)
+        body = _u24(len(self.data_ct)) + self.data_ct + _u24(len(self.proof_ct)) + self.proof_ct
+        return frame(MsgType.RESPONDER_AUTH, body, max_size)
 
 
 def _parse_responder_auth(body: bytes) -> ResponderAuth:
     r = _Reader(body, "ResponderAuth")
-    out = ResponderAuth(r.vec24())
+    out = ResponderAuth(r.vec24(), r.vec24())
+    r.done()
+    return out
+
+
+@dataclass(frozen=True)
+class InitiatorFinish:
+    """Message 5, initiator -> responder (password slots, or certificate
+    proofs deferred until the responder authenticated):
+    ``u24<role data ct> | u24<proofs ct>``."""
+
+    data_ct: bytes
+    proof_ct: bytes
+
+    def encode(self, max_size: int = MAX_MESSAGE_SIZE) -> bytes:
+        body = _u24(len(self.data_ct)) + self.data_ct + _u24(len(self.proof_ct)) + self.proof_ct
+        return frame(MsgType.INITIATOR_FINISH, body, max_size)
+
+
+def _parse_initiator_finish(body: bytes) -> InitiatorFinish:
+    r = _Reader(body, "InitiatorFinish")
+    out = InitiatorFinish(r.vec24(), r.vec24())
     r.done()
     return out
 
@@ -360,7 +382,8 @@ def _parse_reject(body: bytes) -> Reject:
     return out
 
 
-Message = Hello | HelloRetry | ResponderHello | InitiatorAuth | ResponderAuth | Reject
+Message = (Hello | HelloRetry | ResponderHello | InitiatorAuth | ResponderAuth
+           | InitiatorFinish | Reject)
 
 _PARSERS = {
     MsgType.HELLO: _parse_hello,
@@ -368,6 +391,7 @@ _PARSERS = {
     MsgType.RESPONDER_HELLO: _parse_responder_hello,
     MsgType.INITIATOR_AUTH: _parse_initiator_auth,
     MsgType.RESPONDER_AUTH: _parse_responder_auth,
+    MsgType.INITIATOR_FINISH: _parse_initiator_finish,
     MsgType.REJECT: _parse_reject,
 }
 
@@ -412,8 +436,7 @@ def encode_role_entries(entries: list[RoleEntry]) -> bytes:
     return b"".join(parts)
 
 
-def parse_role_entries(data: bytes) -> list[RoleEntry]:
-    r = _Reader(data, "role data")
+def _read_entries(r: _Reader) -> list[RoleEntry]:
     n = r.u8()
     if n > MAX_ROLES:
         raise HandshakeMessageTooLarge("too many role entries")
@@ -427,8 +450,56 @@ def parse_role_entries(data: bytes) -> list[RoleEntry]:
             raise r.fail("invalid role flags")
         last = index
         out.append(RoleEntry(index, flags, r.vec24()))
+    return out
+
+
+def parse_role_entries(data: bytes) -> list[RoleEntry]:
+    r = _Reader(data, "role data")
+    out = _read_entries(r)
     r.done()
     return out
+
+
+def encode_role_data(entries: list[RoleEntry], slots: list[bytes]) -> bytes:
+    """The plaintext of an encrypted role-data field: ``entries | slots``
+    with ``slots`` = ``m u8 (<= 8) | m x u16<slot data>``, one per password
+    slot of the Hello (or none)."""
+    if len(slots) > MAX_PASSWORD_SLOTS:
+        raise HandshakeMessageTooLarge("too many password slots")
+    return (encode_role_entries(entries) + bytes((len(slots),))
+            + b"".join(_u16(len(x)) + x for x in slots))
+
+
+def parse_role_data(data: bytes) -> tuple[list[RoleEntry], list[bytes]]:
+    r = _Reader(data, "role data")
+    entries = _read_entries(r)
+    m = r.u8()
+    if m > MAX_PASSWORD_SLOTS:
+        raise HandshakeMessageTooLarge("too many password slots")
+    slots = [r.vec16() for _ in range(m)]
+    r.done()
+    return entries, slots
+
+
+def pad(plaintext: bytes, bucket: int = PAD_BUCKET) -> bytes:
+    """``plaintext | zeros | u16 zero count``, to a multiple of ``bucket``
+    bytes, so the length of an encrypted field tells an observer only its
+    bucket."""
+    n = (-(len(plaintext) + 2)) % bucket
+    return plaintext + bytes(n) + n.to_bytes(2, "big")
+
+
+def unpad(data: bytes) -> bytes:
+    """Inverse of :func:`pad`; the padding must be zeros."""
+    if len(data) < 2:
+        raise MalformedHandshakeMessage("padded field: truncated")
+    n = int.from_bytes(data[-2:], "big")
+    if n > len(data) - 2:
+        raise MalformedHandshakeMessage("padded field: padding longer than the field")
+    body_end = len(data) - 2 - n
+    if any(data[body_end:-2]):
+        raise MalformedHandshakeMessage("padded field: non-zero padding")
+    return data[:body_end]
 
 
 def encode_proofs(proofs: list[ProofEntry]) -> bytes:
@@ -478,23 +549,6 @@ def parse_chain(data: bytes) -> tuple[bytes, ...]:
         if not der:
             raise r.fail("empty certificate")
         out.append(der)
-    r.done()
-    return tuple(out)
-
-
-def encode_password_data(*rounds: bytes) -> bytes:
-    """``u16<round>`` for each J-PAKE round carried."""
-    return b"".join(_u16(len(x)) + x for x in rounds)
-
-
-def parse_password_data(data: bytes, count: int) -> tuple[bytes, ...]:
-    r = _Reader(data, "J-PAKE data")
-    out = []
-    for _ in range(count):
-        x = r.vec16()
-        if not x:
-            raise r.fail("empty J-PAKE message")
-        out.append(x)
     r.done()
     return tuple(out)
 

@@ -7,7 +7,7 @@ import enum
 
 from rolewire import errors
 
-__all__ = ["RejectReason", "reason_for"]
+__all__ = ["AUTHENTICATION_REASONS", "RejectReason", "reason_for", "wire_reason"]
 
 
 class RejectReason(enum.IntEnum):
@@ -58,6 +58,19 @@ _MAP: list[tuple[type[BaseException], RejectReason]] = [
     (errors.HandshakeTimeout, RejectReason.TIMEOUT),
     (errors.TooManyHandshakes, RejectReason.BUSY),
 ]
+
+
+#: Local reasons that all go on the wire as AUTH_FAILED: to a peer that has
+#: not authenticated, "no such role", "wrong proof", "foreign CA" and "the
+#: password budget refused" must look the same (docs/PROTOCOL.md, "Role
+#: privacy"). The local event and log keep the precise one.
+AUTHENTICATION_REASONS = frozenset({RejectReason.AUTH_FAILED, RejectReason.CERTIFICATE_REJECTED,
+                                    RejectReason.NO_SHARED_ROLE, RejectReason.RATE_LIMITED})
+
+
+def wire_reason(code: RejectReason) -> RejectReason:
+    """The code a Reject carries for the local reason ``code``."""
+    return RejectReason.AUTH_FAILED if code in AUTHENTICATION_REASONS else code
 
 
 def reason_for(exc: BaseException) -> RejectReason:

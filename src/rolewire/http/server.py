@@ -285,7 +285,10 @@ class ServerEndpoint:
                 return self._established(sid, event, bytes(out), now)
             assert isinstance(event, HandshakeFailed)
             self.stats["handshakes_failed"] += 1
-            return self._reject_reply(sid, event.reason_code, bytes(out))
+            # The code the Reject carried (sent_code), never the precise local
+            # reason: the peer must not tell "no such role" from "wrong proof".
+            sent = event.sent_code if event.sent_code is not None else event.reason_code
+            return self._reject_reply(sid, sent, bytes(out))
         if not out:
             # A handshake POST carries whole messages; half a message is an error.
             del self._pending[sid]

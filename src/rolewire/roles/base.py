@@ -33,6 +33,7 @@ __all__ = [
     "Role",
     "RoleKind",
     "RoleSet",
+    "password_hint",
     "proof_input",
     "role_hint",
     "role_id",
@@ -71,17 +72,31 @@ def role_id(kind: RoleKind, name: str) -> bytes:
                            person=b"rolewire1roleid").digest()
 
 
-def role_hint(rid: bytes, nonce: bytes) -> bytes:
-    """The role's name on the wire for one handshake:
-    ``BLAKE2b-128(key=role_id, data=initiator_random, person="rolewire1hint")``.
+def role_hint(hint_key: bytes, nonce: bytes, kind: int, flags: int, rid: bytes) -> bytes:
+    """A key or certificate role's offer in the Hello (docs/PROTOCOL.md,
+    "Role hints")::
 
-    Only a party that knows the role's kind and name can compute (and so
-    recognise) it; it changes with every handshake, so hints cannot be linked
-    across handshakes by a party that does not know the name. It is keyed with
-    the name, never with the secret: a hint keyed with a password would let
-    an eavesdropper test password guesses offline."""
-    return hashlib.blake2b(nonce, key=rid, digest_size=HINT_SIZE,
-                           person=b"rolewire1hint").digest()
+        BLAKE2b-128(key=hint_key, data=initiator_random | kind u8 | flags u8
+                    | role_id, person="rolewire2hint")
+
+    ``hint_key`` is derived from the role's key (key roles) or from one of
+    its anchors' public keys (certificate roles), never from the name alone,
+    so a dictionary of names does not recognise it. It changes with every
+    handshake (the initiator random), and it carries the kind and flags, so
+    neither travels in the clear."""
+    return hashlib.blake2b(nonce + bytes((kind, flags)) + rid, key=hint_key,
+                           digest_size=HINT_SIZE, person=b"rolewire2hint").digest()
+
+
+def password_hint(rid: bytes, h: bytes, slot: int) -> bytes:
+    """A password role's name in message 3 (encrypted), for one J-PAKE slot:
+    ``BLAKE2b-128(key=role_id, data=h | slot u8, person="rolewire2pwhint")``
+    with ``h`` the transcript hash after message 2. Keyed with the name (a
+    password must never key anything an attacker sees); it travels only
+    encrypted, after the key exchange, so only the peer of this handshake
+    can test a name against it."""
+    return hashlib.blake2b(h + bytes((slot,)), key=rid, digest_size=HINT_SIZE,
+                           person=b"rolewire2pwhint").digest()
 
 
 def proof_input(kind: RoleKind, direction: Direction, rid: bytes, h: bytes) -> bytes:
@@ -120,8 +135,15 @@ class Role(abc.ABC):
     def can_verify(self) -> bool:
         """This process can verify a peer's proof of the role."""
 
-    def hint(self, nonce: bytes) -> bytes:
-        return role_hint(self.role_id, nonce)
+    def hint_keys(self) -> tuple[bytes, ...]:
+        """The keys this role's Hello hints are made with (one per anchor
+        for certificate roles; none for password roles, which are named
+        only after the key exchange)."""
+        return ()
+
+    def hints(self, nonce: bytes, flags: int) -> list[bytes]:
+        """This role's hints for one Hello (one per hint key)."""
+        return [role_hint(k, nonce, self.kind, flags, self.role_id) for k in self.hint_keys()]
 
     def __repr__(self) -> str:  # never shows secrets
         return f"{type(self).__name__}(name={self.name!r})"
@@ -130,7 +152,7 @@ class Role(abc.ABC):
 class RoleSet:
     """An immutable collection of roles, unique by ``(kind, name)``."""
 
-    __slots__ = ("_by_id", "_roles")
+    __slots__ = ("_by_id", "_hint_keys", "_roles")
 
     def __init__(self, roles: Iterable[Role] = ()) -> None:
         items = tuple(roles)
@@ -146,6 +168,7 @@ class RoleSet:
             raise ConfigurationError(f"at most {MAX_ROLES} roles per process")
         self._roles = items
         self._by_id = by_id
+        self._hint_keys = [(r, r.hint_keys()) for r in items]
 
     def __iter__(self) -> Iterator[Role]:
         return iter(self._roles)
@@ -156,9 +179,21 @@ class RoleSet:
     def __bool__(self) -> bool:
         return bool(self._roles)
 
-    def hints(self, nonce: bytes) -> dict[tuple[int, bytes], Role]:
-        """``{(kind, hint): role}`` for one handshake."""
-        return {(r.kind, r.hint(nonce)): r for r in self._roles}
+    def hints(self, nonce: bytes) -> dict[bytes, tuple[Role, int]]:
+        """``{hint: (role, initiator flags)}`` for one Hello: every hint an
+        initiator could send for one of our key or certificate roles, with
+        any of the three flag combinations."""
+        out: dict[bytes, tuple[Role, int]] = {}
+        for role, keys in self._hint_keys:
+            for flags in (1, 2, 3):
+                for key in keys:
+                    out[role_hint(key, nonce, role.kind, flags, role.role_id)] = (role, flags)
+        return out
+
+    def password_hints(self, h: bytes, slot: int) -> dict[bytes, Role]:
+        """``{hint: role}`` of our password roles for one J-PAKE slot."""
+        return {password_hint(r.role_id, h, slot): r for r in self._roles
+                if r.kind == RoleKind.PASSWORD}
 
     def __repr__(self) -> str:
         return f"RoleSet({list(self._roles)!r})"

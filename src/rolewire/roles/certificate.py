@@ -44,6 +44,7 @@ validity window); the signature is verified on every handshake.
 from __future__ import annotations
 
 import datetime
+import hashlib
 import itertools
 import os
 import threading
@@ -270,6 +271,15 @@ class CertificateRole(Role):
     def anchors(self) -> tuple[x509.Certificate, ...]:
         return self._anchors
 
+    def hint_keys(self) -> tuple[bytes, ...]:
+        """One Hello hint key per anchor: ``BLAKE2b-256(anchor SPKI DER,
+        person="rolewire2crthint")`` (docs/PROTOCOL.md, "Role hints"), so
+        only parties that hold the anchor recognise the role."""
+        return tuple(hashlib.blake2b(
+            a.public_key().public_bytes(serialization.Encoding.DER,
+                                        serialization.PublicFormat.SubjectPublicKeyInfo),
+            digest_size=32, person=b"rolewire2crthint").digest() for a in self._anchors)
+
     @property
     def chain(self) -> tuple[x509.Certificate, ...]:
         return self._chain
@@ -285,6 +295,11 @@ class CertificateRole(Role):
         if self._files is None:
             return ()
         return tuple(self._files["paths"])
+
+    @property
+    def watch(self) -> bool:
+        """Loaded with ``from_files(..., watch=True)``."""
+        return bool(self._files is not None and self._files["watch"])
 
     def files_changed(self) -> bool:
         """True if a file this role was loaded from changed (size, mtime or
@@ -309,12 +324,15 @@ class CertificateRole(Role):
                    key: str | os.PathLike[str] | None = None,
                    key_password: bytes | None = None,
                    crls: Sequence[str | os.PathLike[str]] = (),
+                   watch: bool = False,
                    **kwargs: Any) -> CertificateRole:
         """Loads PEM files: ``anchors`` (one or more CA certificates),
         ``cert`` (leaf first, then intermediates) and ``key`` (PKCS#8 or
         traditional PEM, optionally encrypted with ``key_password``);
         ``crls``: revocation list files, PEM or DER. The role remembers the
-        files (:meth:`files_changed`, :meth:`reloaded`)."""
+        files (:meth:`files_changed`, :meth:`reloaded`). ``watch=True`` marks
+        it for :func:`rolewire.serving.watch_certificates`, which swaps in
+        :meth:`reloaded` on a running server when the files change."""
         paths = [Path(anchors), *(Path(p) for p in crls)]
         stamps = _stamps(paths + [Path(p) for p in (cert, key) if p is not None])
         anchor_certs = _load_pems(anchors, "anchor file")
@@ -339,10 +357,10 @@ class CertificateRole(Role):
         crl_list = [load_crl(p) for p in crls]
         role = cls(name, anchors=anchor_certs, chain=chain, private_key=private_key,
                    crls=crl_list, **kwargs)
-        role._files = {"paths": paths, "stamps": stamps,
+        role._files = {"paths": paths, "stamps": stamps, "watch": watch,
                        "args": {"anchors": anchors, "cert": cert, "key": key,
                                 "key_password": key_password, "crls": tuple(crls),
-                                **kwargs}}
+                                "watch": watch, **kwargs}}
         return role
 
     # --- proving -------------------------------------------------------------

@@ -281,7 +281,10 @@ class JPake:
 
     ``round1()`` may be called as soon as the object exists; ``round2(peer
     round 1)`` after our ``round1()``; ``finish(peer round 2)`` after our
-    ``round2()``. Each method runs once; calling out of order, twice, or
+    ``round2()``. Round 1 does not depend on the password: ``password=None``
+    defers it to :meth:`set_password`, which must then be called between
+    ``round1()`` and ``round2()`` (a responder that learns which role the
+    peer means only after its round 1 was sent). Each method runs once; calling out of order, twice, or
     after a failed check raises :class:`JPakeError`.
 
     Raises :class:`~rolewire.errors.ConfigurationError` for an empty
@@ -305,25 +308,14 @@ class JPake:
         "_x2s",
     )
 
-    def __init__(self, password: bytes, *, my_id: bytes, peer_id: bytes,
+    def __init__(self, password: bytes | None, *, my_id: bytes, peer_id: bytes,
                  context: bytes) -> None:
-        if not isinstance(password, (bytes, bytearray, memoryview)):
-            raise ConfigurationError("J-PAKE password must be bytes")
-        if len(password) == 0:
-            raise ConfigurationError("J-PAKE password must not be empty")
-        if len(password) > 0xFFFFFFFF:
-            raise ConfigurationError("J-PAKE password is too long")
         self._my_id = _check_bytes("my_id", my_id, MAX_ID_SIZE, allow_empty=False)
         self._peer_id = _check_bytes("peer_id", peer_id, MAX_ID_SIZE, allow_empty=False)
         if self._my_id == self._peer_id:
             raise ConfigurationError("J-PAKE participant ids must differ")
         self._context = _check_bytes("context", context, MAX_CONTEXT_SIZE, allow_empty=True)
-        pw = bytes(password)
-        s = _hash_to_scalar(_PERSON_PASSWORD, len(pw).to_bytes(4, "big") + pw)
-        del pw
-        if s == _ZERO_SCALAR:
-            raise JPakeError("J-PAKE password scalar is zero")
-        self._s: bytes | None = s
+        self._s: bytes | None = None if password is None else self._scalar(password)
         self._x2: bytes | None = None
         self._x2s: bytes | None = None
         self._g1 = self._g2 = self._g3 = self._g4 = b""
@@ -331,6 +323,29 @@ class JPake:
         self._state = _NEW
 
     # -- helpers --
+
+    @staticmethod
+    def _scalar(password: bytes) -> bytes:
+        if not isinstance(password, (bytes, bytearray, memoryview)):
+            raise ConfigurationError("J-PAKE password must be bytes")
+        if len(password) == 0:
+            raise ConfigurationError("J-PAKE password must not be empty")
+        if len(password) > 0xFFFFFFFF:
+            raise ConfigurationError("J-PAKE password is too long")
+        pw = bytes(password)
+        s = _hash_to_scalar(_PERSON_PASSWORD, len(pw).to_bytes(4, "big") + pw)
+        del pw
+        if s == _ZERO_SCALAR:
+            raise JPakeError("J-PAKE password scalar is zero")
+        return s
+
+    def set_password(self, password: bytes) -> None:
+        """Sets the deferred password (after :meth:`round1`, before
+        :meth:`round2`); only for an object built with ``password=None``."""
+        self._expect(_ROUND1, "set_password")
+        if self._x2s is not None or self._x2 is None:
+            raise JPakeError("J-PAKE password already set")
+        self._x2s = _na.crypto_core_ed25519_scalar_mul(self._x2, self._scalar(password))
 
     def _expect(self, state: int, what: str) -> None:
         if self._state != state:
@@ -348,7 +363,6 @@ class JPake:
         """Our round-1 message ``G1 || G2 || ZKP(x1) || ZKP(x2)`` (192 bytes)."""
         self._expect(_NEW, "round1")
         s = self._s
-        assert s is not None
         x1 = _random_scalar()
         x2 = _random_scalar()
         g1 = _base_mul(x1)
@@ -357,7 +371,8 @@ class JPake:
         msg = (g1 + g2 + _prove(_BASE, x1, g1, self._my_id, self._context)
                + _prove(_BASE, x2, g2, self._my_id, self._context))
         self._x2 = x2
-        self._x2s = _na.crypto_core_ed25519_scalar_mul(x2, s)  # != 0: L is prime
+        if s is not None:
+            self._x2s = _na.crypto_core_ed25519_scalar_mul(x2, s)  # != 0: L is prime
         self._s = None
         del x1, x2, s
         self._g1, self._g2, self._my_r1 = g1, g2, msg
@@ -368,6 +383,8 @@ class JPake:
         """Checks the peer's round 1; returns our round 2 ``A || ZKP(x2*s)``
         (96 bytes)."""
         self._expect(_ROUND1, "round2")
+        if self._x2s is None:
+            raise self._fail("J-PAKE password not set")
         peer_round1 = bytes(peer_round1)
         if len(peer_round1) != ROUND1_SIZE:
             raise self._fail("J-PAKE round 1 message has the wrong length")

@@ -49,7 +49,7 @@ class KeyRole(Role):
     """A role proven with a pre-shared key of at least 32 bytes."""
 
     kind = RoleKind.KEY
-    __slots__ = ("_mac_key",)
+    __slots__ = ("_hint_key", "_mac_key")
 
     def __init__(self, name: str, key: bytes) -> None:
         super().__init__(name)
@@ -58,6 +58,10 @@ class KeyRole(Role):
         if len(key) < MIN_KEY_SIZE:
             raise ConfigurationError(f"a role key needs at least {MIN_KEY_SIZE} bytes")
         self._mac_key = hashlib.blake2b(bytes(key), person=b"rolewire1keymac").digest()
+        # Hints are keyed by the role key (a separate derivation), so without
+        # the key nobody learns anything about the role from a hint.
+        self._hint_key = hashlib.blake2b(bytes(key), digest_size=32,
+                                         person=b"rolewire2keyhint").digest()
 
     @property
     def can_prove(self) -> bool:
@@ -66,6 +70,9 @@ class KeyRole(Role):
     @property
     def can_verify(self) -> bool:
         return True
+
+    def hint_keys(self) -> tuple[bytes, ...]:
+        return (self._hint_key,)
 
     @staticmethod
     def generate_key() -> bytes:

@@ -37,6 +37,7 @@ import threading
 import time
 from collections.abc import Callable, Hashable
 
+from rolewire import entropy
 from rolewire.errors import ConfigurationError, PasswordAttemptsExceeded, RoleProofInvalid
 from rolewire.roles.base import Direction, Role, RoleKind, proof_input
 from rolewire.roles.budget import (
@@ -340,15 +341,35 @@ class PasswordRateLimiter:
 
 
 class PasswordExchange:
-    """One J-PAKE run for one password role in one handshake."""
+    """One J-PAKE run in one *slot* of one handshake (docs/PROTOCOL.md,
+    "Password roles"). The initiator knows its role from the start; the
+    responder runs round 1 before it knows which role (if any) the slot
+    names and :meth:`assign` s it later. A slot without a role (padding, or
+    a name the responder does not hold or may not run now) runs J-PAKE with
+    a random password, so on the wire it looks like a wrong password."""
 
     __slots__ = ("_jpake", "_key", "initiator", "role")
 
-    def __init__(self, role: PasswordRole, jpake: JPake, initiator: bool) -> None:
+    def __init__(self, role: PasswordRole | None, *, initiator: bool, context: bytes,
+                 deferred: bool = False) -> None:
         self.role = role
-        self._jpake = jpake
-        self._key: bytes | None = None
         self.initiator = initiator
+        my_id, peer_id = ((JPAKE_ID_INITIATOR, JPAKE_ID_RESPONDER) if initiator
+                          else (JPAKE_ID_RESPONDER, JPAKE_ID_INITIATOR))
+        password: bytes | None
+        if deferred:
+            password = None
+        else:
+            password = (role._password if role is not None
+                        else entropy.random_bytes(32, "padding slot password"))
+        self._jpake = JPake(password, my_id=my_id, peer_id=peer_id, context=context)
+        self._key: bytes | None = None
+
+    def assign(self, role: PasswordRole | None) -> None:
+        """The responder's side: the slot names ``role`` (None: a dummy)."""
+        self.role = role
+        self._jpake.set_password(role._password if role is not None
+                                 else entropy.random_bytes(32, "padding slot password"))
 
     def round1(self) -> bytes:
         return self._jpake.round1()
@@ -361,17 +382,20 @@ class PasswordExchange:
         self._key = hashlib.blake2b(material, person=b"rolewire1pwmac").digest()
 
     def _mac(self, direction: Direction, h: bytes) -> bytes:
-        if self._key is None:
+        if self._key is None or self.role is None:
             raise ConfigurationError("J-PAKE not finished")
         return hashlib.blake2b(proof_input(RoleKind.PASSWORD, direction, self.role.role_id, h),
                                key=self._key, digest_size=PASSWORD_PROOF_SIZE,
                                person=b"rolewire1pwprf").digest()
 
     def prove(self, direction: Direction, h: bytes) -> bytes:
+        """Our confirmation MAC; random bytes for a slot without a role."""
+        if self.role is None:
+            return entropy.random_bytes(PASSWORD_PROOF_SIZE, "padding slot proof")
         return self._mac(direction, h)
 
     def verify(self, direction: Direction, h: bytes, proof: bytes) -> None:
-        if not hmac.compare_digest(self._mac(direction, h), proof):
+        if self.role is None or not hmac.compare_digest(self._mac(direction, h), proof):
             raise RoleProofInvalid("password role proof did not verify")
 
 
@@ -409,11 +433,8 @@ class PasswordRole(Role):
         return cls(name, value, limiter=limiter)
 
     def exchange(self, *, initiator: bool, context: bytes) -> PasswordExchange:
-        """Starts J-PAKE for one handshake (a responder charges the run with
-        :meth:`PasswordRateLimiter.begin` first). ``context`` binds the
-        Schnorr proofs to the handshake."""
-        my_id, peer_id = ((JPAKE_ID_INITIATOR, JPAKE_ID_RESPONDER) if initiator
-                          else (JPAKE_ID_RESPONDER, JPAKE_ID_INITIATOR))
-        jpake = JPake(self._password, my_id=my_id, peer_id=peer_id,
-                      context=context + self.role_id)
-        return PasswordExchange(self, jpake, initiator)
+        """Starts J-PAKE for this role in one slot of one handshake (a
+        responder charges the run with :meth:`PasswordRateLimiter.begin`
+        first). ``context`` binds the Schnorr proofs to the handshake and
+        slot; it never contains the role's name."""
+        return PasswordExchange(self, initiator=initiator, context=context)
