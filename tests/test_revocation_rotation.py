@@ -148,13 +148,15 @@ def test_reload_rereads_crls_and_drops_the_validation_cache(tmp_path, pki_tree):
 
 # --- CRLs over a real server --------------------------------------------------------------
 
-def test_server_reload_config_applies_a_new_crl(pki_tree):
+def test_server_reload_config_applies_a_new_crl(pki_tree, caplog):
     root, mid, leaf, _other = pki_tree
     service = Service("s")
     service.add("ping", lambda call, body: b"pong", roles=["holder"])
     claim = HandshakeConfig(roles=[CertificateRole(
         "holder", anchors=[root.certificate], chain=[leaf.certificate, mid.certificate],
         private_key=leaf.private_key)], allow_anonymous=True)
+
+    caplog.set_level("INFO", logger="rolewire")
 
     async def main():
         async with serve(service, HandshakeConfig(roles=[role_for(root)])) as server:
@@ -169,6 +171,9 @@ def test_server_reload_config_applies_a_new_crl(pki_tree):
                 await late.call("ping", timeout=30)
             # protocol 2: sent as AUTH_FAILED (the server's log says CERTIFICATE_REJECTED)
             assert rejected.value.reason_code == RejectReason.AUTH_FAILED
+            failures = [r for r in caplog.records if getattr(r, "event", "") ==
+                        "handshake_failed" and getattr(r, "side", "") == "responder"]
+            assert failures and {r.reason for r in failures} == {"CERTIFICATE_REJECTED"}
             # The session established before the revocation is a live session
             # (revocation applies to new handshakes).
             assert await live.call("ping") == b"pong"
@@ -371,6 +376,49 @@ def test_watch_true_role_swaps_chain_and_key_on_a_running_server(tmp_path):
                     assert await fresh.call("serial", timeout=30) == b"ok"
                 assert await live.call("serial", timeout=30) == b"ok"
                 await live.close()
+            finally:
+                watcher.cancel()
+
+    asyncio.run(asyncio.wait_for(main(), 120))
+
+
+def test_watched_anchor_rotation_switches_the_trusted_ca(tmp_path):
+    """Anchors rotate like chains: a verify-only role watching its anchor
+    file trusts the new CA for new handshakes once the file changes."""
+    from rolewire.serving import watch_certificates
+
+    old_ca, new_ca = create_ca("old members CA"), create_ca("new members CA")
+    anchor = tmp_path / "members.pem"
+    write_atomically(anchor, old_ca.certificate_pem())
+    verify = CertificateRole.from_files("member", anchors=anchor, watch=True)
+    service = Service("svc")
+    service.add("hello", lambda call, body: b"hi", roles=["member"])
+
+    def member_of(ca):
+        leaf = issue(ca, "alice")
+        return HandshakeConfig(roles=[CertificateRole(
+            "member", anchors=[ca.certificate], chain=[leaf.certificate],
+            private_key=leaf.private_key)], allow_anonymous=True)
+
+    async def attempt(port, config):
+        async with connect("127.0.0.1", port, config, timeout=30) as channel:
+            return await channel.call("hello", timeout=30)
+
+    async def main():
+        async with serve(service, HandshakeConfig(roles=[verify])) as server:
+            swapped: list[list[str]] = []
+            watcher = asyncio.create_task(watch_certificates(server, interval=0.05,
+                                                             on_reload=swapped.append))
+            try:
+                assert await attempt(server.port, member_of(old_ca)) == b"hi"
+                with pytest.raises(HandshakeError):
+                    await attempt(server.port, member_of(new_ca))
+                write_atomically(anchor, new_ca.certificate_pem())
+                while not swapped:
+                    await asyncio.sleep(0.02)
+                assert await attempt(server.port, member_of(new_ca)) == b"hi"
+                with pytest.raises(HandshakeError):
+                    await attempt(server.port, member_of(old_ca))
             finally:
                 watcher.cancel()
 

@@ -103,6 +103,9 @@ def test_serve_and_call_print_reply_or_typed_error(app):
         done = cli("call", server.address, "echo", "hello", "--config", client)
         assert done.returncode == 0, done.stderr
         assert done.stdout == "hello"
+        (app / "named.toml").write_text(CLIENT_TOML + f'\n[peers.held]\naddress = "{server.address}"\n')
+        done = cli("call", "held", "echo", "by name", "--config", str(app / "named.toml"))
+        assert done.returncode == 0 and done.stdout == "by name", done.stderr
         done = cli("call", server.address, "echo", "-", "--config", client, stdin=b"from stdin")
         assert done.stdout == "from stdin"
         (app / "body.bin").write_bytes(b"from a file")

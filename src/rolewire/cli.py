@@ -84,12 +84,13 @@ def _print_handshake_table(report: dict[str, Any]) -> None:
     _print_ratios(report)
 
 
-BENCH_KINDS = ("record", "handshake", "channel", "auth", "connect", "fleet", "all")
+BENCH_KINDS = ("record", "handshake", "channel", "auth", "connect", "fleet", "audit", "all")
 COMPARE_KINDS = ("channel", "auth", "connect", "fleet")
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    kinds = ["record", "handshake", *COMPARE_KINDS] if args.kind == "all" else [args.kind]
+    kinds = ["record", "handshake", *COMPARE_KINDS, "audit"] if args.kind == "all" \
+        else [args.kind]
     wanted = [k for k in kinds if k in COMPARE_KINDS]
     if getattr(args, "plot", None) and not wanted:
         print("rolewire: --plot applies to channel, auth, connect and all", file=sys.stderr)
@@ -106,6 +107,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
         report["handshake"] = _progress_runner("bench handshake", handshake.run,
                                                quick=args.quick)
         _print_handshake_table(report["handshake"])
+    if "audit" in kinds:  # issue 18: signed calls vs stored JWTs, end-user context
+        from rolewire.benchmarks import audit
+
+        report["audit"] = _progress_runner("bench audit", audit.run, quick=args.quick)
+        audit.print_report(report["audit"])
     if wanted:
         # One run for channel+auth+connect: servers start once, ratios from the same run.
         try:
@@ -124,6 +130,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if len(kinds) > 1 and wanted:
         # bench all: every ratio of the issue by its name, in one place.
         report.update(compare.merge_ratios(report))
+        if "audit" in report:
+            from rolewire.benchmarks import audit
+
+            audit.merge_into(report)
         compare.print_report({k: report[k] for k in ("ratios", "ratio_ranges", "targets")},
                              table=False)
     if args.json:
@@ -532,7 +542,10 @@ def cmd_call(args: argparse.Namespace) -> int:
     from rolewire.config import load_config, parse_address
 
     config = load_config(args.config)
-    host, port = parse_address(args.address, "HOST:PORT")
+    if args.address in config.peers:  # a peer named in the client config
+        host, port = config.peers[args.address]
+    else:
+        host, port = parse_address(args.address, "HOST:PORT (or a [peers] name)")
     body = _call_body(args.body)
     timeout = args.timeout if args.timeout is not None else config.client.call_timeout
     if timeout <= 0:
@@ -678,11 +691,12 @@ def _add_serve_parser(sub: Any) -> None:
 def _add_call_parser(sub: Any) -> None:
     call = sub.add_parser(
         "call", help="make one call to a service (like grpcurl)",
-        description="Connect to HOST:PORT with the roles of the client config, call "
+        description="Connect to HOST:PORT (or to a peer NAME of the config's [peers]) "
+                    "with the roles of the client config, call "
                     "OPERATION with BODY (default empty; '-' reads stdin; @FILE reads a file) "
                     "and print the reply to stdout. Exit 0 on a reply, 3 with the typed error "
                     "(Forbidden, UnknownOperation, HandshakeRejected, ...) on stderr.")
-    call.add_argument("address", metavar="HOST:PORT")
+    call.add_argument("address", metavar="HOST:PORT|PEER")
     call.add_argument("operation", metavar="OPERATION")
     call.add_argument("body", metavar="BODY", nargs="?", default="")
     call.add_argument("--config", required=True, metavar="TOML")

@@ -9,8 +9,9 @@ One table, one row per fact, in the order they were learnt::
 chain), ``batch`` (a verified head: role, algorithm, transcript hash, batch
 number, count, Merkle root, chain digest, signature) or ``call`` (one call
 of the batch before it: index, type, call id, operation, time, body digest,
-end-user digest, call digest; the body itself with ``store_bodies``).
-``payload`` is canonical JSON (sorted keys, no spaces) and::
+end-user digest, call digest and the body (base64, or null without
+``store_bodies``), a JSON array in :data:`CALL_FIELDS` order). ``payload``
+is JSON without spaces (objects with sorted keys) and::
 
     row_hash = SHA-256("rolewire-audit-row/1\\0" || seq u64 || u8<kind> || payload || prev)
 
@@ -62,6 +63,7 @@ if TYPE_CHECKING:
     from typing_extensions import Self
 
 __all__ = [
+    "CALL_FIELDS",
     "AuditLog",
     "AuditLogError",
     "AuditLogTampered",
@@ -129,6 +131,21 @@ def _canonical(data: Mapping[str, Any]) -> str:
     return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
 
 
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True).encode
+#: The fields of a call row's JSON array, in order.
+CALL_FIELDS = ("index", "type", "call_id", "operation", "time_ms", "body_sha256",
+               "user_sha256", "digest", "body")
+
+
+def _call_entry(data: Any) -> dict[str, Any]:
+    if not isinstance(data, list) or len(data) != len(CALL_FIELDS):
+        raise ValueError("not a call row")
+    entry = dict(zip(CALL_FIELDS, data))
+    if entry["body"] is None:
+        del entry["body"]
+    return entry
+
+
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
@@ -171,17 +188,22 @@ class AuditLog:
 
     def _rows(self, kind: str, payload: Mapping[str, Any],
               out: list[tuple[int, str, str, bytes, bytes]]) -> None:
-        text = _canonical(payload)
+        self._row(kind, _canonical(payload), out)
+
+    def _row(self, kind: str, text: str, out: list[tuple[int, str, str, bytes, bytes]]) -> None:
         seq = self._seq + len(out) + 1
         prev = out[-1][4] if out else self._head
         out.append((seq, kind, text, prev, _row_hash(seq, kind, text, prev)))
 
     def record_batch(self, head: BatchHead, chain: Sequence[bytes],
                      calls: Sequence[CallMessage], digests: Sequence[bytes], root: bytes,
+                     times: Sequence[int] | None = None,
+                     user_digests: Sequence[bytes | None] | None = None,
                      *, transcript_hash: bytes, peer: str = "") -> None:
         """Append one verified batch (its chain first if new), in one
         transaction. Raises :class:`AuditLogError` if it cannot be written."""
         rows: list[tuple[int, str, str, bytes, bytes]] = []
+        dumps, sha256, b64, store = _dumps, hashlib.sha256, base64.b64encode, self.store_bodies
         cdigest = chain_digest(chain).hex()
         if cdigest not in self._chains:
             self._rows("chain", {"digest": cdigest, "certs": [_b64(d) for d in chain]}, rows)
@@ -191,19 +213,21 @@ class AuditLog:
             "signature": _b64(head.signature), "received_at": self.clock(), "peer": peer,
         }, rows)
         for index, (message, digest) in enumerate(zip(calls, digests)):
-            position = position_of(message.metadata)
-            assert position is not None
-            user = message.metadata.get("rw-user")
-            entry: dict[str, Any] = {
-                "index": index, "type": int(message.type), "call_id": message.call_id,
-                "operation": message.operation, "time_ms": position[2],
-                "body_sha256": hashlib.sha256(message.body).hexdigest(),
-                "user_sha256": hashlib.sha256(user).hexdigest() if user is not None else None,
-                "digest": digest.hex(),
-            }
-            if self.store_bodies:
-                entry["body"] = _b64(message.body)
-            self._rows("call", entry, rows)
+            if times is None or user_digests is None:
+                position = position_of(message.metadata)
+                assert position is not None
+                time_ms = position[2]
+                user = message.metadata.get("rw-user")
+                user_digest = hashlib.sha256(user).digest() if user is not None else None
+            else:
+                time_ms, user_digest = times[index], user_digests[index]
+            # A call row is a JSON array in CALL_FIELDS order (a few
+            # microseconds cheaper per call than an object with sorted keys).
+            self._row("call", dumps([
+                index, int(message.type), message.call_id, message.operation, time_ms,
+                sha256(message.body).hexdigest(),
+                user_digest.hex() if user_digest is not None else None, digest.hex(),
+                b64(message.body).decode("ascii") if store else None]), rows)
         try:
             with self._db:
                 self._db.execute("BEGIN")
@@ -219,8 +243,9 @@ class AuditLog:
     def recorder(self, transcript_hash: bytes, peer: str = "") -> Callable[..., None]:
         """The ``record`` callback of a :class:`~rolewire.nonrep.batch.BatchVerifier`."""
         def record(head: BatchHead, chain: Sequence[bytes], calls: Sequence[CallMessage],
-                   digests: Sequence[bytes], root: bytes) -> None:
-            self.record_batch(head, chain, calls, digests, root,
+                   digests: Sequence[bytes], root: bytes, times: Sequence[int] | None = None,
+                   user_digests: Sequence[bytes | None] | None = None) -> None:
+            self.record_batch(head, chain, calls, digests, root, times, user_digests,
                               transcript_hash=transcript_hash, peer=peer)
         return record
 
@@ -367,6 +392,10 @@ def verify(db_path: str | os.PathLike[str],
             finish()
             batch, batch_seq, calls = data, seq, []
         elif kind == "call":
+            try:
+                data = _call_entry(data)
+            except ValueError:
+                raise LogRowEdited("call row is not a call", seq=seq) from None
             if batch is None:
                 raise LogRowInserted("a call row outside any signed batch", seq=seq)
             if data.get("index") != len(calls) or len(calls) >= batch["count"]:
@@ -438,6 +467,8 @@ def show(db_path: str | os.PathLike[str]) -> list[dict[str, Any]]:
         out = []
         for seq, kind, payload, _prev, row_hash in _read_rows(db):
             data = json.loads(payload)
+            if kind == "call":
+                data = _call_entry(data)
             for long in ("body", "signature"):
                 if long in data:
                     data[long] = f"<{len(base64.b64decode(data[long]))} bytes>"

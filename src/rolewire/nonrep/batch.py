@@ -32,7 +32,7 @@ import hashlib
 import struct
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from cryptography import x509
 
@@ -111,8 +111,8 @@ def _u8(data: bytes) -> bytes:
 def call_digest(transcript_hash: bytes, kind: int, call_id: int, operation: str,
                 body: bytes, time_ms: int, end_user: bytes | None) -> bytes:
     """The digest a signed call contributes to its batch (module docs)."""
-    return call_digest_from_hashes(
-        transcript_hash, kind, call_id, operation, hashlib.sha256(body).digest(), time_ms,
+    return _Digester(transcript_hash).digest(
+        kind, call_id, operation, body, time_ms,
         hashlib.sha256(end_user).digest() if end_user is not None else None)
 
 
@@ -121,11 +121,42 @@ def call_digest_from_hashes(transcript_hash: bytes, kind: int, call_id: int, ope
                             end_user_sha256: bytes | None) -> bytes:
     """:func:`call_digest` from the SHA-256 of the body and of the end-user
     token (what the audit log stores)."""
-    return hashlib.sha256(b"".join((
-        _CALL_LABEL, _u8(transcript_hash), bytes((int(kind),)), call_id.to_bytes(8, "big"),
-        time_ms.to_bytes(8, "big"), _u8(operation.encode("utf-8")), body_sha256,
-        end_user_sha256 if end_user_sha256 is not None else _NO_USER,
-    ))).digest()
+    return _Digester(transcript_hash).from_hashes(kind, call_id, operation, body_sha256,
+                                                  time_ms, end_user_sha256)
+
+
+_KIND_ID_TIME = struct.Struct(">BQQ")
+
+
+class _Digester:
+    """:func:`call_digest` for one session, with the constant prefix and the
+    encoded operation names precomputed (the per-call hot path)."""
+
+    __slots__ = ("_ops", "_prefix")
+
+    def __init__(self, transcript_hash: bytes) -> None:
+        self._prefix = _CALL_LABEL + _u8(transcript_hash)
+        self._ops: dict[str, bytes] = {}
+
+    def _op(self, operation: str) -> bytes:
+        encoded = self._ops.get(operation)
+        if encoded is None:
+            encoded = _u8(operation.encode("utf-8"))
+            if len(self._ops) < 1024:
+                self._ops[operation] = encoded
+        return encoded
+
+    def from_hashes(self, kind: int, call_id: int, operation: str, body_sha256: bytes,
+                    time_ms: int, end_user_sha256: bytes | None) -> bytes:
+        return hashlib.sha256(
+            self._prefix + _KIND_ID_TIME.pack(kind, call_id, time_ms) + self._op(operation)
+            + body_sha256 + (end_user_sha256 if end_user_sha256 is not None else _NO_USER)
+        ).digest()
+
+    def digest(self, kind: int, call_id: int, operation: str, body: bytes, time_ms: int,
+               end_user_sha256: bytes | None) -> bytes:
+        return self.from_hashes(kind, call_id, operation, hashlib.sha256(body).digest(),
+                                time_ms, end_user_sha256)
 
 
 def head_bytes(algorithm: int, role: str, transcript_hash: bytes, batch: int, count: int,
@@ -187,9 +218,12 @@ class BatchHead:
         return cls(algorithm, role, batch, count, tuple(chain), signature)
 
 
-@dataclass(frozen=True)
-class SignedCall:
-    """The proof attached to a verified call (``call.signed``)."""
+class SignedCall(NamedTuple):
+    """The proof attached to a verified call (``call.signed``): the role and
+    signer (certificate subject) that signed, the algorithm, the call's
+    batch, position and count, the signed time, its call digest and the
+    digest of its end-user token (empty: none). A named tuple: one is built
+    per signed call."""
 
     role: str
     signer: str
@@ -198,8 +232,8 @@ class SignedCall:
     index: int
     count: int
     time_ms: int
-    digest: bytes = field(repr=False)
-    end_user_digest: bytes = field(repr=False, default=b"")
+    digest: bytes
+    end_user_digest: bytes = b""
 
 
 def position_of(metadata: Mapping[str, bytes]) -> tuple[int, int, int] | None:
@@ -212,10 +246,6 @@ def position_of(metadata: Mapping[str, bytes]) -> tuple[int, int, int] | None:
         raise BatchMalformed("rw-nr position has the wrong size")
     batch, index, time_ms = _POSITION.unpack(raw)
     return batch, index, time_ms
-
-
-def _user_value(metadata: Mapping[str, bytes]) -> bytes | None:
-    return metadata.get("rw-user")
 
 
 class BatchSigner:
@@ -242,6 +272,8 @@ class BatchSigner:
         self._digests: list[bytes] = []
         self._full: list[tuple[int, list[bytes]]] = []
         self._chain_sent = False
+        self._digester = _Digester(transcript_hash)
+        self._users: dict[bytes, bytes] = {}
         #: Signatures made (one per batch).
         self.signatures = 0
 
@@ -256,11 +288,23 @@ class BatchSigner:
             self._full.append((self._batch, self._digests))
             self._batch += 1
             self._digests = []
-        self._digests.append(call_digest(self.transcript_hash, kind, call_id, operation, body,
-                                         time_ms, _user_value(metadata)))
+        self._digests.append(self._digester.digest(kind, call_id, operation, body, time_ms,
+                                                   self._user_digest(metadata)))
         out = dict(metadata)
         out[POSITION_KEY] = _POSITION.pack(self._batch, len(self._digests) - 1, time_ms)
         return out
+
+    def _user_digest(self, metadata: Mapping[str, bytes]) -> bytes | None:
+        user = metadata.get("rw-user")
+        if user is None:
+            return None
+        digest = self._users.get(user)
+        if digest is None:
+            digest = hashlib.sha256(user).digest()
+            if len(self._users) >= 64:
+                self._users.clear()
+            self._users[user] = digest
+        return digest
 
     def _head(self, batch: int, digests: list[bytes]) -> bytes:
         signed = head_bytes(self._algorithm, self.signer.role, self.transcript_hash, batch,
@@ -301,7 +345,8 @@ class BatchVerifier:
             signed under a role it did not prove is refused.
         clock: wall-clock milliseconds (the signed times may differ from it
             by at most ``max_skew_ms``).
-        record: called with ``(head, chain, calls, digests, root)`` for each
+        record: called with ``(head, chain, calls, digests, root, times,
+            user_digests)`` for each
             verified batch before its calls are released (the audit log);
             if it raises, the batch is released unverified.
     """
@@ -321,6 +366,8 @@ class BatchVerifier:
         self._next_batch = 0
         self._chain: tuple[bytes, ...] = ()
         self._keys: dict[tuple[bytes, int], SignerKey] = {}
+        self._digester = _Digester(transcript_hash)
+        self._users: dict[bytes, bytes] = {}
         #: Batches verified / refused, and the last refusal (typed error).
         self.verified = 0
         self.refused = 0
@@ -404,16 +451,29 @@ class BatchVerifier:
             raise BatchMalformed("first signed batch of a connection lacks the signer chain")
         digests = []
         times = []
-        users = []
+        users: list[bytes | None] = []
+        digest_of = self._digester.digest
+        unpack = _POSITION.unpack
         for index, message in enumerate(messages):
-            position = position_of(message.metadata)
-            if position is None or position[0] != head.batch or position[1] != index:
+            raw = message.metadata.get(POSITION_KEY)
+            if raw is None or len(raw) != _POSITION.size:
                 raise BatchMalformed("call position does not match its batch")
-            user = _user_value(message.metadata)
-            users.append(hashlib.sha256(user).digest() if user is not None else b"")
-            times.append(position[2])
-            digests.append(call_digest(self.transcript_hash, message.type, message.call_id,
-                                       message.operation, message.body, position[2], user))
+            batch, at_index, time_ms = unpack(raw)
+            if batch != head.batch or at_index != index:
+                raise BatchMalformed("call position does not match its batch")
+            user = message.metadata.get("rw-user")
+            user_digest = None
+            if user is not None:
+                user_digest = self._users.get(user)
+                if user_digest is None:
+                    user_digest = hashlib.sha256(user).digest()
+                    if len(self._users) >= 64:
+                        self._users.clear()
+                    self._users[user] = user_digest
+            users.append(user_digest)
+            times.append(time_ms)
+            digests.append(digest_of(message.type, message.call_id, message.operation,
+                                     message.body, time_ms, user_digest))
         root = merkle_root(digests)
         cdigest = chain_digest(chain)
         key = self._keys.get((cdigest, head.algorithm))
@@ -433,14 +493,17 @@ class BatchVerifier:
             raise BatchSignatureInvalid(
                 "batch signature does not verify over the calls received") from None
         if self.record is not None:
-            self.record(head, chain, messages, digests, root)
+            self.record(head, chain, messages, digests, root, times, users)
         self._chain = chain
         self._next_batch = head.batch + 1
         self.verified += 1
+        role, subject, algorithm, batch_no, count = (head.role, key.subject, head.algorithm,
+                                                     head.batch, head.count)
         return [
-            message._replace(metadata=VerifiedMetadata(message.metadata, SignedCall(
-                head.role, key.subject, head.algorithm, head.batch, i, head.count, times[i],
-                digests[i], users[i])))
+            CallMessage(message.type, message.call_id, message.operation, message.body,
+                        VerifiedMetadata(message.metadata, SignedCall(
+                            role, subject, algorithm, batch_no, i, count, times[i],
+                            digests[i], users[i] or b"")))
             for i, message in enumerate(messages)
         ]
 

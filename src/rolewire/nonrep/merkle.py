@@ -12,7 +12,14 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 
-__all__ = ["EMPTY_ROOT", "inclusion_proof", "leaf_hash", "merkle_root", "verify_inclusion"]
+__all__ = [
+    "EMPTY_ROOT",
+    "inclusion_proof",
+    "leaf_hash",
+    "merkle_root",
+    "merkle_root_recursive",
+    "verify_inclusion",
+]
 
 #: The root of an empty list (RFC 9162: the hash of the empty string).
 EMPTY_ROOT = hashlib.sha256(b"").digest()
@@ -42,7 +49,26 @@ def _root(hashes: Sequence[bytes]) -> bytes:
 
 
 def merkle_root(leaves: Sequence[bytes]) -> bytes:
-    """The Merkle tree hash of ``leaves`` (each a call digest)."""
+    """The Merkle tree hash of ``leaves`` (each a call digest).
+
+    Computed bottom-up: pairing neighbours level by level and carrying an
+    unpaired last node up unchanged gives exactly RFC 9162's left-balanced
+    tree (tests compare it with the recursive definition)."""
+    if not leaves:
+        return EMPTY_ROOT
+    sha = hashlib.sha256
+    level = [sha(b"\x00" + d).digest() for d in leaves]
+    while len(level) > 1:
+        paired = [sha(b"\x01" + level[i] + level[i + 1]).digest()
+                  for i in range(0, len(level) - 1, 2)]
+        if len(level) & 1:
+            paired.append(level[-1])
+        level = paired
+    return level[0]
+
+
+def merkle_root_recursive(leaves: Sequence[bytes]) -> bytes:
+    """RFC 9162's recursive definition (reference for tests)."""
     if not leaves:
         return EMPTY_ROOT
     return _root([leaf_hash(d) for d in leaves])

@@ -272,6 +272,11 @@ class CallMessage(NamedTuple):
     metadata: Mapping[str, bytes] = NO_METADATA
 
 
+#: Validated metadata keys and their encoded ``key_len | key`` (a bounded
+#: cache: the same few keys recur on every call).
+_KEY_HEADS: dict[str, bytes] = {}
+
+
 def encode_metadata(metadata: Mapping[str, bytes]) -> bytes:
     """The metadata section (``meta_len u16 | entries``, keys sorted) of a
     non-empty mapping. Raises :class:`ProtocolViolation` for a bad key, too
@@ -280,13 +285,18 @@ def encode_metadata(metadata: Mapping[str, bytes]) -> bytes:
         raise ProtocolViolation(f"metadata must have 1..{MAX_METADATA_ENTRIES} entries")
     parts = []
     for key in sorted(metadata):
-        if not isinstance(key, str) or not _KEY.match(key):
-            raise ProtocolViolation("metadata keys are 1..64 characters of a-z 0-9 . _ -")
+        head = _KEY_HEADS.get(key)
+        if head is None:
+            if not isinstance(key, str) or not _KEY.match(key):
+                raise ProtocolViolation("metadata keys are 1..64 characters of a-z 0-9 . _ -")
+            head = bytes((len(key),)) + key.encode("ascii")
+            if len(_KEY_HEADS) < 256:
+                _KEY_HEADS[key] = head
         value = metadata[key]
         if not isinstance(value, (bytes, bytearray, memoryview)):
             raise ProtocolViolation("metadata values are bytes")
         value = bytes(value)
-        parts.append(bytes((len(key),)) + key.encode("ascii") + _U16.pack(len(value)) + value)
+        parts.append(head + _U16.pack(len(value)) + value)
     entries = b"".join(parts)
     if len(entries) > MAX_METADATA:
         raise ProtocolViolation("metadata section longer than 65535 bytes")
@@ -314,7 +324,7 @@ def decode_metadata(data: bytes, offset: int = 0) -> tuple[Mapping[str, bytes], 
             key = bytes(data[pos + 1 : key_end]).decode("ascii")
         except UnicodeDecodeError:
             raise ProtocolViolation("metadata key is not ASCII") from None
-        if not _KEY.match(key) or key <= previous:
+        if (key not in _KEY_HEADS and not _KEY.match(key)) or key <= previous:
             raise ProtocolViolation("metadata keys must be valid and strictly increasing")
         (value_len,) = _U16.unpack_from(data, key_end)
         pos = key_end + 2 + value_len
