@@ -47,11 +47,13 @@ from rolewire.protocol import (
     reject_frame,
 )
 from rolewire.protocol.wire import default_max_frame
-from rolewire.services import Service
+from rolewire.services import Refusal, Service
 from rolewire.session import Session
 
 if TYPE_CHECKING:
     from typing_extensions import Self
+
+    from rolewire.telemetry import Telemetry
 
 __all__ = ["Server", "ServerStats", "serve"]
 
@@ -173,6 +175,14 @@ class _ServerConnection:
                 stats.forbidden_calls += 1
             if refused.limit_reached:
                 stats.refusal_closes += 1
+            telemetry = self._server.telemetry
+            if telemetry is not None and not refused.notification:
+                service = self._service
+                known = refused.operation in service.operations
+                span = telemetry.start_call(service.name, refused.operation, known, self.peer)
+                outcome = ("unknown" if not known else
+                           "forbidden" if refused.code == ErrorCode.FORBIDDEN else "error")
+                telemetry.end_call(span, service.name, refused.operation, known, outcome, 0.0)
         elif kind is Closing:
             if event.reason == "idle":  # type: ignore[attr-defined]
                 stats.idle_closes += 1
@@ -228,9 +238,12 @@ class _ServerConnection:
                     self._call(event)
                     continue
                 # Synchronous handler: answer inline, no task needed.
-                result = invoke(operation, event.context, event.body)
-                if not isinstance(result, (bytes, tuple)):
-                    result = await result
+                if self._server.telemetry is None:
+                    result = invoke(operation, event.context, event.body)
+                    if not isinstance(result, (bytes, tuple)):
+                        result = await result
+                else:
+                    result = await self._traced(event)
                 conn.reply(event.call_id, operation.name, result)
                 if self._driver.unsent() + conn.queued_bytes > WRITE_HIGH_WATER:
                     # Issue 11 s.4: a client that does not read must not
@@ -241,6 +254,32 @@ class _ServerConnection:
             else:
                 self._control(event)
 
+    async def _traced(self, event: CallReceived) -> bytes | Refusal:
+        """Run one request's handler inside its span and record its outcome."""
+        telemetry = self._server.telemetry
+        assert telemetry is not None
+        service = self._service
+        name = event.operation.name
+        span = telemetry.start_call(service.name, name, True, self.peer)
+        started = self._loop.time()
+        result: bytes | Refusal | None = None
+        try:
+            if span is None:
+                result = service.invoke(event.operation, event.context, event.body)
+                if not isinstance(result, (bytes, tuple)):
+                    result = await result
+            else:
+                with telemetry.use_span(span):
+                    result = service.invoke(event.operation, event.context, event.body)
+                    if not isinstance(result, (bytes, tuple)):
+                        result = await result
+        finally:
+            telemetry.end_call(span, service.name, name, True,
+                               "ok" if isinstance(result, bytes) else "error",
+                               self._loop.time() - started)
+        assert result is not None
+        return result
+
     def _start(self, event: CallReceived) -> None:
         self._running += 1
         task = self._loop.create_task(self._run_call(event))
@@ -250,9 +289,12 @@ class _ServerConnection:
     async def _run_call(self, event: CallReceived) -> None:
         conn = self.conn
         try:
-            result = self._service.invoke(event.operation, event.context, event.body)
-            if not isinstance(result, (bytes, tuple)):
-                result = await result
+            if self._server.telemetry is None:
+                result = self._service.invoke(event.operation, event.context, event.body)
+                if not isinstance(result, (bytes, tuple)):
+                    result = await result
+            else:
+                result = await self._traced(event)
             conn.reply(event.call_id, event.operation.name, result, self._loop.time())
             self._control_events()
             self._driver.flush_soon()
@@ -356,7 +398,8 @@ class Server:
                  call_guard: dict[str, Any] | None = None,
                  max_pending_per_peer: int | None = None,
                  first_byte_timeout: float = 3.0,
-                 handshake_rate: tuple[float, int] | None = (20.0, 64)) -> None:
+                 handshake_rate: tuple[float, int] | None = (20.0, 64),
+                 telemetry: Telemetry | None = None) -> None:
         if not isinstance(config, HandshakeConfig):
             raise ConfigurationError("config must be a HandshakeConfig")
         if max_connections < 1 or max_inflight < 1:
@@ -394,8 +437,12 @@ class Server:
         self.max_inflight = max_inflight
         self.close_timeout = close_timeout
         self.call_guard = dict(call_guard or {})
+        #: :class:`~rolewire.telemetry.Telemetry` (None: no telemetry work).
+        self.telemetry = telemetry
         CallGuard(**self.call_guard)  # bad settings fail here, not per connection
         self.stats = ServerStats()
+        if telemetry is not None:
+            telemetry.watch(self.stats)
         self._server: asyncio.base_events.Server | None = None
         self._handlers: set[asyncio.Task[Any]] = set()
         self._established: set[_ServerConnection] = set()
@@ -606,6 +653,8 @@ class Server:
             stats.handshakes_failed += 1
             stats.rate_limited += 1
             log_handshake_failed("BUSY", peer=peer, side="responder")
+            if self.telemetry is not None:
+                self.telemetry.end_handshake(None, 0.0, complete=False, reason="BUSY")
             self._authenticated(pending)
             await self._refuse_busy(reader, writer, peer, "handshake_rate")
             return
@@ -620,6 +669,8 @@ class Server:
         if slot is None:
             stats.handshakes_failed += 1
             log_handshake_failed("BUSY", peer=peer, side="responder")
+            if self.telemetry is not None:
+                self.telemetry.end_handshake(None, 0.0, complete=False, reason="BUSY")
             self._authenticated(pending)
             await self._refuse_busy(reader, writer, peer, "handshakes")
             return
@@ -631,6 +682,12 @@ class Server:
         conn = Connection.server(self.config, self.service, now=loop.time(), peer=peer,
                                  handshake_peer=host, settings=settings, logger=log)
         driver = StreamDriver(conn, reader, writer, on_timer_events=lambda: None)
+        telemetry = self.telemetry
+        span = None
+        started = loop.time()
+        if telemetry is not None:
+            peername = writer.get_extra_info("peername")
+            span = telemetry.start_handshake(host, peername[1] if peername else None)
         try:
             await run_handshake(driver, first)
         except (ConnectionClosed, OSError) as exc:
@@ -641,6 +698,10 @@ class Server:
         if not conn.established:
             stats.handshakes_failed += 1
             failed = next((e for e in conn.events() if isinstance(e, Failed)), None)
+            if telemetry is not None:
+                telemetry.end_handshake(span, loop.time() - started, complete=False,
+                                        reason=failed.reason if failed is not None
+                                        else "ConnectionClosed")
             if failed is not None and failed.reason == "TIMEOUT":
                 stats.handshake_timeouts += 1
             if failed is not None and isinstance(failed.error, ProtocolViolation):
@@ -656,6 +717,12 @@ class Server:
         if isinstance(getattr(reader, "_limit", None), int):
             # asyncio has no public setter for a stream's buffer limit.
             reader._limit = STREAM_LIMIT  # type: ignore[attr-defined]
+        if telemetry is not None:
+            session = conn.session
+            assert session is not None
+            telemetry.end_handshake(span, loop.time() - started, complete=True,
+                                    suite=session.suite.wire_name,  # type: ignore[attr-defined]
+                                    role_kinds=(kind for kind, _ in session.peer_role_kinds))
         stats.sessions_open += 1
         stats.sessions_total += 1
         served = _ServerConnection(self, driver, peer=peer)
@@ -704,7 +771,8 @@ def serve(service: Service, config: HandshakeConfig, *, host: str = "127.0.0.1",
           close_timeout: float = 5.0, backlog: int = 1024,
           call_guard: dict[str, Any] | None = None, max_pending_per_peer: int | None = None,
           first_byte_timeout: float = 3.0,
-          handshake_rate: tuple[float, int] | None = (20.0, 64)) -> _Serve:
+          handshake_rate: tuple[float, int] | None = (20.0, 64),
+          telemetry: Telemetry | None = None) -> _Serve:
     """Listen on ``host:port`` and serve ``service`` to every peer that
     completes a handshake with ``config``.
 
@@ -741,10 +809,14 @@ def serve(service: Service, config: HandshakeConfig, *, host: str = "127.0.0.1",
             start (a token bucket); over it, BUSY while the server is loaded
             (at least an eighth of the handshake slots in use). None:
             unbounded.
+        telemetry: a :class:`~rolewire.telemetry.Telemetry`: handshake and
+            request metrics and spans, the server's counters as observable
+            instruments (docs/observability.md). None: none of that work.
     """
     return _Serve(service, config, host=host, port=port, max_connections=max_connections,
                   handshake_timeout=handshake_timeout, idle_timeout=idle_timeout,
                   limiter=limiter, max_frame=max_frame, max_inflight=max_inflight,
                   close_timeout=close_timeout, backlog=backlog, call_guard=call_guard,
                   max_pending_per_peer=max_pending_per_peer,
-                  first_byte_timeout=first_byte_timeout, handshake_rate=handshake_rate)
+                  first_byte_timeout=first_byte_timeout, handshake_rate=handshake_rate,
+                  telemetry=telemetry)

@@ -86,6 +86,7 @@ from rolewire.protocol.events import (
     Rehandshaked,
     ReplyReceived,
 )
+from rolewire.protocol.fastpath import seal_frames
 from rolewire.protocol.rehandshake import (
     DEFAULT_REHANDSHAKE_INTERVAL,
     DEFAULT_REHANDSHAKE_RECORDS,
@@ -102,6 +103,7 @@ from rolewire.protocol.wire import (
     FrameKind,
     MessageType,
     call_header,
+    decode_container,
     decode_message,
     decode_packet,
     default_max_frame,
@@ -192,6 +194,10 @@ class ConnectionSettings:
             starts before a send once the sending keys are this old or
             sealed this many records (None: never by that trigger);
             :meth:`Connection.rehandshake` starts one on demand.
+        container_bytes: stream framing (ordered transports): consecutive
+            queued messages travel in CONTAINER records of at most this much
+            plaintext (docs/PROTOCOL.md, "Containers"); 0: one record per
+            message. Message framing always uses one record per message.
     """
 
     handshake_timeout: float = 10.0
@@ -209,6 +215,7 @@ class ConnectionSettings:
     bad_record_log_interval: float = 1.0
     rehandshake_interval: float | None = DEFAULT_REHANDSHAKE_INTERVAL
     rehandshake_records: int | None = DEFAULT_REHANDSHAKE_RECORDS
+    container_bytes: int = 16 * 1024
 
     def __post_init__(self) -> None:
         for name in ("handshake_timeout", "liveness_timeout", "close_timeout"):
@@ -218,6 +225,8 @@ class ConnectionSettings:
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise ConfigurationError(f"{name} must be > 0 or None")
+        if self.container_bytes and self.container_bytes < 18:
+            raise ConfigurationError("container_bytes must be 0 or >= 18")
         if self.max_inflight < 1 or self.max_bad_records < 0 or self.max_batch_messages < 1:
             raise ConfigurationError("max_inflight and max_batch_messages must be >= 1")
         CallGuard(**dict(self.call_guard or {}))  # bad settings fail here
@@ -278,7 +287,10 @@ class Connection:
         self._log = logger or log
         self._stream = framing == "stream"
         self._decoder = FrameDecoder(s.max_frame or default_max_frame(config))
-        self._pre_auth_frame = config.max_message_size + 5  # + length and kind
+        # Before authentication the frame a peer may send is a handshake
+        # message: bound partial frames by the largest one (+ length, kind),
+        # not by the record limit (issue 11 s.4).
+        self._pre_auth_frame = config.max_message_size + 5
         self._state = _HANDSHAKE
         self._started = now
         self._hs_deadline = now + min(s.handshake_timeout, config.timeout)
@@ -298,6 +310,7 @@ class Connection:
         self._out_bytes = 0
         self._wire_bytes = 0
         self._max_plaintext = 0
+        self._container_max = 0
         self._calls = CallDecoder()
         # our requests
         self._next_id = 1
@@ -577,6 +590,8 @@ class Connection:
         self.state = (make_state(session.transcript_hash, session.peer_roles, self.peer)
                       if make_state is not None else ConnectionState(session.transcript_hash))
         self._max_plaintext = session.max_plaintext
+        container = self._settings.container_bytes
+        self._container_max = min(container, session.max_plaintext) if container else 0
         self._send_epoch = session.send_epoch
         self._recv_epoch = session.recv_epoch
         s = self._settings
@@ -607,7 +622,14 @@ class Connection:
         errors: list[RecordError] | None = None
         for item in results:
             if item.__class__ is bytes:
-                good.append(item)  # type: ignore[arg-type]
+                if item[:1] == b"\x08":  # type: ignore[index]  # CONTAINER
+                    try:
+                        good.extend(decode_container(item))  # type: ignore[arg-type]
+                    except ProtocolViolation as exc:
+                        self._fail(exc, "protocol_violation")
+                        return
+                else:
+                    good.append(item)  # type: ignore[arg-type]
             elif isinstance(item, RecordError):
                 if errors is None:
                     errors = []
@@ -1057,12 +1079,26 @@ class Connection:
         try:
             if len(messages) == 1:  # the batch call's setup costs more than it saves
                 records = [session.seal(messages[0])]
+            elif self._stream and self._container_max:
+                # Ordered transport: one native call seals the messages into
+                # CONTAINER records, straight into the frames written
+                # (protocol.fastpath; docs/PROTOCOL.md, "Containers").
+                session.before_send()
+                data, sealed, _ = seal_frames(session.record_layer, messages,
+                                              self._container_max)
+                session.counters.records_sealed += sealed
+                session.counters.bytes_sealed += sum(map(len, messages))
+                self._wire.append(data)
+                self._wire_bytes += len(data)
+                records = None
             else:
                 records = session.seal_many(messages)
         except RolewireError as exc:  # KeyExhausted, RecordLayerClosed
             self._fail(exc, type(exc).__name__)
             return
-        if self._stream:
+        if records is None:
+            pass
+        elif self._stream:
             data = encode_records(records)
             self._wire.append(data)
             self._wire_bytes += len(data)
