@@ -85,13 +85,13 @@ from rolewire.protocol.events import (
     Rehandshaked,
     ReplyReceived,
 )
+from rolewire.protocol.fastpath import seal_frames
 from rolewire.protocol.rehandshake import (
     DEFAULT_REHANDSHAKE_INTERVAL,
     DEFAULT_REHANDSHAKE_RECORDS,
     Rehandshake,
     RehandshakeComplete,
 )
-from rolewire.protocol.fastpath import seal_frames
 from rolewire.protocol.wire import (
     NO_METADATA,
     PING_OPERATION,
