@@ -48,6 +48,8 @@ from rolewire.services import Service
 if TYPE_CHECKING:
     from typing_extensions import Self
 
+    from rolewire.telemetry import Telemetry
+
 __all__ = ["NatsChannel", "NatsDriver", "NatsInstance", "connect_nats", "serve_nats"]
 
 log = logging.getLogger("rolewire.nats")
@@ -283,6 +285,13 @@ class NatsDriver:
         self._on_end()
 
 
+def _framing(batch: bool) -> dict[str, Any]:
+    """Connection settings for a packet mode: batched packets may carry
+    CONTAINER records (several messages in one record, docs/PROTOCOL.md);
+    ``batch=False`` is one message per record per NATS message."""
+    return {} if batch else {"container_bytes": 0}
+
+
 def new_session_id() -> str:
     """A random, unguessable session subject token (so a third party on the
     bus cannot address a session it did not see)."""
@@ -310,7 +319,8 @@ class NatsInstance:
                  queue: str | None = None, batch: bool = True, max_sessions: int = 4096,
                  max_pending_handshakes: int = 256, handshake_timeout: float = 10.0,
                  idle_timeout: float | None = 300.0, max_inflight: int = 64,
-                 close_timeout: float = 5.0, call_guard: dict[str, Any] | None = None) -> None:
+                 close_timeout: float = 5.0, call_guard: dict[str, Any] | None = None,
+                 telemetry: Telemetry | None = None) -> None:
         if not isinstance(config, HandshakeConfig):
             raise ConfigurationError("config must be a HandshakeConfig")
         if not subject or any(c in subject for c in " \t\r\n*>"):
@@ -331,6 +341,11 @@ class NatsInstance:
         self.close_timeout = close_timeout
         self.call_guard = dict(call_guard or {})
         self.stats = ServerStats()
+        #: :class:`~rolewire.telemetry.Telemetry` (None: no telemetry work),
+        #: as for the TCP server: call spans and counters per operation.
+        self.telemetry = telemetry
+        if telemetry is not None:
+            telemetry.watch(self.stats)
         self.inbox = ""
         self._subscriptions: list[Any] = []
         self._sessions: dict[str, NatsDriver] = {}
@@ -381,7 +396,7 @@ class NatsInstance:
             handshake_timeout=self.handshake_timeout, idle_timeout=self.idle_timeout,
             close_timeout=self.close_timeout, max_inflight=self.max_inflight,
             call_guard=self.call_guard, keepalive_interval=None,
-            max_bad_records=MAX_BAD_RECORDS)
+            max_bad_records=MAX_BAD_RECORDS, **_framing(self.batch))
         peer = f"nats:{msg.reply}"
         conn = Connection.server(self.config, self.service, now=loop.time(), peer=peer,
                                  handshake_peer=peer, settings=settings, logger=log)
@@ -490,7 +505,8 @@ async def serve_nats(service: Service, config: HandshakeConfig, nc: Any, subject
     the server's ``max_payload``); False: one record per NATS message.
     Other options (``max_sessions``, ``max_pending_handshakes``,
     ``handshake_timeout``, ``idle_timeout``, ``max_inflight``,
-    ``close_timeout``, ``call_guard``) are those of :class:`NatsInstance`.
+    ``close_timeout``, ``call_guard``, ``telemetry``) are those of
+    :class:`NatsInstance`.
     """
     instance = NatsInstance(service, config, nc, subject, queue=queue, batch=batch, **options)
     await instance._start()
@@ -511,7 +527,7 @@ async def _open_session(nc: Any, subject: str, config: HandshakeConfig, *, timeo
     settings = ConnectionSettings(
         handshake_timeout=min(timeout, config.timeout), call_timeout=call_timeout,
         keepalive_interval=keepalive_interval, liveness_timeout=liveness_timeout,
-        max_bad_records=MAX_BAD_RECORDS)
+        max_bad_records=MAX_BAD_RECORDS, **_framing(batch))
     peer = f"nats:{subject}"
     conn = Connection.client(config, now=loop.time(), peer=peer, handshake_peer=subject,
                              settings=settings, logger=log)
