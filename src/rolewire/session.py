@@ -407,7 +407,6 @@ class Session:
         """Account for records sealed through :attr:`record_layer` directly
         (see :meth:`before_send`): counters and the generation's record count
         that re-handshake triggers read."""
-        self._generation_sealed += records
         self.counters.records_sealed += records
         self.counters.bytes_sealed += plaintext_bytes
 
