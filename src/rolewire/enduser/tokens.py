@@ -217,8 +217,8 @@ class EndUserVerifier:
             unverified = pyjwt.decode(token, options={"verify_signature": False})
         except pyjwt.PyJWTError:
             raise EndUserTokenInvalid("end-user token is not a well-formed JWS") from None
-        issuer = self.issuers.get(unverified.get("iss")) \
-            if isinstance(unverified.get("iss"), str) else None
+        iss = unverified.get("iss")
+        issuer = self.issuers.get(iss) if isinstance(iss, str) else None
         if issuer is None:
             raise EndUserUnknownIssuer("the end-user token's issuer is not trusted here")
         key = issuer.key_for(header.get("kid"))
@@ -450,7 +450,7 @@ def _scope_of(claims: Mapping[str, Any]) -> frozenset[str]:
 
 
 def _jwk_json(public_key: Any, algorithm: str) -> str:
-    algorithms = {"RS256": pyjwt.algorithms.RSAAlgorithm,
-                  "ES256": pyjwt.algorithms.ECAlgorithm,
-                  "EdDSA": pyjwt.algorithms.OKPAlgorithm}
+    algorithms: dict[str, Any] = {"RS256": pyjwt.algorithms.RSAAlgorithm,
+                                  "ES256": pyjwt.algorithms.ECAlgorithm,
+                                  "EdDSA": pyjwt.algorithms.OKPAlgorithm}
     return str(algorithms[algorithm].to_jwk(public_key))
