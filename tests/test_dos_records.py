@@ -102,3 +102,36 @@ def test_forged_records_over_loopback_close_the_session():
 
     stats = asyncio.run(asyncio.wait_for(main(), 60))
     assert stats.auth_failures == INTEGRITY_LIMIT + 2 and stats.protocol_errors == 1
+
+
+# -- the pre-authentication frame bound, sans-IO (protocol.Connection) ------------------
+
+
+def test_sans_io_connection_refuses_a_large_pre_auth_frame_at_its_header():
+    """Issue 11 s.4 over the sans-IO core: a responder that has authenticated
+    nobody refuses a frame announcing more than the largest handshake
+    message as soon as its 5-byte header arrives, before buffering it."""
+    import struct
+
+    from rolewire.protocol import Connection, Failed
+    from rolewire.protocol.wire import FrameKind
+
+    key = os.urandom(32)
+    cfg = HandshakeConfig(roles=[KeyRole("svc", key)])
+    service = Service("s")
+    for kind, size, refused in ((FrameKind.HANDSHAKE, 1 << 20, True),
+                                (FrameKind.RECORD, 1 << 20, True),
+                                (FrameKind.HANDSHAKE, cfg.max_message_size + 1, True),
+                                (FrameKind.HANDSHAKE, cfg.max_message_size, False)):
+        server = Connection.server(cfg, service, now=0.0, peer="attacker")
+        server.receive_data(struct.pack(">IB", size + 1, kind) + b"\x01" * 100, 0.0)
+        failed = [e for e in server.events() if isinstance(e, Failed)]
+        assert bool(failed) is refused, (kind, size)
+        assert server.ended is refused
+    # A legitimate handshake still completes (its frames are far below).
+    client = Connection.client(cfg, now=0.0, peer="server")
+    server = Connection.server(cfg, service, now=0.0, peer="client")
+    for _ in range(4):
+        server.receive_data(client.data_to_send(0.0), 0.0)
+        client.receive_data(server.data_to_send(0.0), 0.0)
+    assert server.handshake_done and client.handshake_done

@@ -148,13 +148,15 @@ def test_reload_rereads_crls_and_drops_the_validation_cache(tmp_path, pki_tree):
 
 # --- CRLs over a real server --------------------------------------------------------------
 
-def test_server_reload_config_applies_a_new_crl(pki_tree):
+def test_server_reload_config_applies_a_new_crl(pki_tree, caplog):
     root, mid, leaf, _other = pki_tree
     service = Service("s")
     service.add("ping", lambda call, body: b"pong", roles=["holder"])
     claim = HandshakeConfig(roles=[CertificateRole(
         "holder", anchors=[root.certificate], chain=[leaf.certificate, mid.certificate],
         private_key=leaf.private_key)], allow_anonymous=True)
+
+    caplog.set_level("INFO", logger="rolewire")
 
     async def main():
         async with serve(service, HandshakeConfig(roles=[role_for(root)])) as server:
@@ -169,6 +171,9 @@ def test_server_reload_config_applies_a_new_crl(pki_tree):
                 await late.call("ping", timeout=30)
             # protocol 2: sent as AUTH_FAILED (the server's log says CERTIFICATE_REJECTED)
             assert rejected.value.reason_code == RejectReason.AUTH_FAILED
+            failures = [r for r in caplog.records if getattr(r, "event", "") ==
+                        "handshake_failed" and getattr(r, "side", "") == "responder"]
+            assert failures and {r.reason for r in failures} == {"CERTIFICATE_REJECTED"}
             # The session established before the revocation is a live session
             # (revocation applies to new handshakes).
             assert await live.call("ping") == b"pong"

@@ -43,7 +43,7 @@ step "sdist contents"
 tar -tzf "$sdist" > "$WORK/sdist.txt"
 for needed in csrc/record.c csrc/replay.c csrc/replay.h csrc/rolewire.h setup.py pyproject.toml \
         src/rolewire/_build_native.py src/rolewire/_native.pyi src/rolewire/py.typed \
-        tests/conftest.py; do
+        tests/conftest.py LICENSE examples/service.toml examples/client.toml; do
     grep -q "^[^/]*/$needed\$" "$WORK/sdist.txt" || { echo "sdist lacks $needed"; exit 1; }
 done
 if grep -E '\.(so|pyd|o)$' "$WORK/sdist.txt"; then echo "sdist contains binaries"; exit 1; fi

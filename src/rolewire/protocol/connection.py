@@ -268,6 +268,10 @@ class Connection:
         self._log = logger or log
         self._stream = framing == "stream"
         self._decoder = FrameDecoder(s.max_frame or default_max_frame(config))
+        # Before authentication the frame a peer may send is a handshake
+        # message: bound partial frames by the largest one (+ length, kind),
+        # not by the record limit (issue 11 s.4).
+        self._pre_auth_frame = config.max_message_size + 5
         self._state = _HANDSHAKE
         self._started = now
         self._hs_deadline = now + min(s.handshake_timeout, config.timeout)
@@ -412,6 +416,10 @@ class Connection:
             return
         if frames:
             self._frames(frames)
+        if self._state is _HANDSHAKE and self._decoder.pending_frame > self._pre_auth_frame:
+            self._fail(ProtocolViolation(
+                "frame larger than the largest handshake message before authentication"),
+                "protocol_violation")
 
     def receive_message(self, message: bytes, now: float | None = None) -> None:
         """One message of a message transport (``kind u8 | payload``, see
