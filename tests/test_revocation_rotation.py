@@ -259,6 +259,7 @@ def test_short_lived_certificates_rotate_under_traffic(tmp_path):
         "member", anchors=[member_anchor.certificate], chain=[alice.certificate],
         private_key=alice.private_key), verify])
     first = x509.load_pem_x509_certificate((tmp_path / "pki" / "rotating.pem").read_bytes())
+    ca_pair = load_issued(tmp_path / "pki" / "ca.pem", tmp_path / "pki" / "ca.key")
 
     with ServeProcess("rotsvc:service", tmp_path / "service.toml", tmp_path) as server:
         async def traffic(stop: asyncio.Event, counts: dict[str, int]) -> None:
@@ -280,10 +281,19 @@ def test_short_lived_certificates_rotate_under_traffic(tmp_path):
                 while datetime.datetime.now(datetime.timezone.utc) < \
                         first.not_valid_after_utc + datetime.timedelta(seconds=2) \
                         or rotations < 4:
-                    done = await asyncio.to_thread(
-                        cli, "ca", "rotate", str(tmp_path / "pki"), "rotating", "--force",
-                        "--ttl", "8s")
-                    assert done.returncode == 0, done.stderr
+                    if rotations == 0:  # the CLI once, then the same steps in-process
+                        done = await asyncio.to_thread(
+                            cli, "ca", "rotate", str(tmp_path / "pki"), "rotating",
+                            "--force", "--ttl", "8s")
+                        assert done.returncode == 0, done.stderr
+                    else:
+                        # what `ca rotate` does, without an interpreter start per
+                        # rotation (a loaded machine must not outlast the 8 s)
+                        fresh = issue(ca_pair, "rotating", days=8 / 86400)
+                        write_atomically(tmp_path / "pki" / "rotating.key",
+                                         fresh.private_key_pem(), secret=True)
+                        write_atomically(tmp_path / "pki" / "rotating.pem",
+                                         fresh.certificate_pem())
                     rotations += 1
                     await asyncio.to_thread(server.wait_for, "reloaded (files changed)")
                     assert await live.call("ping", timeout=60) == b"pong caller"

@@ -183,6 +183,25 @@ def test_stop_signal_drains_calls_in_flight(app, signum):
         server.wait_for("stopped")
 
 
+def test_drain_cuts_calls_that_outlive_the_grace_period(app):
+    (app / "service.toml").write_text(SERVICE_TOML.replace("drain_timeout = 60.0",
+                                                           "drain_timeout = 0.5"))
+    config = HandshakeConfig(roles=[KeyRole("caller", read_key(app / "caller.key"))])
+    with ServeProcess("heldsvc:service", app / "service.toml", app) as server:
+        async def scenario():
+            channel = await connect(server.host, server.port, config, timeout=60)
+            stuck = asyncio.ensure_future(channel.call("hold", b"never", timeout=120))
+            await asyncio.to_thread(wait_file, app / "never.started")
+            server.signal(signal.SIGTERM)
+            # never released: the grace period ends, the call fails typed
+            with pytest.raises(ConnectionClosed):
+                await stuck
+            await channel.close()
+
+        asyncio.run(asyncio.wait_for(scenario(), 180))
+        assert server.wait() == 0
+
+
 def test_sighup_rereads_secrets_and_keeps_live_sessions(app):
     old_key = read_key(app / "caller.key")
     old = HandshakeConfig(roles=[KeyRole("caller", old_key)])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 
+from rolewire import logs as _logs
 from rolewire.aio import Channel, Server, ServerStats, connect, serve
 from rolewire.errors import (
     AuthenticationFailed,
@@ -59,6 +60,9 @@ __version__ = "0.1.0.dev0"
 # "rolewire" (events: rolewire.handshake, rolewire.password, rolewire.aio,
 # rolewire.audit).
 logging.getLogger("rolewire").addHandler(logging.NullHandler())
+# ... and one that appends each event's fields to its message, so that a
+# plain logging.basicConfig() shows them (rolewire.logs).
+_logs.install()
 
 __all__ = [
     "ANY_AUTHENTICATED",

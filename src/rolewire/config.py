@@ -440,6 +440,16 @@ def _check_certificate_role(role: CertificateRole, spec: RoleSpec, now: datetime
     if not role.can_prove:
         return
     label = f"{where}: certificate {spec.sources.get('cert')!r}"
+    for cert in role.chain:
+        subject = cert.subject.rfc4514_string()
+        if cert.not_valid_after_utc < now:
+            report.problems.append(f"{label}: {subject} expired on "
+                                   f"{cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC")
+            return
+        if cert.not_valid_before_utc > now:
+            report.problems.append(f"{label}: {subject} is not valid before "
+                                   f"{cert.not_valid_before_utc:%Y-%m-%d %H:%M} UTC")
+            return
     try:
         role.validate_chain(role.chain_der, now)
     except RolewireError as exc:

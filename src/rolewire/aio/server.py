@@ -58,6 +58,8 @@ from rolewire.session import Session
 if TYPE_CHECKING:
     from typing_extensions import Self
 
+    from rolewire.telemetry import Telemetry
+
 __all__ = ["Server", "ServerStats", "serve"]
 
 _CLOSE = encode(CallMessage(MessageType.CLOSE, 0, ""))
@@ -92,6 +94,18 @@ class ServerStats:
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
+
+
+def _outcome(reply: CallMessage | None, known: bool) -> str:
+    """A request's outcome for telemetry: ``ok``, ``forbidden``,
+    ``unknown`` or ``error`` (the local view: precise even where the reply
+    is uniform)."""
+    if reply is None or reply.type is MessageType.RESPONSE:
+        return "ok"
+    if not known:
+        return "unknown"
+    code = int.from_bytes(reply.body[:2], "big") if reply.type is MessageType.ERROR else 0
+    return "forbidden" if code == ErrorCode.FORBIDDEN else "error"
 
 
 class _ServerConnection(RecordConnection):
@@ -307,9 +321,12 @@ class _ServerConnection(RecordConnection):
                 elif not self._server.is_async(message.operation):
                     # Synchronous handler (or an unknown operation): answer
                     # inline, no task needed.
-                    reply = dispatch_nowait(message, roles, peer, guard, now, state)
-                    if reply is not None and not isinstance(reply, CallMessage):
-                        reply = await reply
+                    if self._server.telemetry is None:
+                        reply = dispatch_nowait(message, roles, peer, guard, now, state)
+                        if reply is not None and not isinstance(reply, CallMessage):
+                            reply = await reply
+                    else:
+                        reply = await self._traced(message, now)
                     self._reply(reply)
                     if guard.refused != self._refused_seen:
                         self._check_guard()
@@ -350,10 +367,36 @@ class _ServerConnection(RecordConnection):
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    async def _traced(self, message: CallMessage, now: float) -> CallMessage | None:
+        """Dispatch one request inside its span and record its outcome."""
+        telemetry = self._server.telemetry
+        assert telemetry is not None
+        service = self._service
+        known = message.operation in service.operations
+        span = telemetry.start_call(service.name, message.operation, known, self.peer)
+        started = self._loop.time()
+        reply: CallMessage | None = None
+        try:
+            if span is None:
+                reply = await service.dispatch(message, self.session.peer_roles, self.peer,
+                                               self.guard, now, self.call_state)
+            else:
+                with telemetry.use_span(span):
+                    reply = await service.dispatch(message, self.session.peer_roles,
+                                                   self.peer, self.guard, now, self.call_state)
+        finally:
+            telemetry.end_call(span, service.name, message.operation, known,
+                               _outcome(reply, known), self._loop.time() - started)
+        return reply
+
     async def _run_call(self, message: CallMessage) -> None:
         try:
-            reply = await self._service.dispatch(message, self.session.peer_roles, self.peer,
-                                                 self.guard, self._loop.time(), self.call_state)
+            if self._server.telemetry is None:
+                reply = await self._service.dispatch(message, self.session.peer_roles,
+                                                     self.peer, self.guard, self._loop.time(),
+                                                     self.call_state)
+            else:
+                reply = await self._traced(message, self._loop.time())
             self._reply(reply)
             self._check_guard()
         finally:
@@ -404,7 +447,8 @@ class Server:
                  call_guard: dict[str, Any] | None = None,
                  max_pending_per_peer: int | None = None,
                  first_byte_timeout: float = 3.0,
-                 handshake_rate: tuple[float, int] | None = (20.0, 64)) -> None:
+                 handshake_rate: tuple[float, int] | None = (20.0, 64),
+                 telemetry: Telemetry | None = None) -> None:
         if not isinstance(config, HandshakeConfig):
             raise ConfigurationError("config must be a HandshakeConfig")
         if max_connections < 1 or max_inflight < 1:
@@ -442,8 +486,12 @@ class Server:
         self.max_inflight = max_inflight
         self.close_timeout = close_timeout
         self.call_guard = dict(call_guard or {})
+        #: :class:`~rolewire.telemetry.Telemetry` (None: no telemetry work).
+        self.telemetry = telemetry
         CallGuard(**self.call_guard)  # bad settings fail here, not per connection
         self.stats = ServerStats()
+        if telemetry is not None:
+            telemetry.watch(self.stats)
         self._server: asyncio.base_events.Server | None = None
         self._handlers: set[asyncio.Task[Any]] = set()
         self._established: set[_ServerConnection] = set()
@@ -656,6 +704,8 @@ class Server:
             stats.handshakes_failed += 1
             stats.rate_limited += 1
             log_handshake_failed("BUSY", peer=peer, side="responder")
+            if self.telemetry is not None:
+                self.telemetry.end_handshake(None, 0.0, complete=False, reason="BUSY")
             self._authenticated(pending)
             await self._refuse_busy(reader, writer, peer, "handshake_rate")
             return
@@ -670,10 +720,18 @@ class Server:
         if slot is None:
             stats.handshakes_failed += 1
             log_handshake_failed("BUSY", peer=peer, side="responder")
+            if self.telemetry is not None:
+                self.telemetry.end_handshake(None, 0.0, complete=False, reason="BUSY")
             self._authenticated(pending)
             await self._refuse_busy(reader, writer, peer, "handshakes")
             return
         pending.slot = slot
+        telemetry = self.telemetry
+        span = None
+        started = loop.time()
+        if telemetry is not None:
+            peername = writer.get_extra_info("peername")
+            span = telemetry.start_handshake(host, peername[1] if peername else None)
         try:
             hs = Responder(self.config, peer=host)
             event, leftover = await run_handshake(
@@ -685,6 +743,9 @@ class Server:
                 stats.handshake_timeouts += 1
             log_handshake_failed(aborted.reason, peer=peer, side="responder",
                                  remote=aborted.remote, error=aborted.error)
+            if telemetry is not None:
+                telemetry.end_handshake(span, loop.time() - started, complete=False,
+                                        reason=aborted.reason)
             self._authenticated(pending)
             await linger_close(reader, writer, timeout=0.5)
             return
@@ -693,6 +754,9 @@ class Server:
             if isinstance(exc, ProtocolViolation):
                 stats.protocol_errors += 1
             log_handshake_failed(type(exc).__name__, peer=peer, side="responder", error=exc)
+            if telemetry is not None:
+                telemetry.end_handshake(span, loop.time() - started, complete=False,
+                                        reason=type(exc).__name__)
             writer.transport.abort()
             return
         finally:
@@ -702,6 +766,10 @@ class Server:
             # asyncio has no public setter for a stream's buffer limit.
             reader._limit = STREAM_LIMIT  # type: ignore[attr-defined]
         log_handshake_complete(event, peer=peer, side="responder")
+        if telemetry is not None:
+            telemetry.end_handshake(span, loop.time() - started, complete=True,
+                                    suite=event.suite.wire_name,
+                                    role_kinds=(kind for kind, _ in event.peer_role_kinds))
         stats.sessions_open += 1
         stats.sessions_total += 1
         conn = _ServerConnection(self, reader, writer, event.session, decoder, peer=peer)
@@ -750,7 +818,8 @@ def serve(service: Service, config: HandshakeConfig, *, host: str = "127.0.0.1",
           close_timeout: float = 5.0, backlog: int = 1024,
           call_guard: dict[str, Any] | None = None, max_pending_per_peer: int | None = None,
           first_byte_timeout: float = 3.0,
-          handshake_rate: tuple[float, int] | None = (20.0, 64)) -> _Serve:
+          handshake_rate: tuple[float, int] | None = (20.0, 64),
+          telemetry: Telemetry | None = None) -> _Serve:
     """Listen on ``host:port`` and serve ``service`` to every peer that
     completes a handshake with ``config``.
 
@@ -787,10 +856,14 @@ def serve(service: Service, config: HandshakeConfig, *, host: str = "127.0.0.1",
             start (a token bucket); over it, BUSY while the server is loaded
             (at least an eighth of the handshake slots in use). None:
             unbounded.
+        telemetry: a :class:`~rolewire.telemetry.Telemetry`: handshake and
+            request metrics and spans, the server's counters as observable
+            instruments (docs/observability.md). None: none of that work.
     """
     return _Serve(service, config, host=host, port=port, max_connections=max_connections,
                   handshake_timeout=handshake_timeout, idle_timeout=idle_timeout,
                   limiter=limiter, max_frame=max_frame, max_inflight=max_inflight,
                   close_timeout=close_timeout, backlog=backlog, call_guard=call_guard,
                   max_pending_per_peer=max_pending_per_peer,
-                  first_byte_timeout=first_byte_timeout, handshake_rate=handshake_rate)
+                  first_byte_timeout=first_byte_timeout, handshake_rate=handshake_rate,
+                  telemetry=telemetry)
