@@ -84,18 +84,32 @@ def _print_handshake_table(report: dict[str, Any]) -> None:
     _print_ratios(report)
 
 
-BENCH_KINDS = ("record", "handshake", "channel", "auth", "connect", "fleet", "audit", "all")
+BENCH_KINDS = ("record", "handshake", "channel", "auth", "connect", "fleet", "audit", "http",
+               "all")
 COMPARE_KINDS = ("channel", "auth", "connect", "fleet")
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    kinds = ["record", "handshake", *COMPARE_KINDS, "audit"] if args.kind == "all" \
-        else [args.kind]
+    kinds = (["record", "handshake", *COMPARE_KINDS, "audit", "http"] if args.kind == "all"
+             else [args.kind])
     wanted = [k for k in kinds if k in COMPARE_KINDS]
-    if getattr(args, "plot", None) and not wanted:
-        print("rolewire: --plot applies to channel, auth, connect and all", file=sys.stderr)
+    if getattr(args, "plot", None) and not wanted and "http" not in kinds:
+        print("rolewire: --plot applies to channel, auth, connect, http and all", file=sys.stderr)
         return EXIT_USAGE
     report: dict[str, Any] = {}
+    if "http" in kinds:
+        # The HTTP binding against HTTPS mTLS and JWT (rolewire.benchmarks.http).
+        try:
+            from rolewire.benchmarks import http as http_bench
+        except ImportError as exc:  # pragma: no cover - without the http extra
+            print(f"rolewire: bench http needs the http extra (pip install 'rolewire[http]'): "
+                  f"{exc}", file=sys.stderr)
+            return EXIT_ERROR
+        report["http"] = _progress_runner("bench http", http_bench.run, quick=args.quick)
+        http_bench.print_report(report["http"])
+        if getattr(args, "plot", None) and not wanted:
+            http_bench.plot(report["http"], args.plot)
+            print(f"wrote {args.plot}", file=sys.stderr)
     if "record" in kinds:
         from rolewire.benchmarks import record
 
@@ -125,7 +139,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         compare.print_report(result)
         report["compare" if len(kinds) > 1 else wanted[0]] = result
         if getattr(args, "plot", None):
-            compare.plot(result, args.plot)
+            extra = [lambda ax: http_bench.draw(ax, report["http"])] if "http" in report else []
+            compare.plot(result, args.plot, extra_panels=extra)
             print(f"wrote {args.plot}", file=sys.stderr)
     if len(kinds) > 1 and wanted:
         # bench all: every ratio of the issue by its name, in one place.
@@ -134,6 +149,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
             from rolewire.benchmarks import audit
 
             audit.merge_into(report)
+        if "http" in report:
+            for key in ("ratios", "ratio_ranges", "targets", "targets_met"):
+                report[key].update(report["http"][key])
         compare.print_report({k: report[k] for k in ("ratios", "ratio_ranges", "targets")},
                              table=False)
     if args.json:
@@ -149,9 +167,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return _demo_record(args)
     from rolewire.demo import webshop
 
+    scene = webshop
+    if getattr(args, "http", False):
+        try:
+            from rolewire.demo import webshop_http as scene  # type: ignore[no-redef]
+        except ImportError as exc:  # pragma: no cover - without the http extra
+            print(f"rolewire: demo webshop --http needs the http extra "
+                  f"(pip install 'rolewire[http]'): {exc}", file=sys.stderr)
+            return EXIT_ERROR
     console = _console()
     with console.status("web shop demo") as status:
-        report = webshop.run(say=lambda msg: status.update(f"web shop: {msg}"))
+        report = scene.run(say=lambda msg: status.update(f"web shop: {msg}"))
     if args.json:
         print(json.dumps(report.to_json()))
     else:
@@ -749,6 +775,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("scene", nargs="?", default="webshop", choices=["webshop", "record"])
     demo.add_argument("--json", action="store_true",
                       help="webshop: print the outcome as JSON instead of the report")
+    demo.add_argument("--http", action="store_true",
+                      help="webshop: the services as ASGI apps on uvicorn, called over HTTP "
+                           "through rolewire.http (needs the http extra)")
     demo.add_argument("--json-path", metavar="PATH",
                       help="record: write the benchmark figures as JSON")
     demo.set_defaults(func=cmd_demo)

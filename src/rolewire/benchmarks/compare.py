@@ -349,9 +349,11 @@ def print_report(result: dict[str, Any], console: Any = None, *, table: bool = T
         out.print(f"note: {note}")
 
 
-def plot(result: dict[str, Any], png_path: str | os.PathLike[str]) -> None:
+def plot(result: dict[str, Any], png_path: str | os.PathLike[str],
+         extra_panels: Sequence[Callable[[Any], None]] = ()) -> None:
     """Write a chart of ``result`` to ``png_path`` (needs matplotlib: the
-    ``plot`` extra)."""
+    ``plot`` extra). Each of ``extra_panels`` draws one more panel on the
+    axes it is given (``bench all``: the HTTP benchmark's)."""
     try:
         import matplotlib
 
@@ -365,9 +367,12 @@ def plot(result: dict[str, Any], png_path: str | os.PathLike[str]) -> None:
                results.get("channel", {}).get("systems", {}).items() if "skipped" not in entry}
     panels = [p for p in ("stream", "calls", "auth", "connect")
               if (p in ("stream", "calls") and channel) or p in results]
-    if not panels:
+    if not panels and not extra_panels:
         raise ConfigurationError("nothing to plot: the result holds no figures")
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
+    count = len(panels) + len(extra_panels)
+    fig, axes = plt.subplots(1, count, figsize=(5 * count, 4), squeeze=False)
+    for ax, draw in zip(axes[0][len(panels):], extra_panels):
+        draw(ax)
     for ax, panel in zip(axes[0], panels):
         if panel in ("stream", "calls"):
             sizes = [str(s) for s in results["channel"].get("sizes", (64, 1024, 16384))]
