@@ -191,3 +191,26 @@ def test_bad_pool_settings():
         Pool("h", 1, CONFIG, max_connections=0)
     with pytest.raises(ConfigurationError):
         Pool("h", 1, CONFIG, initial_backoff=2, max_backoff=1)
+
+
+def test_pool_from_a_config_file(tmp_path):
+    import base64
+
+    from rolewire.config import load_config
+
+    (tmp_path / "svc.key").write_bytes(base64.b64encode(KEY))
+    svc = make_service()
+
+    async def main():
+        async with serve(svc, CONFIG) as server:
+            (tmp_path / "client.toml").write_text(
+                '[service]\nname = "c"\n[[role]]\nname = "svc"\nkind = "key"\n'
+                f'key_file = "svc.key"\n[peers.pooled]\naddress = "127.0.0.1:{server.port}"\n')
+            config = load_config(tmp_path / "client.toml")
+            with pytest.raises(ConfigurationError, match="no \\[peers.nope\\]"):
+                config.pool("nope")
+            async with config.pool("pooled", max_connections=2) as pool:
+                assert await pool.call("echo", b"cfg", timeout=60) == b"cfg"
+                assert pool.max_connections == 2
+
+    run(main())

@@ -94,6 +94,38 @@ int rw_aead_seal(int suite, const uint8_t *key, const uint8_t *nonce, const uint
 int rw_aead_open(int suite, const uint8_t *key, const uint8_t *nonce, const uint8_t *ad,
                  size_t ad_len, const uint8_t *ct, size_t ct_len, uint8_t *out);
 int rw_bench_raw_loop(int suite, size_t msg_len, uint64_t iterations);
+
+/* csrc/fastpath.h: the native send/receive fast path. */
+#define RW_FP_MSG ...
+#define RW_FP_SLOW ...
+#define RW_FP_STOP_END ...
+#define RW_FP_STOP_HANDSHAKE ...
+#define RW_FP_STOP_FULL ...
+#define RW_FP_ERR_FRAME ...
+#define RW_FP_ERR_KIND ...
+#define RW_FP_MAX_OPS ...
+typedef struct rw_optable rw_optable;
+rw_optable *rw_optable_new(uint32_t capacity);
+void rw_optable_free(rw_optable *t);
+int32_t rw_optable_add(rw_optable *t, const char *name, uint32_t len);
+int32_t rw_optable_find(const rw_optable *t, const char *name, uint32_t len);
+typedef struct rw_fp_result {
+    uint64_t consumed;
+    uint64_t out_used;
+    uint32_t count;
+    uint32_t records;
+    uint32_t opened;
+    int32_t flags;
+    int32_t stop;
+} rw_fp_result;
+int rw_fp_recv(rw_receiver *r, const rw_optable *ops, const char *buf, size_t len,
+               uint32_t max_frame, char *out, size_t out_cap, uint32_t cap,
+               int32_t *status, uint8_t *types, uint64_t *call_ids, int32_t *op_index,
+               uint32_t *op_off, uint32_t *op_len, uint32_t *body_off, uint32_t *body_len,
+               rw_fp_result *res);
+int64_t rw_fp_seal_frames(rw_sender *s, const char *in, size_t in_len, const uint64_t *in_off,
+                          size_t n, uint32_t container_max, char *out, size_t out_cap,
+                          int32_t *flags, uint32_t *records);
 """
 
 # The cdef declares byte buffers as ``char *`` so that Python ``bytes`` pass
@@ -101,6 +133,7 @@ int rw_bench_raw_loop(int suite, size_t msg_len, uint64_t iterations);
 # ``uint8_t *``. This small shim adapts the two without casts in record.c.
 SHIM = r"""
 #include "rolewire.h"
+#include "fastpath.h"
 #define RW_SHIM_U8(p) ((uint8_t *)(p))
 #define RW_SHIM_CU8(p) ((const uint8_t *)(p))
 static int rw_seal_shim(rw_sender *s, const char *pt, size_t pt_len, char *out,
@@ -160,7 +193,7 @@ ffibuilder.cdef(CDEF)
 ffibuilder.set_source(
     "rolewire._native",
     SHIM,
-    sources=[f"{_CSRC}/record.c", f"{_CSRC}/replay.c"],
+    sources=[f"{_CSRC}/record.c", f"{_CSRC}/replay.c", f"{_CSRC}/fastpath.c"],
     include_dirs=[_CSRC],
     extra_compile_args=_compile_args(),
     extra_link_args=_link_args(),

@@ -48,7 +48,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rolewire.errors import ConfigurationError, RolewireError
 from rolewire.handshake.config import HandshakeConfig
@@ -57,6 +57,9 @@ from rolewire.roles.certificate import CertificateRole
 from rolewire.roles.key import KeyRole
 from rolewire.roles.password import PasswordRole
 from rolewire.services import Access, Service
+
+if TYPE_CHECKING:
+    from rolewire.pool import Pool
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -202,6 +205,19 @@ class ServiceConfig:
         """A :class:`HandshakeConfig` holding this config's roles (read now
         unless ``roles`` are given)."""
         return HandshakeConfig(roles=self.load_roles() if roles is None else roles)
+
+    def pool(self, peer: str, **options: Any) -> Pool:
+        """A :class:`rolewire.pool.Pool` to ``[peers.<peer>]`` with this
+        config's roles (read now); ``options`` go to ``Pool``
+        (``max_connections``, backoff, ...; ``connect_timeout`` defaults to
+        ``[client] connect_timeout``)."""
+        from rolewire.pool import Pool  # at call time: it imports asyncio and the aio layer
+
+        if peer not in self.peers:
+            raise ConfigurationError(f"no [peers.{peer}] in {self.path or 'the config'}")
+        host, port = self.peers[peer]
+        options.setdefault("connect_timeout", self.client.connect_timeout)
+        return Pool(host, port, self.handshake_config(), **options)
 
     @property
     def watched_files(self) -> tuple[str, ...]:

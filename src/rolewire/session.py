@@ -394,6 +394,13 @@ class Session:
         self.counters.bytes_sealed += len(record) - self.overhead
         return record
 
+    def before_send(self) -> None:
+        """Apply the rekeying policy now (ratchet if a trigger fired). For
+        callers that seal through :attr:`record_layer` directly, as the
+        native fast path does (:func:`rolewire.protocol.fastpath.seal_frames`);
+        they count what they sealed in :attr:`counters`."""
+        self._before_send()
+
     def seal_many(self, messages: Iterable[Buffer]) -> list[bytes]:
         """Seal several messages in one native call."""
         batch = messages if isinstance(messages, list) else list(messages)

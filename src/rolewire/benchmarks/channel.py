@@ -378,7 +378,12 @@ def _rolewire_system(name: str, suite_name: str | None) -> BenchSystem:
     config = _cached(build)
 
     async def serve(service: Service, directory: Path) -> Any:
-        return await aio.serve(service, config(directory), idle_timeout=None)
+        # All benchmark clients come from 127.0.0.1: the per-address
+        # handshake rate and pending bounds (DoS defences) are lifted, as a
+        # TLS server has none; the fleet opens FLEET connections at once.
+        return await aio.serve(service, config(directory), idle_timeout=None,
+                               handshake_rate=None, max_pending_per_peer=256,
+                               max_connections=4 * FLEET)
 
     async def connect(host: str, port: int, directory: Path) -> Any:
         return await aio.connect(host, port, config(directory))

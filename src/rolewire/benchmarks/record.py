@@ -28,8 +28,8 @@ from typing import Any
 
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
-from rolewire.record import raw_aead_loop as raw_loop
 from rolewire.record import RecordLayer, RecordLimits, Suite
+from rolewire.record import raw_aead_loop as raw_loop
 
 SIZES = (64, 1024, 16 * 1024, 64 * 1024)
 BATCH = 256

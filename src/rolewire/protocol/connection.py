@@ -91,6 +91,7 @@ from rolewire.protocol.rehandshake import (
     Rehandshake,
     RehandshakeComplete,
 )
+from rolewire.protocol.fastpath import seal_frames
 from rolewire.protocol.wire import (
     NO_METADATA,
     PING_OPERATION,
@@ -101,6 +102,7 @@ from rolewire.protocol.wire import (
     FrameKind,
     MessageType,
     call_header,
+    decode_container,
     decode_message,
     default_max_frame,
     encode,
@@ -189,6 +191,10 @@ class ConnectionSettings:
             starts before a send once the sending keys are this old or
             sealed this many records (None: never by that trigger);
             :meth:`Connection.rehandshake` starts one on demand.
+        container_bytes: stream framing (ordered transports): consecutive
+            queued messages travel in CONTAINER records of at most this much
+            plaintext (docs/PROTOCOL.md, "Containers"); 0: one record per
+            message. Message framing always uses one record per message.
     """
 
     handshake_timeout: float = 10.0
@@ -206,6 +212,7 @@ class ConnectionSettings:
     bad_record_log_interval: float = 1.0
     rehandshake_interval: float | None = DEFAULT_REHANDSHAKE_INTERVAL
     rehandshake_records: int | None = DEFAULT_REHANDSHAKE_RECORDS
+    container_bytes: int = 16 * 1024
 
     def __post_init__(self) -> None:
         for name in ("handshake_timeout", "liveness_timeout", "close_timeout"):
@@ -215,6 +222,8 @@ class ConnectionSettings:
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise ConfigurationError(f"{name} must be > 0 or None")
+        if self.container_bytes and self.container_bytes < 18:
+            raise ConfigurationError("container_bytes must be 0 or >= 18")
         if self.max_inflight < 1 or self.max_bad_records < 0 or self.max_batch_messages < 1:
             raise ConfigurationError("max_inflight and max_batch_messages must be >= 1")
         CallGuard(**dict(self.call_guard or {}))  # bad settings fail here
@@ -290,6 +299,7 @@ class Connection:
         self._out: list[bytes] = []        # plaintexts to seal
         self._out_bytes = 0
         self._max_plaintext = 0
+        self._container_max = 0
         self._calls = CallDecoder()
         # our requests
         self._next_id = 1
@@ -526,6 +536,8 @@ class Connection:
         self._peer_roles = session.peer_roles
         self.state = ConnectionState(session.transcript_hash)
         self._max_plaintext = session.max_plaintext
+        container = self._settings.container_bytes
+        self._container_max = min(container, session.max_plaintext) if container else 0
         self._send_epoch = session.send_epoch
         self._recv_epoch = session.recv_epoch
         s = self._settings
@@ -556,7 +568,14 @@ class Connection:
         errors: list[RecordError] | None = None
         for item in results:
             if item.__class__ is bytes:
-                good.append(item)  # type: ignore[arg-type]
+                if item[:1] == b"\x08":  # type: ignore[index]  # CONTAINER
+                    try:
+                        good.extend(decode_container(item))  # type: ignore[arg-type]
+                    except ProtocolViolation as exc:
+                        self._fail(exc, "protocol_violation")
+                        return
+                else:
+                    good.append(item)  # type: ignore[arg-type]
             elif isinstance(item, RecordError):
                 if errors is None:
                     errors = []
@@ -982,12 +1001,25 @@ class Connection:
         try:
             if len(messages) == 1:  # the batch call's setup costs more than it saves
                 records = [session.seal(messages[0])]
+            elif self._stream and self._container_max:
+                # Ordered transport: one native call seals the messages into
+                # CONTAINER records, straight into the frames written
+                # (protocol.fastpath; docs/PROTOCOL.md, "Containers").
+                session.before_send()
+                data, sealed, _ = seal_frames(session.record_layer, messages,
+                                              self._container_max)
+                session.counters.records_sealed += sealed
+                session.counters.bytes_sealed += sum(map(len, messages))
+                self._wire.append(data)
+                records = None
             else:
                 records = session.seal_many(messages)
         except RolewireError as exc:  # KeyExhausted, RecordLayerClosed
             self._fail(exc, type(exc).__name__)
             return
-        if self._stream:
+        if records is None:
+            pass
+        elif self._stream:
             self._wire.append(encode_records(records))
         else:
             self._wire.extend(b"\x02" + record for record in records)

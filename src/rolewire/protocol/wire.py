@@ -54,7 +54,9 @@ from rolewire.record import HEADER_SIZE as RECORD_HEADER_SIZE
 from rolewire.record import RecordHeader, parse_header
 
 __all__ = [
+    "CONTAINER_HEAD_SIZE",
     "DEFAULT_MAX_FRAME",
+    "ITEM_HEAD_SIZE",
     "MAX_ERROR_TEXT",
     "MAX_METADATA",
     "MAX_METADATA_ENTRIES",
@@ -73,15 +75,18 @@ __all__ = [
     "RecordHeader",
     "call_header",
     "decode",
+    "decode_container",
     "decode_message",
     "decode_metadata",
     "default_max_frame",
     "encode",
+    "encode_container",
     "encode_frame",
     "encode_message",
     "encode_metadata",
     "encode_records",
     "error_message",
+    "is_container",
     "parse_error",
     "parse_header",
     "remote_error",
@@ -245,6 +250,9 @@ class MessageType(enum.IntEnum):
     SIGNED_BATCH = 6
     #: A re-handshake control message (rolewire.protocol.rehandshake), never a call.
     REHANDSHAKE = 7
+    #: Several call messages in one record (ordered transports): see
+    #: :func:`encode_container`.
+    CONTAINER = 8
 
 
 _TYPES = {int(t): t for t in MessageType}
@@ -416,6 +424,68 @@ class CallDecoder:
         if len(self._ops) < self.CACHE_SIZE:
             self._ops[bytes(plaintext[10:10 + plaintext[9]])] = message.operation
         return message
+
+
+# --- containers -----------------------------------------------------------------
+
+_CONTAINER_HEAD = bytes((MessageType.CONTAINER,)) + bytes(9)  # call id 0, empty op
+_ITEM = struct.Struct(">I")
+#: Bytes a container adds: its call-message header; each item adds ITEM_HEAD.
+CONTAINER_HEAD_SIZE = HEAD_SIZE
+ITEM_HEAD_SIZE = _ITEM.size
+
+
+def encode_container(messages: list[bytes]) -> bytes:
+    """Several encoded call messages as one CONTAINER message (the plaintext
+    of one record)::
+
+        type u8 = 8 | call_id u64 = 0 | op_len u8 = 0 | (length u32 | message)+
+
+    Items are complete call messages (any type but CONTAINER, metadata
+    allowed), in the order they are to be handled."""
+    if not messages:
+        raise ProtocolViolation("a container holds at least one message")
+    pack = _ITEM.pack
+    parts = [_CONTAINER_HEAD]
+    for message in messages:
+        if len(message) < HEAD_SIZE or message[0] & ~METADATA_FLAG == MessageType.CONTAINER:
+            raise ProtocolViolation("container items are call messages, not containers")
+        parts.append(pack(len(message)))
+        parts.append(message)
+    return b"".join(parts)
+
+
+def is_container(plaintext: bytes) -> bool:
+    """True if ``plaintext`` claims to be a CONTAINER (type byte 7, with or
+    without the metadata bit); :func:`decode_container` checks the rest."""
+    return bool(plaintext) and plaintext[0] & ~METADATA_FLAG == MessageType.CONTAINER
+
+
+def decode_container(plaintext: bytes) -> list[bytes]:
+    """The items of a CONTAINER message; raises :class:`ProtocolViolation`
+    unless it is exactly well formed: the fixed header (no metadata bit, call
+    id 0, empty operation), then at least one item, each ``length u32`` and a
+    message of at least a call header's size that is not itself a container,
+    filling the plaintext exactly. Items are decoded on their own (an item
+    with a bad body is that item's error, not the container's)."""
+    if len(plaintext) < HEAD_SIZE or bytes(plaintext[:HEAD_SIZE]) != _CONTAINER_HEAD:
+        raise ProtocolViolation("malformed container header")
+    items: list[bytes] = []
+    pos, size = HEAD_SIZE, len(plaintext)
+    while pos < size:
+        if size - pos < ITEM_HEAD_SIZE:
+            raise ProtocolViolation("container item truncated")
+        (length,) = _ITEM.unpack_from(plaintext, pos)
+        pos += ITEM_HEAD_SIZE
+        if length < HEAD_SIZE or length > size - pos:
+            raise ProtocolViolation("container item length out of range")
+        if plaintext[pos] & ~METADATA_FLAG == MessageType.CONTAINER:
+            raise ProtocolViolation("containers do not nest")
+        items.append(bytes(plaintext[pos:pos + length]))
+        pos += length
+    if not items:
+        raise ProtocolViolation("a container holds at least one message")
+    return items
 
 
 def error_message(call_id: int, operation: str, code: ErrorCode, text: str) -> CallMessage:

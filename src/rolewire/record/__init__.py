@@ -24,7 +24,9 @@ from rolewire.record._format import (
     RecordHeader,
     RecordLimits,
     Suite,
+    error_for,
     parse_header,
+    status_of,
 )
 from rolewire.record._window import ReplayWindow
 
@@ -44,8 +46,11 @@ __all__ = [
     "ReplayWindow",
     "Suite",
     "default_backend",
+    "error_for",
+    "native_library",
     "parse_header",
     "raw_aead_loop",
+    "status_of",
 ]
 
 
@@ -56,3 +61,14 @@ def raw_aead_loop(suite: Suite, size: int, iterations: int) -> None:
     from rolewire.record._c import raw_loop
 
     raw_loop(suite, size, iterations)
+
+
+def native_library() -> tuple[object, object] | None:
+    """Hazmat: ``(ffi, lib)`` of the compiled C core (``rolewire._native``,
+    libsodium installed), for native code built on the record API such as
+    :mod:`rolewire.protocol.fastpath`; None where it is not built."""
+    try:
+        from rolewire._native_loader import ffi, lib
+    except ImportError:
+        return None
+    return ffi, lib

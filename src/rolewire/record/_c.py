@@ -195,6 +195,13 @@ class CRecordLayer(RecordLayer):
                     errors[index] = error
         return PackedOpenResult(memoryview(target).cast("B"), out_off, errors)
 
+    def native_handles(self) -> tuple[Any, Any]:
+        """Hazmat, for the native fast path (rolewire.protocol.fastpath): the
+        cffi ``rw_sender *`` and ``rw_receiver *`` of this layer. Calls
+        through them skip nothing the layer checks (the C side enforces
+        limits, replay and epochs), but the caller must keep the layer alive."""
+        return self._sender, self._receiver
+
     # -- keys and state ------------------------------------------------------
     def update_send_key(self) -> int:
         rc = lib.rw_sender_update_key(self._sender)

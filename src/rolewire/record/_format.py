@@ -154,6 +154,15 @@ def error_for(code: int) -> RolewireError:
     return cls(message)
 
 
+_CODES = {(cls, message): code for code, (cls, message) in _ERRORS.items()}
+
+
+def status_of(error: BaseException) -> int:
+    """The negative status code of an exception made by :func:`error_for`
+    (the inverse, for twins that report codes); ERR_ARG if unknown."""
+    return _CODES.get((type(error), str(error)), ERR_ARG)
+
+
 def pack_header(suite: int, epoch: int, counter: int) -> bytes:
     return _HEADER.pack(VERSION, suite, epoch, counter)
 

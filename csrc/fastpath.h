@@ -1,0 +1,82 @@
+/*
+ * rolewire native fast path: frames, records and call headers in one call
+ * per read chunk (receive) and per flush (send). Built on the public record
+ * API (rw_open / rw_seal); the pure-Python twin is rolewire.fastpath.
+ *
+ * Receive: rw_fp_recv walks the frames of a chunk (length u32 | kind u8 |
+ * payload), opens every record frame into one plaintext buffer and parses
+ * the call message header of each plaintext, expanding CONTAINER messages
+ * (type 8: several call messages in one record). Per message it fills
+ * parallel arrays: status, type, call id, operation index (in an rw_optable,
+ * -1 if absent), and the offsets/lengths of operation name and body in the
+ * plaintext buffer. Anything unusual (metadata, unknown type, truncation, a
+ * malformed container) becomes one RW_FP_SLOW entry spanning the plaintext:
+ * the caller decodes it with the full decoder, which raises the right error.
+ *
+ * Send: rw_fp_seal_frames seals packed call messages straight into record
+ * frames in one output buffer, optionally grouping consecutive messages into
+ * CONTAINER records of at most container_max plaintext bytes.
+ *
+ * Wire formats: docs/PROTOCOL.md, "Transport over TCP", "Messages",
+ * "Containers".
+ */
+#ifndef ROLEWIRE_FASTPATH_H
+#define ROLEWIRE_FASTPATH_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "rolewire.h"
+
+#define RW_FP_CALL_HEAD 10       /* type u8 | call_id u64 | op_len u8 */
+#define RW_FP_ITEM_HEAD 4        /* container item: length u32 */
+#define RW_FP_TYPE_CONTAINER 8
+#define RW_FP_METADATA_FLAG 0x80
+#define RW_FP_FRAME_HANDSHAKE 1
+#define RW_FP_FRAME_RECORD 2
+#define RW_FP_MAX_OPS 4096
+
+/* Per-message status (>= 0) besides the negative record error codes. */
+#define RW_FP_MSG 0   /* header parsed: type, call id, op, body are valid */
+#define RW_FP_SLOW 1  /* decode body_off/body_len (whole plaintext) in Python */
+
+/* Why rw_fp_recv stopped before the end of the chunk. */
+#define RW_FP_STOP_END 0        /* consumed everything or a partial frame */
+#define RW_FP_STOP_HANDSHAKE 1  /* a handshake frame starts at *consumed */
+#define RW_FP_STOP_FULL 2       /* message arrays or buffer full: call again */
+
+/* Chunk-level errors (the connection is unusable). */
+#define RW_FP_ERR_FRAME (-101)  /* frame length out of range */
+#define RW_FP_ERR_KIND (-102)   /* unknown frame kind */
+
+typedef struct rw_optable rw_optable;
+
+rw_optable *rw_optable_new(uint32_t capacity);
+void rw_optable_free(rw_optable *t);
+/* Adds a name; returns its index (the existing one if present) or < 0. */
+int32_t rw_optable_add(rw_optable *t, const void *name, uint32_t len);
+int32_t rw_optable_find(const rw_optable *t, const void *name, uint32_t len);
+
+typedef struct rw_fp_result {
+    uint64_t consumed;   /* bytes of the chunk fully handled */
+    uint64_t out_used;   /* plaintext bytes written to out */
+    uint32_t count;      /* message entries written */
+    uint32_t records;    /* record frames handled (opened or rejected) */
+    uint32_t opened;     /* records that opened */
+    int32_t flags;       /* OR of rw_open's success codes (RW_EPOCH_ADVANCED) */
+    int32_t stop;        /* RW_FP_STOP_* */
+} rw_fp_result;
+
+int rw_fp_recv(rw_receiver *r, const rw_optable *ops, const void *buf, size_t len,
+               uint32_t max_frame, void *out, size_t out_cap, uint32_t cap,
+               int32_t *status, uint8_t *types, uint64_t *call_ids, int32_t *op_index,
+               uint32_t *op_off, uint32_t *op_len, uint32_t *body_off, uint32_t *body_len,
+               rw_fp_result *res);
+
+/* Returns bytes written to out (>= 0) or a negative code; *flags gets the
+ * OR of rw_seal's success codes (RW_REKEY_DUE), *records the records sealed. */
+int64_t rw_fp_seal_frames(rw_sender *s, const void *in, size_t in_len, const uint64_t *in_off,
+                          size_t n, uint32_t container_max, void *out, size_t out_cap,
+                          int32_t *flags, uint32_t *records);
+
+#endif

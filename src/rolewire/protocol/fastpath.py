@@ -1,0 +1,443 @@
+"""The native fast path: one call per read chunk, one call per flush.
+
+Receiving (:class:`FastReceiver`): one native call takes a read chunk,
+splits its frames, opens every record into one plaintext buffer and parses
+the call header of every message (expanding CONTAINER records), returning
+parallel arrays (:class:`Received`): status, type, call id, operation index
+(in an :class:`OperationTable`), and the offsets of each operation name and
+body in the buffer. No ``bytes`` object or tuple is made per message until
+the caller asks for one (:meth:`Received.body`).
+
+Sending (:func:`seal_frames`): queued call messages are sealed straight into
+record frames in one buffer (one native call), optionally grouped into
+CONTAINER records (docs/PROTOCOL.md, "Containers") so a burst of small
+messages pays the per-record cost once per container, as TLS does per TLS
+record. Use containers on ordered transports only.
+
+Every native path has a pure-Python twin here, selected with ``native=False``,
+by ``ROLEWIRE_PURE=1``, or automatically for a pure record layer; the twins
+produce byte-identical buffers and arrays (tests/test_fastpath.py).
+
+Sans-IO: bytes in, bytes and arrays out; no clock is read here (the record
+layer notes when a receive epoch advanced, as it does for every open).
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import time
+from array import array
+from collections.abc import Iterable, Sequence
+from itertools import accumulate
+from typing import Any
+
+from rolewire.errors import ConfigurationError, ProtocolViolation, RecordError
+from rolewire.protocol.wire import (
+    DEFAULT_MAX_FRAME,
+    HEAD_SIZE,
+    ITEM_HEAD_SIZE,
+    MAX_OPERATION_NAME,
+    FrameKind,
+    MessageType,
+)
+from rolewire.record import RecordLayer, error_for, native_library, status_of
+
+__all__ = [
+    "MSG",
+    "SLOW",
+    "STOP_END",
+    "STOP_FULL",
+    "STOP_HANDSHAKE",
+    "FastReceiver",
+    "OperationTable",
+    "Received",
+    "native_available",
+    "seal_frames",
+]
+
+#: Entry status: the header was parsed (type, call id, operation, body valid).
+MSG = 0
+#: Entry status: decode ``plaintext(i)`` with the full decoder
+#: (:func:`rolewire.protocol.wire.decode` / ``decode_container``): metadata,
+#: an unknown or unusual type, truncation, a malformed container.
+SLOW = 1
+#: Why a feed stopped: everything handled (a partial frame stays buffered).
+STOP_END = 0
+#: A handshake frame is next: take it with :meth:`FastReceiver.take_frame`.
+STOP_HANDSHAKE = 1
+#: Internal: the arrays were full (feed continues by itself).
+STOP_FULL = 2
+
+_LEN = struct.Struct(">I")
+_ID = struct.Struct(">Q")
+_PLAIN_TYPES = frozenset(range(int(MessageType.REQUEST), int(MessageType.CLOSE) + 1))
+_CONTAINER = int(MessageType.CONTAINER)
+_RECORD = int(FrameKind.RECORD)
+_HANDSHAKE = int(FrameKind.HANDSHAKE)
+_EPOCH_ADVANCED = 2
+_ERR_FRAME = -101
+_ERR_KIND = -102
+_MIN_ITEM = HEAD_SIZE + ITEM_HEAD_SIZE
+_CONTAINER_HEAD = bytes((_CONTAINER,)) + bytes(HEAD_SIZE - 1)
+
+_NATIVE = native_library()
+_ffi: Any = _NATIVE[0] if _NATIVE else None
+_lib: Any = _NATIVE[1] if _NATIVE else None
+_HAVE_NATIVE = _lib is not None and hasattr(_lib, "rw_fp_recv")
+
+
+def native_available() -> bool:
+    """True if the C fast path is built and not disabled by ROLEWIRE_PURE."""
+    return _HAVE_NATIVE and os.environ.get("ROLEWIRE_PURE", "") in ("", "0")
+
+
+def _use_native(layer: RecordLayer, native: bool | None) -> bool:
+    can = native_available() and getattr(layer, "backend", "") == "c"
+    if native and not can:
+        raise ConfigurationError("the native fast path needs the C record backend")
+    return can if native is None else native
+
+
+class OperationTable:
+    """Operation names mapped to small indexes (one table per service, shared
+    by its connections). Built from names the application registered, never
+    from names a peer sends: an unknown name gets index -1 and the caller
+    decodes it itself."""
+
+    def __init__(self, names: Iterable[str] = (), capacity: int = 1024) -> None:
+        if not 1 <= capacity <= 4096:
+            raise ConfigurationError("capacity must be 1..4096")
+        self.capacity = capacity
+        self.names: list[str] = []
+        self._index: dict[bytes, int] = {}
+        self._native: Any = None
+        if _HAVE_NATIVE:
+            table = _lib.rw_optable_new(capacity)
+            if table == _ffi.NULL:
+                raise MemoryError("cannot allocate an operation table")
+            self._native = _ffi.gc(table, _lib.rw_optable_free)
+        for name in names:
+            self.add(name)
+
+    def add(self, name: str) -> int:
+        """The index of ``name`` (added if new)."""
+        encoded = name.encode("utf-8")
+        if len(encoded) > MAX_OPERATION_NAME:
+            raise ConfigurationError("operation name longer than 255 bytes")
+        found = self._index.get(encoded)
+        if found is not None:
+            return found
+        if len(self.names) >= self.capacity:
+            raise ConfigurationError("operation table is full")
+        index = len(self.names)
+        if self._native is not None:
+            rc = _lib.rw_optable_add(self._native, encoded, len(encoded))
+            if rc != index:
+                raise ConfigurationError("native operation table out of step")
+        self._index[encoded] = index
+        self.names.append(name)
+        return index
+
+    def find(self, encoded: bytes) -> int:
+        """Index of an encoded name, or -1."""
+        return self._index.get(bytes(encoded), -1)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+
+class Received:
+    """The messages of one :meth:`FastReceiver.feed`, as parallel arrays
+    (valid until the next feed). Entry ``i`` has ``status[i]``: :data:`MSG`,
+    :data:`SLOW`, or a negative record status (a record that did not open:
+    :meth:`error`)."""
+
+    __slots__ = ("body_len", "body_off", "buffer", "call_ids", "count", "flags", "op_index",
+                 "op_len", "op_off", "opened", "out_used", "records", "status", "types")
+
+    def __init__(self, cap: int, buffer_size: int) -> None:
+        self.buffer = bytearray(buffer_size)
+        self.status = array("i", bytes(4 * cap))
+        self.types = array("B", bytes(cap))
+        self.call_ids = array("Q", bytes(8 * cap))
+        self.op_index = array("i", bytes(4 * cap))
+        self.op_off = array("I", bytes(4 * cap))
+        self.op_len = array("I", bytes(4 * cap))
+        self.body_off = array("I", bytes(4 * cap))
+        self.body_len = array("I", bytes(4 * cap))
+        self.count = self.records = self.opened = self.flags = self.out_used = 0
+
+    @property
+    def capacity(self) -> int:
+        return len(self.status)
+
+    def body(self, i: int) -> bytes:
+        """The body of entry ``i`` (for a SLOW entry: its whole plaintext)."""
+        start = self.body_off[i]
+        return bytes(self.buffer[start:start + self.body_len[i]])
+
+    plaintext = body
+
+    def operation(self, i: int) -> bytes:
+        """The encoded operation name of a MSG entry."""
+        start = self.op_off[i]
+        return bytes(self.buffer[start:start + self.op_len[i]])
+
+    def error(self, i: int) -> RecordError:
+        """The RecordError of an entry whose record did not open."""
+        err = error_for(self.status[i])
+        assert isinstance(err, RecordError)
+        return err
+
+
+class FastReceiver:
+    """Turns a stream of chunks into :class:`Received` batches for one
+    record layer (one per connection). Partial frames are kept across feeds;
+    a handshake frame stops the batch (:attr:`handshake_pending`) until the
+    caller takes it with :meth:`take_frame`."""
+
+    def __init__(self, layer: RecordLayer, ops: OperationTable | None = None, *,
+                 max_frame: int = DEFAULT_MAX_FRAME, native: bool | None = None) -> None:
+        self.layer = layer
+        self.ops = ops
+        self.max_frame = max_frame
+        self.native = _use_native(layer, native)
+        self._tail = b""
+        self._batch: Received | None = None
+        self.handshake_pending = False
+        if self.native:
+            self._receiver = layer.native_handles()[1]  # type: ignore[attr-defined]
+            self._res = _ffi.new("rw_fp_result *")
+            self._ops_c = ops._native if ops is not None else _ffi.NULL
+
+    @property
+    def buffered(self) -> int:
+        """Bytes kept of an incomplete frame (or behind a handshake frame)."""
+        return len(self._tail)
+
+    def _batch_for(self, size: int) -> Received:
+        cap = size // _MIN_ITEM + 2
+        batch = self._batch
+        if batch is None or batch.capacity < cap or len(batch.buffer) < size:
+            batch = self._batch = Received(max(cap, 64), max(size, 1024))
+        return batch
+
+    def feed(self, data: bytes = b"") -> Received:
+        """Handle ``data`` (appended to what is buffered): every complete
+        record frame up to the end or the next handshake frame. Raises
+        :class:`ProtocolViolation` for a frame of bad length or kind (the
+        connection is unusable)."""
+        buf = self._tail + data if self._tail else bytes(data)
+        batch = self._batch_for(len(buf))
+        if self.handshake_pending:
+            self._tail = buf
+            batch.count = batch.records = batch.opened = batch.flags = batch.out_used = 0
+            return batch
+        if self.native:
+            consumed, stop = self._feed_native(buf, batch)
+        else:
+            consumed, stop = self._feed_pure(buf, batch)
+        if batch.flags & _EPOCH_ADVANCED and self.native:
+            # What CRecordLayer.open records for the session's grace period.
+            self.layer.recv_epoch_advanced_at = time.monotonic()
+        self.handshake_pending = stop == STOP_HANDSHAKE
+        self._tail = buf[consumed:] if consumed < len(buf) else b""
+        return batch
+
+    def take_frame(self) -> tuple[FrameKind, bytes] | None:
+        """The buffered handshake frame that stopped the last feed (or None)."""
+        if not self.handshake_pending:
+            return None
+        buf = self._tail
+        (length,) = _LEN.unpack_from(buf)
+        frame = bytes(buf[5:4 + length])
+        self._tail = buf[4 + length:]
+        self.handshake_pending = False
+        return FrameKind.HANDSHAKE, frame
+
+    # -- native ---------------------------------------------------------------
+    def _feed_native(self, buf: bytes, batch: Received) -> tuple[int, int]:
+        fb = _ffi.from_buffer
+        res = self._res
+        rc = _lib.rw_fp_recv(
+            self._receiver, self._ops_c, buf, len(buf), self.max_frame,
+            fb(batch.buffer, require_writable=True), len(batch.buffer), batch.capacity,
+            fb("int32_t[]", batch.status, require_writable=True),
+            fb("uint8_t[]", batch.types, require_writable=True),
+            fb("uint64_t[]", batch.call_ids, require_writable=True),
+            fb("int32_t[]", batch.op_index, require_writable=True),
+            fb("uint32_t[]", batch.op_off, require_writable=True),
+            fb("uint32_t[]", batch.op_len, require_writable=True),
+            fb("uint32_t[]", batch.body_off, require_writable=True),
+            fb("uint32_t[]", batch.body_len, require_writable=True),
+            res)
+        if rc == _ERR_FRAME:
+            raise ProtocolViolation("frame length out of range")
+        if rc == _ERR_KIND:
+            raise ProtocolViolation("unknown frame kind")
+        if rc < 0:
+            raise error_for(rc)
+        batch.count, batch.records, batch.opened = res.count, res.records, res.opened
+        batch.flags, batch.out_used = res.flags, res.out_used
+        # Capacity is sized so the batch never fills (STOP_FULL cannot occur).
+        return int(res.consumed), int(res.stop)
+
+    # -- pure twin --------------------------------------------------------------
+    def _feed_pure(self, buf: bytes, batch: Received) -> tuple[int, int]:
+        layer, ops = self.layer, self.ops
+        out = batch.buffer
+        size, pos, used, count = len(buf), 0, 0, 0
+        records = opened = flags = 0
+        stop = STOP_END
+        limit = self.max_frame + 1
+        cap = batch.capacity
+
+        def entry(status: int, kind: int, call_id: int, op: int, op_off: int, op_len: int,
+                  body_off: int, body_len: int) -> None:
+            nonlocal count
+            batch.status[count] = status
+            batch.types[count] = kind
+            batch.call_ids[count] = call_id
+            batch.op_index[count] = op
+            batch.op_off[count] = op_off
+            batch.op_len[count] = op_len
+            batch.body_off[count] = body_off
+            batch.body_len[count] = body_len
+            count += 1
+
+        def message(base: int, length: int) -> None:
+            kind = out[base] if length else 0
+            if length >= HEAD_SIZE and kind in _PLAIN_TYPES and HEAD_SIZE + out[base + 9] <= length:
+                op_len = out[base + 9]
+                op_at = base + HEAD_SIZE
+                index = ops.find(out[op_at:op_at + op_len]) if ops is not None else -1
+                entry(MSG, kind, _ID.unpack_from(out, base + 1)[0], index, op_at, op_len,
+                      op_at + op_len, length - HEAD_SIZE - op_len)
+            else:
+                entry(SLOW, kind, 0, -1, 0, 0, base, length)
+
+        while size - pos >= 4:
+            (length,) = _LEN.unpack_from(buf, pos)
+            if length < 1 or length > limit:
+                raise ProtocolViolation("frame length out of range")
+            if length > size - pos - 4:
+                break
+            kind = buf[pos + 4]
+            if kind == _HANDSHAKE:
+                stop = STOP_HANDSHAKE
+                break
+            if kind != _RECORD:
+                raise ProtocolViolation("unknown frame kind")
+            rec_len = length - 1
+            if count + rec_len // _MIN_ITEM + 1 > cap or used + rec_len > len(out):
+                stop = STOP_FULL
+                break
+            before = layer.recv_epoch
+            records += 1
+            try:
+                plaintext = layer.open(buf[pos + 5:pos + 4 + length])
+            except RecordError as exc:
+                pos += 4 + length
+                entry(status_of(exc), 0, 0, -1, 0, 0, 0, 0)
+                continue
+            pos += 4 + length
+            opened += 1
+            if layer.recv_epoch != before:
+                flags |= _EPOCH_ADVANCED
+            n = len(plaintext)
+            out[used:used + n] = plaintext
+            items = _container_items(out, used, n)
+            if items is not None:
+                for item_at, item_len in items:
+                    message(item_at, item_len)
+            else:
+                message(used, n)
+            used += n
+        batch.count, batch.records, batch.opened, batch.flags = count, records, opened, flags
+        batch.out_used = used
+        return pos, stop
+
+
+def _container_items(out: bytearray, base: int, n: int) -> list[tuple[int, int]] | None:
+    """(offset, length) of each item if out[base:base+n] is a well-formed
+    container (the rules of wire.decode_container), else None."""
+    if n < HEAD_SIZE or out[base] != _CONTAINER or any(out[base + 1:base + HEAD_SIZE]):
+        return None
+    items = []
+    pos, end = base + HEAD_SIZE, base + n
+    while pos < end:
+        if end - pos < ITEM_HEAD_SIZE:
+            return None
+        (length,) = _LEN.unpack_from(out, pos)
+        pos += ITEM_HEAD_SIZE
+        if length < HEAD_SIZE or length > end - pos or out[pos] & 0x7F == _CONTAINER:
+            return None
+        items.append((pos, length))
+        pos += length
+    return items or None
+
+
+def _groups(lengths: Sequence[int], container_max: int) -> list[tuple[int, int]]:
+    """[start, end) runs of messages: greedy containers of at most
+    ``container_max`` plaintext bytes; a run of one is sent as is (the rule
+    rw_fp_seal_frames follows)."""
+    runs = []
+    i, n = 0, len(lengths)
+    while i < n:
+        j, size = i, HEAD_SIZE
+        if container_max:
+            while j < n and size + ITEM_HEAD_SIZE + lengths[j] <= container_max:
+                size += ITEM_HEAD_SIZE + lengths[j]
+                j += 1
+        if j - i < 2:
+            j = i + 1
+        runs.append((i, j))
+        i = j
+    return runs
+
+
+def seal_frames(layer: RecordLayer, messages: Sequence[bytes], container_max: int = 0, *,
+                native: bool | None = None) -> tuple[bytes, int, int]:
+    """Seal encoded call messages into record frames, in order; returns
+    ``(frames, records, flags)`` (``flags`` has bit 1 when a soft limit was
+    reached: rekey). With ``container_max`` (bytes, at most the layer's
+    ``max_plaintext``) consecutive messages are grouped into CONTAINER
+    records of at most that size. The caller applies the rekeying policy
+    before (the session does)."""
+    if not messages:
+        return b"", 0, 0
+    if container_max and not HEAD_SIZE + 2 * ITEM_HEAD_SIZE <= container_max \
+            <= layer.limits.max_plaintext:
+        raise ConfigurationError("container_max must be 18..max_plaintext bytes")
+    if _use_native(layer, native):
+        sender = layer.native_handles()[0]  # type: ignore[attr-defined]
+        data = b"".join(messages)
+        offsets = array("Q", accumulate(map(len, messages), initial=0))
+        need = len(data) + len(messages) * (5 + layer.suite.overhead)
+        out = _ffi.new("char[]", need)
+        flags = _ffi.new("int32_t *")
+        records = _ffi.new("uint32_t *")
+        written = _lib.rw_fp_seal_frames(
+            sender, data, len(data), _ffi.from_buffer("uint64_t[]", offsets), len(messages),
+            container_max, out, need, flags, records)
+        if written < 0:
+            raise error_for(written)
+        return _ffi.unpack(out, written), int(records[0]), int(flags[0])
+    parts: list[bytes] = []
+    flags_pure = 0
+    seal = layer.seal
+    pack = _LEN.pack
+    runs = _groups([len(m) for m in messages], container_max)
+    for start, end in runs:
+        if end - start == 1:
+            plaintext = messages[start]
+        else:  # the layout of wire.encode_container, unchecked like the C path
+            items = [pack(len(m)) + m for m in messages[start:end]]
+            plaintext = _CONTAINER_HEAD + b"".join(items)
+        record = seal(plaintext)
+        if layer.rekey_due:
+            flags_pure |= 1
+        parts.append(pack(len(record) + 1) + b"\x02")
+        parts.append(record)
+    return b"".join(parts), len(runs), flags_pure
