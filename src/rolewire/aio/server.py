@@ -403,7 +403,8 @@ class _ServerConnection(RecordConnection):
         assert telemetry is not None
         service = self._service
         known = message.operation in service.operations
-        span = telemetry.start_call(service.name, message.operation, known, self.peer)
+        span = telemetry.start_call(service.name, message.operation, known, self.peer,
+                                    message.metadata)
         started = self._loop.time()
         reply: CallMessage | None = None
         try:
