@@ -67,6 +67,7 @@ def _parser_seeds() -> dict[str, list[bytes]]:
         hm.Hello(2, bytes(range(32)), (1, 2, 3, 4), 1, bytes(56 + 1184), hints, slots),
         hm.Hello(2, bytes(32), (2,), 2, bytes(32 + 1184), ()),
         hm.Hello(2, bytes(32), (4, 3), 2, b"short", hints[:1], slots[:1]),
+        hm.Hello(2, bytes(32), (1,), 1, bytes(56 + 1184), hints, (), bytes(range(16))),
     ]
     responder = [
         hm.ResponderHello(1, bytes(32), suite, bytes(56 if suite in (1, 3) else 32),
@@ -81,6 +82,7 @@ def _parser_seeds() -> dict[str, list[bytes]]:
                            hm.InitiatorAuth(b"", b"").encode()[4:]],
         "responder_auth": [hm.ResponderAuth(b"d" * 40, b"p" * 48).encode()[4:],
                            hm.ResponderAuth(b"", b"").encode()[4:]],
+        "cookie_reply": [hm.CookieReply(2, bytes(range(16))).encode()[4:]],
         "initiator_finish": [hm.InitiatorFinish(b"d" * 20, b"p" * 30).encode()[4:],
                              hm.InitiatorFinish(b"", b"").encode()[4:]],
         "reject": [hm.Reject(1).encode()[4:], hm.Reject(200).encode()[4:]],
@@ -111,6 +113,7 @@ def _parser_seeds() -> dict[str, list[bytes]]:
                         (hm.MsgType.INITIATOR_AUTH, "initiator_auth"),
                         (hm.MsgType.RESPONDER_AUTH, "responder_auth"),
                         (hm.MsgType.INITIATOR_FINISH, "initiator_finish"),
+                        (hm.MsgType.COOKIE_REPLY, "cookie_reply"),
                         (hm.MsgType.REJECT, "reject"))
         for b in bodies[name]
     ]

@@ -5,7 +5,7 @@
 # atheris (coverage-guided libFuzzer for Python) is installed into the CI
 # venv; where it cannot be installed the same targets run under the built-in
 # mutational driver (fuzz/_driver.py). Two targets run at a time (this
-# machine has two cores): record+window for 60 s, then the 14 parser targets
+# machine has two cores): record+window for 60 s, then the 15 parser targets
 # in pairs for 20 s each - about 4 minutes in all. FUZZ_SCALE multiplies
 # every duration (FUZZ_SCALE=0.1 for a smoke run, 10 for a longer one);
 # FUZZ_JOBS sets how many run at once.
@@ -44,7 +44,8 @@ TARGETS=(
     "window|fuzz_window.py|60"
 )
 for parser in hello responder_hello hello_retry reject initiator_auth responder_auth \
-        initiator_finish message_any role_entries role_data padding proofs chain frame; do
+        initiator_finish cookie_reply message_any role_entries role_data padding proofs chain \
+        frame; do
     TARGETS+=("$parser|fuzz_parsers.py $parser|20")
 done
 

@@ -572,6 +572,7 @@ PARSER_TARGETS: dict[str, Callable[[bytes], None]] = {
     "initiator_auth": _message_target(hm.MsgType.INITIATOR_AUTH),
     "responder_auth": _message_target(hm.MsgType.RESPONDER_AUTH),
     "initiator_finish": _message_target(hm.MsgType.INITIATOR_FINISH),
+    "cookie_reply": _message_target(hm.MsgType.COOKIE_REPLY),
     "reject": _message_target(hm.MsgType.REJECT),
     "message_any": message_any_target,
     "role_entries": role_entries_target,
