@@ -120,11 +120,30 @@ def _parser_seeds() -> dict[str, list[bytes]]:
     return bodies
 
 
+def _machine_seeds() -> list[bytes]:
+    from rolewire.handshake import HandshakeConfig, Initiator
+    from rolewire.handshake import messages as hm
+    from rolewire.roles import KeyRole
+
+    hello = Initiator(HandshakeConfig(roles=[KeyRole("k", bytes(range(32)))])).data_to_send()
+    return [
+        b"\x00" + hello,                                   # responder: a Hello
+        b"\x02" + hm.InitiatorAuth(b"x" * 300, b"y" * 40).encode(),  # after a real Hello
+        b"\x06" + hm.Reject(7).encode(),
+        b"\x01" + hm.HelloRetry(2, 2).encode(),             # initiator
+        b"\x01" + hm.CookieReply(2, bytes(16)).encode() + hm.CookieReply(2, bytes(16)).encode(),
+        b"\x05" + hm.ResponderHello(2, bytes(32), 2, bytes(32), bytes(1088), b"d" * 272,
+                                     b"p" * 272).encode(),
+    ]
+
+
 def seeds(target: str) -> list[bytes]:
     if target == "record":
         return _record_seeds()
     if target == "window":
         return _window_seeds()
+    if target == "handshake_machine":
+        return _machine_seeds()
     return _parser_seeds().get(target, [])
 
 
