@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from rolewire import errors
 from rolewire.aio import connect, serve
-from rolewire.budgets import CallGuard, IntegrityLimit, PeerBudget, TokenBucket, peer_group
+from rolewire.budgets import CallGuard, PeerBudget, TokenBucket, peer_group
 from rolewire.handshake import HandshakeConfig
 from rolewire.roles.key import KeyRole
 from rolewire.rpc import CallMessage, ErrorCode, MessageType, parse_error
@@ -131,12 +131,6 @@ def test_peer_group_ipv6_by_64():
     assert peer_group("::ffff:192.0.2.7") == "192.0.2.7" == peer_group("192.0.2.7")
     assert peer_group("fe80::1%eth0") == peer_group("fe80::2")
     assert peer_group("?") == "?"
-
-
-def test_integrity_limit():
-    limit = IntegrityLimit(3)
-    assert not limit.record(3) and not limit.exceeded
-    assert limit.record() and limit.exceeded
 
 
 # -- a real server ---------------------------------------------------------------------------

@@ -13,11 +13,11 @@ origin, e.g. ``loop.time()``), so they are deterministic in tests.
   connection has refused calls past its threshold and must be closed.
 - :class:`PeerBudget`: a bounded table of buckets keyed by peer, e.g. the
   handshake-rate budget of a server.
-- :class:`IntegrityLimit`: records that fail to authenticate, counted per
-  session; past the limit the session must close (the idea of RFC 9001's
-  integrity limit, with a limit far below the AEAD's forgery bound).
 - :func:`peer_group`: the key a per-peer budget uses for an address (IPv6
   peers grouped by /64, since one host usually owns a whole /64).
+
+Records that fail to authenticate are counted by the session itself
+(:data:`rolewire.session.INTEGRITY_LIMIT`), which closes past the limit.
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ from rolewire.errors import ConfigurationError
 
 __all__ = [
     "CallGuard",
-    "IntegrityLimit",
     "PeerBudget",
     "TokenBucket",
     "peer_group",
@@ -164,34 +163,6 @@ class PeerBudget:
         if excess > 0:
             for key in list(self._buckets)[:excess]:
                 del self._buckets[key]
-
-
-class IntegrityLimit:
-    """Records that failed to authenticate, counted per session.
-
-    Every forged record is a forgery attempt against the session's AEAD key;
-    RFC 9001 (section 6.6) closes a QUIC connection once such failures pass
-    the AEAD's integrity limit. A legitimate peer over a reliable transport
-    produces none, so the default here is far below any cryptographic bound
-    (100): past it the session is closed, whatever the attacker's pacing.
-    """
-
-    __slots__ = ("failures", "limit")
-
-    def __init__(self, limit: int = 100) -> None:
-        if limit < 0:
-            raise ConfigurationError("the integrity limit must be >= 0")
-        self.limit = limit
-        self.failures = 0
-
-    def record(self, failures: int = 1) -> bool:
-        """Count ``failures`` more; True once the limit is exceeded."""
-        self.failures += failures
-        return self.failures > self.limit
-
-    @property
-    def exceeded(self) -> bool:
-        return self.failures > self.limit
 
 
 def peer_group(host: str) -> str:

@@ -303,11 +303,10 @@ class RecordConnection:
                 # One native call: messages grouped into CONTAINER records (TCP
                 # is ordered) and sealed straight into the frames written.
                 session = self.session
-                session.before_send()
+                session.before_send(len(messages))
                 data, sealed, _flags = seal_frames(session.record_layer, messages,
                                                    self._container_max)
-                session.counters.records_sealed += sealed
-                session.counters.bytes_sealed += sum(map(len, messages))
+                session.count_sealed(sealed, sum(map(len, messages)))
         except RolewireError as exc:  # KeyExhausted, RecordLayerClosed
             self.fail(exc)
             return

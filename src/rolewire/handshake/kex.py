@@ -25,10 +25,25 @@ import hmac
 from cryptography.hazmat.primitives.asymmetric import x448, x25519
 from cryptography.hazmat.primitives.asymmetric.mlkem import MLKEM768PrivateKey, MLKEM768PublicKey
 
+from rolewire import entropy
 from rolewire.errors import InvalidKeyShare
 from rolewire.handshake.suites import MLKEM768_CT_SIZE, MLKEM768_EK_SIZE, KexGroup
 
-__all__ = ["InitiatorShare", "responder_exchange"]
+__all__ = ["LABEL_HYBRID", "InitiatorShare", "hybrid_ikm", "responder_exchange"]
+
+#: The last input of the hybrid combiner (docs/PROTOCOL.md, "Transcript
+#: hash and key schedule", step 3).
+LABEL_HYBRID = b"rolewire/2 hybrid"
+
+
+def hybrid_ikm(ss_mlkem: bytes, ss_ecdh: bytes, ecdh_public_r: bytes,
+               ecdh_public_i: bytes) -> bytes:
+    """The input keying material of MixKey, X-Wing style: both shared
+    secrets, then the ECDH public values (the responder's, then the
+    initiator's), then a label. ML-KEM binds its own key and ciphertext
+    (its shared secret depends on both); ECDH does not, so its public values
+    go into the KDF input itself rather than only into the transcript."""
+    return ss_mlkem + ss_ecdh + ecdh_public_r + ecdh_public_i + LABEL_HYBRID
 
 _ZERO56 = bytes(56)
 _ZERO32 = bytes(32)
@@ -36,8 +51,8 @@ _ZERO32 = bytes(32)
 
 def _ecdh_types(group: KexGroup):  # type: ignore[no-untyped-def]
     if group is KexGroup.X448_MLKEM768:
-        return x448.X448PrivateKey, x448.X448PublicKey, _ZERO56
-    return x25519.X25519PrivateKey, x25519.X25519PublicKey, _ZERO32
+        return "x448", x448.X448PublicKey, _ZERO56
+    return "x25519", x25519.X25519PublicKey, _ZERO32
 
 
 def _ecdh(private, peer_public: bytes, group: KexGroup) -> bytes:  # type: ignore[no-untyped-def]
@@ -59,10 +74,10 @@ class InitiatorShare:
     __slots__ = ("_ecdh", "_kem", "ecdh_public", "group", "mlkem_ek")
 
     def __init__(self, group: KexGroup) -> None:
-        priv_type, _, _ = _ecdh_types(group)
+        curve, _, _ = _ecdh_types(group)
         self.group = group
-        self._ecdh = priv_type.generate()
-        self._kem = MLKEM768PrivateKey.generate()
+        self._ecdh = entropy.ecdh_private(curve)
+        self._kem: MLKEM768PrivateKey | None = entropy.mlkem_private()
         self.ecdh_public: bytes = self._ecdh.public_key().public_bytes_raw()
         self.mlkem_ek: bytes = self._kem.public_key().public_bytes_raw()
 
@@ -77,7 +92,9 @@ class InitiatorShare:
         except ValueError:
             raise InvalidKeyShare("invalid ML-KEM ciphertext") from None
         ss_x = _ecdh(self._ecdh, peer_ecdh, self.group)
-        self._kem = self._ecdh = None  # type: ignore[assignment]  # used once, then dropped
+        # used once, then dropped
+        self._kem = None
+        self._ecdh = None
         return ss_m, ss_x
 
 
@@ -93,8 +110,8 @@ def responder_exchange(group: KexGroup, peer_ecdh: bytes, peer_ek: bytes
         ek = MLKEM768PublicKey.from_public_bytes(peer_ek)  # FIPS 203 §7.2 checks
     except ValueError:
         raise InvalidKeyShare("invalid ML-KEM encapsulation key") from None
-    priv_type, _, _ = _ecdh_types(group)
-    mine = priv_type.generate()
+    curve, _, _ = _ecdh_types(group)
+    mine = entropy.ecdh_private(curve)
     ss_x = _ecdh(mine, peer_ecdh, group)
-    ss_m, ct = ek.encapsulate()
+    ss_m, ct = entropy.mlkem_encapsulate(ek, peer_ek)
     return mine.public_key().public_bytes_raw(), ct, ss_m, ss_x

@@ -34,11 +34,10 @@ import collections
 import dataclasses
 import enum
 import logging
-import os
 from collections.abc import Hashable
 from typing import Any
 
-from rolewire import errors
+from rolewire import entropy, errors
 from rolewire.errors import (
     HandshakeError,
     HandshakeInternalError,
@@ -56,7 +55,7 @@ from rolewire.errors import (
 from rolewire.handshake.config import HandshakeConfig
 from rolewire.handshake.cookie import CookieChecker
 from rolewire.handshake.events import NEED_DATA, Event, HandshakeComplete, HandshakeFailed
-from rolewire.handshake.kex import InitiatorShare, responder_exchange
+from rolewire.handshake.kex import InitiatorShare, hybrid_ikm, responder_exchange
 from rolewire.handshake.limiter import HandshakeLimiter, HandshakeSlot
 from rolewire.handshake.messages import (
     FRAME_HEADER_SIZE,
@@ -475,7 +474,7 @@ class Initiator(Handshake):
 
     def __init__(self, config: HandshakeConfig, *, peer: Hashable = None) -> None:
         super().__init__(config, peer=peer)
-        self._random = os.urandom(RANDOM_SIZE)
+        self._random = entropy.random_bytes(RANDOM_SIZE, "initiator random")
         self._retried = False
         self._cookie: bytes | None = None
         self._responder_authenticated = False
@@ -503,7 +502,7 @@ class Initiator(Handshake):
                 f"at most {MAX_PASSWORD_SLOTS} password roles per initiator")
         # Padding: random hints and dummy J-PAKE slots look like real ones.
         while len(hints) < _bucket(len(hints), MIN_HINT_BUCKET, MAX_ROLES):
-            hints.append(os.urandom(HINT_SIZE))
+            hints.append(entropy.random_bytes(HINT_SIZE, "padding hint"))
             self._offered.append(None)
         self._hints = tuple(hints)
         n_slots = _bucket(len(passwords), 0, MAX_PASSWORD_SLOTS)
@@ -589,7 +588,7 @@ class Initiator(Handshake):
         self._suite = suite
         self._ss.mix_hash(bytes((MsgType.RESPONDER_HELLO,)) + rh.clear())
         ss_mlkem, ss_ecdh = self._share.finish(rh.ecdh_public, rh.mlkem_ct)
-        self._ss.mix_key(ss_mlkem + ss_ecdh)
+        self._ss.mix_key(hybrid_ikm(ss_mlkem, ss_ecdh, rh.ecdh_public, self._share.ecdh_public))
         entries, rounds1 = parse_role_data(self._decrypt(rh.data_ct))
         h_responder = self._ss.h
         proofs = {p.index: p.proof for p in parse_proofs(self._decrypt(rh.proof_ct))}
@@ -638,7 +637,7 @@ class Initiator(Handshake):
             slot.my_round2 = slot.exchange.round2(round1)
             pw_role = slot.exchange.role
             hint = (password_hint(pw_role.role_id, h_slots, slot.index) if pw_role is not None
-                    else os.urandom(HINT_SIZE))
+                    else entropy.random_bytes(HINT_SIZE, "padding slot hint"))
             slot_data.append(hint + slot.my_round2)
 
         # Message 3: our entries and proofs. Certificate chains and signatures
@@ -907,11 +906,12 @@ class Responder(Handshake):
                     data = encode_chain(role.chain_der)
             entries.append(RoleEntry(match.index, _my_flags(role), data))
 
-        random = os.urandom(RANDOM_SIZE)
+        random = entropy.random_bytes(RANDOM_SIZE, "responder random")
         rh_clear = ResponderHello(PROTOCOL_VERSION, random, int(suite), ecdh_public, mlkem_ct,
                                   b"", b"")
         self._ss.mix_hash(bytes((MsgType.RESPONDER_HELLO,)) + rh_clear.clear())
-        self._ss.mix_key(ss_mlkem + ss_ecdh)
+        self._ss.mix_key(hybrid_ikm(ss_mlkem, ss_ecdh, ecdh_public,
+                                    hello.share[:group.ecdh_size]))
         data_ct = self._encrypt(encode_role_data(entries, rounds1))
         h_responder = self._ss.h
         proofs = []

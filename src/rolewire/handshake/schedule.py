@@ -29,6 +29,7 @@ import struct
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
+from rolewire import entropy
 from rolewire.errors import HandshakeDecryptError, HandshakeStateError
 
 __all__ = [
@@ -90,12 +91,14 @@ class SymmetricState:
 
     def mix_hash(self, data: bytes) -> None:
         self.h = _blake2b(self.h + data).digest()
+        entropy.trace("mix_hash", data=data, h=self.h)
 
     def mix_key(self, ikm: bytes) -> None:
         """Mixes ``ikm`` into ``ck`` and derives the handshake key ``k``."""
         self.ck, k = hkdf(self.ck, ikm, (LABEL_CK, LABEL_HS_KEY))
         self._aead = ChaCha20Poly1305(k[:32])
         self._n = 0
+        entropy.trace("mix_key", ikm=ikm, ck=self.ck, k=k[:32])
 
     @property
     def has_key(self) -> bool:
@@ -105,6 +108,7 @@ class SymmetricState:
         if self._aead is None:
             raise HandshakeStateError("no handshake key yet")
         ct = self._aead.encrypt(_NONCE.pack(self._n), plaintext, self.h)
+        entropy.trace("encrypt_and_hash", n=self._n, plaintext=plaintext, ciphertext=ct)
         self._n += 1
         self.mix_hash(ct)
         return ct
@@ -117,6 +121,7 @@ class SymmetricState:
         except InvalidTag:
             raise HandshakeDecryptError(
                 "encrypted handshake message did not authenticate") from None
+        entropy.trace("decrypt_and_hash", n=self._n, plaintext=pt, ciphertext=ciphertext)
         self._n += 1
         self.mix_hash(ciphertext)
         return pt
@@ -127,6 +132,8 @@ class SymmetricState:
         ``k`` (``h`` stays for channel binding)."""
         k1, v1, k2, v2 = hkdf(self.ck, self.h,
                               (LABEL_I2R_KEY, LABEL_I2R_IV, LABEL_R2I_KEY, LABEL_R2I_IV))
+        entropy.trace("split", ck=self.ck, h=self.h, i2r_key=k1[:32], i2r_iv=v1[:iv_size],
+                      r2i_key=k2[:32], r2i_iv=v2[:iv_size])
         self.ck = b""
         self._aead = None
         return k1[:32], v1[:iv_size], k2[:32], v2[:iv_size]

@@ -85,13 +85,13 @@ from rolewire.protocol.events import (
     Rehandshaked,
     ReplyReceived,
 )
+from rolewire.protocol.fastpath import seal_frames
 from rolewire.protocol.rehandshake import (
     DEFAULT_REHANDSHAKE_INTERVAL,
     DEFAULT_REHANDSHAKE_RECORDS,
     Rehandshake,
     RehandshakeComplete,
 )
-from rolewire.protocol.fastpath import seal_frames
 from rolewire.protocol.wire import (
     NO_METADATA,
     PING_OPERATION,
@@ -1005,11 +1005,11 @@ class Connection:
                 # Ordered transport: one native call seals the messages into
                 # CONTAINER records, straight into the frames written
                 # (protocol.fastpath; docs/PROTOCOL.md, "Containers").
-                session.before_send()
+                # Containers make fewer records; the policy sees the most.
+                session.before_send(len(messages))
                 data, sealed, _ = seal_frames(session.record_layer, messages,
                                               self._container_max)
-                session.counters.records_sealed += sealed
-                session.counters.bytes_sealed += sum(map(len, messages))
+                session.count_sealed(sealed, sum(map(len, messages)))
                 self._wire.append(data)
                 records = None
             else:

@@ -66,6 +66,7 @@ from cryptography.x509.verification import (
     VerificationError,
 )
 
+from rolewire import entropy
 from rolewire.errors import CertificateRejected, ConfigurationError, RoleProofInvalid
 from rolewire.roles.base import Direction, Role, RoleKind, proof_input
 
@@ -117,7 +118,8 @@ def _check_public_key(key: Any, where: str) -> None:
 
 def _sign(key: PrivateKey, data: bytes) -> bytes:
     if isinstance(key, ec.EllipticCurvePrivateKey):
-        return key.sign(data, ec.ECDSA(_CURVE_HASH[key.curve.name]()))
+        return key.sign(data, ec.ECDSA(_CURVE_HASH[key.curve.name](),
+                                       deterministic_signing=entropy.deterministic_signatures()))
     return key.sign(data, _PSS, hashes.SHA256())
 
 

@@ -101,12 +101,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 from typing import Final
 
 from nacl import bindings as _na
 from nacl.exceptions import CryptoError as _CryptoError
 
+from rolewire import entropy
 from rolewire.errors import ConfigurationError, InvalidKeyShare
 
 __all__ = [
@@ -177,7 +177,7 @@ def _hash_to_scalar(person: bytes, data: bytes) -> bytes:
 def _random_scalar() -> bytes:
     """Uniform in [1, L): 64 random bytes reduced mod L (bias < 2^-259)."""
     while True:
-        k = _na.crypto_core_ed25519_scalar_reduce(os.urandom(64))
+        k = _na.crypto_core_ed25519_scalar_reduce(entropy.random_bytes(64, "jpake scalar"))
         if k != _ZERO_SCALAR:
             return k
 
@@ -448,6 +448,7 @@ class JPake:
             r2s = (peer_round2, self._my_r2)
         material = hashlib.blake2b(_lp16(k, *ids, self._context, *r1s, *r2s),
                                    digest_size=MATERIAL_SIZE, person=_PERSON_KEY).digest()
+        entropy.trace("jpake_key", K=k, m=material)
         del k
         self._state = _DONE
         return material

@@ -37,6 +37,7 @@ import threading
 import time
 from collections.abc import Callable, Hashable
 
+from rolewire import entropy
 from rolewire.errors import ConfigurationError, PasswordAttemptsExceeded, RoleProofInvalid
 from rolewire.roles.base import Direction, Role, RoleKind, proof_input
 from rolewire.roles.budget import (
@@ -359,14 +360,16 @@ class PasswordExchange:
         if deferred:
             password = None
         else:
-            password = role._password if role is not None else os.urandom(32)
+            password = (role._password if role is not None
+                        else entropy.random_bytes(32, "padding slot password"))
         self._jpake = JPake(password, my_id=my_id, peer_id=peer_id, context=context)
         self._key: bytes | None = None
 
     def assign(self, role: PasswordRole | None) -> None:
         """The responder's side: the slot names ``role`` (None: a dummy)."""
         self.role = role
-        self._jpake.set_password(role._password if role is not None else os.urandom(32))
+        self._jpake.set_password(role._password if role is not None
+                                 else entropy.random_bytes(32, "padding slot password"))
 
     def round1(self) -> bytes:
         return self._jpake.round1()
@@ -388,7 +391,7 @@ class PasswordExchange:
     def prove(self, direction: Direction, h: bytes) -> bytes:
         """Our confirmation MAC; random bytes for a slot without a role."""
         if self.role is None:
-            return os.urandom(PASSWORD_PROOF_SIZE)
+            return entropy.random_bytes(PASSWORD_PROOF_SIZE, "padding slot proof")
         return self._mac(direction, h)
 
     def verify(self, direction: Direction, h: bytes, proof: bytes) -> None:
