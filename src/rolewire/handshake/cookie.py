@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 import threading
 from collections.abc import Hashable
 
+from rolewire import entropy
 from rolewire.errors import ConfigurationError
 
 __all__ = ["COOKIE_SIZE", "CookieChecker", "cookie_mac"]
@@ -48,7 +48,7 @@ class CookieChecker:
         if rotation <= 0:
             raise ConfigurationError("cookie rotation must be > 0 seconds")
         self.rotation = rotation
-        self._secret = os.urandom(_SECRET_SIZE)
+        self._secret = entropy.random_bytes(_SECRET_SIZE, "cookie secret")
         self._previous: bytes | None = None
         self._rotated: float | None = None
         self._lock = threading.Lock()
@@ -62,7 +62,7 @@ class CookieChecker:
                 # One period later the current secret becomes the previous one;
                 # two periods later nothing made before is valid.
                 self._previous = self._secret if elapsed < 2 * self.rotation else None
-                self._secret = os.urandom(_SECRET_SIZE)
+                self._secret = entropy.random_bytes(_SECRET_SIZE, "cookie secret")
                 self._rotated = now
             return self._secret, self._previous
 
