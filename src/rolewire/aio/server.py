@@ -37,7 +37,13 @@ from rolewire.errors import (
     ReplayDetected,
     TooManyHandshakes,
 )
-from rolewire.handshake import HandshakeConfig, HandshakeLimiter, Responder, busy_reject
+from rolewire.handshake import (
+    CookieChecker,
+    HandshakeConfig,
+    HandshakeLimiter,
+    Responder,
+    busy_reject,
+)
 from rolewire.handshake.limiter import HandshakeSlot
 from rolewire.handshake.messages import Reject
 from rolewire.handshake.reasons import RejectReason
@@ -52,7 +58,7 @@ from rolewire.protocol.wire import (
     encode_frame,
     error_message,
 )
-from rolewire.services import Service, audit_log
+from rolewire.services import CallContext, Refusal, Service, audit_log
 from rolewire.session import Session
 
 if TYPE_CHECKING:
@@ -121,6 +127,9 @@ class _ServerConnection(RecordConnection):
         self._inflight = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._backlog: deque[CallMessage] = deque()
+        #: operation name -> (Operation, shared CallContext) of notifications
+        #: this connection may send (see _cache_notify).
+        self._notify_fast: dict[str, tuple[Any, CallContext]] = {}
         self._room = asyncio.Event()
         self._room.set()
         self._idle_event = asyncio.Event()  # set when nothing is in flight
@@ -283,6 +292,21 @@ class _ServerConnection(RecordConnection):
             self.log_closed(self._close_reason)
             self.session.close()
 
+    def _cache_notify(self, name: str, state: object) -> None:
+        """Remember an operation's permission and shared context for this
+        connection's notifications, if nothing beyond roles is checked per
+        call (no end-user or signature requirement)."""
+        service = self._service
+        operation = service.operations.get(name)
+        roles = self.session.peer_roles
+        if operation is None or not operation.permits(roles) or \
+                service.needs_call_checks(operation):
+            return
+        context = service.call_context(operation, roles, self.peer, 0,
+                                       state=state)  # type: ignore[arg-type]
+        if isinstance(context, CallContext):
+            self._notify_fast[name] = (operation, context)
+
     async def _process(self, frames: list[Frame]) -> None:
         records = []
         for kind, payload in frames:
@@ -301,17 +325,29 @@ class _ServerConnection(RecordConnection):
         messages: Iterable[CallMessage] = map(decode, self.open_records(records))
         if state.admit is not None:  # signed calls wait until their batch verifies
             messages = state.admit(messages)
+        fast = self._notify_fast
+        invoke = service.invoke
         for message in messages:
             call_type = message.type
             if call_type is MessageType.NOTIFY:
                 stats.notifications += 1
                 if self._closing:
                     continue
+                cached = None if message.metadata else fast.get(message.operation)
+                if cached is not None:
+                    # Notification fast path: permission and context cached
+                    # for this connection (its peer roles are fixed).
+                    done = invoke(cached[0], cached[1], message.body)
+                    if done is not None and not isinstance(done, (bytes, Refusal)):
+                        await done
+                    continue
                 done = dispatch_nowait(message, roles, peer, guard, now, state)
                 if done is not None and not isinstance(done, CallMessage):
                     await done
                 if guard.refused != self._refused_seen:
                     self._check_guard()
+                elif not message.metadata and len(fast) < 256:
+                    self._cache_notify(message.operation, state)
             elif call_type is MessageType.REQUEST:
                 stats.requests += 1
                 if self._closing:
@@ -476,6 +512,11 @@ class Server:
             limiter = HandshakeLimiter(max_pending=pending,
                                        max_per_peer=min(pending, max_pending_per_peer))
         self.limiter = limiter
+        #: Stateless cookie round trip (docs/PROTOCOL.md, "Cookie"): with more
+        #: than ``cookie_load`` handshakes pending, a Hello must echo a cookie
+        #: for its address before the responder computes anything.
+        self.cookies = CookieChecker()
+        self.cookie_load = max(1, limiter.max_pending // 2)
         #: Handshakes one address may start: (per second, burst); None: no bound.
         self.handshake_rate = handshake_rate
         self._handshake_budget = (PeerBudget(*handshake_rate)
@@ -734,7 +775,8 @@ class Server:
             peername = writer.get_extra_info("peername")
             span = telemetry.start_handshake(host, peername[1] if peername else None)
         try:
-            hs = Responder(self.config, peer=host)
+            hs = Responder(self.config, peer=host, cookies=self.cookies,
+                           under_load=self.limiter.pending > self.cookie_load)
             event, leftover = await run_handshake(
                 hs, reader, writer, decoder, timeout=self.handshake_timeout, first_data=first,
                 max_pending_frame=self.config.max_message_size + 5)  # + length, kind
