@@ -62,6 +62,7 @@ from rolewire.errors import (
 )
 from rolewire.handshake import (
     NEED_DATA,
+    CookieChecker,
     HandshakeComplete,
     HandshakeConfig,
     HandshakeFailed,
@@ -272,7 +273,8 @@ class Connection:
     def __init__(self, config: HandshakeConfig, *, client: bool, now: float,
                  service: Authorizer | None = None, peer: str = "",
                  handshake_peer: object = None, settings: ConnectionSettings | None = None,
-                 framing: str = "stream", logger: logging.Logger | None = None) -> None:
+                 framing: str = "stream", logger: logging.Logger | None = None,
+                 cookies: CookieChecker | None = None, under_load: bool = False) -> None:
         if not isinstance(config, HandshakeConfig):
             raise ConfigurationError("config must be a HandshakeConfig")
         if framing not in ("stream", "message"):
@@ -301,7 +303,8 @@ class Connection:
         self._hs_peer = hs_peer
         self._rehandshake: Rehandshake | None = None
         self._hs: Initiator | Responder | None = (
-            Initiator(driven, peer=hs_peer) if client else Responder(driven, peer=hs_peer))
+            Initiator(driven, peer=hs_peer) if client else
+            Responder(driven, peer=hs_peer, cookies=cookies, under_load=under_load))
         self.session: Session | None = None
         self._peer_roles: frozenset[str] = frozenset()
         self._events: deque[Event] = deque()
@@ -360,12 +363,15 @@ class Connection:
     def server(cls, config: HandshakeConfig, service: Authorizer, *, now: float,
                peer: str = "", handshake_peer: object = None,
                settings: ConnectionSettings | None = None, framing: str = "stream",
-               logger: logging.Logger | None = None) -> Connection:
+               logger: logging.Logger | None = None, cookies: CookieChecker | None = None,
+               under_load: bool = False) -> Connection:
         """The responder's side, serving ``service`` (its
-        :meth:`~rolewire.services.Service.authorize` decides every call)."""
+        :meth:`~rolewire.services.Service.authorize` decides every call).
+        ``cookies``/``under_load``: the stateless cookie round trip
+        (docs/PROTOCOL.md, "Cookie") is demanded when ``under_load``."""
         return cls(config, client=False, now=now, service=service, peer=peer,
                    handshake_peer=handshake_peer, settings=settings, framing=framing,
-                   logger=logger)
+                   logger=logger, cookies=cookies, under_load=under_load)
 
     def _clock(self) -> float:
         return self._now
@@ -399,6 +405,14 @@ class Connection:
     def peer_roles(self) -> frozenset[str]:
         """The roles the peer proved and this side verified."""
         return self._peer_roles
+
+    @property
+    def cached_notifications(self) -> frozenset[str]:
+        """Operations whose notifications take the fast path on this
+        connection: permission and context cached (roles checked once, the
+        peer's roles are fixed); never a forbidden one, nor one with
+        end-user or signature checks per call."""
+        return frozenset(self._notify_contexts)
 
     @property
     def pending_calls(self) -> int:
