@@ -37,7 +37,13 @@ from rolewire.errors import (
     ReplayDetected,
     TooManyHandshakes,
 )
-from rolewire.handshake import HandshakeConfig, HandshakeLimiter, Responder, busy_reject
+from rolewire.handshake import (
+    CookieChecker,
+    HandshakeConfig,
+    HandshakeLimiter,
+    Responder,
+    busy_reject,
+)
 from rolewire.handshake.limiter import HandshakeSlot
 from rolewire.handshake.messages import Reject
 from rolewire.handshake.reasons import RejectReason
@@ -506,6 +512,11 @@ class Server:
             limiter = HandshakeLimiter(max_pending=pending,
                                        max_per_peer=min(pending, max_pending_per_peer))
         self.limiter = limiter
+        #: Stateless cookie round trip (docs/PROTOCOL.md, "Cookie"): with more
+        #: than ``cookie_load`` handshakes pending, a Hello must echo a cookie
+        #: for its address before the responder computes anything.
+        self.cookies = CookieChecker()
+        self.cookie_load = max(1, limiter.max_pending // 2)
         #: Handshakes one address may start: (per second, burst); None: no bound.
         self.handshake_rate = handshake_rate
         self._handshake_budget = (PeerBudget(*handshake_rate)
@@ -764,7 +775,8 @@ class Server:
             peername = writer.get_extra_info("peername")
             span = telemetry.start_handshake(host, peername[1] if peername else None)
         try:
-            hs = Responder(self.config, peer=host)
+            hs = Responder(self.config, peer=host, cookies=self.cookies,
+                           under_load=self.limiter.pending > self.cookie_load)
             event, leftover = await run_handshake(
                 hs, reader, writer, decoder, timeout=self.handshake_timeout, first_data=first,
                 max_pending_frame=self.config.max_message_size + 5)  # + length, kind
