@@ -7,9 +7,13 @@ import ast
 import re
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.skipif(not (ROOT / "SECURITY.md").exists(),
+                    reason="tests run outside the source tree (wheel test)")
 def test_every_test_named_in_the_threat_model_exists():
     text = (ROOT / "SECURITY.md").read_text(encoding="utf-8")
     model = text[text.index("## Threat model"):]
