@@ -32,7 +32,8 @@ FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.DOTALL | re.MULTILINE)
 # A block may be preceded by a hidden setup (names it uses but does not
 # define, e.g. a Service), run first in the same interpreter:
 #   <!-- setup (...):\n code \n-->
-SETUP = re.compile(r"<!-- setup[^\n]*\n(.*?)-->\n\Z", re.DOTALL)
+# (the nearest such comment: another block's setup may lie in the window)
+SETUP = re.compile(r"<!-- setup[^\n]*\n((?:(?!<!-- setup).)*?)-->\n\Z", re.DOTALL)
 CODE_LANGS = {"python", "sh", "toml", "json"}
 NOT_EXECUTED = {"", "text", "nginx"}
 

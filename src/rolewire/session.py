@@ -394,12 +394,21 @@ class Session:
         self.counters.bytes_sealed += len(record) - self.overhead
         return record
 
-    def before_send(self) -> None:
-        """Apply the rekeying policy now (ratchet if a trigger fired). For
-        callers that seal through :attr:`record_layer` directly, as the
-        native fast path does (:func:`rolewire.protocol.fastpath.seal_frames`);
-        they count what they sealed in :attr:`counters`."""
-        self._before_send()
+    def before_send(self, records: int = 1) -> None:
+        """Apply the rekeying policy now, for ``records`` records about to be
+        sealed (ratchet if a trigger fired). For callers that seal through
+        :attr:`record_layer` directly, as the native fast path does
+        (:func:`rolewire.protocol.fastpath.seal_frames`); they report what
+        they sealed with :meth:`count_sealed`."""
+        self._before_send(records)
+
+    def count_sealed(self, records: int, plaintext_bytes: int) -> None:
+        """Account for records sealed through :attr:`record_layer` directly
+        (see :meth:`before_send`): counters and the generation's record count
+        that re-handshake triggers read."""
+        self._generation_sealed += records
+        self.counters.records_sealed += records
+        self.counters.bytes_sealed += plaintext_bytes
 
     def seal_many(self, messages: Iterable[Buffer]) -> list[bytes]:
         """Seal several messages in one native call."""

@@ -1050,11 +1050,11 @@ class Connection:
                 # Ordered transport: one native call seals the messages into
                 # CONTAINER records, straight into the frames written
                 # (protocol.fastpath; docs/PROTOCOL.md, "Containers").
-                session.before_send()
+                # Containers make fewer records; the policy sees the most.
+                session.before_send(len(messages))
                 data, sealed, _ = seal_frames(session.record_layer, messages,
                                               self._container_max)
-                session.counters.records_sealed += sealed
-                session.counters.bytes_sealed += sum(map(len, messages))
+                session.count_sealed(sealed, sum(map(len, messages)))
                 self._wire.append(data)
                 self._wire_bytes += len(data)
                 records = None
