@@ -156,7 +156,7 @@ def test_batch_signs_once_and_verifies(algorithm):
     assert [m.call_id for m in released] == list(range(1, 11))
     proof = released[3].metadata.evidence
     assert isinstance(released[3].metadata, VerifiedMetadata) and isinstance(proof, SignedCall)
-    assert (proof.role, proof.signer, proof.index, proof.count) == \
+    assert (proof.role, proof.signer, proof.position, proof.batch_size) == \
         ("payment", "CN=user-api", 3, 10)
     assert proof.end_user_digest == hashlib.sha256(b"alice.token.x").digest()
     assert v.verified == 1 and v.refused == 0
@@ -301,6 +301,21 @@ def test_log_verifies(logged):
     assert all(p.body_verified for p in proven)
 
 
+def test_log_without_bodies(tmp_path):
+    batcher = BatchSigner(SIGNERS["ed25519"], TH)
+    calls = make_calls(batcher, 3)
+    with AuditLog(tmp_path / "nb.db", store_bodies=False) as log:
+        v = verifier(record=log.recorder(TH))
+        for call in calls:
+            v.receive(call)
+        [body] = batcher.close()
+        v.receive(CallMessage(MessageType.SIGNED_BATCH, 0, "", body))
+    proven = verify(tmp_path / "nb.db", {"payment": [CA.certificate]})
+    assert [p.body_verified for p in proven] == [False] * 3
+    assert proven[1].body_sha256 == hashlib.sha256(b"order-1").hexdigest()
+    assert b"order-1" not in (tmp_path / "nb.db").read_bytes()
+
+
 def test_log_is_append_only(logged):
     db, _, _ = logged
     conn = sqlite3.connect(db)
@@ -346,7 +361,6 @@ def test_edited_row_with_rewritten_chain_detected(logged):
     target = next(r for r in all_rows if r[1] == "call")
     data = json.loads(target[2])
     data[CALL_FIELDS.index("body")] = base64.b64encode(b"order-999").decode()
-    data[CALL_FIELDS.index("body_sha256")] = hashlib.sha256(b"order-999").hexdigest()
     statements = []
     prev = bytes(all_rows[target[0] - 2][4]) if target[0] > 1 else bytes(32)
     for seq, kind, payload, _, _ in all_rows[target[0] - 1:]:

@@ -303,3 +303,30 @@ def test_prometheus_collector_on_a_private_registry():
     assert 'rolewire_notifications_total{service="shop"} 50.0' in text
     assert not any(name.startswith("rolewire") for name in
                    prometheus_client.REGISTRY._names_to_collectors)
+
+
+def test_trace_context_travels_in_call_metadata():
+    """A caller's span is the parent of the server's request span (W3C
+    traceparent in metadata ``rw-traceparent``): one trace across hops."""
+    tel, _, exporter = telemetry()
+
+    async def main():
+        async with (
+            serve(make_service(), SERVER_CFG, telemetry=tel) as server,
+            connect("127.0.0.1", server.port, CLIENT_CFG) as channel,
+        ):
+            tel.instrument(channel)
+            with tel.tracer.start_as_current_span("caller") as parent:
+                assert await channel.call("echo", b"traced") == b"traced"
+            assert await channel.call("echo", b"untraced") == b"untraced"
+            return parent.get_span_context()
+
+    try:
+        parent = asyncio.run(asyncio.wait_for(main(), 60))
+    finally:
+        tel.close()
+    echoes = [s for s in exporter.get_finished_spans() if s.name == "shop/echo"]
+    traced, untraced = echoes
+    assert traced.context.trace_id == parent.trace_id
+    assert traced.parent is not None and traced.parent.span_id == parent.span_id
+    assert untraced.context.trace_id != parent.trace_id  # no current span: a new trace

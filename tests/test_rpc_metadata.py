@@ -90,6 +90,10 @@ def test_malformed_sections_are_refused(section):
         decode(_flagged(section, b"body"))
     with pytest.raises(ProtocolViolation):
         CallDecoder().decode(_flagged(section, b"body"))
+    warm = CallDecoder()  # the operation name cached: the fast path refuses alike
+    warm.decode(encode(CallMessage(MessageType.REQUEST, 1, "op", b"", {"a": b"1"})))
+    with pytest.raises(ProtocolViolation):
+        warm.decode(_flagged(section, b"body"))
 
 
 def test_too_many_entries_and_bad_keys_refused_on_encode():

@@ -52,6 +52,14 @@ controlled, so it is reported as ``rpc.method = "_OTHER"``.
 Spans: ``rolewire.handshake`` (kind SERVER) per handshake and
 ``<service>/<operation>`` (kind SERVER) per request, the current span while
 its handler runs.
+
+Trace context across calls: :meth:`Telemetry.instrument` adds an outgoing
+hook to a :class:`~rolewire.aio.Channel` that sends the caller's current
+span context (W3C ``traceparent``) in the call metadata key
+``rw-traceparent``; a server with telemetry makes it the parent of the
+request's span, so a chain of services (a handler calling the next
+service) is one trace. The value is trusted no more than the peer is: it
+only links spans.
 """
 
 from __future__ import annotations
@@ -66,7 +74,11 @@ from rolewire.errors import ConfigurationError
 if TYPE_CHECKING:
     from rolewire.aio.server import ServerStats
 
-__all__ = ["Telemetry"]
+__all__ = ["TRACEPARENT_KEY", "Telemetry"]
+
+#: The call metadata key carrying the W3C ``traceparent`` (docs/PROTOCOL.md,
+#: "Call metadata").
+TRACEPARENT_KEY = "rw-traceparent"
 
 _ROLE_KINDS = {1: "key", 2: "password", 3: "certificate"}
 
@@ -231,14 +243,52 @@ class Telemetry:
                 span.set_status(self._trace.Status(self._trace.StatusCode.ERROR, reason))
             span.end()
 
+    # -- trace context -------------------------------------------------------------
+    def instrument(self, channel: Any) -> Any:
+        """Send the current span context with every call and notification
+        of ``channel`` (metadata ``rw-traceparent``); returns the channel.
+        The hook runs before any other (a signing hook then covers it)."""
+        channel.outgoing_hooks.insert(0, self._propagate)
+        return channel
+
+    def _propagate(self, channel: Any, kind: Any, call_id: int, operation: str, body: bytes,
+                   meta: Any) -> Any:
+        from opentelemetry.trace.propagation.tracecontext import (
+            TraceContextTextMapPropagator,
+        )
+
+        carrier: dict[str, str] = {}
+        TraceContextTextMapPropagator().inject(carrier)
+        value = carrier.get("traceparent")
+        if not value:
+            return meta
+        return {**meta, TRACEPARENT_KEY: value.encode("ascii")}
+
+    def _parent(self, metadata: Any) -> Any:
+        raw = metadata.get(TRACEPARENT_KEY) if metadata else None
+        if not raw:
+            return None
+        from opentelemetry.trace.propagation.tracecontext import (
+            TraceContextTextMapPropagator,
+        )
+
+        try:
+            text = bytes(raw).decode("ascii")
+        except UnicodeDecodeError:
+            return None
+        return TraceContextTextMapPropagator().extract({"traceparent": text})
+
     # -- calls ---------------------------------------------------------------------
-    def start_call(self, service: str, operation: str, known: bool, peer: str) -> Any:
-        """The span of one request (None with ``call_spans=False``)."""
+    def start_call(self, service: str, operation: str, known: bool, peer: str,
+                   metadata: Any = None) -> Any:
+        """The span of one request (None with ``call_spans=False``); its
+        parent is the caller's span if the call carried ``rw-traceparent``."""
         if not self.call_spans:
             return None
         method = operation if known else "_OTHER"
         return self.tracer.start_span(
-            f"{service}/{method}", kind=self._trace.SpanKind.SERVER,
+            f"{service}/{method}", context=self._parent(metadata),
+            kind=self._trace.SpanKind.SERVER,
             attributes={"rpc.system": "rolewire", "rpc.service": service,
                         "rpc.method": method, "network.peer.address": peer.rsplit(":", 1)[0]})
 

@@ -260,7 +260,8 @@ class _ServerConnection:
         assert telemetry is not None
         service = self._service
         name = event.operation.name
-        span = telemetry.start_call(service.name, name, True, self.peer)
+        span = telemetry.start_call(service.name, name, True, self.peer,
+                                    event.context.metadata)
         started = self._loop.time()
         result: bytes | Refusal | None = None
         try:

@@ -20,6 +20,7 @@ import json
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from rolewire.errors import RolewireError
@@ -110,7 +111,7 @@ class EndUser:
     token: str = field(default="", repr=False)
     digest: bytes = field(default=b"", repr=False)
 
-    @property
+    @cached_property
     def scope(self) -> frozenset[str]:
         """The space-separated ``scope`` claim as a set."""
         value = self.claims.get("scope")

@@ -164,6 +164,18 @@ class Issuer:
         raise EndUserTokenInvalid("no key of the issuer matches the token's kid")
 
 
+class _CacheEntry:
+    """A connection's cache entry: the verified token, and the EndUser built
+    for the last (rw-act, caller roles) it came with (reused while they stay
+    the same; EndUser is immutable)."""
+
+    __slots__ = ("last", "verified")
+
+    def __init__(self, verified: _Verified) -> None:
+        self.verified = verified
+        self.last: tuple[bytes | None, frozenset[str], EndUser] | None = None
+
+
 @dataclass(frozen=True)
 class _Verified:
     claims: Mapping[str, Any]
@@ -217,8 +229,8 @@ class EndUserVerifier:
             unverified = pyjwt.decode(token, options={"verify_signature": False})
         except pyjwt.PyJWTError:
             raise EndUserTokenInvalid("end-user token is not a well-formed JWS") from None
-        issuer = self.issuers.get(unverified.get("iss")) \
-            if isinstance(unverified.get("iss"), str) else None
+        iss = unverified.get("iss")
+        issuer = self.issuers.get(iss) if isinstance(iss, str) else None
         if issuer is None:
             raise EndUserUnknownIssuer("the end-user token's issuer is not trusted here")
         key = issuer.key_for(header.get("kid"))
@@ -272,14 +284,26 @@ class EndUserVerifier:
         if not isinstance(token, str):
             raise EndUserTokenInvalid("end-user token is not text")
         digest = hashlib.sha256(token.encode("ascii", "replace")).digest()
-        verified = cache.get(digest) if cache is not None else None
+        entry = cache.get(digest) if cache is not None else None
         now = self.clock()
-        if verified is None or now > verified.expires_at + self.clock_skew:
+        if entry is not None and now <= entry.verified.expires_at + self.clock_skew:
+            if entry.last is not None and entry.last[0] == act and entry.last[1] == peer_roles:
+                return entry.last[2]  # the same context as on the last call
+            verified = entry.verified
+        else:
             verified = self._verify_token(token)
+            entry = _CacheEntry(verified)
             if cache is not None:
                 if len(cache) >= CACHE_ENTRIES:
                     cache.pop(next(iter(cache)))
-                cache[digest] = verified
+                cache[digest] = entry
+        user = self._context(verified, token, digest, peer_roles, act)
+        entry.last = (act, peer_roles, user)
+        return user
+
+    def _context(self, verified: _Verified, token: str, digest: bytes,
+                 peer_roles: frozenset[str], act: bytes | None) -> EndUser:
+        """Steps 5-6 (audience, per-hop binding) and the handler's EndUser."""
         exchanged = bool(verified.act) and self.audience in verified.audiences
         if exchanged:
             latest = verified.act[0]
@@ -450,7 +474,7 @@ def _scope_of(claims: Mapping[str, Any]) -> frozenset[str]:
 
 
 def _jwk_json(public_key: Any, algorithm: str) -> str:
-    algorithms = {"RS256": pyjwt.algorithms.RSAAlgorithm,
-                  "ES256": pyjwt.algorithms.ECAlgorithm,
-                  "EdDSA": pyjwt.algorithms.OKPAlgorithm}
+    algorithms: dict[str, Any] = {"RS256": pyjwt.algorithms.RSAAlgorithm,
+                                  "ES256": pyjwt.algorithms.ECAlgorithm,
+                                  "EdDSA": pyjwt.algorithms.OKPAlgorithm}
     return str(algorithms[algorithm].to_jwk(public_key))

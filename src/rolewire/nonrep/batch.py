@@ -221,7 +221,7 @@ class BatchHead:
 class SignedCall(NamedTuple):
     """The proof attached to a verified call (``call.signed``): the role and
     signer (certificate subject) that signed, the algorithm, the call's
-    batch, position and count, the signed time, its call digest and the
+    batch, its position in it and the batch's size, the signed time, its call digest and the
     digest of its end-user token (empty: none). A named tuple: one is built
     per signed call."""
 
@@ -229,8 +229,8 @@ class SignedCall(NamedTuple):
     signer: str
     algorithm: Algorithm
     batch: int
-    index: int
-    count: int
+    position: int
+    batch_size: int
     time_ms: int
     digest: bytes
     end_user_digest: bytes = b""

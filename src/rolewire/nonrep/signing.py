@@ -246,8 +246,10 @@ def validate_chain(chain_der: Sequence[bytes], anchors: Sequence[x509.Certificat
         return SignerKey(subject, algorithm, key)
     try:
         raw = leaf.extensions.get_extension_for_oid(MLDSA65_KEY_OID).value
+        if not isinstance(raw, x509.UnrecognizedExtension):
+            raise TypeError("unexpected extension type")
         pq = mldsa.MLDSA65PublicKey.from_public_bytes(raw.value)
-    except (x509.ExtensionNotFound, ValueError, AttributeError):
+    except (x509.ExtensionNotFound, ValueError, TypeError):
         raise SignerNotTrusted("hybrid signer certificate lacks its ML-DSA-65 key") from None
     return SignerKey(subject, algorithm, key, pq)
 

@@ -411,6 +411,15 @@ class CallDecoder:
                 if op is not None:
                     return CallMessage(kind, _ID.unpack_from(plaintext, 1)[0], op,
                                        plaintext[end:])
+            elif plaintext[0] & METADATA_FLAG and len(plaintext) >= end:
+                # Metadata: the cached operation name, then the section
+                # (decode_metadata raises the same errors decode would).
+                kind = _TYPES.get(plaintext[0] & ~METADATA_FLAG)
+                op = self._ops.get(plaintext[10:end])
+                if kind is not None and op is not None:
+                    metadata, body_at = decode_metadata(plaintext, end)
+                    return CallMessage(kind, _ID.unpack_from(plaintext, 1)[0], op,
+                                       plaintext[body_at:], metadata)
         message = decode(plaintext)
         if len(self._ops) < self.CACHE_SIZE:
             self._ops[bytes(plaintext[10:10 + plaintext[9]])] = message.operation
