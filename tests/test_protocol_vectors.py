@@ -231,3 +231,46 @@ def test_known_answer_randomness_stays_in_its_context():
     with entropy.known_answer_randomness(b"seed", generate.encapsulate, insecure=True):
         assert entropy.random_bytes(16, "x") == a
     assert os.urandom(1)  # nothing patched globally
+
+
+# -- suite selection and group ids (docs/PROTOCOL.md, "Suites") --------------------
+
+
+def _hello_with_group(group: int) -> bytes:
+    from rolewire.handshake import HandshakeConfig
+    from rolewire.handshake.messages import MsgType
+    from rolewire.roles import KeyRole
+
+    hello = Initiator(HandshakeConfig(roles=[KeyRole("k", bytes(32))])).data_to_send()
+    assert hello[0] == MsgType.HELLO
+    # the group byte follows version, random, n and the n suites
+    n = hello[4 + 1 + 32]
+    offset = 4 + 1 + 32 + 1 + n
+    return hello[:offset] + bytes((group,)) + hello[offset + 1:]
+
+
+def _responder_answer(hello: bytes):
+    from rolewire.handshake import HandshakeConfig
+    from rolewire.roles import KeyRole
+
+    responder = Responder(HandshakeConfig(roles=[KeyRole("k", bytes(32))]))
+    responder.receive_data(hello)
+    return responder.next_event(), responder.data_to_send()
+
+
+def test_reserved_group_zero_is_an_illegal_parameter():
+    from rolewire.handshake import HandshakeFailed, RejectReason
+
+    event, out = _responder_answer(_hello_with_group(0))
+    assert isinstance(event, HandshakeFailed)
+    assert event.reason_code == RejectReason.ILLEGAL_PARAMETER
+    assert out == bytes((0x0F, 0, 0, 1, RejectReason.ILLEGAL_PARAMETER))
+
+
+@pytest.mark.parametrize("group", [3, 0x7F, 0xFF])
+def test_unassigned_group_gets_a_hello_retry(group):
+    from rolewire.handshake.messages import MsgType
+
+    event, out = _responder_answer(_hello_with_group(group))
+    assert event is NEED_DATA
+    assert out[0] == MsgType.HELLO_RETRY and len(out) == 4 + 2

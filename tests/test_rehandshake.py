@@ -439,3 +439,23 @@ def test_connection_malformed_control_message_fails_it():
     pair.pump()
     (failed,) = [e for e in pair.server_events if isinstance(e, Failed)]
     assert isinstance(failed.error, errors.ProtocolViolation)
+
+
+def test_connection_rehandshake_counts_records_sealed_by_the_fast_path():
+    """Batches sealed through the native container path count toward the
+    record trigger too, and the switch keeps every message."""
+    from rolewire.protocol import ConnectionSettings, Rehandshaked
+
+    settings = ConnectionSettings(rehandshake_records=40, container_bytes=64)
+    pair = _connection_pair(client_settings=settings)
+    for burst in range(10):
+        for i in range(30):
+            pair.client.notify("sink", b"burst %d message %d" % (burst, i))
+        pair.pump(5)
+    generations = [e.generation for e in pair.client_events if isinstance(e, Rehandshaked)]
+    assert generations and generations == list(range(1, len(generations) + 1))
+    assert pair.client.established and pair.server.established
+    from rolewire.protocol import Notified
+
+    bodies = [e.body for e in pair.server_events if isinstance(e, Notified)]
+    assert bodies == [b"burst %d message %d" % (b, i) for b in range(10) for i in range(30)]

@@ -118,7 +118,7 @@ class Session:
         "_clock",
         "_closed",
         "_generation",
-        "_generation_sealed",
+        "_generation_base",
         "_generation_since",
         "_gens",
         "_grace_period",
@@ -174,7 +174,9 @@ class Session:
         # Re-handshake state (rolewire.protocol.rehandshake drives it).
         self._generation = 0
         self._generation_since = self._send_key_since
-        self._generation_sealed = 0
+        # counters.records_sealed when the sending keys came from a
+        # (re)handshake (callers sealing through record_layer count there too)
+        self._generation_base = 0
         self._pending_send: RecordLayer | None = None
         self._send_cap: int | None = None
 
@@ -214,7 +216,7 @@ class Session:
     @property
     def records_in_generation(self) -> int:
         """Records sealed since the sending keys came from a (re)handshake."""
-        return self._generation_sealed
+        return self.counters.records_sealed - self._generation_base
 
     @property
     def generation_age(self) -> float:
@@ -369,7 +371,7 @@ class Session:
         self._send_cap = None
         self._send_key_since = self._generation_since = self._clock()
         self._generation += 1
-        self._generation_sealed = 0
+        self._generation_base = self.counters.records_sealed
         self.counters.extra["rehandshakes"] = self._generation
         if all(gen.layer is not old for gen in self._gens):
             old.close()
@@ -389,7 +391,6 @@ class Session:
         """Seal one message (rekeying first if a trigger fired)."""
         self._before_send()
         record = self._layer.seal(plaintext)
-        self._generation_sealed += 1
         self.counters.records_sealed += 1
         self.counters.bytes_sealed += len(record) - self.overhead
         return record
@@ -406,7 +407,6 @@ class Session:
         """Account for records sealed through :attr:`record_layer` directly
         (see :meth:`before_send`): counters and the generation's record count
         that re-handshake triggers read."""
-        self._generation_sealed += records
         self.counters.records_sealed += records
         self.counters.bytes_sealed += plaintext_bytes
 
@@ -415,7 +415,6 @@ class Session:
         batch = messages if isinstance(messages, list) else list(messages)
         self._before_send(len(batch))
         records = self._layer.seal_many(batch)
-        self._generation_sealed += len(records)
         self.counters.records_sealed += len(records)
         self.counters.bytes_sealed += sum(len(r) for r in records) - len(records) * self.overhead
         return records

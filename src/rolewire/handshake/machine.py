@@ -803,6 +803,10 @@ class Responder(Handshake):
             assert self._hello is not None
             if not self._hello.same_except_share(hello):
                 raise InvalidKeyShare("the second Hello differs from the first")
+        if hello.group == 0:
+            # Group 0 is reserved (never a group); ids 3..255 are unassigned
+            # and get a HelloRetry, so a later version can add groups.
+            raise InvalidKeyShare("key share for the reserved group 0")
         try:
             group = KexGroup(hello.group)
         except ValueError:

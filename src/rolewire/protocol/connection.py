@@ -417,6 +417,13 @@ class Connection:
         return bool(self._wire)
 
     @property
+    def cached_notifications(self) -> frozenset[str]:
+        """Operations whose notifications take the fast path (authorized once
+        for the session's fixed roles, context shared): those checked by
+        roles alone that the peer may call."""
+        return frozenset(self._notify_contexts)
+
+    @property
     def queued_bytes(self) -> int:
         """Bytes queued and not taken by :meth:`data_to_send` yet (plaintext
         not sealed yet plus records sealed and waiting)."""
