@@ -5,7 +5,7 @@
     python fuzz/fuzz_parsers.py --list
 
 PARSER is one of: hello, hello_retry, responder_hello, initiator_auth,
-responder_auth, initiator_finish, reject (``parse_message`` for that type),
+responder_auth, initiator_finish, cookie_reply, reject (``parse_message`` for that type),
 message_any (``parse_message`` with the type taken from the first byte),
 role_entries, role_data, padding, proofs, chain, frame
 (``parse_frame_header`` and ``frame``).

@@ -67,6 +67,7 @@ def _parser_seeds() -> dict[str, list[bytes]]:
         hm.Hello(2, bytes(range(32)), (1, 2, 3, 4), 1, bytes(56 + 1184), hints, slots),
         hm.Hello(2, bytes(32), (2,), 2, bytes(32 + 1184), ()),
         hm.Hello(2, bytes(32), (4, 3), 2, b"short", hints[:1], slots[:1]),
+        hm.Hello(2, bytes(32), (1,), 1, bytes(56 + 1184), hints, (), bytes(range(16))),
     ]
     responder = [
         hm.ResponderHello(1, bytes(32), suite, bytes(56 if suite in (1, 3) else 32),
@@ -81,6 +82,7 @@ def _parser_seeds() -> dict[str, list[bytes]]:
                            hm.InitiatorAuth(b"", b"").encode()[4:]],
         "responder_auth": [hm.ResponderAuth(b"d" * 40, b"p" * 48).encode()[4:],
                            hm.ResponderAuth(b"", b"").encode()[4:]],
+        "cookie_reply": [hm.CookieReply(2, bytes(range(16))).encode()[4:]],
         "initiator_finish": [hm.InitiatorFinish(b"d" * 20, b"p" * 30).encode()[4:],
                              hm.InitiatorFinish(b"", b"").encode()[4:]],
         "reject": [hm.Reject(1).encode()[4:], hm.Reject(200).encode()[4:]],
@@ -111,10 +113,28 @@ def _parser_seeds() -> dict[str, list[bytes]]:
                         (hm.MsgType.INITIATOR_AUTH, "initiator_auth"),
                         (hm.MsgType.RESPONDER_AUTH, "responder_auth"),
                         (hm.MsgType.INITIATOR_FINISH, "initiator_finish"),
+                        (hm.MsgType.COOKIE_REPLY, "cookie_reply"),
                         (hm.MsgType.REJECT, "reject"))
         for b in bodies[name]
     ]
     return bodies
+
+
+def _machine_seeds() -> list[bytes]:
+    from rolewire.handshake import HandshakeConfig, Initiator
+    from rolewire.handshake import messages as hm
+    from rolewire.roles import KeyRole
+
+    hello = Initiator(HandshakeConfig(roles=[KeyRole("k", bytes(range(32)))])).data_to_send()
+    return [
+        b"\x00" + hello,                                   # responder: a Hello
+        b"\x02" + hm.InitiatorAuth(b"x" * 300, b"y" * 40).encode(),  # after a real Hello
+        b"\x06" + hm.Reject(7).encode(),
+        b"\x01" + hm.HelloRetry(2, 2).encode(),             # initiator
+        b"\x01" + hm.CookieReply(2, bytes(16)).encode() + hm.CookieReply(2, bytes(16)).encode(),
+        b"\x05" + hm.ResponderHello(2, bytes(32), 2, bytes(32), bytes(1088), b"d" * 272,
+                                     b"p" * 272).encode(),
+    ]
 
 
 def seeds(target: str) -> list[bytes]:
@@ -122,6 +142,8 @@ def seeds(target: str) -> list[bytes]:
         return _record_seeds()
     if target == "window":
         return _window_seeds()
+    if target == "handshake_machine":
+        return _machine_seeds()
     return _parser_seeds().get(target, [])
 
 

@@ -309,9 +309,9 @@ def test_roles_per_message_bounds():
     assert len(hm.parse_message(hm.MsgType.HELLO, body).hints) == MAX_ROLES
     with pytest.raises(errors.HandshakeMessageTooLarge):
         _hello(MAX_ROLES + 1).encode()
-    too_many = body[:-(1 + hm.HINT_SIZE * MAX_ROLES + 1)]
+    too_many = body[:-(1 + hm.HINT_SIZE * MAX_ROLES + 2)]  # hints, slots, cookie
     too_many += bytes((MAX_ROLES + 1,)) + b"".join(_hint(i) for i in range(MAX_ROLES + 1))
-    too_many += b"\x00"
+    too_many += b"\x00\x00"
     with pytest.raises(errors.HandshakeMessageTooLarge):
         hm.parse_message(hm.MsgType.HELLO, too_many)
     slots = hm.Hello(2, bytes(32), (1,), 1, bytes(8), (), (bytes(192),) * hm.MAX_PASSWORD_SLOTS)

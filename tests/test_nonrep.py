@@ -568,3 +568,73 @@ def test_heads_ignored_by_a_service_without_signed_operations():
             assert await channel.call("echo", b"again") == b"again"
 
     asyncio.run(asyncio.wait_for(main(), 30))
+
+
+# --- property: any single change to the log is caught -----------------------------------
+
+_LOG_CACHE: dict[str, bytes] = {}
+
+
+def _pristine_log(tmp: Path) -> Path:
+    """A small log (2 batches of 3 calls), built once and copied per example."""
+    if "db" not in _LOG_CACHE:
+        build = tmp / "pristine.db"
+        with AuditLog(build) as log:
+            batcher = BatchSigner(SIGNERS["ed25519"], TH, max_calls=3)
+            calls = make_calls(batcher, 6)
+            v = verifier(record=log.recorder(TH))
+            for call in calls:
+                v.receive(call)
+            for body in batcher.close():
+                v.receive(CallMessage(MessageType.SIGNED_BATCH, 0, "", body))
+        conn = sqlite3.connect(build)
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        conn.execute("PRAGMA journal_mode=DELETE")
+        conn.close()
+        _LOG_CACHE["db"] = build.read_bytes()
+    path = tmp / f"copy-{os.urandom(6).hex()}.db"
+    path.write_bytes(_LOG_CACHE["db"])
+    return path
+
+
+@given(st.sampled_from(["edit", "delete", "insert", "swap"]), st.integers(1, 9),
+       st.integers(0, 10_000))
+def test_any_single_change_to_the_log_is_detected(tmp_path_factory, operation, seq, salt):
+    from rolewire.nonrep import AuditLogTampered, BatchError, SignerNotTrusted
+    db = _pristine_log(tmp_path_factory.getbasetemp())
+    all_rows = rows(db)
+    assert len(all_rows) == 9  # chain, batch, 3 calls, batch, 3 calls
+    target = all_rows[seq - 1]
+    if operation == "edit":
+        payload = target[2]
+        i = salt % len(payload)
+        changed = payload[:i] + ("0" if payload[i] != "0" else "1") + payload[i + 1:]
+        tamper(db, f"UPDATE nonrep_log SET payload = '{changed.replace(chr(39), chr(39) * 2)}'"
+                   f" WHERE seq = {seq}")
+    elif operation == "delete":
+        if seq == len(all_rows):
+            seq -= 1  # a clean cut of the last row is the documented limit (head)
+        tamper(db, f"DELETE FROM nonrep_log WHERE seq = {seq}")
+    elif operation == "insert":
+        # a copy of an existing row, chained correctly, appended at the end
+        new = len(all_rows) + 1
+        prev = bytes(all_rows[-1][4])
+        conn = sqlite3.connect(db)
+        conn.execute("INSERT INTO nonrep_log VALUES (?,?,?,?,?)",
+                     (new, target[1], target[2], prev,
+                      _row_hash(new, target[1], target[2], prev)))
+        conn.commit()
+        conn.close()
+    else:  # swap the payloads of two rows of the same kind
+        other = next((r for r in all_rows if r[1] == target[1] and r[0] != seq
+                      and r[2] != target[2]), None)
+        if other is None:
+            return
+        conn = sqlite3.connect(db)
+        conn.execute("DROP TRIGGER IF EXISTS nonrep_log_no_update")
+        conn.execute("UPDATE nonrep_log SET payload = ? WHERE seq = ?", (other[2], seq))
+        conn.execute("UPDATE nonrep_log SET payload = ? WHERE seq = ?", (target[2], other[0]))
+        conn.commit()
+        conn.close()
+    with pytest.raises((AuditLogTampered, BatchError, SignerNotTrusted)):
+        verify(db, {"payment": [CA.certificate]})

@@ -5,8 +5,8 @@
 # atheris (coverage-guided libFuzzer for Python) is installed into the CI
 # venv; where it cannot be installed the same targets run under the built-in
 # mutational driver (fuzz/_driver.py). Two targets run at a time (this
-# machine has two cores): record+window for 60 s, then the 14 parser targets
-# in pairs for 20 s each - about 4 minutes in all. FUZZ_SCALE multiplies
+# machine has two cores): record+window for 60 s, then the 15 parser targets
+# in pairs for 20 s each, the handshake machines for 30 s - about 4.5 minutes. FUZZ_SCALE multiplies
 # every duration (FUZZ_SCALE=0.1 for a smoke run, 10 for a longer one);
 # FUZZ_JOBS sets how many run at once.
 #
@@ -42,9 +42,11 @@ seconds() { python -c "import sys; print(max(1, round(float(sys.argv[1]) * float
 TARGETS=(
     "record|fuzz_record.py|60"
     "window|fuzz_window.py|60"
+    "handshake_machine|fuzz_handshake.py|30"
 )
 for parser in hello responder_hello hello_retry reject initiator_auth responder_auth \
-        initiator_finish message_any role_entries role_data padding proofs chain frame; do
+        initiator_finish cookie_reply message_any role_entries role_data padding proofs chain \
+        frame; do
     TARGETS+=("$parser|fuzz_parsers.py $parser|20")
 done
 

@@ -872,3 +872,21 @@ def test_request_body_back_pressure_and_streamed_response() -> None:
         assert data == b"p" * 100
 
     run(main())
+
+
+def test_bodyless_statuses_travel_sealed_as_200() -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        status = int(scope["path"].strip("/"))
+        await send({"type": "http.response.start", "status": status, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    _, tap, transport = setup(app=app)
+
+    async def main() -> None:
+        async with httpx.AsyncClient(transport=transport, base_url="http://svc") as c:
+            assert (await c.delete("/204")).status_code == 204
+            assert (await c.get("/304")).status_code == 304
+            assert (await c.get("/202")).status_code == 202
+
+    run(main())
+    assert [w.status for w in tap.sealed()] == [200, 200, 202]

@@ -52,6 +52,10 @@ def replica(name: str, executions: collections.Counter[str], **options: Any) -> 
         executions[body["id"]] += 1
         return {"replica": name, "id": body["id"], "note": SECRET}
 
+    @api.delete("/order", status_code=204)
+    async def delete(peer: Payment) -> None:
+        executions["delete"] += 1
+
     @api.post("/ship")
     async def ship(peer: Shipping) -> Any:
         executions["ship"] += 1
@@ -115,6 +119,7 @@ def test_uvicorn_direct_sync_and_async(tmp_path: Path) -> None:
         with httpx.Client(transport=SyncTransport(payment_config()),
                           base_url=server.url, timeout=60) as client:
             assert client.post("/charge", json={"id": "s1"}).json()["id"] == "s1"
+            assert client.delete("/order").status_code == 204  # bodyless: sealed as 200
             with pytest.raises(HTTPForbidden):
                 client.post("/ship", json={})
             # A streamed upload of 1.5 MB in records of 64 KiB, and a streamed download.

@@ -572,6 +572,7 @@ PARSER_TARGETS: dict[str, Callable[[bytes], None]] = {
     "initiator_auth": _message_target(hm.MsgType.INITIATOR_AUTH),
     "responder_auth": _message_target(hm.MsgType.RESPONDER_AUTH),
     "initiator_finish": _message_target(hm.MsgType.INITIATOR_FINISH),
+    "cookie_reply": _message_target(hm.MsgType.COOKIE_REPLY),
     "reject": _message_target(hm.MsgType.REJECT),
     "message_any": message_any_target,
     "role_entries": role_entries_target,
@@ -582,8 +583,61 @@ PARSER_TARGETS: dict[str, Callable[[bytes], None]] = {
     "frame": frame_target,
 }
 
+# --- (d) the handshake state machines ------------------------------------------------
+
+_MACHINE_KEY = bytes(range(32))
+
+
+def _machine_configs() -> Any:
+    from rolewire.handshake import HandshakeConfig
+    from rolewire.roles import KeyRole, PasswordRateLimiter, PasswordRole
+
+    if not hasattr(_machine_configs, "cache"):
+        limiter = PasswordRateLimiter(max_failures=1 << 30)
+        roles = [KeyRole("k", _MACHINE_KEY), PasswordRole("p", "pw", limiter=limiter)]
+        _machine_configs.cache = HandshakeConfig(roles=roles)  # type: ignore[attr-defined]
+    return _machine_configs.cache  # type: ignore[attr-defined]
+
+
+def handshake_machine_target(data: bytes) -> None:
+    """A Responder (first byte even) or Initiator fed the input in chunks,
+    after a real Hello for the responder (so later messages reach the
+    encrypted paths, where the AEAD stops random bytes): ``next_event()``
+    returns only NEED_DATA / HandshakeFailed (never raises), a failure is
+    final, and every failure it reports is typed."""
+    from rolewire.errors import HandshakeError
+    from rolewire.handshake import NEED_DATA, HandshakeFailed, Initiator, Responder
+
+    if not data:
+        return
+    cfg = _machine_configs()
+    side, rest = data[0], data[1:]
+    if side % 2 == 0:
+        machine = Responder(cfg, peer="fuzz")
+        if side & 2:
+            machine.receive_data(Initiator(cfg).data_to_send())
+            assert machine.next_event() is NEED_DATA
+            machine.data_to_send()
+    else:
+        machine = Initiator(cfg, peer="fuzz")
+        machine.data_to_send()
+    step = 1 + (side >> 2) % 64
+    for i in range(0, len(rest), step):
+        if machine.finished:
+            break
+        machine.receive_data(rest[i:i + step])
+        ev = machine.next_event()
+        machine.data_to_send()
+        if ev is NEED_DATA:
+            continue
+        assert isinstance(ev, HandshakeFailed), "random bytes completed a handshake"
+        assert isinstance(ev.error, HandshakeError)
+        assert machine.finished
+
+
 TARGETS: dict[str, Callable[[bytes], None]] = {
     "record": record_target,
     "window": window_target,
+    "handshake_machine": handshake_machine_target,
     **PARSER_TARGETS,
 }

@@ -31,7 +31,7 @@ from rolewire.errors import (
     ProtocolViolation,
     TooManyHandshakes,
 )
-from rolewire.handshake import HandshakeConfig, HandshakeLimiter, RejectReason
+from rolewire.handshake import CookieChecker, HandshakeConfig, HandshakeLimiter, RejectReason
 from rolewire.handshake.limiter import HandshakeSlot
 from rolewire.protocol import (
     CallReceived,
@@ -432,6 +432,11 @@ class Server:
             limiter = HandshakeLimiter(max_pending=pending,
                                        max_per_peer=min(pending, max_pending_per_peer))
         self.limiter = limiter
+        #: Stateless cookie round trip (docs/PROTOCOL.md, "Cookie"): with more
+        #: than ``cookie_load`` handshakes pending, a Hello must echo a cookie
+        #: for its address before the responder computes anything.
+        self.cookies = CookieChecker()
+        self.cookie_load = max(1, limiter.max_pending // 2)
         #: Handshakes one address may start: (per second, burst); None: no bound.
         self.handshake_rate = handshake_rate
         self._handshake_budget = (PeerBudget(*handshake_rate)
@@ -685,8 +690,11 @@ class Server:
             handshake_timeout=self.handshake_timeout, idle_timeout=self.idle_timeout,
             close_timeout=self.close_timeout, max_inflight=self.max_inflight,
             max_frame=self.max_frame, call_guard=self.call_guard, keepalive_interval=None)
-        conn = Connection.server(self.config, self.service, now=loop.time(), peer=peer,
-                                 handshake_peer=host, settings=settings, logger=log)
+        conn = Connection.server(
+            self.config, self.service, now=loop.time(), peer=peer, handshake_peer=host,
+            settings=settings, logger=log,
+            responder_options={"cookies": self.cookies,
+                               "under_load": self.limiter.pending > self.cookie_load})
         driver = StreamDriver(conn, reader, writer, on_timer_events=lambda: None)
         telemetry = self.telemetry
         span = None

@@ -14,6 +14,7 @@ Sans-IO (h11 style)::
 from __future__ import annotations
 
 from rolewire.handshake.config import HandshakeConfig
+from rolewire.handshake.cookie import CookieChecker
 from rolewire.handshake.events import (
     NEED_DATA,
     Event,
@@ -32,6 +33,7 @@ __all__ = [
     "MAX_MESSAGE_SIZE",
     "NEED_DATA",
     "PROTOCOL_VERSION",
+    "CookieChecker",
     "Event",
     "Handshake",
     "HandshakeComplete",

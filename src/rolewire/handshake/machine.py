@@ -31,6 +31,7 @@ Reject with a reason code (one code for every authentication failure).
 from __future__ import annotations
 
 import collections
+import dataclasses
 import enum
 import logging
 from collections.abc import Hashable
@@ -52,6 +53,7 @@ from rolewire.errors import (
     UnsupportedProtocolVersion,
 )
 from rolewire.handshake.config import HandshakeConfig
+from rolewire.handshake.cookie import CookieChecker
 from rolewire.handshake.events import NEED_DATA, Event, HandshakeComplete, HandshakeFailed
 from rolewire.handshake.kex import InitiatorShare, hybrid_ikm, responder_exchange
 from rolewire.handshake.limiter import HandshakeLimiter, HandshakeSlot
@@ -62,6 +64,7 @@ from rolewire.handshake.messages import (
     MAX_ROLES,
     PROTOCOL_VERSION,
     RANDOM_SIZE,
+    CookieReply,
     Flag,
     Hello,
     HelloRetry,
@@ -73,6 +76,7 @@ from rolewire.handshake.messages import (
     ResponderAuth,
     ResponderHello,
     RoleEntry,
+    cookie_mac,
     encode_chain,
     encode_proofs,
     encode_role_data,
@@ -472,6 +476,7 @@ class Initiator(Handshake):
         super().__init__(config, peer=peer)
         self._random = entropy.random_bytes(RANDOM_SIZE, "initiator random")
         self._retried = False
+        self._cookie: bytes | None = None
         self._responder_authenticated = False
         #: (role, our flags) per Hello hint; None for padding.
         self._offered: list[tuple[Role, int] | None] = []
@@ -518,9 +523,13 @@ class Initiator(Handshake):
 
     def _build_hello(self) -> Hello:
         share = self._share
-        return Hello(PROTOCOL_VERSION, self._random, tuple(int(s) for s in self.config.suites),
-                     int(share.group), share.ecdh_public + share.mlkem_ek, self._hints,
-                     self._rounds1)
+        hello = Hello(PROTOCOL_VERSION, self._random, tuple(int(s) for s in self.config.suites),
+                      int(share.group), share.ecdh_public + share.mlkem_ek, self._hints,
+                      self._rounds1)
+        if self._cookie is None:
+            return hello
+        return dataclasses.replace(hello, cookie_mac=cookie_mac(self._cookie,
+                                                                hello.cookie_data()))
 
     def _cleanup(self) -> None:
         self._slots = []
@@ -528,12 +537,28 @@ class Initiator(Handshake):
     def _handle(self, message: Any, raw: bytes) -> None:
         if isinstance(message, HelloRetry) and self._state is _State.WAIT_RESPONDER_HELLO:
             self._on_retry(message, raw)
+        elif isinstance(message, CookieReply) and self._state is _State.WAIT_RESPONDER_HELLO:
+            self._on_cookie(message)
         elif isinstance(message, ResponderHello) and self._state is _State.WAIT_RESPONDER_HELLO:
             self._on_responder_hello(message)
         elif isinstance(message, ResponderAuth) and self._state is _State.WAIT_RESPONDER_AUTH:
             self._on_responder_auth(message)
         else:
             raise self._unexpected(message)
+
+    def _on_cookie(self, reply: CookieReply) -> None:
+        if reply.version != PROTOCOL_VERSION:
+            raise UnsupportedProtocolVersion("CookieReply with another protocol version")
+        if self._cookie is not None or self._retried:
+            raise UnexpectedHandshakeMessage("a second CookieReply, or one after HelloRetry")
+        # The responder kept nothing: the handshake starts again from our
+        # Hello, now with the cookie MAC (same random, shares and slots).
+        self._cookie = reply.cookie
+        self._ss = SymmetricState()
+        self._hello = self._build_hello()
+        raw = self._hello.encode(self.config.max_message_size)
+        self._ss.mix_hash(raw)
+        self._out += raw
 
     def _on_retry(self, retry: HelloRetry, raw: bytes) -> None:
         if retry.version != PROTOCOL_VERSION:
@@ -729,13 +754,20 @@ class Responder(Handshake):
         limiter: a shared :class:`HandshakeLimiter`; when given, the responder
             takes a slot at construction (a full limiter fails the handshake
             at once with a BUSY Reject) and releases it when it ends.
+        cookies: a shared :class:`~rolewire.handshake.cookie.CookieChecker`.
+        under_load: the adapter's load signal: with ``cookies``, a Hello
+            without a valid cookie MAC for ``peer`` gets a CookieReply and
+            nothing is computed for it (docs/PROTOCOL.md, "Cookie").
     """
 
     is_initiator = False
 
     def __init__(self, config: HandshakeConfig, *, peer: Hashable = None,
-                 limiter: HandshakeLimiter | None = None) -> None:
+                 limiter: HandshakeLimiter | None = None,
+                 cookies: CookieChecker | None = None, under_load: bool = False) -> None:
         super().__init__(config, peer=peer)
+        self._cookies = cookies if under_load else None
+        self._cookie_sent = False
         self._slot: HandshakeSlot | None = None
         self._hello: Hello | None = None
         self._retry_suite: HandshakeSuite | None = None
@@ -799,6 +831,17 @@ class Responder(Handshake):
     def _on_hello(self, hello: Hello, raw: bytes) -> None:
         if hello.version != PROTOCOL_VERSION:
             raise UnsupportedProtocolVersion(f"protocol version {hello.version} not supported")
+        if self._cookies is not None and self._state is _State.WAIT_HELLO:
+            now = self._clock()
+            if not self._cookies.valid(self.peer, hello.cookie_mac, hello.cookie_data(), now):
+                if self._cookie_sent:
+                    raise InvalidKeyShare("the Hello's cookie MAC did not verify")
+                # Stateless: answer with the cookie, keep nothing of this Hello.
+                self._out += CookieReply(PROTOCOL_VERSION,
+                                         self._cookies.cookie(self.peer, now)).encode()
+                self._cookie_sent = True
+                return
+            self._cookies = None  # proven: the rest of the handshake as usual
         if self._state is _State.WAIT_HELLO_AFTER_RETRY:
             assert self._hello is not None
             if not self._hello.same_except_share(hello):

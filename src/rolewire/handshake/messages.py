@@ -17,6 +17,7 @@ import enum
 from dataclasses import dataclass
 
 from rolewire.errors import HandshakeMessageTooLarge, MalformedHandshakeMessage
+from rolewire.handshake.cookie import COOKIE_SIZE, cookie_mac
 from rolewire.handshake.suites import MLKEM768_CT_SIZE, HandshakeSuite, KexGroup
 from rolewire.roles.base import HINT_SIZE, MAX_ROLES, RoleKind
 from rolewire.roles.jpake import ROUND1_SIZE
@@ -32,6 +33,7 @@ __all__ = [
     "PAD_BUCKET",
     "PROTOCOL_VERSION",
     "RANDOM_SIZE",
+    "CookieReply",
     "Flag",
     "Hello",
     "HelloRetry",
@@ -44,6 +46,7 @@ __all__ = [
     "ResponderHello",
     "RoleEntry",
     "RoleKind",
+    "cookie_mac",
     "encode_chain",
     "encode_proofs",
     "encode_role_data",
@@ -80,6 +83,7 @@ class MsgType(enum.IntEnum):
     INITIATOR_AUTH = 0x04
     RESPONDER_AUTH = 0x05
     INITIATOR_FINISH = 0x06
+    COOKIE_REPLY = 0x07
     REJECT = 0x0F
 
 
@@ -177,6 +181,7 @@ class Hello:
         | key share: group u8, u16<ecdh_public || mlkem_ek>
         | hints: u8 n (<= 64), n x hint[16]
         | password slots: u8 m (<= 8), m x J-PAKE round 1 [192]
+        | cookie: u8 c (0 or 16), cookie_mac[c]
 
     A hint names a key or certificate role with its kind and flags, keyed
     so that only holders of the role's key or anchor recognise it; the
@@ -192,6 +197,16 @@ class Hello:
     share: bytes
     hints: tuple[bytes, ...]
     slots: tuple[bytes, ...] = ()
+    #: ``cookie_mac(cookie, cookie_data())`` after a CookieReply, else empty.
+    cookie_mac: bytes = b""
+
+    def cookie_data(self) -> bytes:
+        """The body bytes the cookie MAC covers: everything before the
+        cookie field."""
+        return b"".join([bytes((self.version,)), self.random,
+                         bytes((len(self.suites), *self.suites)), bytes((self.group,)),
+                         _u16(len(self.share)), self.share, bytes((len(self.hints),)),
+                         *self.hints, bytes((len(self.slots),)), *self.slots])
 
     def encode(self, max_size: int = MAX_MESSAGE_SIZE) -> bytes:
         if not 1 <= len(self.suites) <= MAX_SUITES:
@@ -204,10 +219,10 @@ class Hello:
             raise MalformedHandshakeMessage("Hello: hints are 16 bytes")
         if any(len(r) != ROUND1_SIZE for r in self.slots):
             raise MalformedHandshakeMessage("Hello: J-PAKE round 1 is 192 bytes")
-        parts = [bytes((self.version,)), self.random, bytes((len(self.suites), *self.suites)),
-                 bytes((self.group,)), _u16(len(self.share)), self.share,
-                 bytes((len(self.hints),)), *self.hints, bytes((len(self.slots),)), *self.slots]
-        return frame(MsgType.HELLO, b"".join(parts), max_size)
+        if len(self.cookie_mac) not in (0, COOKIE_SIZE):
+            raise MalformedHandshakeMessage("Hello: a cookie MAC is 16 bytes")
+        body = self.cookie_data() + bytes((len(self.cookie_mac),)) + self.cookie_mac
+        return frame(MsgType.HELLO, body, max_size)
 
     def same_except_share(self, other: Hello) -> bool:
         return (self.version, self.random, self.suites, self.hints, self.slots) == (
@@ -236,8 +251,12 @@ def _parse_hello(body: bytes) -> Hello:
     if m > MAX_PASSWORD_SLOTS:
         raise HandshakeMessageTooLarge(f"Hello: more than {MAX_PASSWORD_SLOTS} password slots")
     slots = tuple(r.take(ROUND1_SIZE) for _ in range(m))
+    c = r.u8()
+    if c not in (0, COOKIE_SIZE):
+        raise r.fail("cookie MAC length must be 0 or 16")
+    mac = r.take(c)
     r.done()
-    return Hello(version, random, suites, group, share, hints, slots)
+    return Hello(version, random, suites, group, share, hints, slots, mac)
 
 
 @dataclass(frozen=True)
@@ -366,6 +385,28 @@ def _parse_initiator_finish(body: bytes) -> InitiatorFinish:
 
 
 @dataclass(frozen=True)
+class CookieReply:
+    """Responder -> initiator, in the clear, instead of ResponderHello when
+    the responder is under load and the Hello had no valid cookie MAC:
+    ``version u8 | cookie[16]``. The responder keeps no state for it."""
+
+    version: int
+    cookie: bytes
+
+    def encode(self) -> bytes:
+        if len(self.cookie) != COOKIE_SIZE:
+            raise MalformedHandshakeMessage("CookieReply: a cookie is 16 bytes")
+        return frame(MsgType.COOKIE_REPLY, bytes((self.version,)) + self.cookie)
+
+
+def _parse_cookie_reply(body: bytes) -> CookieReply:
+    r = _Reader(body, "CookieReply")
+    out = CookieReply(r.u8(), r.take(COOKIE_SIZE))
+    r.done()
+    return out
+
+
+@dataclass(frozen=True)
 class Reject:
     """Either side, in the clear: ``reason u8`` (rolewire.handshake.RejectReason)."""
 
@@ -383,7 +424,7 @@ def _parse_reject(body: bytes) -> Reject:
 
 
 Message = (Hello | HelloRetry | ResponderHello | InitiatorAuth | ResponderAuth
-           | InitiatorFinish | Reject)
+           | InitiatorFinish | CookieReply | Reject)
 
 _PARSERS = {
     MsgType.HELLO: _parse_hello,
@@ -392,6 +433,7 @@ _PARSERS = {
     MsgType.INITIATOR_AUTH: _parse_initiator_auth,
     MsgType.RESPONDER_AUTH: _parse_responder_auth,
     MsgType.INITIATOR_FINISH: _parse_initiator_finish,
+    MsgType.COOKIE_REPLY: _parse_cookie_reply,
     MsgType.REJECT: _parse_reject,
 }
 

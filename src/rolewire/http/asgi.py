@@ -324,8 +324,8 @@ class _SealedSend:
                 headers.append((b"content-length", str(self._sealer.sealed_length(len(body)))
                                 .encode()))
             self.started = True
-            await self._send({"type": "http.response.start", "status": status,
-                              "headers": headers})
+            await self._send({"type": "http.response.start",
+                              "status": self._sealer.outer_status, "headers": headers})
         self.finished = not more
         await self._send({"type": "http.response.body", "body": self._sealer.seal(body, not more),
                           "more_body": more})

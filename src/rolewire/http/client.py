@@ -368,7 +368,10 @@ class ResponseOpener:
             raise ResponseForged("bad response metadata") from None
         names = {name for name, _ in meta.headers}
         required = {h.lower().encode() for h in self._request.channel.options.response_headers}
-        expected = ResponseMeta(self._status, self._request.channel.session_id,
+        status = self._status
+        if status == 200 and meta.status in (204, 304):
+            status = meta.status  # bodyless statuses travel as 200 (PROTOCOL.md)
+        expected = ResponseMeta(status, self._request.channel.session_id,
                                 meta.content_type, bound_headers(self._headers, names))
         if not required <= names or not metadata_equal(expected.encode(), sealed):
             raise ResponseForged("response metadata does not match")

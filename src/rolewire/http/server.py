@@ -469,6 +469,9 @@ class RequestOpener:
                               self._endpoint.options)
 
 
+#: Statuses that allow no body; sealed, they travel as 200.
+BODYLESS_STATUSES = frozenset({204, 304})
+
 # Replaced by the sealed body's own framing (content-encoding stays: it is the
 # application's, visible, and bindable through ``response_headers``).
 _HOP_BY_HOP = {b"content-length", b"content-type", b"transfer-encoding"}
@@ -488,6 +491,7 @@ class ResponseSealer:
         self._sequence = 0
         self._finished = False
         self.status = 0
+        self.outer_status = 0
 
     def start(self, status: int, headers: Headers) -> Headers:
         headers = [(k.lower(), v) for k, v in headers]
@@ -499,6 +503,9 @@ class ResponseSealer:
                             bound_headers(headers, [n for n in names if n in present]))
         self._meta = meta.encode()
         self.status = status
+        #: The status on the wire: 204 and 304 allow no body, so they travel
+        #: as 200 and the sealed status is the real one (PROTOCOL.md).
+        self.outer_status = 200 if status in BODYLESS_STATUSES else status
         outer = [(k, v) for k, v in headers if k not in _HOP_BY_HOP]
         outer.append((b"content-type", CONTENT_TYPE_SEALED.encode()))
         outer.append((HEADER_SESSION.encode(), encode_session_id(self._sid).encode()))

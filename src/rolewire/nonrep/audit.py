@@ -378,6 +378,7 @@ def verify(db_path: str | os.PathLike[str],
     batch: dict[str, Any] | None = None
     batch_seq = 0
     calls: list[tuple[int, dict[str, Any]]] = []
+    new_chain: int | None = None  # seq of a chain row not yet followed by its batch
 
     def finish() -> None:
         if batch is None:
@@ -392,15 +393,28 @@ def verify(db_path: str | os.PathLike[str],
             data = json.loads(payload)
         except ValueError:
             raise LogRowEdited("payload is not JSON", seq=seq) from None
+        if new_chain is not None and kind != "batch":
+            # The writer puts a new chain right before the batch it signs.
+            raise LogRowInserted("a signer chain row no batch follows", seq=new_chain)
         if kind == "chain":
             finish()
             batch, calls = None, []
-            certs = tuple(base64.b64decode(c) for c in data["certs"])
-            if chain_digest(certs).hex() != data["digest"]:
+            try:
+                certs = tuple(base64.b64decode(c) for c in data["certs"])
+                digest = data["digest"]
+            except (KeyError, TypeError, ValueError, binascii.Error):
+                raise LogRowEdited("chain row is not a chain", seq=seq) from None
+            if chain_digest(certs).hex() != digest:
                 raise LogRowEdited("chain digest does not match its certificates", seq=seq)
-            chains[data["digest"]] = certs
+            if digest in chains:
+                raise LogRowInserted("the same signer chain twice", seq=seq)
+            chains[digest] = certs
+            new_chain = seq
         elif kind == "batch":
             finish()
+            if not isinstance(data, dict):
+                raise LogRowEdited("batch row is not a batch", seq=seq)
+            new_chain = None
             batch, batch_seq, calls = data, seq, []
         elif kind == "call":
             try:
@@ -415,6 +429,8 @@ def verify(db_path: str | os.PathLike[str],
             calls.append((seq, data))
         else:
             raise LogRowInserted(f"unknown row kind {kind!r}", seq=seq)
+    if new_chain is not None:
+        raise LogRowInserted("a signer chain row no batch follows", seq=new_chain)
     finish()
     return proven
 

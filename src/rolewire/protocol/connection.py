@@ -270,7 +270,8 @@ class Connection:
     def __init__(self, config: HandshakeConfig, *, client: bool, now: float,
                  service: Authorizer | None = None, peer: str = "",
                  handshake_peer: object = None, settings: ConnectionSettings | None = None,
-                 framing: str = "stream", logger: logging.Logger | None = None) -> None:
+                 framing: str = "stream", logger: logging.Logger | None = None,
+                 responder_options: Mapping[str, Any] | None = None) -> None:
         if not isinstance(config, HandshakeConfig):
             raise ConfigurationError("config must be a HandshakeConfig")
         if framing not in ("stream", "message"):
@@ -299,7 +300,8 @@ class Connection:
         self._hs_peer = hs_peer
         self._rehandshake: Rehandshake | None = None
         self._hs: Initiator | Responder | None = (
-            Initiator(driven, peer=hs_peer) if client else Responder(driven, peer=hs_peer))
+            Initiator(driven, peer=hs_peer) if client
+            else Responder(driven, peer=hs_peer, **dict(responder_options or {})))
         self.session: Session | None = None
         self._peer_roles: frozenset[str] = frozenset()
         self._events: deque[Event] = deque()
@@ -358,12 +360,16 @@ class Connection:
     def server(cls, config: HandshakeConfig, service: Authorizer, *, now: float,
                peer: str = "", handshake_peer: object = None,
                settings: ConnectionSettings | None = None, framing: str = "stream",
-               logger: logging.Logger | None = None) -> Connection:
+               logger: logging.Logger | None = None,
+               responder_options: Mapping[str, Any] | None = None) -> Connection:
         """The responder's side, serving ``service`` (its
-        :meth:`~rolewire.services.Service.authorize` decides every call)."""
+        :meth:`~rolewire.services.Service.authorize` decides every call).
+        ``responder_options``: extra keyword arguments of the
+        :class:`~rolewire.handshake.Responder` (e.g. ``cookies``,
+        ``under_load``)."""
         return cls(config, client=False, now=now, service=service, peer=peer,
                    handshake_peer=handshake_peer, settings=settings, framing=framing,
-                   logger=logger)
+                   logger=logger, responder_options=responder_options)
 
     def _clock(self) -> float:
         return self._now
