@@ -144,6 +144,10 @@ class StreamDriver:
         self._timer = self._flush_handle = None
 
     # -- reading -----------------------------------------------------------------------
+    def receive(self, data: bytes) -> None:
+        """Feed bytes read from the stream to the connection."""
+        self.conn.receive_data(data, self.loop.time())
+
     async def read(self) -> bytes:
         """The next chunk; b"" at end of stream or on a connection error."""
         try:
@@ -194,7 +198,7 @@ async def run_handshake(driver: StreamDriver, first_data: bytes = b"") -> None:
     conn = driver.conn
     loop = driver.loop
     if first_data:
-        conn.receive_data(first_data, loop.time())
+        driver.receive(first_data)
     driver.flush(arm=False)
     while not conn.established and not conn.ended:
         when = conn.get_timer()
@@ -210,5 +214,5 @@ async def run_handshake(driver: StreamDriver, first_data: bytes = b"") -> None:
         if not data:
             conn.connection_lost(None, loop.time())
             break
-        conn.receive_data(data, loop.time())
+        driver.receive(data)
         driver.flush(arm=False)

@@ -66,18 +66,24 @@ class Channel:
 
     side = "initiator"
 
-    def __init__(self, connection: Connection, reader: asyncio.StreamReader,
-                 writer: asyncio.StreamWriter, *, peer: str, suite: HandshakeSuite,
-                 write_timeout: float = WRITE_TIMEOUT) -> None:
+    def __init__(self, connection: Connection, reader: asyncio.StreamReader | None,
+                 writer: asyncio.StreamWriter | None, *, peer: str, suite: HandshakeSuite,
+                 write_timeout: float = WRITE_TIMEOUT, driver: Any = None) -> None:
         assert connection.session is not None
         self.connection = connection
         self.session: Session = connection.session
         self.peer = peer
         self.suite = suite
-        self._writer = writer
-        self._driver = StreamDriver(connection, reader, writer,
-                                    on_timer_events=self._handle_events,
-                                    write_timeout=write_timeout)
+        if driver is None:
+            # A TCP stream; other transports (rolewire.aio.nats) bring a
+            # driver with the same interface.
+            assert reader is not None and writer is not None
+            driver = StreamDriver(connection, reader, writer, write_timeout=write_timeout,
+                                  on_timer_events=self._handle_events)
+        else:
+            driver._on_timer_events = self._handle_events
+        self._writer = driver.writer
+        self._driver = driver
         self._loop = self._driver.loop
         self._calls: dict[int, asyncio.Future[bytes]] = {}
         self.outgoing_hooks: list[OutgoingHook] = []
@@ -234,7 +240,7 @@ class Channel:
                     conn.connection_lost(None, loop.time())
                     self._handle_events()
                     break
-                conn.receive_data(data, loop.time())
+                driver.receive(data)
                 self._handle_events()
                 driver.flush()
         except asyncio.CancelledError:

@@ -344,7 +344,7 @@ class _ServerConnection:
                     conn.connection_lost(None, loop.time())
                     self._control_events()
                     break
-                conn.receive_data(data, loop.time())
+                driver.receive(data)
                 await self._process(conn.events())
                 driver.flush()  # the replies of this chunk, in one write
                 self._sync_stats()
@@ -690,11 +690,10 @@ class Server:
             handshake_timeout=self.handshake_timeout, idle_timeout=self.idle_timeout,
             close_timeout=self.close_timeout, max_inflight=self.max_inflight,
             max_frame=self.max_frame, call_guard=self.call_guard, keepalive_interval=None)
-        conn = Connection.server(
-            self.config, self.service, now=loop.time(), peer=peer, handshake_peer=host,
-            settings=settings, logger=log,
-            responder_options={"cookies": self.cookies,
-                               "under_load": self.limiter.pending > self.cookie_load})
+        conn = Connection.server(self.config, self.service, now=loop.time(), peer=peer,
+                                 handshake_peer=host, settings=settings, logger=log,
+                                 cookies=self.cookies,
+                                 under_load=self.limiter.pending > self.cookie_load)
         driver = StreamDriver(conn, reader, writer, on_timer_events=lambda: None)
         telemetry = self.telemetry
         span = None

@@ -51,6 +51,7 @@ from rolewire.errors import (
     HandshakeError,
     HandshakeStateError,
     HandshakeTimeout,
+    MalformedRecord,
     PeerUnresponsive,
     ProtocolViolation,
     RecordError,
@@ -61,6 +62,7 @@ from rolewire.errors import (
 )
 from rolewire.handshake import (
     NEED_DATA,
+    CookieChecker,
     HandshakeComplete,
     HandshakeConfig,
     HandshakeFailed,
@@ -104,6 +106,7 @@ from rolewire.protocol.wire import (
     call_header,
     decode_container,
     decode_message,
+    decode_packet,
     default_max_frame,
     encode,
     encode_frame,
@@ -271,7 +274,7 @@ class Connection:
                  service: Authorizer | None = None, peer: str = "",
                  handshake_peer: object = None, settings: ConnectionSettings | None = None,
                  framing: str = "stream", logger: logging.Logger | None = None,
-                 responder_options: Mapping[str, Any] | None = None) -> None:
+                 cookies: CookieChecker | None = None, under_load: bool = False) -> None:
         if not isinstance(config, HandshakeConfig):
             raise ConfigurationError("config must be a HandshakeConfig")
         if framing not in ("stream", "message"):
@@ -300,8 +303,8 @@ class Connection:
         self._hs_peer = hs_peer
         self._rehandshake: Rehandshake | None = None
         self._hs: Initiator | Responder | None = (
-            Initiator(driven, peer=hs_peer) if client
-            else Responder(driven, peer=hs_peer, **dict(responder_options or {})))
+            Initiator(driven, peer=hs_peer) if client else
+            Responder(driven, peer=hs_peer, cookies=cookies, under_load=under_load))
         self.session: Session | None = None
         self._peer_roles: frozenset[str] = frozenset()
         self._events: deque[Event] = deque()
@@ -360,16 +363,15 @@ class Connection:
     def server(cls, config: HandshakeConfig, service: Authorizer, *, now: float,
                peer: str = "", handshake_peer: object = None,
                settings: ConnectionSettings | None = None, framing: str = "stream",
-               logger: logging.Logger | None = None,
-               responder_options: Mapping[str, Any] | None = None) -> Connection:
+               logger: logging.Logger | None = None, cookies: CookieChecker | None = None,
+               under_load: bool = False) -> Connection:
         """The responder's side, serving ``service`` (its
         :meth:`~rolewire.services.Service.authorize` decides every call).
-        ``responder_options``: extra keyword arguments of the
-        :class:`~rolewire.handshake.Responder` (e.g. ``cookies``,
-        ``under_load``)."""
+        ``cookies``/``under_load``: the stateless cookie round trip
+        (docs/PROTOCOL.md, "Cookie") is demanded when ``under_load``."""
         return cls(config, client=False, now=now, service=service, peer=peer,
                    handshake_peer=handshake_peer, settings=settings, framing=framing,
-                   logger=logger, responder_options=responder_options)
+                   logger=logger, cookies=cookies, under_load=under_load)
 
     def _clock(self) -> float:
         return self._now
@@ -405,6 +407,14 @@ class Connection:
         return self._peer_roles
 
     @property
+    def cached_notifications(self) -> frozenset[str]:
+        """Operations whose notifications take the fast path on this
+        connection: permission and context cached (roles checked once, the
+        peer's roles are fixed); never a forbidden one, nor one with
+        end-user or signature checks per call."""
+        return frozenset(self._notify_contexts)
+
+    @property
     def pending_calls(self) -> int:
         """Our requests without a reply yet."""
         return len(self._pending)
@@ -421,13 +431,6 @@ class Connection:
         bytes): write :meth:`data_to_send` now rather than at the end of the
         loop iteration."""
         return bool(self._wire)
-
-    @property
-    def cached_notifications(self) -> frozenset[str]:
-        """Operations whose notifications take the fast path (authorized once
-        for the session's fixed roles, context shared): those checked by
-        roles alone that the peer may call."""
-        return frozenset(self._notify_contexts)
 
     @property
     def queued_bytes(self) -> int:
@@ -475,6 +478,37 @@ class Connection:
             self._fail(exc, "protocol_violation")
             return
         self._frames([frame])
+
+    def receive_packet(self, packet: bytes, now: float | None = None) -> None:
+        """One message of a message transport that carries whole stream
+        frames (``framing="stream"``; e.g. a NATS message with the records
+        of one flush, :func:`~rolewire.protocol.wire.decode_packet`).
+        Packets are independent: one that does not split into whole frames
+        (truncated or padded in transit) is dropped and counted against the
+        bad-record budget, and the next packet is read afresh."""
+        self.receive_packets((packet,), now)
+
+    def receive_packets(self, packets: Iterable[bytes], now: float | None = None) -> None:
+        """Several packets (see :meth:`receive_packet`) at once: their records
+        are opened together, with one native call."""
+        if now is not None:
+            self._now = now
+        if self._state is _CLOSED or self._state is _FAILED:
+            return
+        frames: list[tuple[FrameKind, bytes]] = []
+        malformed = 0
+        max_frame = self._decoder.max_frame
+        for packet in packets:
+            try:
+                frames += decode_packet(packet, max_frame)
+            except ProtocolViolation:
+                malformed += 1
+        if malformed and self._state is _OPEN:
+            self._bad([MalformedRecord("packet does not hold whole frames")] * malformed)
+            if self._state is not _OPEN:
+                return
+        if frames:
+            self._frames(frames)
 
     def connection_lost(self, error: BaseException | None = None,
                         now: float | None = None) -> None:
