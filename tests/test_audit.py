@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import shutil
 import sqlite3
 from collections.abc import Callable
@@ -23,6 +24,7 @@ from rolewire.baselines.audit import (
     UnknownSigner,
     verify,
 )
+from rolewire.errors import ConfigurationError
 from rolewire.services import CallContext, Service
 
 ORDER = b'{"item": "book", "qty": 1}'
@@ -213,3 +215,25 @@ def test_cli_verify(world: dict[str, Any], tmp_path: Path,
                               "--json"])
     assert args.func(args) == 1
     assert '"ok": false' in capsys.readouterr().out
+
+
+def test_cli_same_interface_as_rolewire_logs(world: dict[str, Any], tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """``audit verify DB --anchors DIR`` and ``audit show DB`` work on the JWT
+    store exactly as on rolewire's signed-call log (issue 18)."""
+    parser = argparse.ArgumentParser(prog="rolewire")
+    add_audit_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["audit", "verify", str(world["db"]), "--anchors",
+                              str(world["keys"]), "--json"])
+    assert args.func(args) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["ok"] is True and report["kind"] == "jwt" and len(report["entries"]) == 4
+    args = parser.parse_args(["audit", "show", str(world["db"]), "--json"])
+    assert args.func(args) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["kind"] == "jwt" and len(shown["rows"]) == 4
+    assert all("token" not in row and "body" not in row for row in shown["rows"])
+    args = parser.parse_args(["audit", "verify", str(world["db"]), "--anchors",
+                              str(world["keys"]), "--head", "00"])
+    with pytest.raises(ConfigurationError):
+        args.func(args)

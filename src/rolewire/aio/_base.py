@@ -1,42 +1,21 @@
-"""Machinery shared by the client :class:`~rolewire.aio.Channel` and the
-server's connections: driving a sans-IO handshake over a stream, the
-coalescing record writer, batch opening of received records, and the
-lingering close.
+"""What the client :class:`~rolewire.aio.Channel` and the server's
+connections share: moving bytes between an asyncio stream and a sans-IO
+:class:`~rolewire.protocol.Connection` (coalesced writes, the connection's
+timer on the event loop, back-pressure), and the lingering close.
 
-Nothing here is public API; see :mod:`rolewire.aio`.
+No protocol logic lives here: the connection decides, this module only
+reads, writes and keeps time. Nothing here is public API; see
+:mod:`rolewire.aio`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable
 
-from rolewire.errors import (
-    ConnectionClosed,
-    HandshakeTimeout,
-    ProtocolViolation,
-    RecordError,
-    RecordTooLarge,
-    ReplayDetected,
-    RolewireError,
-)
-from rolewire.handshake import HandshakeComplete, HandshakeFailed, NeedData
-from rolewire.handshake.machine import Handshake
-from rolewire.handshake.messages import Reject
-from rolewire.handshake.reasons import RejectReason
-from rolewire.protocol.fastpath import seal_frames
-from rolewire.protocol.wire import (
-    CallDecoder,
-    FrameDecoder,
-    FrameKind,
-    decode_container,
-    encode_frame,
-    encode_records,
-)
-from rolewire.session import Session
+from rolewire.errors import ConnectionClosed, PeerUnresponsive
+from rolewire.protocol import Connection
 
 log = logging.getLogger("rolewire.aio")
 
@@ -47,24 +26,14 @@ log = logging.getLogger("rolewire.aio")
 READ_SIZE = 64 * 1024
 #: StreamReader buffer limit (it stops reading the socket above twice this).
 STREAM_LIMIT = 1 << 20
-#: Pending outgoing plaintext that forces a flush before the next loop
-#: iteration; also the most plaintext sealed by one native call.
-COALESCE_BYTES = 64 * 1024
-#: Most plaintext of one CONTAINER record (several messages of one flush in
-#: one record, as TLS packs a write into 16 KiB records): TCP is ordered, so
-#: a burst of small messages pays the per-record cost once per container.
-CONTAINER_MAX = 16 * 1024
-#: Most messages sealed by one native call (bounds the batch's memory).
-MAX_BATCH_MESSAGES = 4096
 #: Transport write buffer above which senders wait (``drain``).
 WRITE_HIGH_WATER = 512 * 1024
 WRITE_LOW_WATER = 128 * 1024
-#: A connection that produced this many bad records is closed.
-MAX_BAD_RECORDS = 100
-#: At most one "bad record" debug line per connection and this many seconds.
-BAD_RECORD_LOG_INTERVAL = 1.0
-
-Frame = tuple[FrameKind, bytes]
+#: Default bound on one wait for the transport's write buffer to drain.
+WRITE_TIMEOUT = 30.0
+#: Queued plaintext sealed and written at once (the connection's default
+#: ``coalesce_bytes``).
+COALESCE_BYTES = 64 * 1024
 
 
 def limit_recv_size(transport: asyncio.BaseTransport) -> None:
@@ -76,97 +45,115 @@ def limit_recv_size(transport: asyncio.BaseTransport) -> None:
         transport.max_size = READ_SIZE  # type: ignore[attr-defined]
 
 
-def transcript_prefix(transcript_hash: bytes) -> str:
-    """The first 8 hex characters: enough to correlate both sides' logs,
-    never the whole hash."""
-    return transcript_hash[:4].hex()
+class StreamDriver:
+    """Moves one :class:`Connection`'s bytes over an asyncio stream.
 
+    - :meth:`flush_soon` after queuing: everything queued in one loop
+      iteration leaves in one ``write`` (at once when the connection has
+      sealed a full batch);
+    - :meth:`arm_timer` keeps one loop timer at the connection's
+      :meth:`~Connection.get_timer`; when it fires,
+      :meth:`~Connection.handle_timer` runs and ``on_timer_events`` gets the
+      events (re-armed lazily: an early timer just re-arms).
+    """
 
-class HandshakeAborted(Exception):
-    """Internal: the handshake ended without a session; ``error`` is the
-    typed exception for the caller, ``reason`` the reason name for logs."""
+    def __init__(self, conn: Connection, reader: asyncio.StreamReader,
+                 writer: asyncio.StreamWriter, *,
+                 on_timer_events: Callable[[], None],
+                 write_timeout: float = WRITE_TIMEOUT) -> None:
+        self.conn = conn
+        self.reader = reader
+        self.writer = writer
+        self.transport = writer.transport
+        self.loop = asyncio.get_running_loop()
+        self.write_timeout = write_timeout
+        self._on_timer_events = on_timer_events
+        self._flush_handle: asyncio.Handle | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
+        self.transport.set_write_buffer_limits(high=WRITE_HIGH_WATER, low=WRITE_LOW_WATER)
+        limit_recv_size(self.transport)
 
-    def __init__(self, error: BaseException, reason: str, remote: bool = False) -> None:
-        super().__init__(reason)
-        self.error = error
-        self.reason = reason
-        self.remote = remote
+    # -- writing -------------------------------------------------------------------
+    def flush_soon(self) -> None:
+        """Write at the end of this loop iteration (now if a batch is full)."""
+        if self.conn.wants_flush:
+            self.flush()
+        elif self._flush_handle is None:
+            self._flush_handle = self.loop.call_soon(self.flush)
 
+    def flush(self, *, arm: bool = True) -> None:
+        """Write everything the connection has to send, with one ``write``
+        (then re-arm the timer unless ``arm`` is False)."""
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        data = self.conn.data_to_send(self.loop.time())
+        if data and not self.transport.is_closing():
+            self.writer.write(data)
+        if arm:
+            self.arm_timer()
 
-def reason_name(code: int) -> str:
-    try:
-        return RejectReason(code).name
-    except ValueError:
-        return f"code-{code}"
+    def unsent(self) -> int:
+        """Bytes in the transport's write buffer, not yet sent."""
+        return self.transport.get_write_buffer_size()
 
+    async def drain(self) -> None:
+        """Wait while the transport's write buffer is above its high-water
+        mark, at most ``write_timeout`` seconds: a peer that reads nothing
+        for that long is cut (:class:`~rolewire.errors.PeerUnresponsive`)."""
+        if self.transport.get_write_buffer_size() <= WRITE_HIGH_WATER:
+            return
+        try:
+            await asyncio.wait_for(self.writer.drain(), self.write_timeout)
+        except asyncio.TimeoutError:
+            error = PeerUnresponsive(
+                f"the peer read nothing for {self.write_timeout:g} s (write buffer full)")
+            self.conn.abort(error, "write_timeout")
+            self.transport.abort()
+            self._on_timer_events()
+            raise error from None
+        except (ConnectionError, RuntimeError) as exc:
+            raise ConnectionClosed("the connection was lost") from exc
 
-async def run_handshake(hs: Handshake, reader: asyncio.StreamReader,
-                        writer: asyncio.StreamWriter, decoder: FrameDecoder, *,
-                        timeout: float, first_data: bytes = b"",
-                        max_pending_frame: int | None = None,
-                        ) -> tuple[HandshakeComplete, list[Frame]]:
-    """Drive ``hs`` until it completes. Returns the event and any frames that
-    arrived after the last handshake message (records to hand to the
-    session). Raises :class:`HandshakeAborted` (the Reject, if any, was
-    written), :class:`ProtocolViolation` or :class:`ConnectionClosed`.
+    # -- the connection's timer ------------------------------------------------------
+    def arm_timer(self) -> None:
+        when = self.conn.get_timer()
+        if when is None:
+            return  # a pending handle fires and finds nothing to do
+        timer = self._timer
+        if timer is not None:
+            if self._timer_at <= when:
+                return
+            timer.cancel()
+        self._timer_at = when
+        self._timer = self.loop.call_at(when, self._fire)
 
-    ``first_data``: bytes already read from the stream. ``max_pending_frame``
-    (a responder's pre-authentication bound): while the handshake needs more
-    data, the frame it waits for is a handshake message, so a partial frame
-    announcing more than this many bytes (length field included) is refused
-    at its header, before it is buffered."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    frames: deque[Frame] = deque()
-    if first_data:
-        frames.extend(decoder.feed(first_data))
+    def _fire(self) -> None:
+        self._timer = None
+        # asyncio may run a timer up to its clock resolution early.
+        self.conn.handle_timer(max(self.loop.time(), self._timer_at))
+        self._on_timer_events()
+        self.flush()
 
-    def send_pending() -> None:
-        out = hs.data_to_send()
-        if out and not writer.transport.is_closing():
-            writer.write(encode_frame(FrameKind.HANDSHAKE, out))
+    def stop(self) -> None:
+        """Cancel the timer and any pending flush (the connection ended)."""
+        for handle in (self._timer, self._flush_handle):
+            if handle is not None:
+                handle.cancel()
+        self._timer = self._flush_handle = None
 
-    send_pending()
-    while True:
-        event = hs.next_event()
-        send_pending()
-        if isinstance(event, HandshakeComplete):
-            return event, list(frames)
-        if isinstance(event, HandshakeFailed):
-            raise HandshakeAborted(event.error, reason_name(event.reason_code), event.remote)
-        assert isinstance(event, NeedData)
-        if frames:
-            kind, payload = frames.popleft()
-            if kind is not FrameKind.HANDSHAKE:
-                raise ProtocolViolation("record frame before the handshake completed")
-            hs.receive_data(payload)
-            continue
-        if max_pending_frame is not None and decoder.pending_frame > max_pending_frame:
-            raise ProtocolViolation(
-                "frame larger than the largest handshake message before authentication")
-        remaining = deadline - loop.time()
-        data = b""
-        if remaining > 0:
-            try:
-                data = await asyncio.wait_for(reader.read(READ_SIZE), remaining)
-            except asyncio.TimeoutError:
-                remaining = 0
-            if remaining > 0 and not data:
-                raise ConnectionClosed("the peer closed the connection during the handshake")
-        if remaining <= 0:
-            hs.check_timeout()
-            if hs.finished:
-                event = hs.next_event()
-                send_pending()
-                if isinstance(event, HandshakeFailed):
-                    raise HandshakeAborted(event.error, reason_name(event.reason_code))
-            # The adapter's limit is shorter than the config's: reject ourselves.
-            if not writer.transport.is_closing():
-                writer.write(encode_frame(FrameKind.HANDSHAKE,
-                                          Reject(RejectReason.TIMEOUT).encode()))
-            raise HandshakeAborted(HandshakeTimeout("the handshake did not finish in time"),
-                                   RejectReason.TIMEOUT.name)
-        frames.extend(decoder.feed(data))
+    # -- reading -----------------------------------------------------------------------
+    def receive(self, data: bytes) -> None:
+        """Feed bytes read from the stream to the connection."""
+        self.conn.receive_data(data, self.loop.time())
+
+    async def read(self) -> bytes:
+        """The next chunk; b"" at end of stream or on a connection error."""
+        try:
+            return await self.reader.read(READ_SIZE)
+        except (ConnectionError, OSError):
+            return b""
 
 
 async def linger_close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *,
@@ -203,216 +190,29 @@ async def close_writer(writer: asyncio.StreamWriter) -> None:
         pass
 
 
-class RecordConnection:
-    """An established connection: a session over a stream.
-
-    Outgoing call messages are queued with :meth:`queue`; the queue is
-    sealed with one ``seal_many`` call and written with one ``write`` on the
-    next loop iteration, or at once when it holds ``COALESCE_BYTES``.
-    Incoming chunks are parsed into frames and all records of a chunk are
-    opened with one ``open_many`` call (:meth:`open_records`).
-    """
-
-    side = "?"
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                 session: Session, decoder: FrameDecoder, *, peer: str,
-                 containers: bool = True) -> None:
-        self._reader = reader
-        self._writer = writer
-        self._transport = writer.transport
-        self.session = session
-        self._decoder = decoder
-        self.peer = peer
-        self._loop = asyncio.get_running_loop()
-        self._out: list[bytes] = []
-        self._out_bytes = 0
-        self._flush_handle: asyncio.Handle | None = None
-        self._max_plaintext = session.max_plaintext
-        #: Plaintext bound of one CONTAINER record (0: one record per message).
-        self._container_max = min(CONTAINER_MAX, session.max_plaintext) if containers else 0
-        self._rekeys = session.counters.rekeys
-        self._recv_epoch = session.recv_epoch
-        self.bad_records = 0
-        self._bad_logged_at = 0.0
-        self._bad_suppressed = 0
-        self._started = time.monotonic()
-        self.last_activity = self._loop.time()
-        self._failure: BaseException | None = None
-        self.calls = CallDecoder()
-        self._transport.set_write_buffer_limits(high=WRITE_HIGH_WATER, low=WRITE_LOW_WATER)
-        limit_recv_size(self._transport)
-
-    # -- hooks (server statistics) ----------------------------------------------
-    def _count_sealed(self, n: int) -> None:
-        pass
-
-    def _count_opened(self, ok: int, errors: list[RecordError]) -> None:
-        pass
-
-    # -- sending ----------------------------------------------------------------
-    def _check_size(self, plaintext: bytes) -> None:
-        if len(plaintext) > self._max_plaintext:
-            raise RecordTooLarge(
-                f"message of {len(plaintext)} bytes exceeds the session's maximum record "
-                f"plaintext ({self._max_plaintext} bytes)")
-
-    def queue(self, plaintext: bytes) -> None:
-        """Queue one call message (sealed and written soon, in order)."""
-        self._check_size(plaintext)
-        self._out.append(plaintext)
-        self._out_bytes += len(plaintext)
-        if self._out_bytes >= COALESCE_BYTES or len(self._out) >= MAX_BATCH_MESSAGES:
-            self.flush()
-        elif self._flush_handle is None:
-            self._flush_handle = self._loop.call_soon(self.flush)
-
-    def queue_many(self, plaintexts: Iterable[bytes]) -> None:
-        """Queue several messages (sizes already checked); flushes in batches
-        of at most ``MAX_BATCH_MESSAGES`` messages or about 64 KiB each."""
-        out = self._out
-        for item in plaintexts:
-            out.append(item)
-            self._out_bytes += len(item)
-            if self._out_bytes >= COALESCE_BYTES or len(out) >= MAX_BATCH_MESSAGES:
-                self.flush()
-                out = self._out
-        if self._out_bytes >= COALESCE_BYTES:
-            self.flush()
-        elif self._out and self._flush_handle is None:
-            self._flush_handle = self._loop.call_soon(self.flush)
-
-    def flush(self) -> None:
-        """Seal everything queued with one native call and write it with one
-        ``write``. Never raises: a failure closes the connection."""
-        if self._flush_handle is not None:
-            self._flush_handle.cancel()
-            self._flush_handle = None
-        if not self._out:
-            return
-        messages = self._out
-        self._out = []
-        self._out_bytes = 0
-        if self._transport.is_closing():
-            return
+async def run_handshake(driver: StreamDriver, first_data: bytes = b"") -> None:
+    """Move the handshake's bytes until the connection is established or has
+    ended (its events say which; protocol failures are events, not
+    exceptions). ``first_data``: bytes already read from the stream. The
+    handshake deadline is the connection's timer, checked here."""
+    conn = driver.conn
+    loop = driver.loop
+    if first_data:
+        driver.receive(first_data)
+    driver.flush(arm=False)
+    while not conn.established and not conn.ended:
+        when = conn.get_timer()
+        remaining = (when - loop.time()) if when is not None else None
+        if remaining is not None and remaining <= 0:
+            conn.handle_timer(loop.time())
+            driver.flush(arm=False)
+            continue
         try:
-            if len(messages) == 1:  # the batch call's setup costs more than it saves
-                data = encode_records([self.session.seal(messages[0])])
-                sealed = 1
-            else:
-                # One native call: messages grouped into CONTAINER records (TCP
-                # is ordered) and sealed straight into the frames written.
-                session = self.session
-                session.before_send(len(messages))
-                data, sealed, _flags = seal_frames(session.record_layer, messages,
-                                                   self._container_max)
-                session.count_sealed(sealed, sum(map(len, messages)))
-        except RolewireError as exc:  # KeyExhausted, RecordLayerClosed
-            self.fail(exc)
-            return
-        self._writer.write(data)
-        self._count_sealed(sealed)
-        rekeys = self.session.counters.rekeys
-        if rekeys != self._rekeys:
-            self._rekeys = rekeys
-            log.info("rekey", extra={"event": "rekey", "peer": self.peer, "side": self.side,
-                                     "direction": "send", "epoch": self.session.send_epoch})
-
-    async def drain(self) -> None:
-        """Wait while the transport's write buffer is above its high-water mark."""
-        if self._transport.get_write_buffer_size() > WRITE_HIGH_WATER:
-            try:
-                await self._writer.drain()
-            except (ConnectionError, RuntimeError) as exc:
-                raise ConnectionClosed("the connection was lost") from exc
-
-    def fail(self, exc: BaseException) -> None:
-        """Record the first fatal error and close the transport at once."""
-        if self._failure is None:
-            self._failure = exc
-        self._out = []
-        self._out_bytes = 0
-        self._transport.abort()
-
-    # -- receiving ----------------------------------------------------------------
-    async def read_frames(self) -> list[Frame] | None:
-        """The frames of the next chunk; None at end of stream. Raises
-        ProtocolViolation on garbage."""
-        try:
-            data = await self._reader.read(READ_SIZE)
-        except (ConnectionError, OSError):
-            return None
+            data = await asyncio.wait_for(driver.read(), remaining)
+        except asyncio.TimeoutError:
+            continue
         if not data:
-            return None
-        self.last_activity = self._loop.time()
-        return self._decoder.feed(data)
-
-    def open_records(self, records: list[bytes]) -> list[bytes]:
-        """Open a chunk's records with one native call; returns the good
-        plaintexts in order. Bad records are dropped and counted; too many
-        raise ProtocolViolation (the caller closes the connection)."""
-        results: list[bytes | RecordError]
-        if len(records) == 1:
-            try:
-                results = [self.session.open(records[0])]
-            except RecordError as exc:
-                results = [exc]
-        else:
-            results = self.session.open_many(records)
-        good: list[bytes] = []
-        errors: list[RecordError] = []
-        for item in results:
-            if isinstance(item, RecordError):
-                errors.append(item)
-            elif item[:1] == b"\x08":  # a CONTAINER: its messages, in order
-                good.extend(decode_container(item))
-            else:
-                good.append(item)
-        self._count_opened(len(results) - len(errors), errors)
-        if errors:
-            self._bad(errors)
-        epoch = self.session.recv_epoch
-        if epoch != self._recv_epoch:
-            self._recv_epoch = epoch
-            log.info("rekey", extra={"event": "rekey", "peer": self.peer, "side": self.side,
-                                     "direction": "receive", "epoch": epoch})
-        return good
-
-    def _bad(self, errors: list[RecordError]) -> None:
-        self.bad_records += len(errors)
-        now = time.monotonic()
-        if now - self._bad_logged_at >= BAD_RECORD_LOG_INTERVAL:
-            log.debug("bad records dropped", extra={
-                "event": "bad_record", "peer": self.peer, "side": self.side,
-                "error": type(errors[0]).__name__,
-                "replay": isinstance(errors[0], ReplayDetected),
-                "count": len(errors) + self._bad_suppressed, "total": self.bad_records})
-            self._bad_logged_at = now
-            self._bad_suppressed = 0
-        else:
-            self._bad_suppressed += len(errors)
-        if self.bad_records > MAX_BAD_RECORDS:
-            raise ProtocolViolation("too many bad records on this connection")
-
-    def log_closed(self, reason: str) -> None:
-        c = self.session.counters
-        log.info("session closed", extra={
-            "event": "session_closed", "peer": self.peer, "side": self.side,
-            "reason": reason, "duration": round(time.monotonic() - self._started, 3),
-            "records_sealed": c.records_sealed, "records_opened": c.records_opened,
-            "bad_records": self.bad_records, "rekeys": c.rekeys})
-
-
-def log_handshake_complete(ev: HandshakeComplete, *, peer: str, side: str) -> None:
-    log.info("handshake complete", extra={
-        "event": "handshake_complete", "peer": peer, "side": side,
-        "suite": ev.suite.wire_name, "peer_roles": sorted(ev.peer_roles),
-        "transcript": transcript_prefix(ev.transcript_hash)})
-
-
-def log_handshake_failed(reason: str, *, peer: str, side: str, remote: bool = False,
-                         error: BaseException | None = None) -> None:
-    log.info("handshake failed", extra={
-        "event": "handshake_failed", "peer": peer, "side": side, "reason": reason,
-        "remote": remote, "error": type(error).__name__ if error is not None else ""})
-
+            conn.connection_lost(None, loop.time())
+            break
+        driver.receive(data)
+        driver.flush(arm=False)

@@ -1,42 +1,39 @@
 """The client side: :func:`connect` runs the handshake as initiator and
-returns a :class:`Channel` for calls and notifications."""
+returns a :class:`Channel` for calls and notifications.
+
+A :class:`Channel` is a thin asyncio shell around a sans-IO
+:class:`~rolewire.protocol.Connection`: it reads and writes the socket,
+keeps the connection's timer on the event loop and turns its events into
+the results of awaited calls. Every protocol decision (framing, reply
+matching, timeouts, liveness, CLOSE) is the connection's.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from rolewire.aio._base import (
     STREAM_LIMIT,
-    HandshakeAborted,
-    RecordConnection,
+    WRITE_TIMEOUT,
+    StreamDriver,
     close_writer,
     log,
-    log_handshake_complete,
-    log_handshake_failed,
-    reason_name,
     run_handshake,
 )
 from rolewire.enduser.context import has_current, propagation_metadata
-from rolewire.errors import (
-    ConnectionClosed,
-    HandshakeError,
-    ProtocolViolation,
-    RolewireError,
-)
-from rolewire.handshake import HandshakeConfig, HandshakeSuite, Initiator, parse_late_reject
-from rolewire.protocol.wire import (
-    CallMessage,
-    ErrorCode,
-    FrameDecoder,
-    FrameKind,
+from rolewire.errors import ConnectionClosed
+from rolewire.handshake import HandshakeConfig, HandshakeSuite
+from rolewire.protocol import (
+    CallFailed,
+    Closed,
+    Connection,
+    ConnectionSettings,
+    Failed,
+    HandshakeDone,
     MessageType,
-    call_header,
-    default_max_frame,
-    encode,
-    error_message,
-    remote_error,
+    ReplyReceived,
 )
 from rolewire.session import Session
 
@@ -52,7 +49,7 @@ OutgoingHook = Callable[["Channel", MessageType, int, str, bytes, Mapping[str, b
                         Mapping[str, bytes]]
 
 
-class Channel(RecordConnection):
+class Channel:
     """A secure channel to one server (built by :func:`connect`).
 
     Calls and notifications may be issued concurrently from many tasks;
@@ -62,27 +59,44 @@ class Channel(RecordConnection):
     Attributes:
         session: the :class:`~rolewire.session.Session` (counters, epochs).
         peer: ``"host:port"`` of the server.
+        connection: the sans-IO :class:`~rolewire.protocol.Connection`.
+        outgoing_hooks: hooks that may add metadata to every outgoing call
+            (see :data:`OutgoingHook`).
     """
 
     side = "initiator"
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                 session: Session, decoder: FrameDecoder, *, peer: str,
-                 suite: HandshakeSuite, leftover: Sequence[tuple[FrameKind, bytes]] = ()) -> None:
-        super().__init__(reader, writer, session, decoder, peer=peer)
+    def __init__(self, connection: Connection, reader: asyncio.StreamReader | None,
+                 writer: asyncio.StreamWriter | None, *, peer: str, suite: HandshakeSuite,
+                 write_timeout: float = WRITE_TIMEOUT, driver: Any = None) -> None:
+        assert connection.session is not None
+        self.connection = connection
+        self.session: Session = connection.session
+        self.peer = peer
         self.suite = suite
-        self._leftover = list(leftover)
+        if driver is None:
+            # A TCP stream; other transports (rolewire.aio.nats) bring a
+            # driver with the same interface.
+            assert reader is not None and writer is not None
+            driver = StreamDriver(connection, reader, writer, write_timeout=write_timeout,
+                                  on_timer_events=self._handle_events)
+        else:
+            driver._on_timer_events = self._handle_events
+        self._writer = driver.writer
+        self._driver = driver
+        self._loop = self._driver.loop
         self._calls: dict[int, asyncio.Future[bytes]] = {}
-        self._next_id = 1
-        self._notify_heads: dict[str, bytes] = {}
-        self._close_sent = False
-        self._remote_closed = False
-        self._closing = False
-        #: Hooks that may add metadata to every outgoing call (see OutgoingHook).
         self.outgoing_hooks: list[OutgoingHook] = []
+        self._end: Closed | Failed | None = None
+        self._handle_events()  # records that arrived with the last handshake message
         self._reader_task = self._loop.create_task(self._read_loop())
 
     # -- properties ----------------------------------------------------------------
+    @property
+    def _transport(self) -> asyncio.WriteTransport:
+        # (tests pause and resume reading through it)
+        return self._driver.transport  # type: ignore[return-value]
+
     @property
     def peer_roles(self) -> frozenset[str]:
         """The roles the server proved and this side verified."""
@@ -91,36 +105,23 @@ class Channel(RecordConnection):
     @property
     def closed(self) -> bool:
         """True once the channel is closed (or closing)."""
-        return self._reader_task.done() or self._closing or self._remote_closed
+        return self._reader_task.done() or self.connection.closing
 
     @property
     def pending_calls(self) -> int:
         return len(self._calls)
 
-    def _check_open(self) -> None:
-        if self._failure is not None:
-            raise self._failure_error()
-        if self._closing or self._remote_closed or self._reader_task.done():
-            raise ConnectionClosed("the channel is closed")
-
-    def _failure_error(self) -> BaseException:
-        exc = self._failure
-        if isinstance(exc, RolewireError):
-            return exc
-        return ConnectionClosed(f"the connection failed: {type(exc).__name__}")
-
     # -- calls -------------------------------------------------------------------------
-    def _message(self, kind: MessageType, call_id: int, operation: str, body: bytes,
-                 metadata: Mapping[str, bytes] | None) -> bytes:
-        """The plaintext of one outgoing call message (with ``metadata``, the
-        end-user context of the handler we run in, and whatever the outgoing
-        hooks add)."""
+    def _metadata(self, kind: MessageType, call_id: int, operation: str, body: bytes,
+                  metadata: Mapping[str, bytes] | None) -> Mapping[str, bytes] | None:
+        """The metadata of one outgoing call: ``metadata``, the end-user
+        context of the handler we run in, and whatever the hooks add."""
+        if not (metadata or self.outgoing_hooks or has_current()):
+            return metadata
         meta: Mapping[str, bytes] = propagation_metadata(metadata or {})
         for hook in self.outgoing_hooks:
             meta = hook(self, kind, call_id, operation, body, meta)
-        if not meta:
-            return call_header(kind, call_id, operation) + body
-        return encode(CallMessage(kind, call_id, operation, body, meta))
+        return meta or None
 
     async def call(self, operation: str, body: bytes = b"", *,
                    timeout: float | None = None,
@@ -129,53 +130,48 @@ class Channel(RecordConnection):
         ``{key: bytes}`` sent in the call's metadata section (docs/PROTOCOL.md,
         "Call metadata"); handlers see it as ``call.metadata``.
 
+        ``timeout``: seconds to wait for the reply (default: the channel's
+        ``call_timeout``, 60 s; ``math.inf``: no bound except liveness).
+
         Raises:
             Forbidden, UnknownOperation, ServiceUnavailable, RemoteCallError:
                 the server answered with an error (typed, see
-                :func:`rolewire.rpc.remote_error`).
+                :func:`rolewire.protocol.wire.remote_error`).
             RecordTooLarge: the message exceeds the session's record size;
                 nothing was sent.
+            CallTimeout: no reply within ``timeout`` (a ``TimeoutError``).
+            PeerUnresponsive: the server stopped answering liveness probes.
             ConnectionClosed: the channel closed before the reply came.
-            HandshakeRejected: the server rejected our last handshake message.
-            TimeoutError: no reply within ``timeout`` seconds.
+            HandshakeRejected, HandshakeTimeout: the server rejected (or
+                never confirmed) our last handshake message.
         """
-        self._check_open()
-        call_id = self._next_id
-        self._next_id += 1
-        if metadata or self.outgoing_hooks or has_current():
-            self.queue(self._message(MessageType.REQUEST, call_id, operation, bytes(body),
-                                     metadata))
-        else:
-            self.queue(call_header(MessageType.REQUEST, call_id, operation) + bytes(body))
+        conn = self.connection
+        conn.check_open()
+        body = bytes(body)
+        meta = self._metadata(MessageType.REQUEST, conn.next_call_id, operation, body, metadata)
+        call_id = conn.call(operation, body, timeout=timeout, metadata=meta)
         future: asyncio.Future[bytes] = self._loop.create_future()
         self._calls[call_id] = future
+        self._driver.flush_soon()
         try:
-            await self.drain()
-            if timeout is None:
-                return await future
-            return await asyncio.wait_for(future, timeout)
+            await self._driver.drain()
+            return await future
         finally:
-            self._calls.pop(call_id, None)
-
-    def _notify_head(self, operation: str) -> bytes:
-        head = self._notify_heads.get(operation)
-        if head is None:
-            head = call_header(MessageType.NOTIFY, 0, operation)
-            if len(self._notify_heads) < 256:
-                self._notify_heads[operation] = head
-        return head
+            if self._calls.pop(call_id, None) is not None:
+                conn.cancel(call_id)  # cancelled: a late reply is dropped
 
     async def notify(self, operation: str, body: bytes = b"", *,
                      metadata: Mapping[str, bytes] | None = None) -> None:
         """Send a one-way notification. It is queued and leaves with the
         other messages of this loop iteration (or at once past 64 KiB);
-        waits only when the transport's buffer is full."""
-        self._check_open()
-        if metadata or self.outgoing_hooks or has_current():
-            self.queue(self._message(MessageType.NOTIFY, 0, operation, bytes(body), metadata))
-        else:
-            self.queue(self._notify_head(operation) + bytes(body))
-        await self.drain()
+        waits only when the transport's buffer is full (at most the
+        channel's ``write_timeout``)."""
+        conn = self.connection
+        body = bytes(body)
+        meta = self._metadata(MessageType.NOTIFY, 0, operation, body, metadata)
+        conn.notify(operation, body, metadata=meta)
+        self._driver.flush_soon()
+        await self._driver.drain()
 
     async def send_many(self, operation: str, bodies: Iterable[bytes], *,
                         metadata: Mapping[str, bytes] | None = None) -> None:
@@ -183,115 +179,81 @@ class Channel(RecordConnection):
         call per batch (up to 4096 messages / ~64 KiB) and written with one
         ``write`` per batch, in order. Waits for the transport buffer to
         drain below its high-water mark. ``metadata`` goes with each."""
-        self._check_open()
+        conn = self.connection
         if metadata or self.outgoing_hooks or has_current():
-            messages = [self._message(MessageType.NOTIFY, 0, operation, bytes(body), metadata)
-                        for body in bodies]
+            conn.check_open()
+            for body in bodies:
+                body = bytes(body)
+                conn.notify(operation, body, metadata=self._metadata(
+                    MessageType.NOTIFY, 0, operation, body, metadata))
         else:
-            head = self._notify_head(operation)
-            messages = [head + body for body in bodies]
-        limit = self._max_plaintext
-        for message in messages:  # all or nothing
-            if len(message) > limit:
-                self._check_size(message)
-        self.queue_many(messages)
-        self.flush()
-        await self.drain()
+            conn.notify_many(operation, bodies)
+        self._driver.flush()
+        await self._driver.drain()
+
+    def queue(self, plaintext: bytes) -> None:
+        """Queue one encoded call message as it is (e.g. a ``SIGNED_BATCH``
+        head); it leaves with the next write."""
+        self.connection.queue_message(plaintext)
+        self._driver.flush_soon()
 
     async def flush_now(self) -> None:
         """Write everything queued now and wait for the transport buffer."""
-        self._check_open()
-        self.flush()
-        await self.drain()
+        self.connection.check_open()
+        self._driver.flush()
+        await self._driver.drain()
 
-    # -- receiving -------------------------------------------------------------------
-    async def _read_loop(self) -> None:
-        reason = "eof"
-        try:
-            while True:
-                frames: list[tuple[FrameKind, bytes]] | None
-                if self._leftover:
-                    frames, self._leftover = self._leftover, []
+    # -- events ------------------------------------------------------------------------
+    def _handle_events(self) -> None:
+        calls = self._calls
+        for event in self.connection.events():
+            kind = type(event)
+            if kind is ReplyReceived:
+                future = calls.pop(event.call_id, None)  # type: ignore[union-attr]
+                if future is not None and not future.done():
+                    future.set_result(event.body)  # type: ignore[union-attr]
+            elif kind is CallFailed:
+                future = calls.pop(event.call_id, None)  # type: ignore[union-attr]
+                if future is not None and not future.done():
+                    future.set_exception(event.error)  # type: ignore[union-attr]
+                    future.exception()  # mark retrieved: the caller may be gone
+            elif kind is Closed or kind is Failed:
+                self._end = event  # type: ignore[assignment]
+                self._driver.flush(arm=False)  # a final CLOSE
+                if kind is Failed:
+                    self._driver.transport.abort()
                 else:
-                    frames = await self.read_frames()
-                if frames is None:
+                    self._driver.transport.close()
+            # HandshakeDone was taken by connect(); the client serves nothing,
+            # so the connection answered any request itself (CallRefused);
+            # notifications and other messages need nothing here.
+
+    async def _read_loop(self) -> None:
+        driver = self._driver
+        conn = self.connection
+        loop = self._loop
+        try:
+            driver.flush()
+            while not conn.ended:
+                data = await driver.read()
+                if not data:
+                    conn.connection_lost(None, loop.time())
+                    self._handle_events()
                     break
-                records: list[bytes] = []
-                for kind, payload in frames:
-                    if kind is FrameKind.RECORD:
-                        records.append(payload)
-                        continue
-                    if records:
-                        self._handle(self.open_records(records))
-                        records = []
-                    # A handshake frame after completion: the responder
-                    # rejected our last handshake message.
-                    raise parse_late_reject(payload)
-                if records:
-                    self._handle(self.open_records(records))
-                if self._remote_closed and not self._calls:
-                    reason = "closed"
-                    break
-        except HandshakeError as exc:
-            reason = "rejected"
-            code = getattr(exc, "reason_code", None)
-            log_handshake_failed(reason_name(code) if code is not None else type(exc).__name__,
-                                 peer=self.peer, side=self.side, remote=True, error=exc)
-            if self._failure is None:
-                self._failure = exc
-        except ProtocolViolation as exc:
-            reason = "protocol_violation"
-            log.warning("protocol violation", extra={
-                "event": "protocol_violation", "peer": self.peer, "side": self.side,
-                "error": str(exc)})
-            if self._failure is None:
-                self._failure = exc
+                driver.receive(data)
+                self._handle_events()
+                driver.flush()
         except asyncio.CancelledError:
-            reason = "cancelled"
+            conn.abort(None, "cancelled")
+            self._handle_events()
             raise
         finally:
-            self._finish(reason)
-
-    def _handle(self, plaintexts: list[bytes]) -> None:
-        calls = self._calls
-        decode = self.calls.decode
-        for plaintext in plaintexts:
-            message = decode(plaintext)
-            kind = message.type
-            if kind is MessageType.RESPONSE or kind is MessageType.ERROR:
-                future = calls.pop(message.call_id, None)
-                if future is None or future.done():
-                    continue  # late reply to a call that timed out or was cancelled
-                if kind is MessageType.RESPONSE:
-                    future.set_result(message.body)
-                else:
-                    future.set_exception(remote_error(message))
-            elif kind is MessageType.CLOSE:
-                self._remote_closed = True
-            elif kind is MessageType.REQUEST:
-                # This channel serves nothing.
-                self.queue(encode(error_message(message.call_id, message.operation,
-                                                ErrorCode.UNKNOWN_OPERATION,
-                                                "the client serves no operations")))
-            # NOTIFY from the server: nothing listens on a client; dropped.
-
-    def _finish(self, reason: str) -> None:
-        """Final cleanup (runs once, in the read task)."""
-        if not self._transport.is_closing():
-            if not self._close_sent and self._failure is None:
-                self._close_sent = True
-                self.queue(encode(CallMessage(MessageType.CLOSE, 0, "")))
-            self.flush()
-            self._transport.close()
-        error = self._failure_error() if self._failure is not None else ConnectionClosed(
-            "the channel closed before the reply arrived")
-        for future in self._calls.values():
-            if not future.done():
-                future.set_exception(error)
-                future.exception()  # mark retrieved: the caller may be gone
-        self._calls.clear()
-        self.log_closed(reason)
-        self.session.close()
+            driver.stop()
+            for future in self._calls.values():
+                if not future.done():
+                    future.set_exception(ConnectionClosed("the channel closed"))
+                    future.exception()
+            self._calls.clear()
 
     # -- closing -------------------------------------------------------------------------
     async def close(self, timeout: float = 5.0) -> None:
@@ -299,15 +261,13 @@ class Channel(RecordConnection):
         calls get their replies (up to ``timeout`` seconds), wait for the
         server's CLOSE, then close the connection. Idempotent."""
         if not self._reader_task.done():
-            self._closing = True
-            if not self._close_sent and not self._transport.is_closing():
-                self._close_sent = True
-                self.queue(encode(CallMessage(MessageType.CLOSE, 0, "")))
-                self.flush()
+            self.connection.close(self._loop.time(), timeout)
+            self._handle_events()
+            self._driver.flush()
             try:
-                await asyncio.wait_for(asyncio.shield(self._reader_task), timeout)
+                await asyncio.wait_for(asyncio.shield(self._reader_task), timeout + 1.0)
             except asyncio.TimeoutError:
-                self._transport.abort()
+                self._driver.transport.abort()
         try:
             await self._reader_task
         except asyncio.CancelledError:
@@ -316,8 +276,9 @@ class Channel(RecordConnection):
 
     def abort(self) -> None:
         """Close at once; pending calls fail with ConnectionClosed."""
-        self._closing = True
-        self._transport.abort()
+        self.connection.abort(None, "aborted")
+        self._handle_events()
+        self._driver.transport.abort()
 
     async def __aenter__(self) -> Self:
         return self
@@ -331,8 +292,10 @@ class Channel(RecordConnection):
 
 
 async def _connect(host: str, port: int, config: HandshakeConfig, *, timeout: float,
-                   max_frame: int | None,
-                   local_addr: tuple[str, int] | None = None) -> Channel:
+                   max_frame: int | None, local_addr: tuple[str, int] | None = None,
+                   call_timeout: float | None = 60.0,
+                   keepalive_interval: float | None = 30.0, liveness_timeout: float = 15.0,
+                   write_timeout: float = WRITE_TIMEOUT) -> Channel:
     if not isinstance(config, HandshakeConfig):
         raise TypeError("config must be a HandshakeConfig")
     loop = asyncio.get_running_loop()
@@ -341,22 +304,36 @@ async def _connect(host: str, port: int, config: HandshakeConfig, *, timeout: fl
         asyncio.open_connection(host, port, limit=STREAM_LIMIT, local_addr=local_addr), timeout)
     peername = writer.get_extra_info("peername")
     peer = f"{peername[0]}:{peername[1]}" if peername else f"{host}:{port}"
-    decoder = FrameDecoder(max_frame or default_max_frame(config))
     try:
-        hs = Initiator(config, peer=host)
-        event, leftover = await run_handshake(hs, reader, writer, decoder,
-                                              timeout=max(deadline - loop.time(), 0.001))
-    except HandshakeAborted as aborted:
-        log_handshake_failed(aborted.reason, peer=peer, side="initiator",
-                             remote=aborted.remote, error=aborted.error)
-        await close_writer(writer)
-        raise aborted.error from None
+        settings = ConnectionSettings(
+            handshake_timeout=max(deadline - loop.time(), 0.001), max_frame=max_frame,
+            call_timeout=call_timeout, keepalive_interval=keepalive_interval,
+            liveness_timeout=liveness_timeout)
+        conn = Connection.client(config, now=loop.time(), peer=peer, handshake_peer=host,
+                                 settings=settings, logger=log)
+        driver = StreamDriver(conn, reader, writer, on_timer_events=lambda: None,
+                              write_timeout=write_timeout)
+        await run_handshake(driver)
     except BaseException:
         writer.transport.abort()
         raise
-    log_handshake_complete(event, peer=peer, side="initiator")
-    return Channel(reader, writer, event.session, decoder, peer=peer, suite=event.suite,
-                   leftover=leftover)
+    done: HandshakeDone | None = None
+    failure: Failed | None = None
+    while (event := conn.next_event()) is not None:
+        if isinstance(event, HandshakeDone):
+            done = event
+            break
+        if isinstance(event, Failed):
+            failure = event
+            break
+    if done is None:
+        driver.flush(arm=False)  # our Reject, if any
+        await close_writer(writer)
+        if failure is not None:
+            raise failure.error
+        raise ConnectionClosed("the connection ended during the handshake")
+    return Channel(conn, reader, writer, peer=peer, suite=done.suite,
+                   write_timeout=write_timeout)
 
 
 class _Connect:
@@ -379,14 +356,33 @@ class _Connect:
 
 
 def connect(host: str, port: int, config: HandshakeConfig, *, timeout: float = 10.0,
-            max_frame: int | None = None,
-            local_addr: tuple[str, int] | None = None) -> _Connect:
+            max_frame: int | None = None, local_addr: tuple[str, int] | None = None,
+            call_timeout: float | None = 60.0, keepalive_interval: float | None = 30.0,
+            liveness_timeout: float = 15.0, write_timeout: float = WRITE_TIMEOUT) -> _Connect:
     """Open a TCP connection, run the handshake as initiator, return a
     :class:`Channel`. Use as ``channel = await connect(...)`` or
     ``async with connect(...) as channel``.
 
-    ``timeout`` bounds connecting plus the handshake (and so does
-    ``config.timeout``). Raises the handshake's typed error
+    Timeouts (seconds; docs/aio.md, "Timeouts"):
+
+    - ``timeout`` (10): connecting plus the handshake (also bounded by
+      ``config.timeout``);
+    - ``call_timeout`` (60): default of :meth:`Channel.call`'s ``timeout``
+      (None: calls wait for their reply as long as the server is alive);
+    - ``keepalive_interval`` (30) / ``liveness_timeout`` (15): with a reply
+      awaited or data sent since the server was last heard, the channel
+      probes it after ``keepalive_interval`` of silence and fails with
+      :class:`~rolewire.errors.PeerUnresponsive` if the probe is not
+      answered within ``liveness_timeout``. The first data sent is always
+      followed by a probe: if the server never confirms the handshake (its
+      last message was lost) the channel fails with
+      :class:`~rolewire.errors.HandshakeTimeout` within ``timeout``.
+      ``keepalive_interval=None`` turns probing off;
+    - ``write_timeout`` (30): a call, notify or send_many waiting for a full
+      write buffer to drain gives up after this long
+      (:class:`~rolewire.errors.PeerUnresponsive`, the channel is cut).
+
+    Raises the handshake's typed error
     (:class:`~rolewire.errors.HandshakeRejected` with the server's reason
     code, e.g. BUSY when the server is at its connection bound;
     :class:`~rolewire.errors.HandshakeTimeout`, ...),
@@ -396,4 +392,7 @@ def connect(host: str, port: int, config: HandshakeConfig, *, timeout: float = 1
     apply their per-peer limits by source address).
     """
     return _Connect(host, port, config, timeout=timeout, max_frame=max_frame,
-                    local_addr=local_addr)
+                    local_addr=local_addr, call_timeout=call_timeout,
+                    keepalive_interval=keepalive_interval, liveness_timeout=liveness_timeout,
+                    write_timeout=write_timeout)
+

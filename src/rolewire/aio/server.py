@@ -8,7 +8,7 @@ import contextlib
 import inspect
 import logging
 from collections import deque
-from collections.abc import Generator, Iterable
+from collections.abc import Generator
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -16,49 +16,38 @@ from rolewire.aio._base import (
     READ_SIZE,
     STREAM_LIMIT,
     WRITE_HIGH_WATER,
-    Frame,
-    HandshakeAborted,
-    RecordConnection,
+    StreamDriver,
     close_writer,
     limit_recv_size,
     linger_close,
     log,
-    log_handshake_complete,
-    log_handshake_failed,
     run_handshake,
 )
 from rolewire.budgets import CallGuard, PeerBudget, peer_group
 from rolewire.errors import (
-    AuthenticationFailed,
     ConfigurationError,
     ConnectionClosed,
+    HandshakeError,
     ProtocolViolation,
-    RecordError,
-    ReplayDetected,
     TooManyHandshakes,
 )
-from rolewire.handshake import (
-    CookieChecker,
-    HandshakeConfig,
-    HandshakeLimiter,
-    Responder,
-    busy_reject,
-)
+from rolewire.handshake import CookieChecker, HandshakeConfig, HandshakeLimiter, RejectReason
 from rolewire.handshake.limiter import HandshakeSlot
-from rolewire.handshake.messages import Reject
-from rolewire.handshake.reasons import RejectReason
-from rolewire.protocol.wire import (
-    CallMessage,
+from rolewire.protocol import (
+    CallReceived,
+    CallRefused,
+    Closed,
+    Closing,
+    Connection,
+    ConnectionSettings,
     ErrorCode,
-    FrameDecoder,
-    FrameKind,
-    MessageType,
-    default_max_frame,
-    encode,
-    encode_frame,
-    error_message,
+    Failed,
+    Notified,
+    busy_frame,
+    reject_frame,
 )
-from rolewire.services import CallContext, Refusal, Service, audit_log
+from rolewire.protocol.wire import default_max_frame
+from rolewire.services import Refusal, Service
 from rolewire.session import Session
 
 if TYPE_CHECKING:
@@ -68,7 +57,14 @@ if TYPE_CHECKING:
 
 __all__ = ["Server", "ServerStats", "serve"]
 
-_CLOSE = encode(CallMessage(MessageType.CLOSE, 0, ""))
+
+
+def log_handshake_failed(reason: str, *, peer: str, side: str) -> None:
+    """The log line of a connection refused before its handshake ran (the
+    connection core logs the others)."""
+    log.info("handshake failed", extra={
+        "event": "handshake_failed", "peer": peer, "side": side, "reason": reason,
+        "remote": False, "error": ""})
 
 
 @dataclass
@@ -102,353 +98,272 @@ class ServerStats:
         return asdict(self)
 
 
-def _outcome(reply: CallMessage | None, known: bool) -> str:
-    """A request's outcome for telemetry: ``ok``, ``forbidden``,
-    ``unknown`` or ``error`` (the local view: precise even where the reply
-    is uniform)."""
-    if reply is None or reply.type is MessageType.RESPONSE:
-        return "ok"
-    if not known:
-        return "unknown"
-    code = int.from_bytes(reply.body[:2], "big") if reply.type is MessageType.ERROR else 0
-    return "forbidden" if code == ErrorCode.FORBIDDEN else "error"
+class _ServerConnection:
+    """One established connection: a sans-IO
+    :class:`~rolewire.protocol.Connection` over a stream, with the service's
+    handlers run for its :class:`~rolewire.protocol.CallReceived` and
+    :class:`~rolewire.protocol.Notified` events (synchronous handlers
+    inline, coroutine handlers as tasks, at most ``max_inflight`` at once).
+    The connection decides everything else."""
 
-
-class _ServerConnection(RecordConnection):
     side = "responder"
 
-    def __init__(self, server: Server, reader: asyncio.StreamReader,
-                 writer: asyncio.StreamWriter, session: Session, decoder: FrameDecoder, *,
-                 peer: str) -> None:
-        super().__init__(reader, writer, session, decoder, peer=peer)
+    def __init__(self, server: Server, driver: StreamDriver, *, peer: str) -> None:
         self._server = server
         self._stats = server.stats
         self._service = server.service
-        self._inflight = 0
+        self._driver = driver
+        self.conn = driver.conn
+        self.peer = peer
+        self._loop = driver.loop
+        self._transport = driver.transport
+        self._running = 0
         self._tasks: set[asyncio.Task[None]] = set()
-        self._backlog: deque[CallMessage] = deque()
-        #: operation name -> (Operation, shared CallContext) of notifications
-        #: this connection may send (see _cache_notify).
-        self._notify_fast: dict[str, tuple[Any, CallContext]] = {}
+        self._backlog: deque[CallReceived] = deque()
         self._room = asyncio.Event()
         self._room.set()
-        self._idle_event = asyncio.Event()  # set when nothing is in flight
-        self._idle_event.set()
-        self._closing = False     # we decided to close: new requests get UNAVAILABLE
-        self._close_sent = False
-        self._peer_closed = False
-        self._close_reason = "eof"
-        self._idle_handle: asyncio.TimerHandle | None = None
-        self._deadline_handle: asyncio.TimerHandle | None = None
-        self._rekeys_seen = session.counters.rekeys
-        # Refused calls of this connection: audit-line budget, close threshold.
-        self.guard = CallGuard(**server.call_guard)
-        self._refused_seen = 0
-        # Per-connection state of the call layers (end-user token cache,
-        # signed-call batches): rolewire.callstate.
-        self.call_state = server.service.connection_state(session.transcript_hash,
-                                                          session.peer_roles, peer)
-        if server.idle_timeout:
-            self._idle_handle = self._loop.call_later(server.idle_timeout, self._idle_check)
+        self._graceful = False
+        self._seen = (0, 0, 0, 0, 0, 0)  # session counters already in the stats
+        driver._on_timer_events = self._control_events
 
-    # -- statistics hooks ------------------------------------------------------------
-    def _count_sealed(self, n: int) -> None:
-        self._stats.records_sealed += n
-        rekeys = self.session.counters.rekeys
-        if rekeys != self._rekeys_seen:
-            self._stats.rekeys += rekeys - self._rekeys_seen
-            self._rekeys_seen = rekeys
+    @property
+    def _out_bytes(self) -> int:
+        # Reply bytes queued in the connection, not sealed yet (tests).
+        return self.conn.queued_bytes
 
-    def _count_opened(self, ok: int, errors: list[RecordError]) -> None:
-        stats = self._stats
-        stats.records_opened += ok
-        for error in errors:
-            if isinstance(error, ReplayDetected):
-                stats.replays_rejected += 1
-            elif isinstance(error, AuthenticationFailed):
-                stats.auth_failures += 1
-            else:
-                stats.other_bad_records += 1
+    @property
+    def session(self) -> Session:
+        session = self.conn.session
+        assert session is not None
+        return session
 
-    def _check_guard(self) -> None:
-        """Count refused calls; close a connection past its refusal budget."""
-        guard = self.guard
-        if guard.refused != self._refused_seen:
-            self._stats.forbidden_calls += guard.refused - self._refused_seen
-            self._refused_seen = guard.refused
-            if guard.exhausted and not self._closing:
-                self._stats.refusal_closes += 1
-                audit_log.warning("too many refused calls: closing the connection", extra={
-                    "event": "refused_calls_limit", "peer": self.peer,
-                    "refused": guard.refused})
-                self.begin_close("refused_calls")
-
-    # -- timers ----------------------------------------------------------------------
-    def _idle_check(self) -> None:
-        self._idle_handle = None
-        if self._closing or self._transport.is_closing():
-            return
-        timeout = self._server.idle_timeout
-        if timeout is None:  # idle closing is off; nothing scheduled this
-            return
-        idle_for = self._loop.time() - self.last_activity
-        if self._inflight == 0 and not self._backlog and idle_for >= timeout:
-            self._stats.idle_closes += 1
-            log.info("idle timeout", extra={"event": "idle_timeout", "peer": self.peer,
-                                            "idle": round(idle_for, 3)})
-            self.begin_close("idle")
-            return
-        self._idle_handle = self._loop.call_later(max(timeout - idle_for, 0.05),
-                                                  self._idle_check)
-
-    # -- closing ----------------------------------------------------------------------
     def begin_close(self, reason: str) -> None:
-        """Start a graceful close from our side: requests already running
-        finish and are answered, new ones get UNAVAILABLE, then CLOSE is sent;
-        the connection ends when the client closes too, or after the
-        server's ``close_timeout``."""
-        if self._closing:
-            return
-        self._closing = True
-        self._close_reason = reason
-        self._loop.create_task(self._send_close_when_idle())
-        self._deadline_handle = self._loop.call_later(self._server.close_timeout,
-                                                      self._transport.abort)
+        """Start a graceful close from our side (see
+        :meth:`rolewire.protocol.Connection.begin_close`)."""
+        self.conn.begin_close(reason, self._loop.time())
+        self._control_events()
+        self._driver.flush()
 
-    async def _send_close_when_idle(self) -> None:
-        try:
-            await asyncio.wait_for(self._idle_event.wait(), self._server.close_timeout)
-        except asyncio.TimeoutError:
-            pass
-        self._send_close()
+    # -- statistics ------------------------------------------------------------------
+    def _sync_stats(self) -> None:
+        c = self.session.counters
+        now = (c.records_sealed, c.records_opened, c.replays_rejected, c.auth_failures,
+               c.other_rejections, c.rekeys)
+        seen = self._seen
+        if now != seen:
+            stats = self._stats
+            stats.records_sealed += now[0] - seen[0]
+            stats.records_opened += now[1] - seen[1]
+            stats.replays_rejected += now[2] - seen[2]
+            stats.auth_failures += now[3] - seen[3]
+            stats.other_bad_records += now[4] - seen[4]
+            stats.rekeys += now[5] - seen[5]
+            self._seen = now
 
-    def _send_close(self) -> None:
-        if not self._close_sent and not self._transport.is_closing():
-            self._close_sent = True
-            self.queue(_CLOSE)
-            self.flush()
-
-    # -- the connection's life ---------------------------------------------------------
-    async def run(self, leftover: list[Frame]) -> None:
-        try:
-            frames: list[Frame] | None = leftover
-            while True:
-                if frames:
-                    await self._process(frames)
-                    self.flush()  # the replies of this chunk, in one write
-                if self._peer_closed:
-                    break
-                max_inflight = self._server.max_inflight
-                while self._backlog or self._inflight >= max_inflight:
-                    if self._backlog and self._inflight < max_inflight:
-                        # Held back while replies were unsent: wait until
-                        # they drain, then start what the backlog holds.
-                        await self.drain()
-                        while self._backlog and self._inflight < max_inflight:
-                            self._start(self._backlog.popleft())
-                        continue
-                    self._room.clear()
-                    await self._room.wait()  # back-pressure: stop reading
-                # A client that does not read its replies stops being read.
-                await self.drain()
-                frames = await self.read_frames()
-                if frames is None:
-                    break
-            if self._peer_closed:
-                # Graceful: answer what is running, then CLOSE and close.
-                self._closing = True
-                try:
-                    await asyncio.wait_for(self._idle_event.wait(), self._server.close_timeout)
-                except asyncio.TimeoutError:
-                    pass
-                self._send_close()
-                if self._close_reason == "eof":
-                    self._close_reason = "closed_by_peer"
-        except ConnectionClosed:
-            self._close_reason = "connection_lost"
-        except ProtocolViolation as exc:
-            self._stats.protocol_errors += 1
-            self._close_reason = "protocol_violation"
-            log.warning("protocol violation", extra={
-                "event": "protocol_violation", "peer": self.peer, "side": self.side,
-                "error": str(exc)})
-            self._transport.abort()
-        finally:
-            for handle in (self._idle_handle, self._deadline_handle):
-                if handle is not None:
-                    handle.cancel()
-            if not self._peer_closed:
-                for task in list(self._tasks):
-                    task.cancel()
-            if self._transport.is_closing():
-                self._transport.abort()
-            else:
-                self.flush()
-            await close_writer(self._writer)
-            if self.guard.suppressed_total:
-                audit_log.warning("audit lines suppressed", extra={
-                    "event": "audit_suppressed", "peer": self.peer,
-                    "suppressed": self.guard.suppressed_total, "refused": self.guard.refused})
-            self.log_closed(self._close_reason)
-            self.session.close()
-
-    def _cache_notify(self, name: str, state: object) -> None:
-        """Remember an operation's permission and shared context for this
-        connection's notifications, if nothing beyond roles is checked per
-        call (no end-user or signature requirement)."""
-        service = self._service
-        operation = service.operations.get(name)
-        roles = self.session.peer_roles
-        if operation is None or not operation.permits(roles) or \
-                service.needs_call_checks(operation):
-            return
-        context = service.call_context(operation, roles, self.peer, 0,
-                                       state=state)  # type: ignore[arg-type]
-        if isinstance(context, CallContext):
-            self._notify_fast[name] = (operation, context)
-
-    async def _process(self, frames: list[Frame]) -> None:
-        records = []
-        for kind, payload in frames:
-            if kind is not FrameKind.RECORD:
-                raise ProtocolViolation("handshake frame after the handshake completed")
-            records.append(payload)
-        service = self._service
-        roles = self.session.peer_roles
-        peer = self.peer
+    # -- events ------------------------------------------------------------------------
+    def _control(self, event: object) -> None:
+        """Events other than calls: statistics, and the end of the connection."""
+        kind = type(event)
         stats = self._stats
-        decode = self.calls.decode
-        guard = self.guard
-        now = self._loop.time()
-        dispatch_nowait = service.dispatch_nowait
-        state = self.call_state
-        messages: Iterable[CallMessage] = map(decode, self.open_records(records))
-        if state.admit is not None:  # signed calls wait until their batch verifies
-            messages = state.admit(messages)
-        fast = self._notify_fast
-        invoke = service.invoke
-        for message in messages:
-            call_type = message.type
-            if call_type is MessageType.NOTIFY:
+        if kind is CallRefused:
+            refused: CallRefused = event  # type: ignore[assignment]
+            if refused.notification:
                 stats.notifications += 1
-                if self._closing:
-                    continue
-                cached = None if message.metadata else fast.get(message.operation)
-                if cached is not None:
-                    # Notification fast path: permission and context cached
-                    # for this connection (its peer roles are fixed).
-                    done = invoke(cached[0], cached[1], message.body)
-                    if done is not None and not isinstance(done, (bytes, Refusal)):
-                        await done
-                    continue
-                done = dispatch_nowait(message, roles, peer, guard, now, state)
-                if done is not None and not isinstance(done, CallMessage):
-                    await done
-                if guard.refused != self._refused_seen:
-                    self._check_guard()
-                elif not message.metadata and len(fast) < 256:
-                    self._cache_notify(message.operation, state)
-            elif call_type is MessageType.REQUEST:
-                stats.requests += 1
-                if self._closing:
-                    self.queue(encode(error_message(
-                        message.call_id, message.operation, ErrorCode.UNAVAILABLE,
-                        "the server is closing this connection")))
-                elif not self._server.is_async(message.operation):
-                    # Synchronous handler (or an unknown operation): answer
-                    # inline, no task needed.
-                    if self._server.telemetry is None:
-                        reply = dispatch_nowait(message, roles, peer, guard, now, state)
-                        if reply is not None and not isinstance(reply, CallMessage):
-                            reply = await reply
-                    else:
-                        reply = await self._traced(message, now)
-                    self._reply(reply)
-                    if guard.refused != self._refused_seen:
-                        self._check_guard()
-                    if self._unsent() > WRITE_HIGH_WATER:
-                        # Issue 11 s.4: a client that does not read must not
-                        # make us buffer a chunk's worth of large replies.
-                        # Stop handling its requests until they drain.
-                        self.flush()
-                        await self.drain()
-                elif (self._inflight < self._server.max_inflight
-                      and self._unsent() <= WRITE_HIGH_WATER):
-                    self._start(message)
-                else:
-                    self._backlog.append(message)
-            elif call_type is MessageType.CLOSE:
-                self._peer_closed = True
-                break
-            elif call_type is MessageType.SIGNED_BATCH:
-                continue  # a signed batch head for a service that verifies none
             else:
-                # RESPONSE/ERROR: the server issues no calls.
-                raise ProtocolViolation("unexpected reply message from the client")
+                stats.requests += 1
+            if refused.code in _COUNTED_REFUSALS:
+                stats.forbidden_calls += 1
+            if refused.limit_reached:
+                stats.refusal_closes += 1
+            telemetry = self._server.telemetry
+            if telemetry is not None and not refused.notification:
+                service = self._service
+                known = refused.operation in service.operations
+                span = telemetry.start_call(service.name, refused.operation, known, self.peer)
+                outcome = ("unknown" if not known else
+                           "forbidden" if refused.code == ErrorCode.FORBIDDEN else "error")
+                telemetry.end_call(span, service.name, refused.operation, known, outcome, 0.0)
+        elif kind is Closing:
+            if event.reason == "idle":  # type: ignore[attr-defined]
+                stats.idle_closes += 1
+        elif kind is Closed:
+            self._graceful = event.graceful  # type: ignore[attr-defined]
+            self._driver.flush(arm=False)  # our CLOSE
+            if self._graceful:
+                self._transport.close()
+            else:
+                self._transport.abort()
+            self._room.set()
+        elif kind is Failed:
+            if isinstance(event.error, ProtocolViolation):  # type: ignore[attr-defined]
+                stats.protocol_errors += 1
+            self._transport.abort()
+            self._room.set()
+        # HandshakeDone (taken already), OtherMessage (a signed-batch head
+        # for a service that verifies none), replies: nothing to do.
 
-    def _unsent(self) -> int:
-        """Reply bytes queued or in the transport's buffer, not yet sent."""
-        return self._out_bytes + self._transport.get_write_buffer_size()
+    def _control_events(self) -> None:
+        """Events outside a received chunk (timers, replies of tasks)."""
+        for event in self.conn.events():
+            if type(event) is CallReceived:  # cannot happen outside a chunk
+                self._call(event)  # type: ignore[arg-type]
+            else:
+                self._control(event)
+        if self.conn.session is not None:
+            self._sync_stats()
 
-    def _reply(self, reply: CallMessage | None) -> None:
-        if reply is None:
-            return
-        if not self._transport.is_closing():
-            self.queue(encode(reply))
+    def _call(self, event: CallReceived) -> None:
+        if (self._running < self._server.max_inflight
+                and self._driver.unsent() <= WRITE_HIGH_WATER):
+            self._start(event)
+        else:
+            self._backlog.append(event)
 
-    def _start(self, message: CallMessage) -> None:
-        self._inflight += 1
-        self._idle_event.clear()
-        task = self._loop.create_task(self._run_call(message))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    async def _process(self, events: list[Any]) -> None:
+        stats = self._stats
+        conn = self.conn
+        invoke = self._service.invoke
+        is_async = self._server.is_async
+        for event in events:
+            kind = type(event)
+            if kind is Notified:
+                stats.notifications += 1
+                result = invoke(event.operation, event.context, event.body)
+                if not isinstance(result, (bytes, tuple)):
+                    await result
+            elif kind is CallReceived:
+                stats.requests += 1
+                operation = event.operation
+                if is_async(operation.name):
+                    self._call(event)
+                    continue
+                # Synchronous handler: answer inline, no task needed.
+                if self._server.telemetry is None:
+                    result = invoke(operation, event.context, event.body)
+                    if not isinstance(result, (bytes, tuple)):
+                        result = await result
+                else:
+                    result = await self._traced(event)
+                conn.reply(event.call_id, operation.name, result)
+                if self._driver.unsent() + conn.queued_bytes > WRITE_HIGH_WATER:
+                    # Issue 11 s.4: a client that does not read must not
+                    # make us buffer a chunk's worth of large replies.
+                    # Stop handling its requests until they drain.
+                    self._driver.flush()
+                    await self._driver.drain()
+            else:
+                self._control(event)
 
-    async def _traced(self, message: CallMessage, now: float) -> CallMessage | None:
-        """Dispatch one request inside its span and record its outcome."""
+    async def _traced(self, event: CallReceived) -> bytes | Refusal:
+        """Run one request's handler inside its span and record its outcome."""
         telemetry = self._server.telemetry
         assert telemetry is not None
         service = self._service
-        known = message.operation in service.operations
-        span = telemetry.start_call(service.name, message.operation, known, self.peer,
-                                    message.metadata)
+        name = event.operation.name
+        span = telemetry.start_call(service.name, name, True, self.peer,
+                                    event.context.metadata)
         started = self._loop.time()
-        reply: CallMessage | None = None
+        result: bytes | Refusal | None = None
         try:
             if span is None:
-                reply = await service.dispatch(message, self.session.peer_roles, self.peer,
-                                               self.guard, now, self.call_state)
+                result = service.invoke(event.operation, event.context, event.body)
+                if not isinstance(result, (bytes, tuple)):
+                    result = await result
             else:
                 with telemetry.use_span(span):
-                    reply = await service.dispatch(message, self.session.peer_roles,
-                                                   self.peer, self.guard, now, self.call_state)
+                    result = service.invoke(event.operation, event.context, event.body)
+                    if not isinstance(result, (bytes, tuple)):
+                        result = await result
         finally:
-            telemetry.end_call(span, service.name, message.operation, known,
-                               _outcome(reply, known), self._loop.time() - started)
-        return reply
+            telemetry.end_call(span, service.name, name, True,
+                               "ok" if isinstance(result, bytes) else "error",
+                               self._loop.time() - started)
+        assert result is not None
+        return result
 
-    async def _run_call(self, message: CallMessage) -> None:
+    def _start(self, event: CallReceived) -> None:
+        self._running += 1
+        task = self._loop.create_task(self._run_call(event))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run_call(self, event: CallReceived) -> None:
+        conn = self.conn
         try:
             if self._server.telemetry is None:
-                reply = await self._service.dispatch(message, self.session.peer_roles,
-                                                     self.peer, self.guard, self._loop.time(),
-                                                     self.call_state)
+                result = self._service.invoke(event.operation, event.context, event.body)
+                if not isinstance(result, (bytes, tuple)):
+                    result = await result
             else:
-                reply = await self._traced(message, self._loop.time())
-            self._reply(reply)
-            self._check_guard()
+                result = await self._traced(event)
+            conn.reply(event.call_id, event.operation.name, result, self._loop.time())
+            self._control_events()
+            self._driver.flush_soon()
         finally:
-            self._inflight -= 1
-            self.last_activity = self._loop.time()
+            self._running -= 1
             if self._transport.is_closing():
                 self._backlog.clear()  # nobody to answer
-            elif self._backlog and self._unsent() <= WRITE_HIGH_WATER:
+            elif self._backlog and self._driver.unsent() <= WRITE_HIGH_WATER:
                 self._start(self._backlog.popleft())
             # The run loop re-checks the backlog and the in-flight bound.
             self._room.set()
-            if self._inflight == 0:
-                self._idle_event.set()
-                if self._closing and not self._backlog:
-                    self._send_close()  # leaves in the same write as the last reply
+
+    # -- the connection's life ---------------------------------------------------------
+    async def run(self) -> None:
+        conn = self.conn
+        driver = self._driver
+        loop = self._loop
+        max_inflight = self._server.max_inflight
+        try:
+            await self._process(conn.events())  # records that came with the handshake
+            driver.flush()
+            self._sync_stats()
+            while not conn.ended:
+                while not conn.ended and (conn.reading_paused or self._backlog):
+                    if self._backlog and self._running < max_inflight:
+                        # Held back while replies were unsent: wait until
+                        # they drain, then start what the backlog holds.
+                        await driver.drain()
+                        while self._backlog and self._running < max_inflight:
+                            self._start(self._backlog.popleft())
+                        if not conn.reading_paused:
+                            continue
+                    self._room.clear()
+                    await self._room.wait()  # back-pressure: stop reading
+                if conn.ended:
+                    break
+                # A client that does not read its replies stops being read.
+                await driver.drain()
+                data = await driver.read()
+                if not data:
+                    conn.connection_lost(None, loop.time())
+                    self._control_events()
+                    break
+                driver.receive(data)
+                await self._process(conn.events())
+                driver.flush()  # the replies of this chunk, in one write
+                self._sync_stats()
+        except ConnectionClosed:
+            conn.connection_lost(ConnectionClosed("lost"), loop.time())
+            self._control_events()
+        finally:
+            driver.stop()
+            if not self._graceful:
+                for task in list(self._tasks):
+                    task.cancel()
+            if not conn.ended:
+                conn.abort(None, "connection_lost")
+                self._control_events()
+            if self._transport.is_closing():
+                self._transport.abort()
+            else:
+                driver.flush(arm=False)
+            await close_writer(driver.writer)
+            self._sync_stats()
+
+
+#: Refusals counted as ``forbidden_calls`` (not authorized / no such operation).
+_COUNTED_REFUSALS = (ErrorCode.FORBIDDEN, ErrorCode.UNKNOWN_OPERATION)
 
 
 #: Stream buffer limit before the handshake completes (asyncio stops reading
@@ -697,7 +612,7 @@ class Server:
         log.info("connection refused: busy", extra={
             "event": "busy_reject", "peer": peer, "open": stats.connections_open,
             "why": why})
-        writer.write(encode_frame(FrameKind.HANDSHAKE, busy_reject()))
+        writer.write(busy_frame())
         if self._lingering >= _MAX_LINGERING:
             # Under a flood, refusals must not pile up either: cut at once
             # (the BUSY may be lost to a RST; the peer sees a reset).
@@ -714,7 +629,6 @@ class Server:
                                  pending: _Pending) -> None:
         stats = self.stats
         loop = asyncio.get_running_loop()
-        decoder = FrameDecoder(self.max_frame)
         # A short deadline for the first byte: a connection that says nothing
         # holds no handshake slot, and not for long.
         try:
@@ -725,8 +639,7 @@ class Server:
             stats.first_byte_timeouts += 1
             log_handshake_failed("TIMEOUT", peer=peer, side="responder")
             if not writer.transport.is_closing():
-                writer.write(encode_frame(FrameKind.HANDSHAKE,
-                                          Reject(RejectReason.TIMEOUT).encode()))
+                writer.write(reject_frame(RejectReason.TIMEOUT))
             await close_writer(writer)
             return
         except (ConnectionError, OSError):
@@ -768,6 +681,15 @@ class Server:
             await self._refuse_busy(reader, writer, peer, "handshakes")
             return
         pending.slot = slot
+        settings = ConnectionSettings(
+            handshake_timeout=self.handshake_timeout, idle_timeout=self.idle_timeout,
+            close_timeout=self.close_timeout, max_inflight=self.max_inflight,
+            max_frame=self.max_frame, call_guard=self.call_guard, keepalive_interval=None)
+        conn = Connection.server(self.config, self.service, now=loop.time(), peer=peer,
+                                 handshake_peer=host, settings=settings, logger=log,
+                                 cookies=self.cookies,
+                                 under_load=self.limiter.pending > self.cookie_load)
+        driver = StreamDriver(conn, reader, writer, on_timer_events=lambda: None)
         telemetry = self.telemetry
         span = None
         started = loop.time()
@@ -775,54 +697,50 @@ class Server:
             peername = writer.get_extra_info("peername")
             span = telemetry.start_handshake(host, peername[1] if peername else None)
         try:
-            hs = Responder(self.config, peer=host, cookies=self.cookies,
-                           under_load=self.limiter.pending > self.cookie_load)
-            event, leftover = await run_handshake(
-                hs, reader, writer, decoder, timeout=self.handshake_timeout, first_data=first,
-                max_pending_frame=self.config.max_message_size + 5)  # + length, kind
-        except HandshakeAborted as aborted:
-            stats.handshakes_failed += 1
-            if aborted.reason == "TIMEOUT":
-                stats.handshake_timeouts += 1
-            log_handshake_failed(aborted.reason, peer=peer, side="responder",
-                                 remote=aborted.remote, error=aborted.error)
-            if telemetry is not None:
-                telemetry.end_handshake(span, loop.time() - started, complete=False,
-                                        reason=aborted.reason)
-            self._authenticated(pending)
-            await linger_close(reader, writer, timeout=0.5)
-            return
-        except (ProtocolViolation, ConnectionClosed, OSError) as exc:
-            stats.handshakes_failed += 1
-            if isinstance(exc, ProtocolViolation):
-                stats.protocol_errors += 1
-            log_handshake_failed(type(exc).__name__, peer=peer, side="responder", error=exc)
-            if telemetry is not None:
-                telemetry.end_handshake(span, loop.time() - started, complete=False,
-                                        reason=type(exc).__name__)
-            writer.transport.abort()
-            return
+            await run_handshake(driver, first)
+        except (ConnectionClosed, OSError) as exc:
+            conn.abort(exc, type(exc).__name__)
         finally:
             # Frees the slot and the per-peer count however we left.
             self._authenticated(pending)
+        if not conn.established:
+            stats.handshakes_failed += 1
+            failed = next((e for e in conn.events() if isinstance(e, Failed)), None)
+            if telemetry is not None:
+                telemetry.end_handshake(span, loop.time() - started, complete=False,
+                                        reason=failed.reason if failed is not None
+                                        else "ConnectionClosed")
+            if failed is not None and failed.reason == "TIMEOUT":
+                stats.handshake_timeouts += 1
+            if failed is not None and isinstance(failed.error, ProtocolViolation):
+                stats.protocol_errors += 1
+                writer.transport.abort()
+                return
+            if failed is not None and isinstance(failed.error, HandshakeError):
+                driver.flush(arm=False)  # the Reject
+                await linger_close(reader, writer, timeout=0.5)
+                return
+            writer.transport.abort()
+            return
         if isinstance(getattr(reader, "_limit", None), int):
             # asyncio has no public setter for a stream's buffer limit.
             reader._limit = STREAM_LIMIT  # type: ignore[attr-defined]
-        log_handshake_complete(event, peer=peer, side="responder")
         if telemetry is not None:
+            session = conn.session
+            assert session is not None
             telemetry.end_handshake(span, loop.time() - started, complete=True,
-                                    suite=event.suite.wire_name,
-                                    role_kinds=(kind for kind, _ in event.peer_role_kinds))
+                                    suite=session.suite.wire_name,  # type: ignore[attr-defined]
+                                    role_kinds=(kind for kind, _ in session.peer_role_kinds))
         stats.sessions_open += 1
         stats.sessions_total += 1
-        conn = _ServerConnection(self, reader, writer, event.session, decoder, peer=peer)
-        self._established.add(conn)
+        served = _ServerConnection(self, driver, peer=peer)
+        self._established.add(served)
         try:
             if self._closing:
-                conn.begin_close("shutdown")
-            await conn.run(leftover)
+                served.begin_close("shutdown")
+            await served.run()
         finally:
-            self._established.discard(conn)
+            self._established.discard(served)
             stats.sessions_open -= 1
 
 

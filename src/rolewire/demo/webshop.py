@@ -161,14 +161,21 @@ class WebshopReport:
     purchase_detail: str = ""
     calls: list[CallRecord] = field(default_factory=list)
     breach: list[dict[str, str]] = field(default_factory=list)
+    #: Over NATS: what a wiretap on every subject saw ({"packets": n,
+    #: "plaintext_seen": bool}); None over TCP.
+    wiretap: dict[str, Any] | None = None
 
     @property
     def ok(self) -> bool:
         return self.purchase == "ok" and bool(self.breach) and all(
-            b["result"] == "denied" for b in self.breach)
+            b["result"] == "denied" for b in self.breach) and not (
+            self.wiretap and self.wiretap["plaintext_seen"])
 
     def to_json(self) -> dict[str, Any]:
-        return {"purchase": self.purchase, "breach": self.breach}
+        out: dict[str, Any] = {"purchase": self.purchase, "breach": self.breach}
+        if self.wiretap is not None:
+            out["wiretap"] = self.wiretap
+        return out
 
 
 class _Node:
@@ -198,15 +205,12 @@ class _Node:
         self.server: Any = None
         self.port = 0
         self.channels: dict[str, Any] = {}
-        self.addresses: dict[str, tuple[str, int]] = {}
+        self.transport: _Transport = _TCP({})
 
     async def call(self, peer: str, operation: str, body: bytes = b"") -> bytes:
-        from rolewire import aio
-
         channel = self.channels.get(peer)
         if channel is None:
-            host, port = self.addresses[peer]
-            channel = await aio.connect(host, port, self.handshake)
+            channel = await self.transport.connect(peer, self.handshake)
             self.channels[peer] = channel
         metadata = None
         user = current_end_user()
@@ -228,9 +232,111 @@ class _Node:
         for channel in self.channels.values():
             with contextlib.suppress(Exception):
                 await channel.close()
-        if self.server is not None:
-            self.server.close()
-            await self.server.wait_closed()
+
+
+class _Transport:
+    """How the scene's services are reached: TCP ports, or NATS subjects."""
+
+    name = ""
+
+    async def serve(self, name: str, node: _Node) -> str:
+        """Start ``node``'s service; returns where it listens (for the log)."""
+        raise NotImplementedError
+
+    async def connect(self, name: str, config: HandshakeConfig) -> Any:
+        """A channel to the service ``name`` (``call``/``close``)."""
+        raise NotImplementedError
+
+    async def close(self) -> None: ...
+
+
+class _TCP(_Transport):
+    name = "tcp"
+
+    def __init__(self, ports: dict[str, int]) -> None:
+        self.ports = ports
+        self.servers: list[Any] = []
+
+    async def serve(self, name: str, node: _Node) -> str:
+        from rolewire import aio
+
+        server = await aio.serve(node.service, node.handshake, host="127.0.0.1", port=0)
+        self.servers.append(server)
+        self.ports[name] = node.port = server.port
+        return f"127.0.0.1:{server.port}"
+
+    async def connect(self, name: str, config: HandshakeConfig) -> Any:
+        from rolewire import aio
+
+        return await aio.connect("127.0.0.1", self.ports[name], config)
+
+    async def close(self) -> None:
+        for server in self.servers:
+            server.close()
+            await server.wait_closed()
+
+
+class _NATS(_Transport):
+    """Every service on ``webshop.<name>`` through one nats-server (started
+    here unless ``url`` names one), payment with two instances in its queue
+    group, and a wiretap subscribed to every subject."""
+
+    name = "nats"
+
+    def __init__(self, url: str | None) -> None:
+        self.url = url
+        self.broker: Any = None
+        self.clients: list[Any] = []
+        self.instances: list[Any] = []
+        self.wiretap: list[bytes] = []
+
+    async def start(self) -> None:
+        from rolewire.nats import NatsServer
+
+        if self.url is None:
+            self.broker = NatsServer().start()
+            self.url = self.broker.url
+        tap = await self._client()
+
+        async def keep(msg: Any) -> None:
+            self.wiretap.append(bytes(msg.data))
+
+        await tap.subscribe(">", cb=keep)
+        await tap.flush()
+
+    async def _client(self) -> Any:
+        import nats
+
+        client = await nats.connect(self.url)
+        self.clients.append(client)
+        return client
+
+    async def serve(self, name: str, node: _Node) -> str:
+        from rolewire.nats import serve_nats
+
+        copies = 2 if name == "payment" else 1  # a queue group of two
+        for _ in range(copies):
+            self.instances.append(await serve_nats(node.service, node.handshake,
+                                                   await self._client(), f"webshop.{name}"))
+        return f"webshop.{name}" + (f" ({copies} instances)" if copies > 1 else "")
+
+    async def connect(self, name: str, config: HandshakeConfig) -> Any:
+        from rolewire.nats import connect_nats
+
+        return await connect_nats(await self._client(), f"webshop.{name}", config)
+
+    def plaintext_seen(self, needles: list[bytes]) -> bool:
+        return any(needle in packet for packet in self.wiretap for needle in needles)
+
+    async def close(self) -> None:
+        for instance in self.instances:
+            with contextlib.suppress(Exception):
+                await instance.close()
+        for client in self.clients:
+            with contextlib.suppress(Exception):
+                await client.close()
+        if self.broker is not None:
+            self.broker.stop()
 
 
 #: End-user tokens the services received, by service (the breach replays the
@@ -316,9 +422,7 @@ def _define_operations(nodes: dict[str, _Node]) -> None:
         add(node, op, handler)
 
 
-async def _run(base: Path, say: Callable[[str], None]) -> WebshopReport:
-    from rolewire import aio
-
+async def _run(base: Path, say: Callable[[str], None], transport: _Transport) -> WebshopReport:
     report = WebshopReport()
     say("generating throwaway secrets and configs")
     paths = write_secrets(base)
@@ -332,13 +436,12 @@ async def _run(base: Path, say: Callable[[str], None]) -> WebshopReport:
              for name, path in paths.items()}
     _define_operations(nodes)
     try:
+        if isinstance(transport, _NATS):
+            await transport.start()
+            say(f"NATS broker at {transport.url}, wiretap on '>'")
         for name, node in nodes.items():
-            node.server = await aio.serve(node.service, node.handshake, host="127.0.0.1", port=0)
-            node.port = node.server.port
-            say(f"started {name} on 127.0.0.1:{node.port}")
-        addresses = {name: ("127.0.0.1", node.port) for name, node in nodes.items()}
-        for node in nodes.values():
-            node.addresses = addresses
+            node.transport = transport
+            say(f"started {name} on {await transport.serve(name, node)}")
 
         # --- one purchase, end to end ------------------------------------
         say("running one purchase")
@@ -346,7 +449,7 @@ async def _run(base: Path, say: Callable[[str], None]) -> WebshopReport:
         order = {"user": "alice", "item": "teapot", "amount": "19.90 EUR"}
         alice = sts.issue("alice", audience=SHOP_AUDIENCE, scope=["orders:write", "profile:read"])
         try:
-            channel = await aio.connect("127.0.0.1", nodes["user-api"].port, customer)
+            channel = await transport.connect("user-api", customer)
             async with channel:
                 result = json.loads(await channel.call("purchase", json.dumps(order).encode(),
                                                        metadata=token_metadata(alice)))
@@ -364,7 +467,7 @@ async def _run(base: Path, say: Callable[[str], None]) -> WebshopReport:
         for target, op, body in attempts:
             entry = {"from": "suggestion", "to": target, "operation": op}
             try:
-                channel = await aio.connect("127.0.0.1", nodes[target].port, stolen)
+                channel = await transport.connect(target, stolen)
                 async with channel:
                     await channel.call(op, json.dumps(body).encode())
                 entry.update(result="ALLOWED", detail="the call succeeded")
@@ -386,7 +489,7 @@ async def _run(base: Path, say: Callable[[str], None]) -> WebshopReport:
             try:
                 if token is None:
                     raise RolewireError("no context was captured")
-                channel = await aio.connect("127.0.0.1", nodes["user-api"].port, stolen)
+                channel = await transport.connect("user-api", stolen)
                 async with channel:
                     await channel.call("profile", json.dumps({"user": who}).encode(),
                                        metadata=token_metadata(token))
@@ -396,17 +499,30 @@ async def _run(base: Path, say: Callable[[str], None]) -> WebshopReport:
             except RolewireError as exc:
                 entry.update(result="error", detail=f"{type(exc).__name__}: {exc}")
             report.breach.append(entry)
+        if isinstance(transport, _NATS):
+            # What the broker saw: the customer's data must not be in it.
+            seen = transport.plaintext_seen([b"alice", b"teapot", b"Loopback Lane",
+                                             b"19.90", b"purchase", b"charge"])
+            report.wiretap = {"packets": len(transport.wiretap), "plaintext_seen": seen}
     finally:
         for node in nodes.values():
             await node.close()
+        await transport.close()
         os.environ.pop(APPROVAL_ENV, None)
     return report
 
 
-def run(say: Callable[[str], None] | None = None) -> WebshopReport:
-    """Runs the whole scene in a temporary directory (removed afterwards)."""
+def run(say: Callable[[str], None] | None = None, *, transport: str = "tcp",
+        nats_url: str | None = None) -> WebshopReport:
+    """Runs the whole scene in a temporary directory (removed afterwards).
+    ``transport``: ``"tcp"`` (loopback ports) or ``"nats"`` (subjects on the
+    nats-server at ``nats_url``, or one started for the scene; needs
+    ``rolewire[nats]``)."""
+    if transport not in ("tcp", "nats"):
+        raise ValueError("transport must be 'tcp' or 'nats'")
+    scene: _Transport = _TCP({}) if transport == "tcp" else _NATS(nats_url)
     with tempfile.TemporaryDirectory(prefix="rolewire-webshop-") as tmp:
-        return asyncio.run(_run(Path(tmp), say or (lambda _m: None)))
+        return asyncio.run(_run(Path(tmp), say or (lambda _m: None), scene))
 
 
 def render(report: WebshopReport) -> str:
@@ -423,6 +539,11 @@ def render(report: WebshopReport) -> str:
     for b in report.breach:
         lines.append(f"  suggestion -> {b['to']:<10} {b['operation']:<7} "
                      f"{b['result'].upper():<8} {b.get('detail', '')}")
+    if report.wiretap is not None:
+        lines.append("")
+        seen = "PLAINTEXT SEEN" if report.wiretap["plaintext_seen"] else "no plaintext"
+        lines.append(f"Wiretap on every NATS subject: {report.wiretap['packets']} packets, "
+                     f"{seen}")
     lines.append("")
     verdict = ("OK: the purchase succeeded and every escalation was denied" if report.ok
                else "FAILED: see above")

@@ -66,8 +66,10 @@ def _handshake_request(url: httpx.URL, hs: ClientHandshake, body: bytes) -> http
 
 
 def _outer_request(request: httpx.Request, sealed: SealedRequest, content: Any) -> httpx.Request:
-    return httpx.Request(request.method, request.url.copy_with(raw_path=sealed.outer_target),
-                         headers=sealed.outer_headers, content=content,
+    url = request.url
+    if sealed.outer_target != url.raw_path:  # hidden target (copy_with re-parses: slow)
+        url = url.copy_with(raw_path=sealed.outer_target)
+    return httpx.Request(request.method, url, headers=sealed.outer_headers, content=content,
                          extensions=request.extensions)
 
 

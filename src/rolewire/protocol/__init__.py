@@ -19,6 +19,7 @@ from rolewire.protocol.connection import (
     ConnectionSettings,
     busy_frame,
     reason_name,
+    reject_frame,
 )
 from rolewire.protocol.events import (
     CallFailed,
@@ -67,4 +68,5 @@ __all__ = [
     "ReplyReceived",
     "busy_frame",
     "reason_name",
+    "reject_frame",
 ]

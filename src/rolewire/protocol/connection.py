@@ -51,6 +51,7 @@ from rolewire.errors import (
     HandshakeError,
     HandshakeStateError,
     HandshakeTimeout,
+    MalformedRecord,
     PeerUnresponsive,
     ProtocolViolation,
     RecordError,
@@ -61,6 +62,7 @@ from rolewire.errors import (
 )
 from rolewire.handshake import (
     NEED_DATA,
+    CookieChecker,
     HandshakeComplete,
     HandshakeConfig,
     HandshakeFailed,
@@ -104,6 +106,7 @@ from rolewire.protocol.wire import (
     call_header,
     decode_container,
     decode_message,
+    decode_packet,
     default_max_frame,
     encode,
     encode_frame,
@@ -123,6 +126,7 @@ __all__ = [
     "ConnectionSettings",
     "busy_frame",
     "reason_name",
+    "reject_frame",
 ]
 
 log = logging.getLogger("rolewire.protocol")
@@ -243,6 +247,13 @@ def busy_frame() -> bytes:
     return encode_frame(FrameKind.HANDSHAKE, busy_reject())
 
 
+def reject_frame(reason: RejectReason) -> bytes:
+    """The frame of a Reject with ``reason``, for a transport that refuses a
+    connection before a :class:`Connection` exists (e.g. no first byte in
+    time: TIMEOUT)."""
+    return encode_frame(FrameKind.HANDSHAKE, Reject(reason).encode())
+
+
 _HANDSHAKE, _OPEN, _CLOSED, _FAILED = "handshake", "open", "closed", "failed"
 
 
@@ -262,7 +273,8 @@ class Connection:
     def __init__(self, config: HandshakeConfig, *, client: bool, now: float,
                  service: Authorizer | None = None, peer: str = "",
                  handshake_peer: object = None, settings: ConnectionSettings | None = None,
-                 framing: str = "stream", logger: logging.Logger | None = None) -> None:
+                 framing: str = "stream", logger: logging.Logger | None = None,
+                 cookies: CookieChecker | None = None, under_load: bool = False) -> None:
         if not isinstance(config, HandshakeConfig):
             raise ConfigurationError("config must be a HandshakeConfig")
         if framing not in ("stream", "message"):
@@ -291,13 +303,15 @@ class Connection:
         self._hs_peer = hs_peer
         self._rehandshake: Rehandshake | None = None
         self._hs: Initiator | Responder | None = (
-            Initiator(driven, peer=hs_peer) if client else Responder(driven, peer=hs_peer))
+            Initiator(driven, peer=hs_peer) if client else
+            Responder(driven, peer=hs_peer, cookies=cookies, under_load=under_load))
         self.session: Session | None = None
         self._peer_roles: frozenset[str] = frozenset()
         self._events: deque[Event] = deque()
         self._wire: list[bytes] = []       # frames (or messages) ready to send
         self._out: list[bytes] = []        # plaintexts to seal
         self._out_bytes = 0
+        self._wire_bytes = 0
         self._max_plaintext = 0
         self._container_max = 0
         self._calls = CallDecoder()
@@ -349,12 +363,15 @@ class Connection:
     def server(cls, config: HandshakeConfig, service: Authorizer, *, now: float,
                peer: str = "", handshake_peer: object = None,
                settings: ConnectionSettings | None = None, framing: str = "stream",
-               logger: logging.Logger | None = None) -> Connection:
+               logger: logging.Logger | None = None, cookies: CookieChecker | None = None,
+               under_load: bool = False) -> Connection:
         """The responder's side, serving ``service`` (its
-        :meth:`~rolewire.services.Service.authorize` decides every call)."""
+        :meth:`~rolewire.services.Service.authorize` decides every call).
+        ``cookies``/``under_load``: the stateless cookie round trip
+        (docs/PROTOCOL.md, "Cookie") is demanded when ``under_load``."""
         return cls(config, client=False, now=now, service=service, peer=peer,
                    handshake_peer=handshake_peer, settings=settings, framing=framing,
-                   logger=logger)
+                   logger=logger, cookies=cookies, under_load=under_load)
 
     def _clock(self) -> float:
         return self._now
@@ -390,6 +407,14 @@ class Connection:
         return self._peer_roles
 
     @property
+    def cached_notifications(self) -> frozenset[str]:
+        """Operations whose notifications take the fast path on this
+        connection: permission and context cached (roles checked once, the
+        peer's roles are fixed); never a forbidden one, nor one with
+        end-user or signature checks per call."""
+        return frozenset(self._notify_contexts)
+
+    @property
     def pending_calls(self) -> int:
         """Our requests without a reply yet."""
         return len(self._pending)
@@ -408,6 +433,12 @@ class Connection:
         return bool(self._wire)
 
     @property
+    def queued_bytes(self) -> int:
+        """Bytes queued and not taken by :meth:`data_to_send` yet (plaintext
+        not sealed yet plus records sealed and waiting)."""
+        return self._out_bytes + self._wire_bytes
+
+    @property
     def has_output(self) -> bool:
         """:meth:`data_to_send` would return something."""
         return bool(self._wire or self._out)
@@ -419,14 +450,17 @@ class Connection:
             self._now = now
         if self._state is _CLOSED or self._state is _FAILED or not data:
             return
+        decoder = self._decoder
         try:
-            frames = self._decoder.feed(data)
+            frames = decoder.feed(data)
         except ProtocolViolation as exc:
             self._fail(exc, "protocol_violation")
             return
         if frames:
             self._frames(frames)
-        if self._state is _HANDSHAKE and self._decoder.pending_frame > self._pre_auth_frame:
+        if self._state is _HANDSHAKE and decoder.pending_frame > self._pre_auth_frame:
+            # Before authentication only handshake messages may come: refuse
+            # a larger frame at its header, before it is buffered.
             self._fail(ProtocolViolation(
                 "frame larger than the largest handshake message before authentication"),
                 "protocol_violation")
@@ -444,6 +478,37 @@ class Connection:
             self._fail(exc, "protocol_violation")
             return
         self._frames([frame])
+
+    def receive_packet(self, packet: bytes, now: float | None = None) -> None:
+        """One message of a message transport that carries whole stream
+        frames (``framing="stream"``; e.g. a NATS message with the records
+        of one flush, :func:`~rolewire.protocol.wire.decode_packet`).
+        Packets are independent: one that does not split into whole frames
+        (truncated or padded in transit) is dropped and counted against the
+        bad-record budget, and the next packet is read afresh."""
+        self.receive_packets((packet,), now)
+
+    def receive_packets(self, packets: Iterable[bytes], now: float | None = None) -> None:
+        """Several packets (see :meth:`receive_packet`) at once: their records
+        are opened together, with one native call."""
+        if now is not None:
+            self._now = now
+        if self._state is _CLOSED or self._state is _FAILED:
+            return
+        frames: list[tuple[FrameKind, bytes]] = []
+        malformed = 0
+        max_frame = self._decoder.max_frame
+        for packet in packets:
+            try:
+                frames += decode_packet(packet, max_frame)
+            except ProtocolViolation:
+                malformed += 1
+        if malformed and self._state is _OPEN:
+            self._bad([MalformedRecord("packet does not hold whole frames")] * malformed)
+            if self._state is not _OPEN:
+                return
+        if frames:
+            self._frames(frames)
 
     def connection_lost(self, error: BaseException | None = None,
                         now: float | None = None) -> None:
@@ -534,7 +599,10 @@ class Connection:
         self._hs = None
         self._state = _OPEN
         self._peer_roles = session.peer_roles
-        self.state = ConnectionState(session.transcript_hash)
+        service = self._service
+        make_state = getattr(service, "connection_state", None)
+        self.state = (make_state(session.transcript_hash, session.peer_roles, self.peer)
+                      if make_state is not None else ConnectionState(session.transcript_hash))
         self._max_plaintext = session.max_plaintext
         container = self._settings.container_bytes
         self._container_max = min(container, session.max_plaintext) if container else 0
@@ -622,17 +690,22 @@ class Connection:
     # -- call messages in -------------------------------------------------------------
     def _messages(self, plaintexts: list[bytes]) -> None:
         decode = self._calls.decode
-        events = self._events
-        append = events.append
+        messages: Iterable[CallMessage] = map(decode, plaintexts)
+        state = self.state
+        if state is not None and state.admit is not None:
+            # A connection-level check (signed calls wait for their batch).
+            messages = state.admit(messages)
+        try:
+            self._dispatch(messages)
+        except ProtocolViolation as exc:
+            self._fail(exc, "protocol_violation")
+
+    def _dispatch(self, messages: Iterable[CallMessage]) -> None:
+        append = self._events.append
         service = self._service
         allowed = self._allowed
         contexts = self._notify_contexts
-        for plaintext in plaintexts:
-            try:
-                message = decode(plaintext)
-            except ProtocolViolation as exc:
-                self._fail(exc, "protocol_violation")
-                return
+        for message in messages:
             kind = message.type
             if kind is MessageType.NOTIFY:
                 if self._closing or self._close_received or service is None:
@@ -661,7 +734,8 @@ class Connection:
                 self._peer_close()
                 return  # nothing after CLOSE is read
             elif kind is MessageType.REHANDSHAKE:
-                if not self._rehandshake_message(plaintext):
+                # (re-encoded: the control message's bytes are its plaintext)
+                if not self._rehandshake_message(encode(message)):
                     return
             else:
                 append(OtherMessage(message))
@@ -763,6 +837,8 @@ class Connection:
 
     def _peer_close(self) -> None:
         self._close_received = True
+        if self._close_deadline is None:  # running calls get close_timeout to finish
+            self._close_deadline = self._now + self._settings.close_timeout
         if not self._close_reason:
             self._close_reason = "closed_by_peer" if not self.is_client else "closed"
             if not self.is_client:
@@ -828,7 +904,10 @@ class Connection:
         return True
 
     # -- sending -----------------------------------------------------------------------------
-    def _check_open(self) -> None:
+    def check_open(self) -> None:
+        """Raise the error a call would get now (the failure, or
+        ConnectionClosed when closing or closed); nothing if calls may be
+        sent."""
         if self._state is _OPEN and not (self._closing or self._close_sent
                                          or self._close_received):
             return
@@ -875,6 +954,19 @@ class Connection:
         self._ping_deadline = deadline
         self._queue(call_header(MessageType.REQUEST, call_id, PING_OPERATION))
 
+    @property
+    def next_call_id(self) -> int:
+        """The call id the next :meth:`call` will use (for hooks that stamp
+        a call before it is queued)."""
+        return self._next_id
+
+    def queue_message(self, plaintext: bytes) -> None:
+        """Queue one encoded call message as it is (e.g. a ``SIGNED_BATCH``
+        head built by :mod:`rolewire.nonrep`); sealed with the next batch."""
+        self.check_open()
+        self._check_size(plaintext)
+        self._queue(bytes(plaintext))
+
     def _message(self, kind: MessageType, call_id: int, operation: str, body: bytes,
                  metadata: Mapping[str, bytes] | None) -> bytes:
         if metadata:
@@ -896,7 +988,7 @@ class Connection:
         for none) makes it fail with :class:`~rolewire.errors.CallTimeout`.
         Raises :class:`~rolewire.errors.RecordTooLarge` (nothing queued) or
         the connection's error if it is not open."""
-        self._check_open()
+        self.check_open()
         call_id = self._next_id
         message = self._message(MessageType.REQUEST, call_id, operation, body, metadata)
         self._check_size(message)
@@ -919,7 +1011,7 @@ class Connection:
     def notify(self, operation: str, body: bytes = b"", *,
                metadata: Mapping[str, bytes] | None = None) -> None:
         """Queue a NOTIFY (one-way). Raises like :meth:`call`."""
-        self._check_open()
+        self.check_open()
         message = self._message(MessageType.NOTIFY, 0, operation, body, metadata)
         if len(message) > self._max_plaintext:
             self._check_size(message)
@@ -930,7 +1022,7 @@ class Connection:
                     metadata: Mapping[str, bytes] | None = None) -> None:
         """Queue many NOTIFYs of one operation, all or nothing (every size is
         checked first); sealed in batches."""
-        self._check_open()
+        self.check_open()
         if metadata:
             messages = [self._message(MessageType.NOTIFY, 0, operation, body, metadata)
                         for body in bodies]
@@ -1011,6 +1103,7 @@ class Connection:
                                               self._container_max)
                 session.count_sealed(sealed, sum(map(len, messages)))
                 self._wire.append(data)
+                self._wire_bytes += len(data)
                 records = None
             else:
                 records = session.seal_many(messages)
@@ -1020,9 +1113,12 @@ class Connection:
         if records is None:
             pass
         elif self._stream:
-            self._wire.append(encode_records(records))
+            data = encode_records(records)
+            self._wire.append(data)
+            self._wire_bytes += len(data)
         else:
             self._wire.extend(b"\x02" + record for record in records)
+            self._wire_bytes += sum(len(r) + 1 for r in records)
         epoch = session.send_epoch
         if epoch != self._send_epoch:
             self._send_epoch = epoch
@@ -1042,6 +1138,7 @@ class Connection:
         if not wire:
             return b""
         self._wire = []
+        self._wire_bytes = 0
         return wire[0] if len(wire) == 1 else b"".join(wire)
 
     def messages_to_send(self, now: float | None = None) -> list[bytes]:
@@ -1052,6 +1149,7 @@ class Connection:
         if self._out:
             self._seal_out()
         wire, self._wire = self._wire, []
+        self._wire_bytes = 0
         return wire
 
     # -- events -------------------------------------------------------------------------

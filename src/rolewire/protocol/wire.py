@@ -78,6 +78,7 @@ __all__ = [
     "decode_container",
     "decode_message",
     "decode_metadata",
+    "decode_packet",
     "default_max_frame",
     "encode",
     "encode_container",
@@ -90,6 +91,7 @@ __all__ = [
     "parse_error",
     "parse_header",
     "remote_error",
+    "split_packets",
 ]
 
 # --- frames ----------------------------------------------------------------------
@@ -212,6 +214,44 @@ class FrameDecoder:
         else:
             self._buffer = bytearray()
         return frames
+
+
+def decode_packet(packet: bytes, max_frame: int = DEFAULT_MAX_FRAME,
+                  ) -> list[tuple[FrameKind, bytes]]:
+    """The frames of one *packet*: a message of a message transport (a NATS
+    message) that carries one or more whole stream frames
+    (``length u32 | kind u8 | payload`` each, as on a stream), never part of
+    one. Stateless, unlike :class:`FrameDecoder`: a packet that does not
+    split into whole frames (truncated, padded, an oversized or unknown
+    frame) raises :class:`ProtocolViolation` and nothing of it is used."""
+    decoder = FrameDecoder(max_frame)
+    frames = decoder.feed(packet)
+    if decoder.buffered or not frames:
+        raise ProtocolViolation("packet does not hold whole frames")
+    return frames
+
+
+def split_packets(frames: bytes, max_packet: int) -> list[bytes]:
+    """Cut a buffer of whole frames (what a stream-framed
+    :class:`~rolewire.protocol.Connection` returns from ``data_to_send``)
+    into packets of whole frames, each at most ``max_packet`` bytes where
+    one frame fits (a larger frame travels alone). ``max_packet=0``: one
+    frame per packet."""
+    size = len(frames)
+    if max_packet and size <= max_packet:
+        return [frames] if frames else []
+    packets: list[bytes] = []
+    unpack = _LEN.unpack_from
+    start = position = 0
+    while position < size:
+        end = position + 4 + unpack(frames, position)[0]
+        if position > start and (not max_packet or end - start > max_packet):
+            packets.append(frames[start:position])
+            start = position
+        position = end
+    if start < size:
+        packets.append(frames[start:size])
+    return packets
 
 
 # --- call messages -----------------------------------------------------------------
