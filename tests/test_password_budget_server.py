@@ -215,3 +215,68 @@ def test_locked_password_role_does_not_take_key_roles_down():
 
     # Before the fix: the handshake failed with RATE_LIMITED.
     assert run(main()) == b"hi public"
+
+
+def test_injected_rejects_do_not_lock_the_client_out_over_loopback():
+    # Protocol 1: a relay that replaced the server's last handshake message by
+    # a Reject counted a password failure at the client each time.
+    from rolewire import errors
+    from rolewire.handshake import RejectReason
+    from rolewire.handshake.messages import Reject
+
+    client_limiter = PasswordRateLimiter(max_failures=2)
+    client = HandshakeConfig(roles=[PasswordRole("admin", SECRET, limiter=client_limiter)])
+    # (the server keeps each run the relay cut after its proof: a guess it
+    # cannot tell from a real one; give it room so the last call shows the
+    # client is not locked)
+    cfg = HandshakeConfig(roles=[PasswordRole("admin", SECRET,
+                                              limiter=PasswordRateLimiter(max_failures=100))])
+
+    async def relay(target_port: int):
+        async def handle(reader, writer):
+            up_r, up_w = await asyncio.open_connection("127.0.0.1", target_port)
+
+            async def up():
+                try:
+                    while data := await reader.read(65536):
+                        up_w.write(data)
+                except (ConnectionError, OSError):
+                    pass
+                finally:
+                    up_w.close()
+
+            async def down():
+                decoder, seen = FrameDecoder(), 0
+                try:
+                    while data := await up_r.read(65536):
+                        for kind, payload in decoder.feed(data):
+                            if kind is FrameKind.HANDSHAKE:
+                                seen += 1
+                                if seen == 2:  # ResponderAuth -> an injected Reject
+                                    payload = Reject(RejectReason.AUTH_FAILED).encode()
+                            writer.write(encode_frame(kind, payload))
+                except (ConnectionError, OSError):
+                    pass
+                finally:
+                    writer.close()
+
+            await asyncio.gather(up(), down())
+
+        return await asyncio.start_server(handle, "127.0.0.1", 0)
+
+    async def main():
+        async with serve(service(), cfg) as server:
+            tap = await relay(server.port)
+            async with tap:
+                port = tap.sockets[0].getsockname()[1]
+                for _ in range(5):
+                    with pytest.raises(errors.HandshakeError):
+                        async with connect("127.0.0.1", port, client) as channel:
+                            await channel.call("hello")
+            # straight to the server: not locked out
+            async with connect("127.0.0.1", server.port, client) as channel:
+                return await channel.call("hello")
+
+    assert run(main()) == b"hi admin"
+    assert client_limiter.failures("127.0.0.1", "admin") == 0
+    assert client_limiter.locked_for("127.0.0.1", "admin") == 0

@@ -127,6 +127,11 @@ class _ServerConnection:
         driver._on_timer_events = self._control_events
 
     @property
+    def _notify_fast(self) -> frozenset[str]:
+        # The notification fast path lives in the connection core (tests).
+        return self.conn.cached_notifications
+
+    @property
     def _out_bytes(self) -> int:
         # Reply bytes queued in the connection, not sealed yet (tests).
         return self.conn.queued_bytes

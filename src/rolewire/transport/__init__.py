@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from rolewire.transport.memory import (
+    ConnectionLink,
     Endpoint,
     MemoryLink,
     Path,
@@ -14,6 +15,7 @@ from rolewire.transport.memory import (
 )
 
 __all__ = [
+    "ConnectionLink",
     "Endpoint",
     "MemoryLink",
     "Path",

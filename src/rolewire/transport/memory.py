@@ -27,12 +27,14 @@ from __future__ import annotations
 import random
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from rolewire.errors import RecordError, ReplayDetected
 from rolewire.record import RecordHeader, parse_header
 from rolewire.session import Session
 
 __all__ = [
+    "ConnectionLink",
     "Endpoint",
     "MemoryLink",
     "Path",
@@ -223,3 +225,39 @@ class MemoryLink:
         """Deliver everything still in flight."""
         self.b.receive(self.a.outgoing.drain())
         self.a.receive(self.b.outgoing.drain())
+
+
+class ConnectionLink:
+    """Two sans-IO :class:`~rolewire.protocol.Connection` objects (message
+    framing) joined in memory: handshake messages are delivered in order,
+    records travel over one :class:`ShufflingChannel` per direction (late,
+    reordered, duplicated). The link only moves bytes; the connections do
+    all protocol work. :meth:`pump` returns the events of both sides.
+    """
+
+    def __init__(self, a: Any, b: Any, *, seed: int = 0,
+                 paths: Iterable[Path] = (Path(),), duplicate: float = 0.0,
+                 relay: Relay | None = None) -> None:
+        paths = tuple(paths)
+        self.a, self.b = a, b
+        self._to_b = ShufflingChannel(seed=seed, paths=paths, duplicate=duplicate, relay=relay)
+        self._to_a = ShufflingChannel(seed=seed + 1, paths=paths, duplicate=duplicate,
+                                      relay=relay)
+
+    @staticmethod
+    def _send(src: Any, dst: Any, channel: ShufflingChannel, now: float) -> None:
+        for message in src.messages_to_send(now):
+            if message[:1] == b"\x02":  # a record: through the unreliable network
+                channel.send(message[1:])
+            else:  # handshake bytes: in order
+                dst.receive_message(message, now)
+
+    def pump(self, now: float = 0.0, *, settle: bool = False) -> tuple[list[Any], list[Any]]:
+        """Move what each side has to send and deliver what is due (with
+        ``settle``: everything in flight). Returns ``(events of a, events of b)``."""
+        self._send(self.a, self.b, self._to_b, now)
+        self._send(self.b, self.a, self._to_a, now)
+        for channel, dst in ((self._to_b, self.b), (self._to_a, self.a)):
+            for record in (channel.drain() if settle else channel.deliver()):
+                dst.receive_message(b"\x02" + record, now)
+        return self.a.events(), self.b.events()
