@@ -15,7 +15,7 @@ import logging
 from collections.abc import Callable
 
 from rolewire.errors import ConnectionClosed, PeerUnresponsive
-from rolewire.protocol import Connection
+from rolewire.protocol import Connection, Failed, HandshakeDone
 
 log = logging.getLogger("rolewire.aio")
 
@@ -45,76 +45,37 @@ def limit_recv_size(transport: asyncio.BaseTransport) -> None:
         transport.max_size = READ_SIZE  # type: ignore[attr-defined]
 
 
-class StreamDriver:
-    """Moves one :class:`Connection`'s bytes over an asyncio stream.
+class Driver:
+    """What every asyncio transport of a :class:`Connection` shares: the
+    flush scheduling (everything queued in one loop iteration leaves
+    together, at once when the connection has sealed a full batch) and the
+    connection's one timer on the event loop (:meth:`arm_timer`; when it
+    fires, :meth:`~Connection.handle_timer` runs and ``on_timer_events``
+    gets the events). Subclasses move the bytes: :meth:`flush`,
+    :meth:`receive`, :meth:`read`, :meth:`drain`, :meth:`unsent`."""
 
-    - :meth:`flush_soon` after queuing: everything queued in one loop
-      iteration leaves in one ``write`` (at once when the connection has
-      sealed a full batch);
-    - :meth:`arm_timer` keeps one loop timer at the connection's
-      :meth:`~Connection.get_timer`; when it fires,
-      :meth:`~Connection.handle_timer` runs and ``on_timer_events`` gets the
-      events (re-armed lazily: an early timer just re-arms).
-    """
-
-    def __init__(self, conn: Connection, reader: asyncio.StreamReader,
-                 writer: asyncio.StreamWriter, *,
-                 on_timer_events: Callable[[], None],
-                 write_timeout: float = WRITE_TIMEOUT) -> None:
+    def __init__(self, conn: Connection, *, on_timer_events: Callable[[], None]) -> None:
         self.conn = conn
-        self.reader = reader
-        self.writer = writer
-        self.transport = writer.transport
         self.loop = asyncio.get_running_loop()
-        self.write_timeout = write_timeout
         self._on_timer_events = on_timer_events
         self._flush_handle: asyncio.Handle | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
-        self.transport.set_write_buffer_limits(high=WRITE_HIGH_WATER, low=WRITE_LOW_WATER)
-        limit_recv_size(self.transport)
 
-    # -- writing -------------------------------------------------------------------
     def flush_soon(self) -> None:
-        """Write at the end of this loop iteration (now if a batch is full)."""
+        """Send at the end of this loop iteration (now if a batch is full)."""
         if self.conn.wants_flush:
             self.flush()
         elif self._flush_handle is None:
             self._flush_handle = self.loop.call_soon(self.flush)
 
-    def flush(self, *, arm: bool = True) -> None:
-        """Write everything the connection has to send, with one ``write``
-        (then re-arm the timer unless ``arm`` is False)."""
+    def _take_flush(self) -> None:
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush_handle = None
-        data = self.conn.data_to_send(self.loop.time())
-        if data and not self.transport.is_closing():
-            self.writer.write(data)
-        if arm:
-            self.arm_timer()
 
-    def unsent(self) -> int:
-        """Bytes in the transport's write buffer, not yet sent."""
-        return self.transport.get_write_buffer_size()
-
-    async def drain(self) -> None:
-        """Wait while the transport's write buffer is above its high-water
-        mark, at most ``write_timeout`` seconds: a peer that reads nothing
-        for that long is cut (:class:`~rolewire.errors.PeerUnresponsive`)."""
-        if self.transport.get_write_buffer_size() <= WRITE_HIGH_WATER:
-            return
-        try:
-            await asyncio.wait_for(self.writer.drain(), self.write_timeout)
-        except asyncio.TimeoutError:
-            error = PeerUnresponsive(
-                f"the peer read nothing for {self.write_timeout:g} s (write buffer full)")
-            self.conn.abort(error, "write_timeout")
-            self.transport.abort()
-            self._on_timer_events()
-            raise error from None
-        except (ConnectionError, RuntimeError) as exc:
-            raise ConnectionClosed("the connection was lost") from exc
+    def flush(self, *, arm: bool = True) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
 
     # -- the connection's timer ------------------------------------------------------
     def arm_timer(self) -> None:
@@ -142,6 +103,64 @@ class StreamDriver:
             if handle is not None:
                 handle.cancel()
         self._timer = self._flush_handle = None
+
+
+class StreamDriver(Driver):
+    """Moves one :class:`Connection`'s bytes over an asyncio stream.
+
+    - :meth:`flush_soon` after queuing: everything queued in one loop
+      iteration leaves in one ``write`` (at once when the connection has
+      sealed a full batch);
+    - :meth:`arm_timer` keeps one loop timer at the connection's
+      :meth:`~Connection.get_timer`; when it fires,
+      :meth:`~Connection.handle_timer` runs and ``on_timer_events`` gets the
+      events (re-armed lazily: an early timer just re-arms).
+    """
+
+    def __init__(self, conn: Connection, reader: asyncio.StreamReader,
+                 writer: asyncio.StreamWriter, *,
+                 on_timer_events: Callable[[], None],
+                 write_timeout: float = WRITE_TIMEOUT) -> None:
+        super().__init__(conn, on_timer_events=on_timer_events)
+        self.reader = reader
+        self.writer = writer
+        self.transport = writer.transport
+        self.write_timeout = write_timeout
+        self.transport.set_write_buffer_limits(high=WRITE_HIGH_WATER, low=WRITE_LOW_WATER)
+        limit_recv_size(self.transport)
+
+    # -- writing -------------------------------------------------------------------
+    def flush(self, *, arm: bool = True) -> None:
+        """Write everything the connection has to send, with one ``write``
+        (then re-arm the timer unless ``arm`` is False)."""
+        self._take_flush()
+        data = self.conn.data_to_send(self.loop.time())
+        if data and not self.transport.is_closing():
+            self.writer.write(data)
+        if arm:
+            self.arm_timer()
+
+    def unsent(self) -> int:
+        """Bytes in the transport's write buffer, not yet sent."""
+        return self.transport.get_write_buffer_size()
+
+    async def drain(self) -> None:
+        """Wait while the transport's write buffer is above its high-water
+        mark, at most ``write_timeout`` seconds: a peer that reads nothing
+        for that long is cut (:class:`~rolewire.errors.PeerUnresponsive`)."""
+        if self.transport.get_write_buffer_size() <= WRITE_HIGH_WATER:
+            return
+        try:
+            await asyncio.wait_for(self.writer.drain(), self.write_timeout)
+        except asyncio.TimeoutError:
+            error = PeerUnresponsive(
+                f"the peer read nothing for {self.write_timeout:g} s (write buffer full)")
+            self.conn.abort(error, "write_timeout")
+            self.transport.abort()
+            self._on_timer_events()
+            raise error from None
+        except (ConnectionError, RuntimeError) as exc:
+            raise ConnectionClosed("the connection was lost") from exc
 
     # -- reading -----------------------------------------------------------------------
     def receive(self, data: bytes) -> None:
@@ -188,6 +207,18 @@ async def close_writer(writer: asyncio.StreamWriter) -> None:
         await writer.wait_closed()
     except (OSError, RuntimeError):
         pass
+
+
+def handshake_outcome(conn: Connection) -> tuple[HandshakeDone | None, Failed | None]:
+    """After :func:`run_handshake`: the connection's HandshakeDone (the
+    session is up) or its Failed event, whichever came; (None, None) if it
+    ended otherwise. Events after it stay queued for the channel."""
+    while (event := conn.next_event()) is not None:
+        if isinstance(event, HandshakeDone):
+            return event, None
+        if isinstance(event, Failed):
+            return None, event
+    return None, None
 
 
 async def run_handshake(driver: StreamDriver, first_data: bytes = b"") -> None:

@@ -19,6 +19,7 @@ from rolewire.aio._base import (
     WRITE_TIMEOUT,
     StreamDriver,
     close_writer,
+    handshake_outcome,
     log,
     run_handshake,
 )
@@ -31,7 +32,6 @@ from rolewire.protocol import (
     Connection,
     ConnectionSettings,
     Failed,
-    HandshakeDone,
     MessageType,
     ReplyReceived,
 )
@@ -317,15 +317,7 @@ async def _connect(host: str, port: int, config: HandshakeConfig, *, timeout: fl
     except BaseException:
         writer.transport.abort()
         raise
-    done: HandshakeDone | None = None
-    failure: Failed | None = None
-    while (event := conn.next_event()) is not None:
-        if isinstance(event, HandshakeDone):
-            done = event
-            break
-        if isinstance(event, Failed):
-            failure = event
-            break
+    done, failure = handshake_outcome(conn)
     if done is None:
         driver.flush(arm=False)  # our Reject, if any
         await close_writer(writer)

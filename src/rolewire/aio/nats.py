@@ -23,23 +23,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import logging
 import secrets
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from rolewire.aio._base import run_handshake
+from rolewire.aio._base import Driver, handshake_outcome, run_handshake
 from rolewire.aio.channel import Channel
-from rolewire.aio.server import ServerStats, _ServerConnection
+from rolewire.aio.server import ServerStats, _ServerConnection, handler_is_async
 from rolewire.errors import ConfigurationError, ConnectionClosed, ServiceUnavailable
 from rolewire.handshake import HandshakeConfig
 from rolewire.protocol import (
     Connection,
     ConnectionSettings,
-    Failed,
-    HandshakeDone,
     busy_frame,
 )
 from rolewire.protocol.wire import split_packets
@@ -117,7 +114,7 @@ class _BusWriter:
         return None
 
 
-class NatsDriver:
+class NatsDriver(Driver):
     """Moves one :class:`~rolewire.protocol.Connection`'s packets over NATS.
 
     The connection is stream-framed; :meth:`flush` publishes what it has to
@@ -139,24 +136,19 @@ class NatsDriver:
                  reply_subject: str, batch: bool = True,
                  on_timer_events: Callable[[], None] = lambda: None,
                  on_end: Callable[[], None] = lambda: None) -> None:
-        self.conn = conn
+        super().__init__(conn, on_timer_events=on_timer_events)
         self.nc = nc
         self.send_subject = send_subject
         self.reply_subject = reply_subject
         self.batch = batch
-        self.loop = asyncio.get_running_loop()
         self.transport = _BusTransport(self)
         self.writer = _BusWriter(self.transport)
-        self._on_timer_events = on_timer_events
         self._on_end = on_end
         self._inbox: deque[bytes] = deque()
         self._arrived = asyncio.Event()
         self._outbox: deque[bytes] = deque()
         self._outbox_bytes = 0
         self._publishing: asyncio.Task[None] | None = None
-        self._flush_handle: asyncio.Handle | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at = 0.0
         self._ended = False
         self.dropped_packets = 0
 
@@ -199,16 +191,10 @@ class NatsDriver:
         self.conn.receive_packets(packets, self.loop.time())
 
     # -- sending -----------------------------------------------------------------------
-    def flush_soon(self) -> None:
-        if self.conn.wants_flush:
-            self.flush()
-        elif self._flush_handle is None:
-            self._flush_handle = self.loop.call_soon(self.flush)
-
     def flush(self, *, arm: bool = True) -> None:
-        if self._flush_handle is not None:
-            self._flush_handle.cancel()
-            self._flush_handle = None
+        """Publish what the connection has to send (then re-arm the timer
+        unless ``arm`` is False)."""
+        self._take_flush()
         packets = self.data_to_publish()
         if packets and self.send_subject is not None:
             self._outbox.extend(packets)
@@ -250,31 +236,6 @@ class NatsDriver:
         publishing = self._publishing
         if publishing is not None and not publishing.done() and self.unsent() > 512 * 1024:
             await asyncio.shield(publishing)
-
-    # -- timer ---------------------------------------------------------------------------
-    def arm_timer(self) -> None:
-        when = self.conn.get_timer()
-        if when is None:
-            return
-        timer = self._timer
-        if timer is not None:
-            if self._timer_at <= when:
-                return
-            timer.cancel()
-        self._timer_at = when
-        self._timer = self.loop.call_at(when, self._fire)
-
-    def _fire(self) -> None:
-        self._timer = None
-        self.conn.handle_timer(max(self.loop.time(), self._timer_at))
-        self._on_timer_events()
-        self.flush()
-
-    def stop(self) -> None:
-        for handle in (self._timer, self._flush_handle):
-            if handle is not None:
-                handle.cancel()
-        self._timer = self._flush_handle = None
 
     def ended(self) -> None:
         """The session is over: wake the reader, let the owner forget us."""
@@ -372,13 +333,7 @@ class NatsInstance:
 
     def is_async(self, operation: str) -> bool:
         """True if the operation's handler is a coroutine function."""
-        known = self._async_ops.get(operation)
-        if known is None:
-            op = self.service.operations.get(operation)
-            known = op is not None and inspect.iscoroutinefunction(op.handler)
-            if op is not None:
-                self._async_ops[operation] = known
-        return known
+        return handler_is_async(self.service, self._async_ops, operation)
 
     # -- packets in ----------------------------------------------------------------------
     async def _on_hello(self, msg: Any) -> None:
@@ -597,15 +552,7 @@ async def _open_session(nc: Any, subject: str, config: HandshakeConfig, *, timeo
         raise
     finally:
         retransmitter.cancel()
-    done: HandshakeDone | None = None
-    failure: Failed | None = None
-    while (event := conn.next_event()) is not None:
-        if isinstance(event, HandshakeDone):
-            done = event
-            break
-        if isinstance(event, Failed):
-            failure = event
-            break
+    done, failure = handshake_outcome(conn)
     if done is None:
         if bound:
             driver.flush(arm=False)  # our Reject, if any (never to the service subject)

@@ -98,6 +98,18 @@ class ServerStats:
         return asdict(self)
 
 
+def handler_is_async(service: Service, cache: dict[str, bool], operation: str) -> bool:
+    """True if ``operation``'s handler is a coroutine function (it then runs
+    in its own task); ``cache`` is the caller's, one per server."""
+    known = cache.get(operation)
+    if known is None:
+        op = service.operations.get(operation)
+        known = op is not None and inspect.iscoroutinefunction(op.handler)
+        if op is not None:
+            cache[operation] = known
+    return known
+
+
 class _ServerConnection:
     """One established connection: a sans-IO
     :class:`~rolewire.protocol.Connection` over a stream, with the service's
@@ -519,13 +531,7 @@ class Server:
     def is_async(self, operation: str) -> bool:
         """True if the operation's handler is a coroutine function (it then
         runs in its own task)."""
-        known = self._async_ops.get(operation)
-        if known is None:
-            op = self.service.operations.get(operation)
-            known = op is not None and inspect.iscoroutinefunction(op.handler)
-            if op is not None:
-                self._async_ops[operation] = known
-        return known
+        return handler_is_async(self.service, self._async_ops, operation)
 
     # -- connections ----------------------------------------------------------------------
     async def _start(self, host: str, port: int, **kwargs: Any) -> None:
