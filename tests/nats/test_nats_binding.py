@@ -269,7 +269,9 @@ def test_hello_lost_in_the_queue_group_is_retransmitted(nats_server: NatsServer)
         async def swallow(msg):
             swallowed.append(msg.data)
 
-        await black_hole.subscribe("svc.payment", queue="svc.payment", cb=swallow)
+        # It takes (and loses) up to 8 Hellos, then leaves the group: enough
+        # to lose several, without making the test a matter of chance.
+        await black_hole.subscribe("svc.payment", queue="svc.payment", cb=swallow, max_msgs=8)
         await black_hole.flush()
         async with await serve_nats(ledger.service, SERVER, snc, "svc.payment"):
             for i in range(6):

@@ -72,8 +72,12 @@ MAX_BAD_RECORDS = 100_000
 #: its liveness probe, and its next call handshakes again.
 STATUS_HEADER = "Rolewire-Status"
 NO_SESSION = "no-session"
+#: "No responders" answers to a Hello (and its retransmissions) before a
+#: client concludes that no instance serves the subject (~1 s with the
+#: retransmission schedule below).
+NO_RESPONDERS_LIMIT = 3
 HELLO_RETRANSMIT = 0.25
-HELLO_RETRANSMIT_MAX = 2.0
+HELLO_RETRANSMIT_MAX = 1.0
 
 
 class _BusTransport:
@@ -495,6 +499,7 @@ async def _open_session(nc: Any, subject: str, config: HandshakeConfig, *, timeo
     driver = NatsDriver(conn, nc, send_subject=subject, reply_subject=inbox, batch=batch,
                         on_end=unsubscribe)
     bound = False
+    unanswered = [0]  # "no responders" answers to our Hello so far
 
     async def on_packet(msg: Any) -> None:
         nonlocal bound
@@ -502,9 +507,18 @@ async def _open_session(nc: Any, subject: str, config: HandshakeConfig, *, timeo
         if headers:
             if headers.get("Status") == NO_RESPONDERS:
                 # Only about the subject we send to: a stray status is ignored.
-                if headers.get("Nats-Subject", driver.send_subject) == driver.send_subject:
+                if headers.get("Nats-Subject", driver.send_subject) != driver.send_subject:
+                    return
+                if bound:
                     driver.peer_gone("the service instance holding the session is gone "
                                      "(no responders)")
+                    return
+                # Before binding: the broker may not know a queue member that
+                # subscribed a moment ago; the Hello is retransmitted, and
+                # only repeated answers mean that nobody serves the subject.
+                unanswered[0] += 1
+                if unanswered[0] >= NO_RESPONDERS_LIMIT:
+                    driver.peer_gone(f"no instance serves {subject!r} (no responders)")
                 return
             if headers.get(STATUS_HEADER) == NO_SESSION:
                 if bound and msg.subject == inbox:
