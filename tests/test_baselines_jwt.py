@@ -139,6 +139,34 @@ def test_token_signed_by_another_service_is_refused(ids: dict[str, ServiceIdenti
         verifier(registry).verify(forged.sign("payment", "charge", BODY), "charge", BODY)
 
 
+def test_verify_signed_token_is_the_public_signature_check(
+        ids: dict[str, ServiceIdentity], registry: KeyRegistry) -> None:
+    # the audit log verifies stored tokens through this public function
+    token = TokenSigner(ids["user-api"]).sign("payment", "charge", BODY)
+    entry = registry.get("user-api")
+    assert entry is not None
+    claims = jwt.verify_signed_token(token, entry, audience=None, leeway=0,
+                                     require=["iss", "aud", "jti", "rh"])
+    assert claims["iss"] == "user-api" and claims["aud"] == "payment"
+    with pytest.raises(jwt.TokenAudienceMismatch):
+        jwt.verify_signed_token(token, entry, audience="orders", leeway=0, require=["aud"])
+    other = registry.get("suggestion")
+    assert other is not None
+    with pytest.raises(jwt.TokenRejected):  # another signer's key: the issuer differs
+        jwt.verify_signed_token(token, other, audience=None, leeway=0, require=["iss"])
+    head, body, sig = token.split(".")
+    flipped = sig[:-2] + ("A" if sig[-2] != "A" else "B") + sig[-1]
+    with pytest.raises(jwt.TokenSignatureInvalid):
+        jwt.verify_signed_token(".".join((head, body, flipped)), entry, audience=None,
+                                leeway=0, require=["iss"])
+    expired = TokenSigner(ids["user-api"], clock=lambda: time.time() - 120)
+    old = expired.sign("payment", "charge", BODY)
+    with pytest.raises(jwt.TokenExpired):
+        jwt.verify_signed_token(old, entry, audience=None, leeway=0, require=["exp"])
+    assert jwt.verify_signed_token(old, entry, audience=None, leeway=0, require=["exp"],
+                                   verify_exp=False)["jti"]
+
+
 def test_unknown_issuer_and_sts_as_caller_are_refused(
         registry: KeyRegistry, sts: jwt.SecurityTokenService) -> None:
     stranger = TokenSigner(ServiceIdentity.generate("stranger"))

@@ -213,8 +213,9 @@ def _verify_row(row: sqlite3.Row, registry: KeyRegistry) -> AuditEntry:
     if entry is None or entry.sts:
         raise UnknownSigner(f"row {row['id']}: no service key for issuer {row['iss']!r}")
     try:
-        signed = jwt._decode(token, entry, audience=None, leeway=0,
-                             require=["iss", "aud", "iat", "jti", "rh"], verify_exp=False)
+        signed = jwt.verify_signed_token(token, entry, audience=None, leeway=0,
+                                         require=["iss", "aud", "iat", "jti", "rh"],
+                                         verify_exp=False)
     except jwt.TokenRejected as exc:
         raise _tampered(row, "token", f"signature or claims do not verify ({exc})") from None
     for column, claim in (("jti", "jti"), ("aud", "aud"), ("iat", "iat"),
@@ -237,8 +238,8 @@ def _verify_row(row: sqlite3.Row, registry: KeyRegistry) -> AuditEntry:
             user = str(user_claims.get("sub"))
             sts = registry.get(str(user_claims.get("iss")))
             if sts is not None and sts.sts:
-                jwt._decode(nested, sts, audience=None, leeway=0, require=["iss", "sub"],
-                            verify_exp=False)
+                jwt.verify_signed_token(nested, sts, audience=None, leeway=0,
+                                        require=["iss", "sub"], verify_exp=False)
                 user_verified = True
         except jwt.TokenRejected:
             raise _tampered(row, "token", "nested user token does not verify") from None

@@ -127,6 +127,7 @@ __all__ = [
     "request_context",
     "request_hash",
     "serve",
+    "verify_signed_token",
 ]
 
 #: JWS algorithms supported: Ed25519 and ECDSA P-256 with SHA-256.
@@ -525,10 +526,25 @@ def _scope(value: Any) -> frozenset[str]:
 _REQUIRED = ["iss", "sub", "aud", "iat", "exp", "jti", "rh"]
 
 
-def _decode(token: str, entry: RegistryEntry, *, audience: str | None, leeway: float,
-            require: list[str], verify_exp: bool = True) -> dict[str, Any]:
-    """Verify the signature with ``entry``'s key and the standard claims;
-    PyJWT's errors mapped to :class:`TokenRejected` subclasses."""
+def verify_signed_token(token: str, entry: RegistryEntry, *, audience: str | None,
+                        leeway: float, require: list[str],
+                        verify_exp: bool = True) -> dict[str, Any]:
+    """Verify ``token``'s signature with ``entry``'s key and its standard claims.
+
+    The one place a JWT is checked: :class:`TokenVerifier`,
+    :class:`SecurityTokenService` and the audit log
+    (:func:`rolewire.baselines.audit.verify`) all call it. This checks only
+    the signature, the issuer (``entry.name``), ``audience`` (skipped when
+    ``None``), the ``require``-d claims and, unless ``verify_exp`` is false,
+    the expiry with ``leeway`` seconds; replay, lifetime and request-hash
+    checks are :class:`TokenVerifier`'s.
+
+    Returns:
+        The verified claims.
+
+    Raises:
+        TokenRejected: a subclass naming the failure (PyJWT's errors mapped).
+    """
     options: Any = {"require": require, "verify_exp": verify_exp,
                                "verify_aud": audience is not None}
     try:
@@ -606,8 +622,8 @@ class TokenVerifier:
         """Verify the service token of one request. Raises a
         :class:`TokenRejected` subclass; on success the ``jti`` is consumed."""
         entry = self._signer(peek_claims(token), sts=False)
-        claims = _decode(token, entry, audience=self.audience, leeway=self.leeway,
-                         require=_REQUIRED)
+        claims = verify_signed_token(token, entry, audience=self.audience,
+                                     leeway=self.leeway, require=_REQUIRED)
         now = self.clock()
         self._check_times(claims, now, bound_lifetime=True)
         if claims["sub"] != claims["iss"]:
@@ -634,8 +650,8 @@ class TokenVerifier:
         docs for the audience and ``act`` rules)."""
         try:
             entry = self._signer(peek_claims(token), sts=True)
-            claims = _decode(token, entry, audience=None, leeway=self.leeway,
-                             require=["iss", "sub", "iat", "exp"])
+            claims = verify_signed_token(token, entry, audience=None, leeway=self.leeway,
+                                         require=["iss", "sub", "iat", "exp"])
             self._check_times(claims, self.clock(), bound_lifetime=False)
         except UserTokenRejected:
             raise
@@ -701,8 +717,9 @@ class SecurityTokenService:
         widen. Raises :class:`UserTokenRejected`."""
         assert self._self_entry is not None
         try:
-            claims = _decode(user_token, self._self_entry, audience=None, leeway=self.leeway,
-                             require=["iss", "sub", "iat", "exp"])
+            claims = verify_signed_token(user_token, self._self_entry, audience=None,
+                                         leeway=self.leeway,
+                                         require=["iss", "sub", "iat", "exp"])
         except TokenRejected as exc:
             raise UserTokenRejected(f"cannot exchange: {exc}") from None
         bound = claims.get("aud")
