@@ -28,7 +28,9 @@ from __future__ import annotations
 
 import abc
 import ipaddress
+import json
 import os
+import sqlite3
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
@@ -42,6 +44,7 @@ __all__ = [
     "BudgetStore",
     "MemoryBudgetStore",
     "ScopePolicy",
+    "SqliteBudgetStore",
     "peer_scope",
 ]
 
@@ -145,6 +148,87 @@ class MemoryBudgetStore(BudgetStore):
                     self._records.pop(key, None)
             while len(self._records) > self.max_keys:
                 self._records.popitem(last=False)
+            return result
+
+
+class SqliteBudgetStore(BudgetStore):
+    """A store shared by processes on one host (e.g. server workers): one
+    SQLite file, each :meth:`transact` one ``BEGIN IMMEDIATE`` transaction,
+    so the charge-then-check of :meth:`PasswordRateLimiter.begin` is atomic
+    across every process that opens ``path``. Records are stored as JSON
+    (never pickled: a file another process can write must not run code
+    here). Idle records are deleted; beyond ``max_keys`` the least recently
+    used ones go. Processes sharing it must share a wall clock
+    (``clock=time.time``). Not picklable: open one per process."""
+
+    def __init__(self, path: str | os.PathLike[str], max_keys: int = 65536,
+                 timeout: float = 30.0) -> None:
+        if max_keys < 2:
+            raise ConfigurationError("max_keys must be >= 2")
+        self.max_keys = max_keys
+        self.path = os.fspath(path)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.path, timeout=timeout, isolation_level=None,
+                                   check_same_thread=False)
+        with self._lock:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("CREATE TABLE IF NOT EXISTS budget (key TEXT PRIMARY KEY, "
+                             "record TEXT NOT NULL, used INTEGER NOT NULL)")
+
+    def close(self) -> None:
+        """Closes this process's connection to the file."""
+        with self._lock:
+            self._db.close()
+
+    @staticmethod
+    def _encode(record: BudgetRecord) -> str:
+        return json.dumps({"charges": [[t, c] for t, c in record.charges.items()],
+                           "failed": sorted(record.failed), "locked_until": record.locked_until,
+                           "strikes": record.strikes, "last_lock_end": record.last_lock_end})
+
+    @staticmethod
+    def _decode(text: str) -> BudgetRecord:
+        data = json.loads(text)
+        return BudgetRecord(charges={int(t): float(c) for t, c in data["charges"]},
+                            failed={int(t) for t in data["failed"]},
+                            locked_until=float(data["locked_until"]),
+                            strikes=int(data["strikes"]),
+                            last_lock_end=float(data["last_lock_end"]))
+
+    def __len__(self) -> int:
+        with self._lock:
+            return int(self._db.execute("SELECT COUNT(*) FROM budget").fetchone()[0])
+
+    def transact(self, keys: Sequence[Hashable],
+                 update: Callable[[list[BudgetRecord]], T]) -> T:
+        # repr() of the limiter's keys (tuples of str/None) is deterministic
+        # across processes, unlike hash().
+        names = [repr(key) for key in keys]
+        with self._lock:
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                records = []
+                for name in names:
+                    row = db.execute("SELECT record FROM budget WHERE key = ?",
+                                     (name,)).fetchone()
+                    records.append(self._decode(row[0]) if row else BudgetRecord())
+                result = update(records)
+                used = db.execute("SELECT COALESCE(MAX(used), 0) + 1 FROM budget").fetchone()[0]
+                for name, record in zip(names, records):
+                    if record.idle:
+                        db.execute("DELETE FROM budget WHERE key = ?", (name,))
+                    else:
+                        db.execute("INSERT OR REPLACE INTO budget (key, record, used) "
+                                   "VALUES (?, ?, ?)", (name, self._encode(record), used))
+                excess = db.execute("SELECT COUNT(*) FROM budget").fetchone()[0] - self.max_keys
+                if excess > 0:
+                    db.execute("DELETE FROM budget WHERE key IN (SELECT key FROM budget "
+                               "ORDER BY used LIMIT ?)", (excess,))
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
             return result
 
 
