@@ -118,3 +118,24 @@ def test_each_wire_struct_is_defined_once():
             if re.search(r"Struct\(" + re.escape(fmt), text):
                 where[fmt].add(path.name)
     assert {fmt: len(files) for fmt, files in where.items()} == {f: 1 for f in formats}, where
+
+
+#: The sans-IO layers: they are given the time (``now`` or a ``clock``
+#: callable); only transports read a clock.
+SANS_IO = ("rolewire.protocol", "rolewire.record", "rolewire.handshake", "rolewire.roles",
+           "rolewire.session", "rolewire.services", "rolewire.budgets", "rolewire.rpc")
+CLOCK_CALLS = {"time.monotonic", "time.time", "time.perf_counter", "time.monotonic_ns",
+               "time.time_ns", "loop.time", "asyncio.get_running_loop().time"}
+
+
+def test_sans_io_layers_read_no_clock():
+    # A clock passed as a default argument (``clock=time.monotonic``) is
+    # fine: the caller decides. Calling one is not.
+    offenders = []
+    for name, tree in MODULES.items():
+        if not any(name == p or name.startswith(p + ".") for p in SANS_IO):
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and ast.unparse(node.func) in CLOCK_CALLS:
+                offenders.append(f"{name}:{node.lineno}: {ast.unparse(node)}")
+    assert not offenders, offenders

@@ -72,15 +72,15 @@ class _Generation:
     """Receive keys of one (re)handshake: records of epochs from
     ``first_epoch`` on open here (newer generations take higher epochs)."""
 
-    __slots__ = ("advanced_at", "first_epoch", "known_epoch", "layer", "retire_at", "used")
+    __slots__ = ("advances", "first_epoch", "known_epoch", "layer", "retire_at", "used")
 
     def __init__(self, first_epoch: int, layer: RecordLayer, *, used: bool = True) -> None:
         self.first_epoch = first_epoch
         self.layer = layer
         self.known_epoch = layer.recv_epoch
-        #: The layer's recv_epoch_advanced_at when last looked at (cheap
+        #: The layer's recv_epoch_advances when last looked at (cheap
         #: test for "did the epoch move?" on the hot path).
-        self.advanced_at = layer.recv_epoch_advanced_at
+        self.advances = layer.recv_epoch_advances
         self.retire_at: float | None = None
         #: A record opened here (for a pending generation: not yet).
         self.used = used
@@ -275,7 +275,7 @@ class Session:
         the grace period of the older generations (and lets this side seal
         under the new keys, since the peer evidently has them)."""
         layer = gen.layer
-        gen.advanced_at = layer.recv_epoch_advanced_at
+        gen.advances = layer.recv_epoch_advances
         epoch = layer.recv_epoch
         if epoch != gen.known_epoch:
             gen.known_epoch = epoch
@@ -451,7 +451,7 @@ class Session:
                 raise IntegrityLimitExceeded(
                     "too many records failed to authenticate; the session is closed") from exc
             raise
-        if layer.recv_epoch_advanced_at != gen.advanced_at or not gen.used:
+        if layer.recv_epoch_advances != gen.advances or not gen.used:
             self._note_recv_epoch(gen)
         self.counters.records_opened += 1
         self.counters.bytes_opened += len(plaintext)

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import os
 import struct
-import time
 from array import array
 from collections.abc import Iterable, Sequence
 from itertools import accumulate
@@ -239,8 +238,8 @@ class FastReceiver:
         else:
             consumed, stop = self._feed_pure(buf, batch)
         if batch.flags & _EPOCH_ADVANCED and self.native:
-            # What CRecordLayer.open records for the session's grace period.
-            self.layer.recv_epoch_advanced_at = time.monotonic()
+            # What CRecordLayer.open counts for the session's grace period.
+            self.layer.recv_epoch_advances += 1
         self.handshake_pending = stop == STOP_HANDSHAKE
         self._tail = buf[consumed:] if consumed < len(buf) else b""
         return batch

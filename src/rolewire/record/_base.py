@@ -287,9 +287,11 @@ class RecordLayer:
         """Plaintext bytes sealed under the current sending key."""
         raise NotImplementedError
 
-    #: ``time.monotonic()`` of the last automatic receive-epoch advance, or
-    #: ``None``: sessions use it to time the grace period.
-    recv_epoch_advanced_at: float | None = None
+    #: Automatic receive-epoch advances so far (a counter, not a time: the
+    #: record layer reads no clock). Sessions compare it with the value they
+    #: saw last to notice an advance cheaply, and time the grace period on
+    #: their own clock.
+    recv_epoch_advances: int = 0
 
     # -- shared ------------------------------------------------------------
     @property

@@ -7,7 +7,6 @@ status codes to exceptions.
 
 from __future__ import annotations
 
-import time
 from array import array
 from collections.abc import Callable
 from typing import Any
@@ -112,7 +111,7 @@ class CRecordLayer(RecordLayer):
         if rc < 0:
             raise error_for(rc)
         self._overhead = self.suite.overhead
-        self.recv_epoch_advanced_at = None
+        self.recv_epoch_advances = 0
 
     # -- single records ----------------------------------------------------
     def seal(self, plaintext: Buffer) -> bytes:
@@ -137,7 +136,7 @@ class CRecordLayer(RecordLayer):
         if rc:
             if rc < 0:
                 raise error_for(rc)
-            self.recv_epoch_advanced_at = time.monotonic()
+            self.recv_epoch_advances += 1
         return _unpack(out, size)
 
     # -- batches -----------------------------------------------------------
@@ -185,7 +184,7 @@ class CRecordLayer(RecordLayer):
             raise error_for(opened)
         errors: dict[int, RecordError] = {}
         if status[count]:
-            self.recv_epoch_advanced_at = time.monotonic()
+            self.recv_epoch_advances += 1
         if opened != count:
             for index in range(count):
                 code = status[index]
