@@ -705,26 +705,28 @@ class Connection:
         service = self._service
         allowed = self._allowed
         contexts = self._notify_contexts
+        notify = MessageType.NOTIFY
         for message in messages:
-            kind = message.type
-            if kind is MessageType.NOTIFY:
+            # One unpacking instead of four attribute look-ups on the named
+            # tuple: this loop runs once per message received.
+            kind, _, name, body, metadata = message
+            if kind is notify:
                 if self._closing or self._close_received or service is None:
                     continue  # a client serves nothing; a closing server runs nothing new
-                name = message.operation
                 operation = allowed.get(name)
                 if operation is None:
                     operation = self._authorize(message)
                     if operation is None:
                         continue
-                context = None if message.metadata else contexts.get(name)
+                context = None if metadata else contexts.get(name)
                 if context is None:
                     context = self._context(operation, message)
                     if context is None:
                         continue
-                    if not message.metadata and len(contexts) < 1024 and \
+                    if not metadata and len(contexts) < 1024 and \
                             not service.needs_call_checks(operation):
                         contexts[name] = context
-                append(Notified(operation, context, message.body))
+                append(Notified(operation, context, body))
             elif kind is MessageType.REQUEST:
                 self._request(message)
             elif kind is MessageType.RESPONSE or kind is MessageType.ERROR:
