@@ -6,7 +6,7 @@ from __future__ import annotations
 import struct
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from rolewire._native_loader import lib
@@ -163,3 +163,49 @@ def test_multi_epoch_outcomes_identical(suite, past_epochs, sealing, deliveries)
             results.append((bob.recv_epoch, bob.past_epochs))
         outcomes[backend] = results
     assert outcomes["c"] == outcomes["pure"]
+
+
+@given(
+    suites,
+    st.lists(st.tuples(st.integers(0, 5), st.integers(0, 2)), min_size=1, max_size=12),
+    st.lists(st.tuples(st.sampled_from(["open", "batch"]),
+                       st.lists(st.integers(0, 100), min_size=1, max_size=6)),
+             max_size=20),
+)
+@example(Suite.CHACHA20_POLY1305, [(1, 1), (1, 1)], [("batch", [0, 1, 2])])
+def test_recv_epoch_advances_counted_alike(suite, sealing, deliveries):
+    """recv_epoch_advances: +1 per advancing open(), +1 per open_packed()
+    batch with any advancing record (a batch of three epochs counts once) -
+    in both backends."""
+    outcomes = {}
+    for backend in ("c", "pure"):
+        alice, bob = make_pair(suite, backend, window=64)
+        records = []
+        for count, rekeys in sealing:
+            records.extend(alice.seal(b"m%d" % len(records)) for _ in range(count))
+            for _ in range(rekeys):
+                alice.update_send_key()
+        records.append(alice.seal(b"last"))
+        seen = []
+        for kind, picks in deliveries:
+            chosen = [records[i % len(records)] for i in picks]
+            if kind == "open":
+                for record in chosen:
+                    outcome(bob, record)
+            else:
+                bob.open_many(chosen)
+            seen.append((bob.recv_epoch_advances, bob.recv_epoch))
+        outcomes[backend] = seen
+    assert outcomes["c"] == outcomes["pure"]
+
+
+@pytest.mark.parametrize("backend", ["c", "pure"])
+def test_batch_advancing_twice_counts_once(backend):
+    alice, bob = make_pair(Suite.CHACHA20_POLY1305, backend)
+    first = alice.seal(b"e0")
+    alice.update_send_key()
+    second = alice.seal(b"e1")
+    alice.update_send_key()
+    third = alice.seal(b"e2")
+    assert bob.open_many([first, second, third]) == [b"e0", b"e1", b"e2"]
+    assert bob.recv_epoch == 2 and bob.recv_epoch_advances == 1

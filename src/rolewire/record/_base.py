@@ -287,10 +287,14 @@ class RecordLayer:
         """Plaintext bytes sealed under the current sending key."""
         raise NotImplementedError
 
-    #: Automatic receive-epoch advances so far (a counter, not a time: the
-    #: record layer reads no clock). Sessions compare it with the value they
-    #: saw last to notice an advance cheaply, and time the grace period on
-    #: their own clock.
+    #: How many calls so far advanced the receive epoch automatically (a
+    #: counter, not a time: the record layer reads no clock): +1 for each
+    #: :meth:`open` that advanced, and +1 for each :meth:`open_packed` (or
+    #: :meth:`open_many`) batch in which any record advanced, however many
+    #: did. Both backends count alike. Sessions compare it with the value
+    #: they saw last to notice an advance cheaply (not to count epochs: read
+    #: :attr:`recv_epoch` for that), and time the grace period on their own
+    #: clock.
     recv_epoch_advances: int = 0
 
     # -- shared ------------------------------------------------------------

@@ -266,6 +266,7 @@ class PureRecordLayer(RecordLayer):
         out_off = array("Q", [0])
         errors: dict[int, RecordError] = {}
         position = 0
+        flags = OK  # OR of the records' non-negative statuses (C: status[n])
         for i in range(count):
             rc, plaintext = self._open_one(bytes(source[in_off[i] : in_off[i + 1]]))
             if rc < 0:
@@ -273,11 +274,13 @@ class PureRecordLayer(RecordLayer):
                 assert isinstance(error, RecordError)
                 errors[i] = error
             else:
-                if rc > 0:
-                    self.recv_epoch_advances += 1
+                flags |= rc
                 target[position : position + len(plaintext)] = plaintext
                 position += len(plaintext)
             out_off.append(position)
+        # Once per batch, however many of its records advanced (as C counts).
+        if flags & EPOCH_ADVANCED:
+            self.recv_epoch_advances += 1
         return PackedOpenResult(target, out_off, errors)
 
     # -- keys and state ------------------------------------------------------
