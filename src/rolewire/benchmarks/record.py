@@ -24,6 +24,7 @@ import statistics
 import time
 from array import array
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
@@ -130,6 +131,49 @@ def _cryptography(size: int) -> Callable[[int], None]:
     return run
 
 
+#: Implementations measured (``impl`` of :func:`body`); ``cryptography`` is
+#: ChaCha20-Poly1305 only.
+IMPLS = ("raw_c", "single", "batch", "pure", "cryptography")
+
+
+@dataclass(frozen=True)
+class Body:
+    """One benchmark body: ``run(n)`` makes ``n`` calls, each handling
+    ``per_call`` messages of ``size`` bytes (seal and open). The one
+    definition of each configuration, for ``rolewire bench record`` and the
+    pytest-benchmark front end (bench/bench_record.py) alike."""
+
+    suite: Suite
+    impl: str
+    size: int
+    run: Callable[[int], None]
+    per_call: int
+
+
+def body(impl: str, suite: Suite, size: int) -> Body:
+    """The benchmark body of one configuration (``impl`` from :data:`IMPLS`)."""
+    suite = Suite(suite)
+    if impl == "raw_c":
+        return Body(suite, impl, size, _raw(suite, size), BATCH)
+    if impl == "single":
+        return Body(suite, impl, size, _single(suite, size, "c"), 1)
+    if impl == "batch":
+        return Body(suite, impl, size, _batch(suite, size), batch_count(size))
+    if impl == "pure":
+        return Body(suite, impl, size, _single(suite, size, "pure"), 1)
+    if impl == "cryptography" and suite is Suite.CHACHA20_POLY1305:
+        return Body(suite, impl, size, _cryptography(size), 1)
+    raise ValueError(f"no record benchmark {impl!r} for {suite.wire_name}")
+
+
+def plan(sizes: tuple[int, ...] = SIZES) -> list[Body]:
+    """Every configuration ``run`` measures, in the order of one round."""
+    bodies = [body(impl, suite, size) for suite in Suite for size in sizes
+              for impl in IMPLS if impl != "cryptography"]
+    bodies += [body("cryptography", Suite.CHACHA20_POLY1305, size) for size in sizes]
+    return bodies
+
+
 def run(quick: bool = False, progress: Progress | None = None) -> dict[str, Any]:
     """Run the record benchmark; returns a JSON-ready dict with every figure
     (messages/s, medians) and the ratios the project tracks."""
@@ -140,34 +184,27 @@ def run(quick: bool = False, progress: Progress | None = None) -> dict[str, Any]
     say = progress or (lambda _msg: None)
     results: dict[str, dict[str, dict[str, float]]] = {}
 
-    plan: list[tuple[str, str, int, Callable[[int], None], int]] = []
-    for suite in Suite:
-        for size in sizes:
-            plan.append((suite.wire_name, "raw_c", size, _raw(suite, size), BATCH))
-            plan.append((suite.wire_name, "single", size, _single(suite, size, "c"), 1))
-            plan.append((suite.wire_name, "batch", size, _batch(suite, size), batch_count(size)))
-            plan.append((suite.wire_name, "pure", size, _single(suite, size, "pure"), 1))
-    for size in sizes:
-        plan.append(("CHACHA20-POLY1305", "cryptography", size, _cryptography(size), 1))
+    bodies = plan(sizes)
 
     # Calibrate every configuration, then time them in interleaved rounds
     # (A, B, C, ..., A, B, C, ...): a slow spell of a shared machine hits all
     # alike, and each ratio is the median of its per-round ratios (run one
     # after another, the single-vs-cryptography ratio was skewed 4x).
     counts = []
-    for index, (suite_name, impl, size, runner, _per_call) in enumerate(plan, 1):
-        say(f"calibrating [{index}/{len(plan)}] {suite_name} {impl} {size} B")
-        counts.append(_calibrate(runner, budget / (4 if impl == "pure" else 1)))
-    rounds: list[list[float]] = [[] for _ in plan]
+    for index, item in enumerate(bodies, 1):
+        say(f"calibrating [{index}/{len(bodies)}] {item.suite.wire_name} {item.impl} "
+            f"{item.size} B")
+        counts.append(_calibrate(item.run, budget / (4 if item.impl == "pure" else 1)))
+    rounds: list[list[float]] = [[] for _ in bodies]
     for r in range(repeats):
-        say(f"round {r + 1}/{repeats}: {len(plan)} configurations")
-        for index, (_suite, _impl, _size, runner, per_call) in enumerate(plan):
-            rounds[index].append(_timed(runner, counts[index], per_call))
+        say(f"round {r + 1}/{repeats}: {len(bodies)} configurations")
+        for index, item in enumerate(bodies):
+            rounds[index].append(_timed(item.run, counts[index], item.per_call))
     runs: dict[tuple[str, str, str], list[float]] = {}
-    for (suite_name, impl, size, _runner, _per_call), rates in zip(plan, rounds):
-        runs[(suite_name, impl, str(size))] = rates
-        results.setdefault(suite_name, {}).setdefault(impl, {})[str(size)] = \
-            statistics.median(rates)
+    for item, rates in zip(bodies, rounds):
+        runs[(item.suite.wire_name, item.impl, str(item.size))] = rates
+        results.setdefault(item.suite.wire_name, {}).setdefault(item.impl, {})[
+            str(item.size)] = statistics.median(rates)
 
     def per_round(a: tuple[str, str, str], b: tuple[str, str, str]) -> list[float]:
         return [x / y for x, y in zip(runs[a], runs[b])]
