@@ -26,6 +26,13 @@ given. Message flow (docs/PROTOCOL.md, "Handshake")::
 key and certificate roles; 5 with password slots; 4 or 5 when certificate
 proofs wait for the peer to authenticate. A failure on either side sends a
 Reject with a reason code (one code for every authentication failure).
+
+Role kinds: the machine never asks which class a role is. It follows each
+role's handshake hooks (:class:`~rolewire.roles.base.Role`): its
+``proof_channel`` (a Hello hint, or a J-PAKE slot), ``sends_credentials``
+(a chain in the role entry, which may be withheld or deferred),
+``prove``/``verify_proof``, and for slot kinds ``charge``, ``exchange`` and
+``assign_slot``. A new kind needs no change here.
 """
 
 from __future__ import annotations
@@ -91,16 +98,9 @@ from rolewire.handshake.messages import (
 from rolewire.handshake.reasons import RejectReason, reason_for, wire_reason
 from rolewire.handshake.schedule import SymmetricState
 from rolewire.handshake.suites import HandshakeSuite, KexGroup
-from rolewire.roles.base import Direction, Role, RoleKind, password_hint
-from rolewire.roles.certificate import CertificateRole
+from rolewire.roles.base import Direction, ProofChannel, Role, RoleKind, password_hint
 from rolewire.roles.jpake import ROUND2_SIZE
-from rolewire.roles.key import KeyRole
-from rolewire.roles.password import (
-    PASSWORD_PROOF_SIZE,
-    PasswordAttempt,
-    PasswordExchange,
-    PasswordRole,
-)
+from rolewire.roles.password import PASSWORD_PROOF_SIZE, PasswordAttempt, PasswordExchange
 from rolewire.session import Session
 
 __all__ = ["Handshake", "Initiator", "Responder", "parse_late_reject"]
@@ -123,8 +123,8 @@ class _State(enum.Enum):
 
 
 class _Match:
-    """A key or certificate role both sides know, in one handshake (indexed
-    by the Hello hint)."""
+    """A role of the ``HINT`` channel (key, certificate) both sides know, in
+    one handshake (indexed by the Hello hint)."""
 
     __slots__ = ("deferred", "index", "offer_flags", "peer_data", "peer_flags", "role",
                  "withheld")
@@ -226,7 +226,7 @@ class Handshake:
         self._suite: HandshakeSuite | None = None
         self._matches: list[_Match] = []
         self._slots: list[_Slot] = []
-        self._verified: set[tuple[int, str]] = set()
+        self._verified: set[tuple[RoleKind, str]] = set()
         #: (role name, reason) of roles left out of this handshake.
         self._dropped: set[tuple[str, str]] = set()
         self._session: Session | None = None
@@ -366,9 +366,7 @@ class Handshake:
         return unpad(self._ss.decrypt_and_hash(ciphertext))
 
     def _prove(self, match: _Match, direction: Direction, h: bytes) -> bytes:
-        role = match.role
-        assert isinstance(role, (KeyRole, CertificateRole))
-        return role.prove(direction, h)
+        return match.role.prove(direction, h)
 
     def _verify(self, match: _Match, direction: Direction, h: bytes, proof: bytes | None,
                 chain_data: bytes) -> bool:
@@ -378,12 +376,10 @@ class Handshake:
         try:
             if proof is None:
                 raise RoleProofInvalid("a role proof is missing")
-            if isinstance(role, KeyRole):
-                role.verify(direction, h, proof)
-            else:
-                assert isinstance(role, CertificateRole)
-                chain = parse_chain(chain_data)
-                role.verify(direction, h, chain, proof, self.config.wall_clock())
+            # Only a kind that sends credentials can have entry data (the
+            # callers refuse it otherwise), so only it parses a chain.
+            chain = parse_chain(chain_data) if role.sends_credentials else ()
+            role.verify_proof(direction, h, proof, chain, self.config.wall_clock)
         except (RoleProofInvalid, MalformedHandshakeMessage):
             if self.config.abort_on_bad_proof:
                 raise
@@ -442,7 +438,9 @@ class Handshake:
             recv = (i2r_key, i2r_iv)
         cfg = self.config
         names = frozenset(name for _, name in self._verified)
-        kinds = frozenset((RoleKind(k), n) for k, n in self._verified)
+        # The kinds as the roles gave them (a kind outside RoleKind stays
+        # its own enum member).
+        kinds = frozenset(self._verified)
         session = (cfg.session_factory or Session.from_keys)(
             suite=suite.record_suite, send_key=send[0], send_iv=send[1], recv_key=recv[0],
             recv_iv=recv[1], peer_roles=names, handshake_suite=suite,
@@ -481,10 +479,10 @@ class Initiator(Handshake):
         #: (role, our flags) per Hello hint; None for padding.
         self._offered: list[tuple[Role, int] | None] = []
         hints: list[bytes] = []
-        passwords: list[PasswordRole] = []
+        passwords: list[Role] = []
         for role in config.roles:
-            if isinstance(role, PasswordRole):
-                if role.limiter.locked_for(peer, role.name) > 0:
+            if role.proof_channel is ProofChannel.PASSWORD_SLOT:
+                if role.password_locked_for(peer) > 0:
                     logger.warning("password role not offered: peer locked out",
                                    extra={"event": "password_refused", "peer": str(peer),
                                           "role": role.name})
@@ -508,9 +506,10 @@ class Initiator(Handshake):
         n_slots = _bucket(len(passwords), 0, MAX_PASSWORD_SLOTS)
         rounds = []
         for i in range(n_slots):
-            role = passwords[i] if i < len(passwords) else None
-            exchange = PasswordExchange(role, initiator=True,
-                                        context=self._random + bytes((i,)))
+            context = self._random + bytes((i,))
+            exchange = (passwords[i].exchange(initiator=True, context=context)
+                        if i < len(passwords)
+                        else PasswordExchange(None, initiator=True, context=context))
             rounds.append(exchange.round1())
             self._slots.append(_Slot(i, exchange))
         self._rounds1 = tuple(rounds)
@@ -607,7 +606,7 @@ class Initiator(Handshake):
             roles_seen.add(role.role_id)
             if not _useful(entry.flags, flags):
                 raise MalformedHandshakeMessage("role entry with flags of no use")
-            if entry.data and not (isinstance(role, CertificateRole) and entry.flags & Flag.PROVE):
+            if entry.data and not (role.sends_credentials and entry.flags & Flag.PROVE):
                 raise MalformedHandshakeMessage("unexpected role entry data")
             match = _Match(entry.index, role, flags)
             match.peer_flags = entry.flags
@@ -618,8 +617,7 @@ class Initiator(Handshake):
             expected = bool(match.peer_flags & Flag.PROVE and match.offer_flags & Flag.VERIFY)
             proof = proofs.pop(match.index, None)
             if expected:
-                if (isinstance(match.role, CertificateRole) and not match.peer_data
-                        and proof is None):
+                if match.role.sends_credentials and not match.peer_data and proof is None:
                     match.withheld = True  # the responder proves in ResponderAuth
                     continue
                 self._verify(match, Direction.RESPONDER, h_responder, proof, match.peer_data)
@@ -651,10 +649,10 @@ class Initiator(Handshake):
         my_entries = []
         for match in self._matches:
             data = b""
-            if (isinstance(match.role, CertificateRole) and match.offer_flags & Flag.PROVE
+            if (match.role.sends_credentials and match.offer_flags & Flag.PROVE
                     and match.peer_flags & Flag.VERIFY):
                 if send_chains:
-                    data = encode_chain(match.role.chain_der)
+                    data = encode_chain(match.role.credentials())
                 else:
                     match.deferred = True
             my_entries.append(RoleEntry(match.index, match.offer_flags, data))
@@ -733,8 +731,8 @@ class Initiator(Handshake):
         slot_proofs = [slot.exchange.prove(Direction.INITIATOR, h_finish) if slot.verified
                        else b"" for slot in self._slots]
         sent = deferred if self._responder_authenticated else []
-        fin_entries = [RoleEntry(m.index, m.offer_flags, encode_chain(m.role.chain_der))
-                       for m in sent if isinstance(m.role, CertificateRole)]
+        fin_entries = [RoleEntry(m.index, m.offer_flags, encode_chain(m.role.credentials()))
+                       for m in sent if m.role.sends_credentials]
         data_ct = self._encrypt(encode_role_data(fin_entries, slot_proofs))
         h_initiator = self._ss.h
         fin_proofs = [ProofEntry(m.index, self._prove(m, Direction.INITIATOR, h_initiator))
@@ -902,12 +900,11 @@ class Responder(Handshake):
         for match in self._matches:
             role = match.role
             data = b""
-            if (isinstance(role, CertificateRole) and role.can_prove
-                    and match.offer_flags & Flag.VERIFY):
+            if role.sends_credentials and role.can_prove and match.offer_flags & Flag.VERIFY:
                 if self.config.withhold_certificates:
                     match.withheld = True
                 else:
-                    data = encode_chain(role.chain_der)
+                    data = encode_chain(role.credentials())
             entries.append(RoleEntry(match.index, _my_flags(role), data))
 
         random = entropy.random_bytes(RANDOM_SIZE, "responder random")
@@ -935,20 +932,24 @@ class Responder(Handshake):
         charged to the budget before J-PAKE goes on. Unknown names, repeats
         and refused runs go on as dummies (a random password)."""
         h = self._slots_h
-        role: PasswordRole | None = None
+        role: Role | None = None
         for candidate in self.config.roles:
-            if (isinstance(candidate, PasswordRole) and candidate.role_id not in taken
+            if (candidate.proof_channel is ProofChannel.PASSWORD_SLOT
+                    and candidate.role_id not in taken
                     and password_hint(candidate.role_id, h, slot.index) == hint):
                 role = candidate
                 break
         if role is not None:
             taken.add(role.role_id)
             try:
-                slot.attempt = role.limiter.begin(self.peer, role.name)
+                slot.attempt = role.charge(self.peer)
             except PasswordAttemptsExceeded:
                 self._dropped.add((role.name, "rate_limited"))
                 role = None
-        slot.exchange.assign(role)
+        if role is None:
+            slot.exchange.assign(None)
+        else:
+            role.assign_slot(slot.exchange)
 
     def _on_initiator_auth(self, ia: InitiatorAuth) -> None:
         self._slots_h = self._ss.h
@@ -965,10 +966,10 @@ class Responder(Handshake):
             role = match.role
             expected = bool(match.offer_flags & Flag.PROVE and _my_flags(role) & Flag.VERIFY)
             proof = proofs.pop(match.index, None)
-            if entry.data and not (isinstance(role, CertificateRole) and expected):
+            if entry.data and not (role.sends_credentials and expected):
                 raise MalformedHandshakeMessage("unexpected role entry data")
             if expected:
-                if isinstance(role, CertificateRole) and not entry.data and proof is None:
+                if role.sends_credentials and not entry.data and proof is None:
                     match.deferred = True  # the initiator proves in InitiatorFinish
                     continue
                 self._verify(match, Direction.INITIATOR, h_initiator, proof, entry.data)
@@ -1004,8 +1005,8 @@ class Responder(Handshake):
             slot_out.append(slot.my_round2 + slot.exchange.prove(Direction.RESPONDER, h_slots))
             slot.proved = True
         sent = withheld if initiator_authenticated else []
-        ra_entries = [RoleEntry(m.index, _my_flags(m.role), encode_chain(m.role.chain_der))
-                      for m in sent if isinstance(m.role, CertificateRole)]
+        ra_entries = [RoleEntry(m.index, _my_flags(m.role), encode_chain(m.role.credentials()))
+                      for m in sent if m.role.sends_credentials]
         data_ct = self._encrypt(encode_role_data(ra_entries, slot_out))
         h_responder = self._ss.h
         ra_proofs = [ProofEntry(m.index, self._prove(m, Direction.RESPONDER, h_responder))

@@ -11,17 +11,32 @@ number of roles; the handshake proves all of them in parallel.
 Role *identity* is ``(kind, name)``: a key role and a certificate role that
 share a name are two different roles (a peer that knows one of them learns
 nothing about the other).
+
+Handshake hooks: the handshake machine (:mod:`rolewire.handshake.machine`)
+never asks which class a role is. Each kind says, through the hooks of
+:class:`Role`, where it is named and proven (:attr:`Role.proof_channel`),
+whether its proof travels with credentials (:attr:`Role.sends_credentials`,
+:meth:`Role.credentials`), and how it proves and verifies
+(:meth:`Role.prove`, :meth:`Role.verify_proof`); kinds proven in a J-PAKE
+slot also charge their password budget (:meth:`Role.password_locked_for`,
+:meth:`Role.charge`) and join the slot's exchange (:meth:`Role.exchange`,
+:meth:`Role.assign_slot`). A new kind implements these and the machine
+runs it unchanged (docs/architecture.md, "Role kinds").
 """
 
 from __future__ import annotations
 
 import abc
+import datetime
 import enum
 import hashlib
-from collections.abc import Iterable, Iterator
-from typing import ClassVar
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, ClassVar
 
-from rolewire.errors import ConfigurationError
+from rolewire.errors import ConfigurationError, RoleProofInvalid
+
+if TYPE_CHECKING:  # only for annotations: password imports this module
+    from rolewire.roles.password import PasswordAttempt, PasswordExchange
 
 __all__ = [
     "HINT_SIZE",
@@ -30,6 +45,7 @@ __all__ = [
     "PROOF_LABEL",
     "ROLE_ID_SIZE",
     "Direction",
+    "ProofChannel",
     "Role",
     "RoleKind",
     "RoleSet",
@@ -55,6 +71,21 @@ class RoleKind(enum.IntEnum):
     KEY = 1
     PASSWORD = 2
     CERTIFICATE = 3
+
+
+class ProofChannel(enum.Enum):
+    """Where in the handshake a role kind is named and proven
+    (docs/PROTOCOL.md, "Role hints" and "J-PAKE")."""
+
+    #: Named by a keyed hint in the Hello (:meth:`Role.hint_keys`); its role
+    #: entries and proofs travel in the encrypted parts of messages 2 to 5,
+    #: made by :meth:`Role.prove` and checked by :meth:`Role.verify_proof`.
+    HINT = "hint"
+    #: Run in one J-PAKE slot of the Hello and named (by
+    #: :func:`password_hint`) only in message 3; proven by the slot's
+    #: key confirmation (:meth:`Role.exchange`, :meth:`Role.assign_slot`),
+    #: every run charged to a password budget (:meth:`Role.charge`).
+    PASSWORD_SLOT = "password-slot"
 
 
 class Direction(enum.IntEnum):
@@ -112,10 +143,29 @@ def proof_input(kind: RoleKind, direction: Direction, rid: bytes, h: bytes) -> b
 
 
 class Role(abc.ABC):
-    """Base class of the three role kinds."""
+    """Base class of the role kinds.
+
+    Besides its name and :attr:`kind` (the wire id: it is part of the role
+    id, the hints and every proof), a kind carries its own *handshake
+    hooks*: the methods and class attributes below, from
+    :attr:`proof_channel` on. The handshake machine calls only these, so a
+    new kind (a subclass with an unused kind id) needs no change there.
+    The defaults are those of a ``HINT`` kind without credentials (a key
+    role); such a kind implements :meth:`hint_keys`, :meth:`prove` and
+    :meth:`verify_proof`.
+    """
 
     kind: ClassVar[RoleKind]
     __slots__ = ("name", "role_id")
+
+    #: Where the role is named and proven (see :class:`ProofChannel`).
+    proof_channel: ClassVar[ProofChannel] = ProofChannel.HINT
+    #: ``HINT`` kinds only: the prover's role entry carries
+    #: :meth:`credentials` (a certificate chain) that the verifier needs
+    #: with the proof. Such credentials and their proof may wait for a
+    #: peer that authenticated (withheld by a responder, deferred by an
+    #: initiator); a role entry of any other kind must carry no data.
+    sends_credentials: ClassVar[bool] = False
 
     def __init__(self, name: str) -> None:
         if not isinstance(name, str) or not name:
@@ -144,6 +194,55 @@ class Role(abc.ABC):
     def hints(self, nonce: bytes, flags: int) -> list[bytes]:
         """This role's hints for one Hello (one per hint key)."""
         return [role_hint(k, nonce, self.kind, flags, self.role_id) for k in self.hint_keys()]
+
+    # -- handshake hooks: HINT kinds -------------------------------------------
+
+    def prove(self, direction: Direction, h: bytes) -> bytes:
+        """Our proof of the role at transcript hash ``h`` (bound to
+        ``direction``); called only if :attr:`can_prove`. It must cover
+        :func:`proof_input` so it cannot stand in for another role,
+        direction or handshake."""
+        raise ConfigurationError(f"role {self.name!r}: its kind has no proof of its own")
+
+    def credentials(self) -> tuple[bytes, ...]:
+        """With :attr:`sends_credentials`: what our role entry carries
+        (DER certificates, leaf first); the machine encodes it as a chain
+        (docs/PROTOCOL.md, "Messages"). Empty by default."""
+        return ()
+
+    def verify_proof(self, direction: Direction, h: bytes, proof: bytes,
+                     credentials: Sequence[bytes],
+                     wall_clock: Callable[[], datetime.datetime]) -> None:
+        """Checks the peer's ``proof`` of the role at transcript hash ``h``;
+        raises :class:`~rolewire.errors.RoleProofInvalid` (or a subclass,
+        such as ``CertificateRejected``) if it does not verify.
+        ``credentials`` is the peer's parsed chain (empty unless
+        :attr:`sends_credentials`); ``wall_clock`` gives the UTC time for
+        validity checks (call it only if needed). Compare in constant time."""
+        raise RoleProofInvalid("role proof did not verify")
+
+    # -- handshake hooks: PASSWORD_SLOT kinds ------------------------------------
+
+    def password_locked_for(self, peer: Hashable) -> float:
+        """Seconds the password budget refuses runs of this role with
+        ``peer`` (0.0: none). An initiator does not offer a locked role."""
+        return 0.0
+
+    def charge(self, peer: Hashable) -> PasswordAttempt:
+        """The responder's side: charges one run with ``peer`` to the
+        budget before J-PAKE goes on, and returns the charge (settled by the
+        machine); raises ``PasswordAttemptsExceeded`` if refused."""
+        raise ConfigurationError(f"role {self.name!r} is not proven in a password slot")
+
+    def exchange(self, *, initiator: bool, context: bytes) -> PasswordExchange:
+        """The initiator's side: starts this role's J-PAKE run in one slot
+        (``context`` binds it to the handshake and slot)."""
+        raise ConfigurationError(f"role {self.name!r} is not proven in a password slot")
+
+    def assign_slot(self, exchange: PasswordExchange) -> None:
+        """The responder's side: the slot of ``exchange`` (round 1 already
+        sent) names this role; it continues with this role's password."""
+        raise ConfigurationError(f"role {self.name!r} is not proven in a password slot")
 
     def __repr__(self) -> str:  # never shows secrets
         return f"{type(self).__name__}(name={self.name!r})"

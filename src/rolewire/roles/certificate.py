@@ -191,6 +191,9 @@ class CertificateRole(Role):
     """
 
     kind = RoleKind.CERTIFICATE
+    #: Handshake hook: the chain travels in the role entry (and may be
+    #: withheld or deferred until the peer authenticated).
+    sends_credentials = True
     __slots__ = (
         "_anchors",
         "_cache",
@@ -426,6 +429,19 @@ class CertificateRole(Role):
             _verify(pub, signature, proof_input(self.kind, direction, self.role_id, h))
         except InvalidSignature:
             raise RoleProofInvalid("certificate role signature did not verify") from None
+
+    # --- handshake hooks -----------------------------------------------------
+
+    def credentials(self) -> tuple[bytes, ...]:
+        """Handshake hook: our chain (DER, leaf first) for the role entry."""
+        return self.chain_der
+
+    def verify_proof(self, direction: Direction, h: bytes, proof: bytes,
+                     credentials: Sequence[bytes],
+                     wall_clock: Callable[[], datetime.datetime]) -> None:
+        """Handshake hook: :meth:`verify` of the peer's chain and signature,
+        path-validated at ``wall_clock()``."""
+        self.verify(direction, h, credentials, proof, wall_clock())
 
     def _check_revocation(self, path: Sequence[x509.Certificate]) -> None:
         """``path`` is leaf first, anchor last; each certificate below the

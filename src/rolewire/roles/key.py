@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import datetime
 import hashlib
 import hmac
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from rolewire.errors import ConfigurationError, RoleProofInvalid
@@ -106,3 +108,10 @@ class KeyRole(Role):
     def verify(self, direction: Direction, h: bytes, proof: bytes) -> None:
         if not hmac.compare_digest(self.prove(direction, h), proof):
             raise RoleProofInvalid("key role proof did not verify")
+
+    def verify_proof(self, direction: Direction, h: bytes, proof: bytes,
+                     credentials: Sequence[bytes],
+                     wall_clock: Callable[[], datetime.datetime]) -> None:
+        """Handshake hook: the MAC check of :meth:`verify` (a key role
+        sends no credentials and needs no time)."""
+        self.verify(direction, h, proof)

@@ -39,7 +39,7 @@ from collections.abc import Callable, Hashable
 
 from rolewire import entropy
 from rolewire.errors import ConfigurationError, PasswordAttemptsExceeded, RoleProofInvalid
-from rolewire.roles.base import Direction, Role, RoleKind, proof_input
+from rolewire.roles.base import Direction, ProofChannel, Role, RoleKind, proof_input
 from rolewire.roles.budget import (
     BudgetRecord,
     BudgetStore,
@@ -403,6 +403,8 @@ class PasswordRole(Role):
     """A role proven with a shared password (J-PAKE + key confirmation)."""
 
     kind = RoleKind.PASSWORD
+    #: Handshake hook: run in a J-PAKE slot, charged to :attr:`limiter`.
+    proof_channel = ProofChannel.PASSWORD_SLOT
     __slots__ = ("_password", "limiter")
 
     def __init__(self, name: str, password: str | bytes, *,
@@ -438,3 +440,17 @@ class PasswordRole(Role):
         first). ``context`` binds the Schnorr proofs to the handshake and
         slot; it never contains the role's name."""
         return PasswordExchange(self, initiator=initiator, context=context)
+
+    # --- handshake hooks -------------------------------------------------------
+
+    def password_locked_for(self, peer: Hashable) -> float:
+        """Handshake hook: :meth:`PasswordRateLimiter.locked_for` of this role."""
+        return self.limiter.locked_for(peer, self.name)
+
+    def charge(self, peer: Hashable) -> PasswordAttempt:
+        """Handshake hook: :meth:`PasswordRateLimiter.begin` of this role."""
+        return self.limiter.begin(peer, self.name)
+
+    def assign_slot(self, exchange: PasswordExchange) -> None:
+        """Handshake hook: :meth:`PasswordExchange.assign` of this role."""
+        exchange.assign(self)
