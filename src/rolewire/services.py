@@ -319,6 +319,38 @@ class Service:
             return self._await_handler(operation, result, end_user)
         return bytes(result or b"")
 
+    def invoke_many(self, operation: Operation, context: CallContext,
+                    bodies: list[bytes]) -> Awaitable[None] | None:
+        """Run an authorized notification's handler once per body, in order
+        (what :meth:`invoke` does for each, with nothing to answer: a handler
+        that raises is logged and the next body runs). Returns None when
+        every handler call finished, else an awaitable that runs the rest
+        (the first handler that returned an awaitable, and those after it)."""
+        if context.end_user is not None:
+            return self._invoke_rest(operation, context, bodies, 0, None)
+        handler = operation.handler
+        plain = (bytes, bytearray, memoryview)
+        for i, body in enumerate(bodies):
+            try:
+                result = handler(context, body)
+            except Exception as exc:  # noqa: BLE001 - a handler bug must not kill the session
+                self._failed(operation, exc)
+                continue
+            if result is not None and not isinstance(result, plain) \
+                    and inspect.isawaitable(result):
+                return self._invoke_rest(operation, context, bodies, i + 1, result)
+        return None
+
+    async def _invoke_rest(self, operation: Operation, context: CallContext,
+                           bodies: list[bytes], start: int,
+                           first: Awaitable[bytes | None] | None) -> None:
+        if first is not None:
+            await self._await_handler(operation, first, context.end_user)
+        for body in bodies[start:]:
+            result = self.invoke(operation, context, body)
+            if not isinstance(result, (bytes, tuple)):
+                await result
+
     async def _await_handler(self, operation: Operation, pending: Awaitable[bytes | None],
                              end_user: EndUser | None) -> bytes | Refusal:
         current = set_current(end_user, self.name) if end_user is not None else None

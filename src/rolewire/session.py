@@ -495,6 +495,36 @@ class Session:
             self.close()  # later opens and seals raise RecordLayerClosed
         return results
 
+    def receive_layer(self) -> RecordLayer | None:
+        """Hazmat, for the native fast path (:mod:`rolewire.protocol.fastpath`):
+        the record layer that opens every incoming record now, or None while
+        two key generations are open (records are then routed by epoch: use
+        :meth:`open_many`) or once the session is closed. Epochs whose grace
+        period ended are retired first, as :meth:`open_many` does. A caller
+        that opens through this layer reports what it opened with
+        :meth:`count_opened`."""
+        if self._superseded or len(self._gens) > 1:
+            self._retire_if_due()
+        if self._closed or len(self._gens) != 1:
+            return None
+        return self._gens[0].layer
+
+    def count_opened(self, opened: int, plaintext_bytes: int,
+                     errors: Iterable[RecordError] = ()) -> None:
+        """Account for records opened through :meth:`receive_layer` directly:
+        counters, the receive epoch's grace periods, and the integrity limit
+        (the session closes itself past it, as after :meth:`open_many`)."""
+        gen = self._gens[0]
+        if gen.layer.recv_epoch_advances != gen.advances or not gen.used:
+            self._note_recv_epoch(gen)
+        counters = self.counters
+        counters.records_opened += opened
+        counters.bytes_opened += plaintext_bytes
+        for error in errors:
+            self._count_error(error)
+        if counters.auth_failures > self._integrity_limit:
+            self.close()  # later opens and seals raise RecordLayerClosed
+
     def close(self) -> None:
         """Wipe every key of the session."""
         if not self._closed:

@@ -43,6 +43,7 @@ from rolewire.protocol import (
     ErrorCode,
     Failed,
     Notified,
+    NotifiedBatch,
     busy_frame,
     reject_frame,
 )
@@ -240,10 +241,16 @@ class _ServerConnection:
         stats = self._stats
         conn = self.conn
         invoke = self._service.invoke
+        invoke_many = getattr(self._service, "invoke_many", None)
         is_async = self._server.is_async
         for event in events:
             kind = type(event)
-            if kind is Notified:
+            if kind is NotifiedBatch:
+                stats.notifications += len(event.bodies)
+                pending = invoke_many(event.operation, event.context, event.bodies)
+                if pending is not None:
+                    await pending
+            elif kind is Notified:
                 stats.notifications += 1
                 result = invoke(event.operation, event.context, event.body)
                 if not isinstance(result, (bytes, tuple)):
@@ -695,7 +702,9 @@ class Server:
         settings = ConnectionSettings(
             handshake_timeout=self.handshake_timeout, idle_timeout=self.idle_timeout,
             close_timeout=self.close_timeout, max_inflight=self.max_inflight,
-            max_frame=self.max_frame, call_guard=self.call_guard, keepalive_interval=None)
+            max_frame=self.max_frame, call_guard=self.call_guard, keepalive_interval=None,
+            # runs of notifications as one event: one invoke_many per run
+            batch_notifications=hasattr(self.service, "invoke_many"))
         conn = Connection.server(self.config, self.service, now=loop.time(), peer=peer,
                                  handshake_peer=host, settings=settings, logger=log,
                                  cookies=self.cookies,

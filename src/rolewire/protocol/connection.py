@@ -33,10 +33,12 @@ know about event loops or threads.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import heapq
 import logging
 import math
+import weakref
 from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -83,11 +85,19 @@ from rolewire.protocol.events import (
     Failed,
     HandshakeDone,
     Notified,
+    NotifiedBatch,
     OtherMessage,
     Rehandshaked,
     ReplyReceived,
 )
-from rolewire.protocol.fastpath import seal_frames
+from rolewire.protocol.fastpath import (
+    MSG,
+    SLOW,
+    FastReceiver,
+    OperationTable,
+    Received,
+    seal_frames,
+)
 from rolewire.protocol.rehandshake import (
     DEFAULT_REHANDSHAKE_INTERVAL,
     DEFAULT_REHANDSHAKE_RECORDS,
@@ -133,6 +143,11 @@ log = logging.getLogger("rolewire.protocol")
 audit_log = logging.getLogger("rolewire.audit")
 
 _CLOSE = encode(CallMessage(MessageType.CLOSE, 0, ""))
+_NOTIFY = int(MessageType.NOTIFY)
+_TYPES = {int(t): t for t in MessageType}
+#: Operation tables of the services connections serve (protocol.fastpath).
+_OPERATION_TABLES: weakref.WeakKeyDictionary[object, OperationTable] = \
+    weakref.WeakKeyDictionary()
 
 
 class Authorizer(Protocol):
@@ -199,6 +214,18 @@ class ConnectionSettings:
             queued messages travel in CONTAINER records of at most this much
             plaintext (docs/PROTOCOL.md, "Containers"); 0: one record per
             message. Message framing always uses one record per message.
+        fast_receive: stream framing: once the session is open, read chunks
+            through the native fast path (:mod:`rolewire.protocol.fastpath`:
+            one call splits the frames, opens the records and parses the
+            call headers of a whole chunk; its pure-Python twin under
+            ``ROLEWIRE_PURE=1``). False: the frame decoder and one open per
+            batch, as before the handshake. Same events either way.
+        batch_notifications: on the fast path, consecutive authorized
+            notifications of one operation in a chunk come as one
+            :class:`~rolewire.protocol.events.NotifiedBatch` event instead
+            of one :class:`~rolewire.protocol.events.Notified` each (for a
+            transport that runs them with
+            :meth:`~rolewire.services.Service.invoke_many`).
     """
 
     handshake_timeout: float = 10.0
@@ -217,6 +244,8 @@ class ConnectionSettings:
     rehandshake_interval: float | None = DEFAULT_REHANDSHAKE_INTERVAL
     rehandshake_records: int | None = DEFAULT_REHANDSHAKE_RECORDS
     container_bytes: int = 16 * 1024
+    fast_receive: bool = True
+    batch_notifications: bool = False
 
     def __post_init__(self) -> None:
         for name in ("handshake_timeout", "liveness_timeout", "close_timeout"):
@@ -315,6 +344,14 @@ class Connection:
         self._max_plaintext = 0
         self._container_max = 0
         self._calls = CallDecoder()
+        # The native receive path (stream framing, open session): made on
+        # the first chunk after the handshake, remade after a key switch.
+        self._fast: FastReceiver | None = None
+        self._fast_enabled = self._stream and s.fast_receive
+        self._ops: OperationTable | None = None
+        #: operation index -> (operation, context) of notifications whose
+        #: authorization and context are cached (the notification fast path).
+        self._fast_notify: dict[int, tuple[Operation, CallContext]] = {}
         # our requests
         self._next_id = 1
         self._pending: dict[int, str] = {}  # call id -> operation
@@ -450,6 +487,10 @@ class Connection:
             self._now = now
         if self._state is _CLOSED or self._state is _FAILED or not data:
             return
+        if self._state is _OPEN and self._fast_enabled:
+            data = self._receive_fast(data)
+            if not data:
+                return
         decoder = self._decoder
         try:
             frames = decoder.feed(data)
@@ -669,6 +710,208 @@ class Connection:
             self._messages(good)
         if self._rehandshake is not None and self._rehandshake.wants_flush:
             self._flush_rehandshake()  # e.g. the SWITCH after the first new-key record
+
+    # -- records in: the native fast path ----------------------------------------------
+    def _receive_fast(self, data: bytes) -> bytes:
+        """Take a chunk through the fast path; returns what is left for the
+        frame decoder (nothing, unless two key generations are open: their
+        records are routed by epoch, see Session.receive_layer)."""
+        session = self.session
+        assert session is not None
+        layer = session.receive_layer()
+        fast = self._fast
+        if fast is None or fast.layer is not layer:
+            if fast is not None:  # a key switch began or ended: hand its bytes on
+                data = fast.take_buffered() + data
+                self._fast = fast = None
+            if layer is None:
+                return data
+            data = self._decoder.take_buffered() + data
+            fast = self._fast = FastReceiver(layer, self._operation_table(),
+                                             max_frame=self._decoder.max_frame,
+                                             shared_batch=True)
+        try:
+            batch = fast.feed(data)
+        except ProtocolViolation as exc:
+            self._fail(exc, "protocol_violation")
+            return b""
+        except RolewireError as exc:  # RecordLayerClosed
+            self._fail(exc, type(exc).__name__)
+            return b""
+        if batch.records:
+            self._opened(session, batch)
+        if fast.handshake_pending and self._state is _OPEN:
+            frame = fast.take_frame()
+            assert frame is not None
+            self._frames([frame])  # a late Reject (client) or a violation
+        return b""
+
+    def _operation_table(self) -> OperationTable | None:
+        """The service's operation names as a fast-path table (one per
+        service, shared by its connections; names it cannot hold are decoded
+        the slow way)."""
+        ops = self._ops
+        operations = getattr(self._service, "operations", None)
+        if not operations:
+            return ops
+        if ops is None:
+            try:
+                ops = _OPERATION_TABLES.get(self._service)
+            except TypeError:  # not weakly referenceable: a table of our own
+                ops = None
+            if ops is None:
+                ops = OperationTable()
+                with contextlib.suppress(TypeError):
+                    _OPERATION_TABLES[self._service] = ops
+            self._ops = ops
+        if len(ops) < len(operations) and len(ops) < ops.capacity:
+            for name in operations:
+                with contextlib.suppress(ConfigurationError):  # too long: slow path
+                    ops.add(name)
+                if len(ops) >= ops.capacity:
+                    break
+        return ops
+
+    def _opened(self, session: Session, batch: Received) -> None:
+        """The records of one fast-path feed opened: account, then dispatch."""
+        errors: list[RecordError] | None = None
+        if batch.opened != batch.records:
+            status = batch.status
+            errors = [batch.error(i) for i in range(batch.count) if status[i] < 0]
+        session.count_opened(batch.opened, batch.out_used, errors or ())
+        epoch = session.recv_epoch
+        if epoch != self._recv_epoch:
+            self._recv_epoch = epoch
+            self._log.info("rekey", extra={"event": "rekey", "peer": self.peer,
+                                           "side": self.side, "direction": "receive",
+                                           "epoch": epoch})
+        if errors:
+            self._bad(errors)
+            if self._state is not _OPEN:
+                return
+        if batch.opened:
+            self._last_recv = self._last_activity = self._now
+            self._confirmed = True
+            self._ping_deadline = None
+            self._sent_since_recv = False
+            try:
+                self._fast_messages(batch)
+            except ProtocolViolation as exc:
+                self._fail(exc, "protocol_violation")
+                return
+        if self._rehandshake is not None and self._rehandshake.wants_flush:
+            self._flush_rehandshake()
+
+    def _fast_messages(self, batch: Received) -> None:
+        """Dispatch the messages of a batch in order: cached notifications
+        straight to events (a run of one operation as one
+        :class:`NotifiedBatch` when the settings ask for it), everything else
+        as call messages through :meth:`_dispatch`. Raises ProtocolViolation
+        for a bad message, after dispatching those before it."""
+        count = batch.count
+        status, types, op_index = batch.status, batch.types, batch.op_index
+        body_off, body_len = batch.body_off, batch.body_len
+        plain = bytes(batch.buffer[:batch.out_used])  # one copy; slices are bodies
+        state = self.state
+        admit = state is not None and state.admit is not None
+        ops = self._ops
+        names = ops.names if ops is not None else []
+        fast_notify = self._fast_notify
+        append = self._events.append
+        decode = self._calls.decode
+        runs = self._settings.batch_notifications
+        close_before = self._close_received
+        can_notify = (not admit and not (self._closing or close_before)
+                      and self._service is not None)
+        pending: list[CallMessage] = []
+        undecided: set[int] = set()  # not cacheable in this batch: the slow path
+        i = 0
+        try:
+            while i < count:
+                st = status[i]
+                if st == MSG:
+                    kind = types[i]
+                    index = op_index[i]
+                    if kind == _NOTIFY and can_notify and index >= 0:
+                        entry = fast_notify.get(index)
+                        if entry is None and index not in undecided:
+                            # Not decided yet: this one goes the slow way (in
+                            # order), which decides and caches; later ones of
+                            # the batch may then take the fast way.
+                            at = body_off[i]
+                            pending.append(CallMessage(
+                                MessageType.NOTIFY, batch.call_ids[i], names[index],
+                                plain[at:at + body_len[i]]))
+                            self._messages_now(pending, admit)
+                            pending = []
+                            if self._state is not _OPEN or \
+                                    self._close_received is not close_before:
+                                return
+                            can_notify = not self._closing
+                            if self._fast_notify_entry(index, names[index]) is None:
+                                undecided.add(index)
+                            i += 1
+                            continue
+                        if entry is not None:
+                            if pending:
+                                self._messages_now(pending, admit)
+                                pending = []
+                                if self._state is not _OPEN or \
+                                        self._close_received is not close_before:
+                                    return
+                                can_notify = not self._closing
+                            if can_notify:
+                                j = i + 1
+                                if runs:
+                                    while j < count and op_index[j] == index and \
+                                            types[j] == _NOTIFY and status[j] == MSG:
+                                        j += 1
+                                if j - i > 1:
+                                    append(NotifiedBatch(entry[0], entry[1], [
+                                        plain[at:at + n]
+                                        for at, n in zip(body_off[i:j], body_len[i:j])]))
+                                else:
+                                    at = body_off[i]
+                                    append(Notified(entry[0], entry[1],
+                                                    plain[at:at + body_len[i]]))
+                                i = j
+                                continue
+                    if index >= 0:
+                        at = body_off[i]
+                        pending.append(CallMessage(_TYPES[kind], batch.call_ids[i], names[index],
+                                                   plain[at:at + body_len[i]]))
+                    else:
+                        pending.append(decode(batch.message_bytes(i)))
+                elif st == SLOW:
+                    at = body_off[i]
+                    plaintext = plain[at:at + body_len[i]]
+                    if plaintext[:1] == b"\x08":  # CONTAINER the native parser refused
+                        pending.extend(map(decode, decode_container(plaintext)))
+                    else:
+                        pending.append(decode(plaintext))
+                i += 1
+        except ProtocolViolation:
+            if pending and self._state is _OPEN:
+                self._messages_now(pending, admit)
+            raise
+        if pending:
+            self._messages_now(pending, admit)
+
+    def _messages_now(self, messages: list[CallMessage], admit: bool) -> None:
+        state = self.state
+        if admit:
+            assert state is not None and state.admit is not None
+            self._dispatch(state.admit(messages))
+        else:
+            self._dispatch(messages)
+
+    def _fast_notify_entry(self, index: int, name: str) -> tuple[Operation, CallContext] | None:
+        operation = self._allowed.get(name)
+        context = self._notify_contexts.get(name)
+        if operation is None or context is None:
+            return None  # not decided yet: the slow path decides (and caches)
+        entry = self._fast_notify[index] = (operation, context)
+        return entry
 
     def _bad(self, errors: list[RecordError]) -> None:
         self.bad_records += len(errors)
@@ -893,6 +1136,7 @@ class Connection:
                 self._peer_roles = session.peer_roles
                 self._allowed.clear()  # authorization decisions used the old roles
                 self._notify_contexts.clear()
+                self._fast_notify.clear()
                 self._events.append(Rehandshaked(event.peer_roles, event.transcript_hash,
                                                  event.generation))
                 self._log.info("re-handshake complete", extra={

@@ -27,6 +27,7 @@ __all__ = [
     "Failed",
     "HandshakeDone",
     "Notified",
+    "NotifiedBatch",
     "OtherMessage",
     "Rehandshaked",
     "ReplyReceived",
@@ -60,6 +61,16 @@ class Notified(NamedTuple):
     operation: Operation
     context: CallContext
     body: bytes
+
+
+class NotifiedBatch(NamedTuple):
+    """Several authorized NOTIFYs of one operation, received in a row (only
+    with ``ConnectionSettings(batch_notifications=True)``): run the handler
+    once per body, in order (:meth:`~rolewire.services.Service.invoke_many`)."""
+
+    operation: Operation
+    context: CallContext
+    bodies: list[bytes]
 
 
 class CallRefused(NamedTuple):
@@ -146,5 +157,5 @@ class Failed(NamedTuple):
     remote: bool = False
 
 
-Event = (HandshakeDone | CallReceived | Notified | CallRefused | ReplyReceived | CallFailed
-         | OtherMessage | Rehandshaked | Closing | Closed | Failed)
+Event = (HandshakeDone | CallReceived | Notified | NotifiedBatch | CallRefused | ReplyReceived
+         | CallFailed | OtherMessage | Rehandshaked | Closing | Closed | Failed)

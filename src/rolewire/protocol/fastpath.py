@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import os
 import struct
+import threading
 from array import array
 from collections.abc import Iterable, Sequence
 from itertools import accumulate
@@ -152,8 +153,9 @@ class Received:
     :data:`SLOW`, or a negative record status (a record that did not open:
     :meth:`error`)."""
 
-    __slots__ = ("body_len", "body_off", "buffer", "call_ids", "count", "flags", "op_index",
-                 "op_len", "op_off", "opened", "out_used", "records", "status", "types")
+    __slots__ = ("body_len", "body_off", "buffer", "call_ids", "count", "flags", "native_views",
+                 "op_index", "op_len", "op_off", "opened", "out_used", "records", "status",
+                 "types")
 
     def __init__(self, cap: int, buffer_size: int) -> None:
         self.buffer = bytearray(buffer_size)
@@ -166,6 +168,31 @@ class Received:
         self.body_off = array("I", bytes(4 * cap))
         self.body_len = array("I", bytes(4 * cap))
         self.count = self.records = self.opened = self.flags = self.out_used = 0
+        #: The arrays as C pointers, made once per batch (``from_buffer``
+        #: costs as much as a small record's open; a batch is reused).
+        self.native_views: tuple[Any, ...] | None = None
+
+    def views(self) -> tuple[Any, ...]:
+        """The buffer and arrays as the pointer arguments of ``rw_fp_recv``."""
+        views = self.native_views
+        if views is None:
+            fb = _ffi.from_buffer
+            views = self.native_views = (
+                fb(self.buffer, require_writable=True), len(self.buffer), len(self.status),
+                fb("int32_t[]", self.status, require_writable=True),
+                fb("uint8_t[]", self.types, require_writable=True),
+                fb("uint64_t[]", self.call_ids, require_writable=True),
+                fb("int32_t[]", self.op_index, require_writable=True),
+                fb("uint32_t[]", self.op_off, require_writable=True),
+                fb("uint32_t[]", self.op_len, require_writable=True),
+                fb("uint32_t[]", self.body_off, require_writable=True),
+                fb("uint32_t[]", self.body_len, require_writable=True))
+        return views
+
+    def message_bytes(self, i: int) -> bytes:
+        """The whole call message of a MSG entry (header, name, body)."""
+        start = self.op_off[i] - HEAD_SIZE
+        return bytes(self.buffer[start:self.body_off[i] + self.body_len[i]])
 
     @property
     def capacity(self) -> int:
@@ -197,13 +224,19 @@ class FastReceiver:
     caller takes it with :meth:`take_frame`."""
 
     def __init__(self, layer: RecordLayer, ops: OperationTable | None = None, *,
-                 max_frame: int = DEFAULT_MAX_FRAME, native: bool | None = None) -> None:
+                 max_frame: int = DEFAULT_MAX_FRAME, native: bool | None = None,
+                 shared_batch: bool = False) -> None:
         self.layer = layer
         self.ops = ops
         self.max_frame = max_frame
         self.native = _use_native(layer, native)
-        self._tail = b""
+        self._tail: bytes | bytearray = b""
+        self._need = 0  # size of the partial frame at the start of _tail (0: unknown)
         self._batch: Received | None = None
+        # A shared batch: one per thread, for callers that consume every
+        # feed before the next one on that thread (a connection does, inside
+        # receive_data); idle connections then hold no batch memory.
+        self._shared = shared_batch
         self.handshake_pending = False
         if self.native:
             self._receiver = layer.native_handles()[1]  # type: ignore[attr-defined]
@@ -215,11 +248,25 @@ class FastReceiver:
         """Bytes kept of an incomplete frame (or behind a handshake frame)."""
         return len(self._tail)
 
+    def take_buffered(self) -> bytes:
+        """Hand back the bytes kept (a partial frame, or everything behind a
+        pending handshake frame, that frame included) and forget them; for a
+        caller that goes on with another decoder."""
+        tail = bytes(self._tail)
+        self._tail = b""
+        self._need = 0
+        self.handshake_pending = False
+        return tail
+
     def _batch_for(self, size: int) -> Received:
         cap = size // _MIN_ITEM + 2
-        batch = self._batch
+        batch = _shared_batches.batch if self._shared else self._batch
         if batch is None or batch.capacity < cap or len(batch.buffer) < size:
-            batch = self._batch = Received(max(cap, 64), max(size, 1024))
+            batch = Received(max(cap, 64), max(size, 1024))
+            if self._shared:
+                _shared_batches.batch = batch
+            else:
+                self._batch = batch
         return batch
 
     def feed(self, data: bytes = b"") -> Received:
@@ -227,12 +274,24 @@ class FastReceiver:
         record frame up to the end or the next handshake frame. Raises
         :class:`ProtocolViolation` for a frame of bad length or kind (the
         connection is unusable)."""
-        buf = self._tail + data if self._tail else bytes(data)
-        batch = self._batch_for(len(buf))
+        tail = self._tail
+        if tail and self._need and len(tail) + len(data) < self._need:
+            # Still inside one large frame: append, no copy of what is kept.
+            if not isinstance(tail, bytearray):
+                tail = self._tail = bytearray(tail)
+            tail += data
+            return _EMPTY
+        if not tail:
+            buf = bytes(data)
+        elif isinstance(tail, bytearray):
+            tail += data
+            buf = bytes(tail)
+        else:
+            buf = tail + data
         if self.handshake_pending:
             self._tail = buf
-            batch.count = batch.records = batch.opened = batch.flags = batch.out_used = 0
-            return batch
+            return _EMPTY
+        batch = self._batch_for(len(buf))
         if self.native:
             consumed, stop = self._feed_native(buf, batch)
         else:
@@ -241,7 +300,13 @@ class FastReceiver:
             # What CRecordLayer.open counts for the session's grace period.
             self.layer.recv_epoch_advances += 1
         self.handshake_pending = stop == STOP_HANDSHAKE
-        self._tail = buf[consumed:] if consumed < len(buf) else b""
+        if consumed < len(buf):
+            self._tail = buf[consumed:]
+            self._need = (4 + _LEN.unpack_from(buf, consumed)[0]
+                          if stop == STOP_END and len(buf) - consumed >= 4 else 0)
+        else:
+            self._tail = b""
+            self._need = 0
         return batch
 
     def take_frame(self) -> tuple[FrameKind, bytes] | None:
@@ -252,25 +317,15 @@ class FastReceiver:
         (length,) = _LEN.unpack_from(buf)
         frame = bytes(buf[5:4 + length])
         self._tail = buf[4 + length:]
+        self._need = 0
         self.handshake_pending = False
         return FrameKind.HANDSHAKE, frame
 
     # -- native ---------------------------------------------------------------
     def _feed_native(self, buf: bytes, batch: Received) -> tuple[int, int]:
-        fb = _ffi.from_buffer
         res = self._res
-        rc = _lib.rw_fp_recv(
-            self._receiver, self._ops_c, buf, len(buf), self.max_frame,
-            fb(batch.buffer, require_writable=True), len(batch.buffer), batch.capacity,
-            fb("int32_t[]", batch.status, require_writable=True),
-            fb("uint8_t[]", batch.types, require_writable=True),
-            fb("uint64_t[]", batch.call_ids, require_writable=True),
-            fb("int32_t[]", batch.op_index, require_writable=True),
-            fb("uint32_t[]", batch.op_off, require_writable=True),
-            fb("uint32_t[]", batch.op_len, require_writable=True),
-            fb("uint32_t[]", batch.body_off, require_writable=True),
-            fb("uint32_t[]", batch.body_len, require_writable=True),
-            res)
+        rc = _lib.rw_fp_recv(self._receiver, self._ops_c, buf, len(buf), self.max_frame,
+                             *batch.views(), res)
         if rc == _ERR_FRAME:
             raise ProtocolViolation("frame length out of range")
         if rc == _ERR_KIND:
@@ -356,6 +411,15 @@ class FastReceiver:
         batch.count, batch.records, batch.opened, batch.flags = count, records, opened, flags
         batch.out_used = used
         return pos, stop
+
+
+class _SharedBatches(threading.local):
+    batch: Received | None = None
+
+
+_shared_batches = _SharedBatches()
+#: What a feed that completes no frame returns (count 0; never written to).
+_EMPTY = Received(1, 1)
 
 
 def _container_items(out: bytearray, base: int, n: int) -> list[tuple[int, int]] | None:

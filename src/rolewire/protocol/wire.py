@@ -178,6 +178,15 @@ class FrameDecoder:
         before its bytes arrive (e.g. a responder before authentication)."""
         return self._need if self._buffer else 0
 
+    def take_buffered(self) -> bytes:
+        """Hand back the bytes of the incomplete frame held and forget them
+        (for a caller that goes on with another decoder of the same stream,
+        e.g. the native fast path once a session is open)."""
+        buffered = bytes(self._buffer)
+        self._buffer = bytearray()
+        self._need = 0
+        return buffered
+
     def feed(self, data: bytes) -> list[tuple[FrameKind, bytes]]:
         """Returns the frames completed by ``data``; raises
         :class:`ProtocolViolation` on an oversized or unknown frame."""

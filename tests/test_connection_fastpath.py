@@ -1,0 +1,297 @@
+"""The connection's native receive path (ConnectionSettings.fast_receive)
+against the frame-decoder path it replaces: the same bytes, cut the same
+way, tampered and replayed the same way, give the same events, counters and
+failures. Sans-IO: bytes and a fake clock only."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import struct
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from rolewire.handshake import HandshakeConfig
+from rolewire.protocol import (
+    CallFailed,
+    CallReceived,
+    CallRefused,
+    Closed,
+    Closing,
+    Connection,
+    ConnectionSettings,
+    Failed,
+    HandshakeDone,
+    Notified,
+    NotifiedBatch,
+    OtherMessage,
+    ReplyReceived,
+)
+from rolewire.protocol.wire import FrameKind, encode_frame
+from rolewire.roles.key import KeyRole
+from rolewire.services import Service
+
+SHOP_KEY = os.urandom(32)
+ADMIN_KEY = os.urandom(32)
+SERVER_CFG = HandshakeConfig(roles=[KeyRole("shop", SHOP_KEY), KeyRole("admin", ADMIN_KEY)])
+CLIENT_CFG = HandshakeConfig(roles=[KeyRole("shop", SHOP_KEY)])
+NOW = 100.0
+_LEN = struct.Struct(">I")
+
+
+def make_service() -> Service:
+    svc = Service("fast")
+    svc.add("echo", lambda call, body: body, roles=["shop"])
+    svc.add("sink", lambda call, body: None, roles=["shop"])
+    svc.add("admin_op", lambda call, body: b"secret", roles=["admin"])
+    return svc
+
+
+def established(fast: bool, container_bytes: int,
+                batched: bool = False) -> tuple[Connection, Connection]:
+    client = Connection.client(CLIENT_CFG, now=NOW, peer="server",
+                               settings=ConnectionSettings(container_bytes=container_bytes))
+    server = Connection.server(SERVER_CFG, make_service(), now=NOW, peer="client",
+                               settings=ConnectionSettings(
+                                   fast_receive=fast, batch_notifications=batched,
+                                   # a few refusals close the connection mid-batch
+                                   call_guard={"max_refusals": 1,
+                                               "refusals_per_second": 0.001}))
+    for _ in range(6):
+        data = client.data_to_send(NOW)
+        if data:
+            server.receive_data(data, NOW)
+        data = server.data_to_send(NOW)
+        if data:
+            client.receive_data(data, NOW)
+    assert client.established and server.established
+    client.events()
+    server.events()
+    return client, server
+
+
+def expand(result: tuple) -> tuple:
+    """A run's result with each NotifiedBatch as the Notified events it stands for."""
+    events = []
+    for event in result[0]:
+        if event[0] == "notified_batch":
+            events += [("notified", event[1], body, event[3]) for body in event[2]]
+        else:
+            events.append(event)
+    return (events, *result[1:])
+
+
+def normal(event: object) -> tuple:
+    """An event as comparable plain data."""
+    if isinstance(event, NotifiedBatch):
+        return ("notified_batch", event.operation.name, event.bodies, dict(event.context.metadata))
+    if isinstance(event, Notified):
+        return ("notified", event.operation.name, event.body, dict(event.context.metadata))
+    if isinstance(event, CallReceived):
+        return ("call", event.call_id, event.operation.name, event.body,
+                dict(event.context.metadata))
+    if isinstance(event, CallRefused):
+        return ("refused", event.call_id, event.operation, int(event.code), event.notification,
+                event.limit_reached)
+    if isinstance(event, (Failed, CallFailed)):
+        return (type(event).__name__, type(event.error).__name__)
+    if isinstance(event, (Closing, Closed)):
+        return (type(event).__name__, event.reason)
+    if isinstance(event, (ReplyReceived, OtherMessage, HandshakeDone)):
+        return (type(event).__name__,)
+    return (type(event).__name__, repr(event))
+
+
+def frames_of(data: bytes) -> list[tuple[int, int]]:
+    """(offset, length incl. the 4-byte length field) of each frame."""
+    out, pos = [], 0
+    while pos < len(data):
+        (length,) = _LEN.unpack_from(data, pos)
+        out.append((pos, 4 + length))
+        pos += 4 + length
+    return out
+
+
+ACTIONS = st.lists(st.one_of(
+    st.tuples(st.just("notify"), st.sampled_from(["sink", "echo", "admin_op", "nope", "é"]),
+              st.binary(max_size=80)),
+    st.tuples(st.just("call"), st.sampled_from(["echo", "admin_op", "nope", ""]),
+              st.binary(max_size=80)),
+    st.tuples(st.just("meta"), st.sampled_from(["sink", "echo"]), st.binary(max_size=16)),
+    st.tuples(st.just("flush"), st.just(""), st.just(b"")),
+), min_size=1, max_size=40)
+
+
+def script(client: Connection, actions: list) -> bytes:
+    """The client's bytes for ``actions`` (a flush ends a write, so the
+    records of one write share containers)."""
+    out = []
+    for kind, op, body in actions:
+        if kind == "notify":
+            client.notify(op, body)
+        elif kind == "call":
+            client.call(op, body, timeout=None)
+        elif kind == "meta":
+            client.notify(op, body, metadata={"trace": b"t"})
+        else:
+            out.append(client.data_to_send(NOW))
+    out.append(client.data_to_send(NOW))
+    return b"".join(out)
+
+
+def run(fast: bool, container_bytes: int, actions: list, cuts: list[int],
+        tamper: list[int], replay: list[int], close: bool, server_closing: bool = False,
+        batched: bool = False) -> tuple:
+    client, server = established(fast, container_bytes, batched)
+    if server_closing:  # (after "sink" was decided) notifications dropped, requests refused
+        client.notify("sink", b"warm")
+        server.receive_data(client.data_to_send(NOW), NOW)
+        server.begin_close("shutdown", NOW)
+    data = script(client, actions)
+    if close:
+        client.close(NOW)
+        data += client.data_to_send(NOW)
+    frames = frames_of(data)
+    chunks = bytearray()
+    for i, (at, size) in enumerate(frames):
+        frame = bytearray(data[at:at + size])
+        if i in tamper and size > 6:
+            frame[5 + (i * 7) % (size - 5)] ^= 0x40
+        chunks += frame
+        if i in replay:
+            chunks += frame
+    stream = bytes(chunks)
+    positions = sorted({c % (len(stream) + 1) for c in cuts} | {0, len(stream)})
+    for a, b in itertools.pairwise(positions):
+        server.receive_data(stream[a:b], NOW)
+    events = [normal(e) for e in server.events()]
+    session = server.session
+    assert session is not None
+    c = session.counters
+    counters = (c.records_opened, c.bytes_opened, c.replays_rejected, c.auth_failures,
+                c.other_rejections)
+    return events, counters, server.bad_records, server.ended, server.data_to_send(NOW) != b""
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(actions=ACTIONS, container=st.sampled_from([0, 64, 16 * 1024]),
+       cuts=st.lists(st.integers(min_value=0, max_value=1 << 16), max_size=12),
+       tamper=st.sets(st.integers(min_value=0, max_value=12), max_size=3),
+       replay=st.sets(st.integers(min_value=0, max_value=12), max_size=3),
+       close=st.booleans(), server_closing=st.booleans(), batched=st.booleans())
+def test_fast_receive_gives_the_events_of_the_decoder_path(actions, container, cuts, tamper,
+                                                           replay, close, server_closing,
+                                                           batched):
+    slow = run(False, container, actions, cuts, tamper, replay, close, server_closing)
+    fast = run(True, container, actions, cuts, tamper, replay, close, server_closing, batched)
+    assert expand(fast) == expand(slow)
+
+
+def test_fast_receive_is_used_after_the_handshake_and_caches_notifications():
+    client, server = established(True, 16 * 1024)
+    client.notify_many("sink", [b"x" * 64] * 500)
+    server.receive_data(client.data_to_send(NOW), NOW)
+    events = server.events()
+    assert [type(e) for e in events] == [Notified] * 500
+    assert server._fast is not None  # the native (or pure-twin) receiver took the chunk
+    assert server._fast_notify  # the second and later notifications took the fast path
+    assert {e.body for e in events} == {b"x" * 64}
+
+
+def test_a_handshake_frame_after_the_handshake_fails_the_server_on_the_fast_path():
+    client, server = established(True, 16 * 1024)
+    client.notify("sink", b"a")
+    data = client.data_to_send(NOW) + encode_frame(FrameKind.HANDSHAKE, b"\x01junk")
+    client.notify("sink", b"b")
+    data += client.data_to_send(NOW)
+    server.receive_data(data, NOW)
+    events = [normal(e) for e in server.events()]
+    assert events[0] == ("notified", "sink", b"a", {})
+    assert events[-1] == ("Failed", "ProtocolViolation")
+    assert ("notified", "sink", b"b", {}) not in events
+
+
+def test_a_large_record_split_into_many_reads_is_opened_once_complete():
+    client, server = established(True, 16 * 1024)
+    body = os.urandom(60_000)
+    client.notify("sink", body)
+    data = client.data_to_send(NOW)
+    for i in range(0, len(data), 1000):
+        server.receive_data(data[i:i + 1000], NOW)
+    events = server.events()
+    assert [normal(e) for e in events] == [("notified", "sink", body, {})]
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_forged_records_past_the_budget_close_the_connection(fast):
+    client, server = established(fast, 16 * 1024)
+    client.notify("sink", b"x")
+    good = bytearray(client.data_to_send(NOW))
+    good[-1] ^= 1
+    server.receive_data(bytes(good) * 150, NOW)
+    events = [normal(e) for e in server.events()]
+    assert events[-1] == ("Failed", "ProtocolViolation")
+    assert server.ended
+
+
+@pytest.mark.parametrize("container", [0, 16 * 1024])
+def test_a_refusal_limit_reached_mid_chunk_stops_cached_notifications(container):
+    actions = [("notify", "sink", b"1"), ("notify", "admin_op", b""), ("flush", "", b""),
+               ("notify", "admin_op", b""), ("notify", "sink", b"2"), ("call", "echo", b"3")]
+    slow = run(False, container, actions, [], [], [], False)
+    fast = run(True, container, actions, [], [], [], False, batched=True)
+    assert expand(fast) == expand(slow)
+    assert ("notified", "sink", b"2", {}) not in fast[0]
+    assert ("Closing", "refused_calls") in fast[0]
+
+
+def test_batched_notifications_come_as_one_event_per_run():
+    client, server = established(True, 16 * 1024, batched=True)
+    client.notify("sink", b"first")  # decided on the slow path, then cached
+    server.receive_data(client.data_to_send(NOW), NOW)
+    server.events()
+    client.notify_many("sink", [b"%d" % i for i in range(300)])
+    client.notify("echo", b"other")
+    client.notify_many("sink", [b"a", b"b"])
+    server.receive_data(client.data_to_send(NOW), NOW)
+    events = [normal(e) for e in server.events()]
+    assert events[0] == ("notified_batch", "sink", [b"%d" % i for i in range(300)], {})
+    assert events[1:] == [("notified", "echo", b"other", {}),
+                          ("notified_batch", "sink", [b"a", b"b"], {})]
+
+
+def test_invoke_many_runs_every_body_and_survives_a_failing_handler():
+    svc = Service("many")
+    seen = []
+
+    def handler(call, body):
+        if body == b"bad":
+            raise RuntimeError("boom")
+        seen.append(body)
+
+    svc.add("op", handler, roles=["shop"])
+    op = svc.operations["op"]
+    context = svc.call_context(op, frozenset({"shop"}), "peer")
+    assert svc.invoke_many(op, context, [b"1", b"bad", b"2"]) is None
+    assert seen == [b"1", b"2"]
+
+
+def test_invoke_many_awaits_asynchronous_handlers_in_order():
+    import asyncio
+
+    svc = Service("many")
+    seen = []
+
+    async def handler(call, body):
+        await asyncio.sleep(0)
+        seen.append(body)
+
+    svc.add("op", handler, roles=["shop"])
+    op = svc.operations["op"]
+    context = svc.call_context(op, frozenset({"shop"}), "peer")
+    pending = svc.invoke_many(op, context, [b"1", b"2", b"3"])
+    assert pending is not None
+    asyncio.run(pending)
+    assert seen == [b"1", b"2", b"3"]
