@@ -7,7 +7,7 @@ docs/PROTOCOL.md, "Roles", for the proofs on the wire.
 from __future__ import annotations
 
 from rolewire.roles.base import MAX_ROLE_NAME, MAX_ROLES, Role, RoleKind, RoleSet
-from rolewire.roles.budget import BudgetStore, MemoryBudgetStore
+from rolewire.roles.budget import BudgetStore, MemoryBudgetStore, SqliteBudgetStore
 from rolewire.roles.certificate import CertificateRole
 from rolewire.roles.key import KeyRole
 from rolewire.roles.password import PasswordRateLimiter, PasswordRole
@@ -24,4 +24,5 @@ __all__ = [
     "Role",
     "RoleKind",
     "RoleSet",
+    "SqliteBudgetStore",
 ]
