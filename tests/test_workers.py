@@ -1,17 +1,37 @@
-"""The password budget shared by processes (server workers) through
-:class:`rolewire.roles.budget.SqliteBudgetStore`: charges made by several
-processes at once never exceed the role's budget."""
+"""Worker processes (:func:`rolewire.aio.serve_workers`) and the password
+budget they share through :class:`rolewire.roles.budget.SqliteBudgetStore`:
+connections land on every worker, charges made by several processes at once
+never exceed the role's budget, a worker that fails or crashes is reported,
+and no worker outlives its parent. Loopback, random ports, no timing
+assertions; every test stops the processes it started."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import multiprocessing
+import os
+import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
-from rolewire.errors import PasswordAttemptsExceeded
+from rolewire.aio import connect, serve, serve_workers
+from rolewire.aio import workers as workers_module
+from rolewire.aio.workers import reuse_port_available
+from rolewire.errors import (
+    ConfigurationError,
+    PasswordAttemptsExceeded,
+    WorkerFailed,
+)
+from rolewire.handshake import HandshakeConfig
+from rolewire.roles import KeyRole, PasswordRole
 from rolewire.roles.budget import BudgetRecord, SqliteBudgetStore
-from rolewire.roles.password import PasswordRateLimiter
+from rolewire.roles.password import PasswordExchange, PasswordRateLimiter
+from rolewire.services import Service
 
 ROLE_BUDGET = 8
 PER_PEER = 2
@@ -97,3 +117,235 @@ def test_idle_records_are_deleted_and_max_keys_holds(tmp_path) -> None:  # type:
     assert store.transact([("peer", 9)], lambda r: r[0].strikes) == 1
     store.transact([("peer", 9)], lambda r: setattr(r[0], "strikes", 0))
     assert len(store) == 2
+
+
+def test_sqlite_store_indexes_used(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import sqlite3
+
+    SqliteBudgetStore(tmp_path / "budget.sqlite").close()
+    db = sqlite3.connect(tmp_path / "budget.sqlite")
+    indexes = {row[0] for row in db.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'budget'")}
+    db.close()
+    assert "budget_used" in indexes
+
+
+# -- worker processes (rolewire.aio.serve_workers) --------------------------------------
+
+OPS_KEY = bytes(range(32))
+PUBLIC_KEY = bytes(range(32, 64))
+SECRET = "tulip-7"
+POOL_BUDGET = 16
+
+_guesses = 0
+
+
+def _pid_service() -> tuple[Service, HandshakeConfig]:
+    """Each worker: ``pid`` answers the worker's process id."""
+    svc = Service("pids")
+
+    @svc.operation("pid", roles=["ops"])
+    def pid(call, body):  # type: ignore[no-untyped-def]
+        return str(os.getpid()).encode()
+
+    return svc, HandshakeConfig(roles=[KeyRole("ops", OPS_KEY)])
+
+
+def _budget_service() -> tuple[Service, HandshakeConfig]:
+    """Each worker: a password role ``admin`` with a long window, and
+    ``guesses`` (for the key role) answering "pid count", the number of
+    J-PAKE runs this worker ran with the role's password (guesses)."""
+    prove = PasswordExchange.prove
+
+    def counting_prove(ex, direction, h):  # type: ignore[no-untyped-def]
+        # The responder proves in every run it let use the real password
+        # (a refused run proves with a dummy), before the initiator's
+        # proof arrives (if it does: a wrong guess does not send one).
+        global _guesses
+        if not ex.initiator and ex.role is not None:
+            _guesses += 1
+        return prove(ex, direction, h)
+
+    PasswordExchange.prove = counting_prove  # type: ignore[method-assign]
+    svc = Service("budget")
+
+    @svc.operation("guesses", roles=["ops"])
+    def guesses(call, body):  # type: ignore[no-untyped-def]
+        return f"{os.getpid()} {_guesses}".encode()
+
+    limiter = PasswordRateLimiter(max_failures=PER_PEER, window=3600.0, cooldown=3600.0,
+                                  role_max_failures=POOL_BUDGET)
+    return svc, HandshakeConfig(roles=[KeyRole("ops", OPS_KEY), KeyRole("public", PUBLIC_KEY),
+                                       PasswordRole("admin", SECRET, limiter=limiter)])
+
+
+def _failing_service() -> tuple[Service, HandshakeConfig]:
+    raise ConfigurationError("no such role file: roles/ops.key")
+
+
+def _gone(pid: int) -> bool:
+    """The process has exited (a zombie counts: nobody may have reaped it)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except OSError:
+        return False
+
+
+def _wait_gone(pids: list[int], timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not all(_gone(pid) for pid in pids):
+        assert time.monotonic() < deadline, f"workers {pids} still running"
+        time.sleep(0.05)
+
+
+def _ops() -> HandshakeConfig:
+    return HandshakeConfig(roles=[KeyRole("ops", OPS_KEY)])
+
+
+async def _call_until_every_worker(port: int, operation: str, pids: list[int]
+                                   ) -> dict[int, bytes]:
+    """Calls ``operation`` on new connections until each worker answered
+    (at most 200 connections); the answers by pid."""
+    answers: dict[int, bytes] = {}
+    for _ in range(200):
+        async with connect("127.0.0.1", port, _ops(), timeout=60) as channel:
+            reply = await channel.call(operation, b"", timeout=60)
+        answers.setdefault(int(reply.split()[0]), reply)
+        if set(answers) == set(pids):
+            break
+    return answers
+
+
+needs_reuseport = pytest.mark.skipif(not reuse_port_available(),
+                                     reason="worker processes need SO_REUSEPORT")
+
+
+@needs_reuseport
+def test_connections_land_on_every_worker() -> None:
+    with serve_workers(_pid_service, workers=2, handshake_rate=None) as pool:
+        assert len(pool.pids) == 2 and pool.port > 0
+        answers = asyncio.run(_call_until_every_worker(pool.port, "pid", pool.pids))
+        assert set(answers) == set(pool.pids)
+        pids = pool.pids
+    _wait_gone(pids)
+    assert pool.exited == {}  # stopped, not crashed
+
+
+@needs_reuseport
+def test_password_budget_holds_across_workers() -> None:
+    # The public role makes the server prove something this client can
+    # check; the password guess rides along (and fails).
+    guesser = HandshakeConfig(roles=[KeyRole("public", PUBLIC_KEY), PasswordRole(
+        "admin", "not-the-password", limiter=PasswordRateLimiter(max_failures=1 << 20))])
+
+    async def guess_and_count(port: int, pids: list[int]) -> dict[int, bytes]:
+        for i in range(3 * POOL_BUDGET):
+            # 24 source addresses, 2 guesses each: the per-address budget
+            # (PER_PEER) is never what stops them, the role's budget is.
+            async with connect("127.0.0.1", port, guesser, timeout=60,
+                               local_addr=(f"127.0.0.{2 + i % 24}", 0)) as channel:
+                assert channel.peer_roles == {"public"}
+        return await _call_until_every_worker(port, "guesses", pids)
+
+    with serve_workers(_budget_service, workers=2, handshake_rate=None) as pool:
+        path = pool.budget_path
+        assert path is not None and os.path.exists(path)
+        answers = asyncio.run(guess_and_count(pool.port, pool.pids))
+        assert set(answers) == set(pool.pids)
+        counts = [int(reply.split()[1]) for reply in answers.values()]
+        # One budget for both workers: exactly the role's budget was
+        # checked, by both of them (a copy per worker lets each take it).
+        assert sum(counts) == POOL_BUDGET, counts
+        assert all(counts), counts
+        store = SqliteBudgetStore(path)
+        failed = store.transact([("role", "admin")], lambda r: len(r[0].failed))
+        store.close()
+        assert failed == POOL_BUDGET
+    assert not os.path.exists(os.path.dirname(path))  # the parent removed it
+
+
+def test_in_loop_serve_refuses_workers(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    svc, cfg = _pid_service()
+    if reuse_port_available():
+        with pytest.raises(ConfigurationError, match="serve_workers"):
+            serve(svc, cfg, workers=2)
+    with pytest.raises(ConfigurationError, match=">= 1"):
+        serve(svc, cfg, workers=0)
+    monkeypatch.setattr(workers_module, "reuse_port_available", lambda: False)
+    with pytest.raises(ConfigurationError, match="SO_REUSEPORT"):
+        serve(svc, cfg, workers=2)
+    with pytest.raises(ConfigurationError, match="SO_REUSEPORT"):
+        serve_workers(_pid_service, workers=2)
+
+
+def test_bad_factories_fail_in_the_caller() -> None:
+    with pytest.raises(ConfigurationError, match="picklable"):
+        serve_workers(lambda: _pid_service(), workers=1)
+    with pytest.raises(ConfigurationError, match="no_such_option"):
+        serve_workers(_pid_service, workers=1, no_such_option=1)
+
+
+def test_a_worker_that_cannot_start_is_reported() -> None:
+    with pytest.raises(WorkerFailed, match="no such role file"):
+        serve_workers(_failing_service, workers=2)
+
+
+@needs_reuseport
+def test_a_crashed_worker_is_logged(caplog) -> None:  # type: ignore[no-untyped-def]
+    caplog.set_level(logging.INFO, logger="rolewire.aio")
+    with serve_workers(_pid_service, workers=2) as pool:
+        victim = pool.pids[1]
+        os.kill(victim, signal.SIGKILL)
+        _wait_gone([victim])
+        deadline = time.monotonic() + 60
+        while 1 not in pool.exited:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert pool.exited == {1: -signal.SIGKILL} and pool.alive == 1
+        # The other worker still serves.
+        answers = asyncio.run(_call_until_every_worker(pool.port, "pid", [pool.pids[0]]))
+        assert set(answers) == {pool.pids[0]}
+    crashed = [r for r in caplog.records if getattr(r, "event", "") == "worker_exited"]
+    assert crashed and crashed[0].levelno == logging.ERROR
+
+
+PARENT = '''
+import sys
+from rolewire.aio import serve_workers
+
+if __name__ == "__main__":
+    pool = serve_workers("tests.test_workers:_pid_service", workers=2)
+    print(" ".join(map(str, pool.pids)), flush=True)
+    sys.stdin.read()
+'''
+
+
+@needs_reuseport
+def test_workers_stop_when_the_parent_is_killed(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    script = tmp_path / "parent.py"
+    script.write_text(PARENT)
+    root = str(Path(__file__).resolve().parent.parent)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [root, os.path.join(root, "src"), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.Popen([sys.executable, str(script)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True, env=env)
+    pids: list[int] = []
+    try:
+        assert proc.stdout is not None
+        pids = [int(p) for p in proc.stdout.readline().split()]
+        assert len(pids) == 2
+        proc.kill()  # no atexit, no SIGTERM to the workers
+        proc.wait(30)
+        _wait_gone(pids)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
+        for pid in pids:
+            if not _gone(pid):
+                os.kill(pid, signal.SIGKILL)

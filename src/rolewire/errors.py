@@ -48,6 +48,7 @@ __all__ = [
     "UnknownEpoch",
     "UnknownOperation",
     "UnsupportedProtocolVersion",
+    "WorkerFailed",
 ]
 
 
@@ -119,6 +120,11 @@ class ConcurrentUseError(RolewireError, RuntimeError):
 
 
 # --- services ---------------------------------------------------------------
+
+
+class WorkerFailed(RolewireError):
+    """A worker process of :func:`rolewire.aio.serve_workers` did not start
+    (its error, or its exit code, is in the message) or did not stop."""
 
 
 class ProtocolViolation(RolewireError):

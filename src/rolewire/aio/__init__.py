@@ -1,8 +1,8 @@
 """asyncio adapter: the only part of rolewire that touches sockets.
 
 :func:`serve` runs a :class:`~rolewire.services.Service` behind the
-handshake; :func:`connect` returns a :class:`Channel` for calls and
-notifications. See docs/aio.md for framing, coalescing, limits, counters
+handshake (:func:`serve_workers`: in several processes on one port);
+:func:`connect` returns a :class:`Channel` for calls and notifications. See docs/aio.md for framing, coalescing, limits, counters
 and log events.
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 from rolewire.aio.channel import Channel, connect
 from rolewire.aio.framing import DEFAULT_MAX_FRAME, FrameDecoder, FrameKind
 from rolewire.aio.server import Server, ServerStats, serve
+from rolewire.aio.workers import WorkerInfo, WorkerPool, serve_workers
 
 __all__ = [
     "DEFAULT_MAX_FRAME",
@@ -19,8 +20,11 @@ __all__ = [
     "FrameKind",
     "Server",
     "ServerStats",
+    "WorkerInfo",
+    "WorkerPool",
     "connect",
     "serve",
+    "serve_workers",
 ]
 
 

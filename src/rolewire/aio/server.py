@@ -765,9 +765,10 @@ class Server:
 
 
 async def _serve(service: Service, config: HandshakeConfig, *, host: str, port: int,
-                 backlog: int, **kwargs: Any) -> Server:
+                 backlog: int, reuse_port: bool = False, **kwargs: Any) -> Server:
     server = Server(service, config, **kwargs)
-    await server._start(host, port, backlog=backlog)
+    await server._start(host, port, backlog=backlog,
+                        **({"reuse_port": True} if reuse_port else {}))
     log.info("listening", extra={"event": "listening", "host": host, "port": server.port})
     return server
 
@@ -800,7 +801,8 @@ def serve(service: Service, config: HandshakeConfig, *, host: str = "127.0.0.1",
           call_guard: dict[str, Any] | None = None, max_pending_per_peer: int | None = None,
           first_byte_timeout: float = 3.0,
           handshake_rate: tuple[float, int] | None = (20.0, 64),
-          telemetry: Telemetry | None = None) -> _Serve:
+          telemetry: Telemetry | None = None, workers: int = 1,
+          reuse_port: bool = False) -> _Serve:
     """Listen on ``host:port`` and serve ``service`` to every peer that
     completes a handshake with ``config``.
 
@@ -840,11 +842,25 @@ def serve(service: Service, config: HandshakeConfig, *, host: str = "127.0.0.1",
         telemetry: a :class:`~rolewire.telemetry.Telemetry`: handshake and
             request metrics and spans, the server's counters as observable
             instruments (docs/observability.md). None: none of that work.
+        workers: must be 1 here: worker processes cannot be started safely
+            from inside a running event loop; other values raise
+            :class:`~rolewire.errors.ConfigurationError` pointing to
+            :func:`rolewire.aio.serve_workers` (or saying that the platform
+            lacks SO_REUSEPORT).
+        reuse_port: listen with SO_REUSEPORT, so that several processes
+            can listen on one port (what each worker of ``serve_workers``
+            does).
     """
+    if workers != 1:
+        # Here, at call time, not when awaited. (Imported late: the workers
+        # module builds on this one.)
+        from rolewire.aio.workers import refuse_in_loop_workers
+
+        refuse_in_loop_workers(workers)
     return _Serve(service, config, host=host, port=port, max_connections=max_connections,
                   handshake_timeout=handshake_timeout, idle_timeout=idle_timeout,
                   limiter=limiter, max_frame=max_frame, max_inflight=max_inflight,
                   close_timeout=close_timeout, backlog=backlog, call_guard=call_guard,
                   max_pending_per_peer=max_pending_per_peer,
                   first_byte_timeout=first_byte_timeout, handshake_rate=handshake_rate,
-                  telemetry=telemetry)
+                  telemetry=telemetry, reuse_port=reuse_port)

@@ -35,7 +35,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterable
 
 from rolewire import entropy
 from rolewire.errors import ConfigurationError, PasswordAttemptsExceeded, RoleProofInvalid
@@ -59,6 +59,7 @@ __all__ = [
     "PasswordRateLimiter",
     "PasswordRole",
     "logger",
+    "share_budget",
 ]
 
 PASSWORD_PROOF_SIZE = 32
@@ -454,3 +455,27 @@ class PasswordRole(Role):
     def assign_slot(self, exchange: PasswordExchange) -> None:
         """Handshake hook: :meth:`PasswordExchange.assign` of this role."""
         exchange.assign(self)
+
+def share_budget(roles: Iterable[Role], store: BudgetStore) -> int:
+    """Point the limiter of every :class:`PasswordRole` in ``roles`` that
+    keeps its counts in this process (a :class:`MemoryBudgetStore`) at
+    ``store`` instead, so processes serving the same roles (server workers)
+    charge one budget rather than one each. Limiters given another store
+    keep it (their owner chose where the counts live). Returns how many
+    limiters were switched. Call it before the roles serve handshakes: the
+    counts already in the old store are not carried over.
+
+    The limiters keep their clock: the default, ``time.monotonic``, reads
+    the host's monotonic clock (the same in every process on Linux, macOS
+    and the BSDs, the platforms with worker processes), so charge times are
+    comparable across the processes that share ``store``."""
+    switched = 0
+    seen: set[int] = set()
+    for role in roles:
+        if not isinstance(role, PasswordRole) or id(role.limiter) in seen:
+            continue
+        seen.add(id(role.limiter))
+        if isinstance(role.limiter.store, MemoryBudgetStore):
+            role.limiter.store = store
+            switched += 1
+    return switched

@@ -1,0 +1,532 @@
+"""Worker processes: one port served by N processes, each with its own
+event loop and :class:`~rolewire.aio.Server`, so handshakes use every core
+(docs/aio.md, "Worker processes").
+
+Why spawned processes and not ``serve(..., workers=N)`` forking inside the
+caller's loop: a fork of a process that runs an event loop copies the
+loop, its selector and sockets, every open connection, and locks other
+threads held at that instant (logging's, the native layer's); parent and
+child would then share all of it. So workers are *spawned* (the
+multiprocessing ``spawn`` start method on every platform: a fresh
+interpreter, fork+exec on POSIX) and each builds its own service and
+config by calling a picklable ``factory`` (a module-level function, a
+``functools.partial`` of one, or a ``"module:attr"`` string). Each worker
+reads the secrets itself; none crosses a pipe.
+
+The port: the parent binds, but does not listen on, one SO_REUSEPORT
+socket first (with port 0 the kernel picks the port there, once), and
+every worker listens on that host:port with SO_REUSEPORT; the kernel
+spreads new connections over the listening workers (Linux: by a hash of
+the addresses and ports). The parent's socket keeps the port reserved
+while the pool runs. Without SO_REUSEPORT (Windows) more than one worker
+is refused with a :class:`~rolewire.errors.ConfigurationError`.
+
+The password budget: with more than one worker the workers' password
+limiters share one :class:`~rolewire.roles.budget.SqliteBudgetStore` (a
+file in a private temporary directory the parent creates and removes, or a
+path the caller gives), never a copy per worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import importlib
+import inspect
+import logging
+import multiprocessing
+import multiprocessing.connection
+import os
+import pickle
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from rolewire.aio.server import serve
+from rolewire.errors import ConfigurationError, WorkerFailed
+from rolewire.handshake import HandshakeConfig
+from rolewire.roles.budget import SqliteBudgetStore
+from rolewire.roles.password import share_budget
+from rolewire.services import Service
+
+if TYPE_CHECKING:
+    from multiprocessing.process import BaseProcess
+
+    from typing_extensions import Self
+
+    from rolewire.roles.base import Role
+
+__all__ = ["WorkerInfo", "WorkerPool", "check_workers", "reuse_port_available",
+           "serve_workers"]
+
+log = logging.getLogger("rolewire.aio")
+
+
+def reuse_port_available() -> bool:
+    """True if this platform can bind several listening sockets to one
+    port (``SO_REUSEPORT``: Linux, macOS, the BSDs; not Windows)."""
+    return hasattr(socket, "SO_REUSEPORT") and sys.platform != "win32"
+
+
+def check_workers(workers: object) -> int:
+    """``workers`` as a checked int: an int >= 1, and 1 where SO_REUSEPORT
+    is unavailable; raises :class:`ConfigurationError` otherwise."""
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+        raise ConfigurationError(f"workers must be an integer >= 1 (got {workers!r})")
+    if workers > 1 and not reuse_port_available():
+        raise ConfigurationError(
+            f"workers={workers} needs SO_REUSEPORT, which {sys.platform} does not have: "
+            "serve with workers=1, or run one process per port behind a load balancer")
+    return workers
+
+
+def refuse_in_loop_workers(workers: object) -> None:
+    """What ``serve(..., workers=N)`` does for N != 1: a clear error (serve
+    runs inside the caller's event loop, which must not be forked)."""
+    n = check_workers(workers)
+    if n != 1:
+        raise ConfigurationError(
+            f"serve(workers={n}): serve() runs inside your event loop and cannot start "
+            "worker processes from it safely (a fork would copy the running loop); use "
+            f"rolewire.aio.serve_workers(factory, workers={n}, ...) with a picklable "
+            "factory returning (service, config)")
+
+
+@dataclass
+class WorkerInfo:
+    """One worker's place in its :class:`WorkerPool`, passed to the pool's
+    ``main`` in the worker process.
+
+    Attributes:
+        index: 0 .. workers - 1.
+        workers: how many workers the pool runs.
+        host, port: where to listen (the port is fixed, also for port 0).
+        reuse_port: listen with SO_REUSEPORT (``serve(reuse_port=...)``).
+        budget_path: the shared password-budget file (None: one worker,
+            nothing to share).
+    """
+
+    index: int
+    workers: int
+    host: str
+    port: int
+    reuse_port: bool
+    budget_path: str | None
+    _conn: Any = field(default=None, repr=False)
+    _store: SqliteBudgetStore | None = field(default=None, repr=False)
+    _reported: bool = field(default=False, repr=False)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # The store (an open SQLite connection) stays in its process.
+        return {**self.__dict__, "_store": None}
+
+    def ready(self, port: int) -> None:
+        """Tell the parent that this worker listens on ``port``."""
+        self._send(("ready", os.getpid(), int(port)))
+
+    def _send(self, message: tuple[Any, ...]) -> None:
+        if self._conn is None or self._reported:
+            return
+        self._reported = True
+        try:
+            self._conn.send(message)
+        except OSError:  # the parent is gone; the parent watch ends us
+            pass
+
+    def budget_store(self) -> SqliteBudgetStore | None:
+        """This process's connection to the shared budget file (opened on
+        first use; None with a single worker)."""
+        if self.budget_path is None:
+            return None
+        if self._store is None:
+            self._store = SqliteBudgetStore(self.budget_path)
+        return self._store
+
+    def share_budget(self, roles: Iterable[Role]) -> int:
+        """Make the password roles among ``roles`` charge the pool's shared
+        budget (:func:`rolewire.roles.password.share_budget`); call it for
+        every config this worker serves, also after a reload. Returns the
+        number of limiters switched (0 with a single worker)."""
+        roles = list(roles)
+        if self.budget_path is None or not any(
+                getattr(role, "limiter", None) is not None for role in roles):
+            return 0
+        store = self.budget_store()
+        assert store is not None
+        return share_budget(roles, store)
+
+    def watch_parent(self, callback: Callable[[], None]) -> None:
+        """On the running loop: call ``callback`` once when the parent
+        process ends (a worker must not outlive its pool, even if the
+        parent was killed)."""
+        parent = multiprocessing.parent_process()
+        fd = getattr(parent, "sentinel", None)
+        if fd is None:
+            return
+        loop = asyncio.get_running_loop()
+
+        def gone() -> None:
+            loop.remove_reader(fd)
+            log.warning("parent process gone: worker stopping", extra={
+                "event": "worker_orphaned", "worker": self.index})
+            callback()
+
+        try:
+            loop.add_reader(fd, gone)
+        except (NotImplementedError, ValueError, OSError):  # pragma: no cover - Windows
+            pass
+
+    def close(self) -> None:
+        """Close this process's budget store (the pool removes the file)."""
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
+
+def _worker_entry(main: Callable[[WorkerInfo], None], info: WorkerInfo) -> None:
+    """The body of a worker process."""
+    try:
+        main(info)
+    except BaseException as exc:
+        # Startup errors go to the parent, which raises them as WorkerFailed
+        # (rolewire's messages hold no secret; others are type and text,
+        # as the traceback multiprocessing prints to stderr anyway).
+        info._send(("error", f"{type(exc).__name__}: {exc}"))
+        raise
+    finally:
+        info.close()
+        if info._conn is not None:
+            info._conn.close()
+
+
+def _resolve(factory: Callable[[], Any] | str) -> Callable[[], Any]:
+    if not isinstance(factory, str):
+        return factory
+    module_name, sep, attr = factory.partition(":")
+    if not sep or not module_name or not attr:
+        raise ConfigurationError(f"{factory!r}: give the factory as MODULE:ATTR")
+    obj: Any = importlib.import_module(module_name)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    return obj  # type: ignore[no-any-return]
+
+
+@dataclass(frozen=True)
+class _ServeMain:
+    """The ``main`` of :func:`serve_workers`: build (service, config) with
+    the factory, serve until SIGTERM/SIGINT or the parent's end, drain."""
+
+    factory: Callable[[], Any] | str
+    options: dict[str, Any]
+
+    def __call__(self, info: WorkerInfo) -> None:
+        asyncio.run(self.run(info))
+
+    async def run(self, info: WorkerInfo) -> None:
+        built = _resolve(self.factory)()
+        if not isinstance(built, tuple) or len(built) not in (2, 3):
+            raise ConfigurationError("the worker factory must return (service, config) or "
+                                     "(service, config, serve_options)")
+        service, config = built[0], built[1]
+        options = {**self.options, **(built[2] if len(built) == 3 else {})}
+        if not isinstance(service, Service) or not isinstance(config, HandshakeConfig):
+            raise ConfigurationError("the worker factory must return a Service and a "
+                                     "HandshakeConfig")
+        info.share_budget(config.roles)
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            try:
+                loop.add_signal_handler(signum, stop.set)
+            except (NotImplementedError, RuntimeError):  # pragma: no cover - Windows
+                signal.signal(signum, lambda *_: loop.call_soon_threadsafe(stop.set))
+        info.watch_parent(stop.set)
+        async with serve(service, config, host=info.host, port=info.port,
+                         reuse_port=info.reuse_port, **options) as server:
+            info.ready(server.port)
+            await stop.wait()
+
+
+def _reserve_port(host: str, port: int) -> socket.socket:
+    """A bound, not listening, SO_REUSEPORT socket on host:port: it fixes
+    the port (port 0: the kernel's pick) for every worker and keeps it
+    while the pool runs; it receives no connection (only listening sockets
+    do)."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    except socket.gaierror as exc:
+        raise ConfigurationError(f"cannot resolve host {host!r}: {exc}") from None
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)  # as asyncio does
+        sock.bind(address)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+class WorkerPool:
+    """``workers`` processes, each running ``main(info)`` with a
+    :class:`WorkerInfo` (``main`` must be picklable; it must listen on
+    ``info.host:info.port`` with ``reuse_port=info.reuse_port`` and call
+    ``info.ready(port)``). :func:`serve_workers` builds the usual one;
+    ``rolewire serve --workers N`` another.
+
+    :meth:`start` returns once every worker listens (or raises
+    :class:`~rolewire.errors.WorkerFailed` with the first worker's error,
+    after stopping the others). A worker that exits on its own is logged
+    (event ``worker_exited`` on ``rolewire.aio``, an error unless its exit
+    code is 0) and listed in :attr:`exited`; it is not restarted.
+    :meth:`stop` sends SIGTERM (each worker drains its sessions), waits up
+    to ``stop_timeout`` seconds, then kills what is left. Use as a context
+    manager. Call it from the main module's ``if __name__ == "__main__":``
+    block (the spawned workers import the main module)."""
+
+    def __init__(self, main: Callable[[WorkerInfo], None], *, workers: int,
+                 host: str = "127.0.0.1", port: int = 0,
+                 budget_path: str | os.PathLike[str] | None = None,
+                 start_timeout: float = 60.0, stop_timeout: float = 30.0) -> None:
+        self.workers = check_workers(workers)
+        if start_timeout <= 0 or stop_timeout <= 0:
+            raise ConfigurationError("start_timeout and stop_timeout must be > 0")
+        if not isinstance(port, int) or not 0 <= port <= 65535:
+            raise ConfigurationError(f"port must be 0..65535 (got {port!r})")
+        try:
+            pickle.dumps(main)
+        except (pickle.PicklingError, AttributeError, TypeError) as exc:
+            raise ConfigurationError(
+                "the worker main/factory must be picklable (a module-level function, a "
+                f"functools.partial of one, or a 'module:attr' string): {exc}") from None
+        self.main = main
+        self.host = host
+        #: The port every worker listens on (known after :meth:`start`).
+        self.port = port
+        self.start_timeout = start_timeout
+        self.stop_timeout = stop_timeout
+        self._given_budget = os.fspath(budget_path) if budget_path is not None else None
+        #: The shared password-budget file (None with one worker).
+        self.budget_path: str | None = None
+        self.processes: list[BaseProcess] = []
+        #: index -> exit code of each worker that exited while the pool ran.
+        self.exited: dict[int, int | None] = {}
+        self._pids: list[int] = []
+        self._sock: socket.socket | None = None
+        self._tmpdir: str | None = None
+        self._stopping = False
+        self._stopped = False
+        self._lock = threading.Lock()
+        self._all_exited = threading.Event()
+
+    # -- queries ------------------------------------------------------------------
+    @property
+    def pids(self) -> list[int]:
+        """The workers' process ids, by index."""
+        return list(self._pids)
+
+    @property
+    def alive(self) -> int:
+        """Workers still running."""
+        return sum(1 for p in self.processes if p.exitcode is None)
+
+    # -- life -----------------------------------------------------------------------
+    def start(self) -> Self:
+        """Spawn the workers and wait until each listens."""
+        if self.processes:
+            raise ConfigurationError("this WorkerPool was started already")
+        ctx = multiprocessing.get_context("spawn")
+        try:
+            self._start(ctx)
+        except BaseException:
+            self.stop()
+            raise
+        atexit.register(self.stop)
+        threading.Thread(target=self._monitor, name="rolewire-workers", daemon=True).start()
+        log.info("workers listening", extra={
+            "event": "workers_started", "workers": self.workers, "host": self.host,
+            "port": self.port, "pids": self.pids})
+        return self
+
+    def _start(self, ctx: Any) -> None:
+        reuse = reuse_port_available()
+        if reuse:
+            self._sock = _reserve_port(self.host, self.port)
+            self.port = int(self._sock.getsockname()[1])
+        if self.workers > 1:
+            if self._given_budget is None:
+                # A private directory (0700): nobody else may pre-create or
+                # edit the budget, and the WAL side files go with it.
+                self._tmpdir = tempfile.mkdtemp(prefix="rolewire-budget-")
+                self.budget_path = os.path.join(self._tmpdir, "budget.sqlite")
+            else:
+                self.budget_path = self._given_budget
+            # Created here, before the workers race to create the table.
+            SqliteBudgetStore(self.budget_path).close()
+        pipes = []
+        for index in range(self.workers):
+            receiver, sender = ctx.Pipe(duplex=False)
+            info = WorkerInfo(index, self.workers, self.host, self.port, reuse,
+                              self.budget_path, _conn=sender)
+            proc = ctx.Process(target=_worker_entry, args=(self.main, info),
+                               name=f"rolewire-worker-{index}")
+            proc.start()
+            sender.close()  # the worker holds its own end
+            self.processes.append(proc)
+            pipes.append(receiver)
+        self._pids = [p.pid or 0 for p in self.processes]
+        deadline = time.monotonic() + self.start_timeout
+        waiting = dict(enumerate(pipes))
+        ports: dict[int, int] = {}
+        try:
+            while waiting:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise WorkerFailed(f"worker(s) {sorted(waiting)} did not listen within "
+                                       f"{self.start_timeout:g}s")
+                objects: list[Any] = list(waiting.values())
+                objects += [self.processes[i].sentinel for i in waiting]
+                multiprocessing.connection.wait(objects, timeout=left)
+                for index, pipe in list(waiting.items()):
+                    message: Any = None
+                    if pipe.poll():
+                        try:
+                            message = pipe.recv()
+                        except EOFError:
+                            message = None
+                    elif self.processes[index].exitcode is None:
+                        continue
+                    if message is not None and message[0] == "ready":
+                        ports[index] = message[2]
+                        del waiting[index]
+                        continue
+                    if message is not None and message[0] == "error":
+                        raise WorkerFailed(f"worker {index} failed to start: {message[1]}")
+                    proc = self.processes[index]
+                    proc.join(5)
+                    raise WorkerFailed(f"worker {index} exited (code {proc.exitcode}) "
+                                       "before it listened")
+        finally:
+            for pipe in pipes:
+                pipe.close()
+        if not reuse:  # one worker, no reserved port: it picked its own
+            self.port = ports[0]
+
+    def _monitor(self) -> None:
+        """Reports each worker that ends (until all have)."""
+        running = {p.sentinel: (i, p) for i, p in enumerate(self.processes)}
+        while running:
+            for sentinel in multiprocessing.connection.wait(list(running)):
+                index, proc = running.pop(sentinel)  # type: ignore[call-overload]
+                proc.join(5)
+                code = proc.exitcode
+                with self._lock:
+                    stopping = self._stopping
+                    if not stopping:
+                        self.exited[index] = code
+                if stopping and code == 0:
+                    continue
+                level = logging.INFO if code == 0 else logging.ERROR
+                log.log(level, "worker %d (pid %s) exited with code %s%s", index, proc.pid,
+                        code, " while stopping" if stopping else "", extra={
+                            "event": "worker_exited", "worker": index, "pid": proc.pid,
+                            "exitcode": code})
+        self._all_exited.set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait until every worker has exited; True if they have."""
+        return self._all_exited.wait(timeout)
+
+    def signal(self, signum: int) -> None:
+        """Send ``signum`` to every running worker (e.g. SIGHUP: reload)."""
+        for proc in self.processes:
+            if proc.exitcode is None and proc.pid is not None:
+                try:
+                    os.kill(proc.pid, signum)
+                except ProcessLookupError:
+                    pass
+
+    def stop(self, timeout: float | None = None) -> None:
+        """SIGTERM every worker (each drains), wait up to ``timeout``
+        (default ``stop_timeout``) seconds, kill the rest; then free the
+        port and remove the temporary budget file. Idempotent."""
+        with self._lock:
+            if self._stopped:
+                return
+            self._stopped = self._stopping = True
+        atexit.unregister(self.stop)
+        for proc in self.processes:
+            if proc.exitcode is None:
+                proc.terminate()
+        deadline = time.monotonic() + (self.stop_timeout if timeout is None else timeout)
+        for proc in self.processes:
+            proc.join(max(0.0, deadline - time.monotonic()))
+        for index, proc in enumerate(self.processes):
+            if proc.exitcode is None:
+                log.warning("worker %d (pid %s) did not stop in time: killed", index, proc.pid,
+                            extra={"event": "worker_killed", "worker": index, "pid": proc.pid})
+                proc.kill()
+                proc.join(10)
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        if self._tmpdir is not None:
+            shutil.rmtree(self._tmpdir, ignore_errors=True)
+            self._tmpdir = None
+
+    def __enter__(self) -> Self:
+        if not self.processes:
+            self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def serve_workers(factory: Callable[[], Any] | str, *, workers: int | None = None,
+                  host: str = "127.0.0.1", port: int = 0,
+                  budget_path: str | os.PathLike[str] | None = None,
+                  start_timeout: float = 60.0, stop_timeout: float = 30.0,
+                  **serve_options: Any) -> WorkerPool:
+    """Serve on ``host:port`` from ``workers`` processes (default: one per
+    CPU) and return the started :class:`WorkerPool` (``pool.port``,
+    ``pool.pids``, ``pool.stop()``; a context manager)::
+
+        with serve_workers("myapp:build", workers=4, port=7000) as pool:
+            ...
+
+    ``factory`` runs in each worker and returns ``(service, config)`` (or
+    ``(service, config, serve_options)`` for options that cannot be
+    pickled, such as a ``Telemetry``); it must be picklable: a module-level
+    function, a ``functools.partial`` of one, or a ``"module:attr"``
+    string. ``serve_options`` are :func:`serve`'s keyword arguments
+    (picklable ones). With more than one worker, the password roles' budget
+    is shared (see the module's docstring); ``budget_path`` names the file
+    (default: a temporary one, removed by :meth:`WorkerPool.stop`). Raises
+    :class:`~rolewire.errors.ConfigurationError` for more than one worker
+    where SO_REUSEPORT is unavailable, and
+    :class:`~rolewire.errors.WorkerFailed` if a worker does not start."""
+    if workers is None:
+        workers = os.cpu_count() or 1
+    check_workers(workers)
+    for name in ("host", "port", "workers", "reuse_port"):
+        if name in serve_options:
+            raise ConfigurationError(f"{name!r} is set by serve_workers")
+    try:  # a misspelt option fails here, in the caller, not in every worker
+        inspect.signature(serve).bind(None, None, **serve_options)
+    except TypeError as exc:
+        raise ConfigurationError(f"serve_workers: {exc}") from None
+    pool = WorkerPool(_ServeMain(factory, dict(serve_options)), workers=workers, host=host,
+                      port=port, budget_path=budget_path, start_timeout=start_timeout,
+                      stop_timeout=stop_timeout)
+    return pool.start()
