@@ -11,11 +11,13 @@ import os
 import signal
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
 
 from rolewire import ConnectionClosed, HandshakeConfig, HandshakeError, KeyRole, connect, errors
+from rolewire.aio.workers import reuse_port_available
 from rolewire.errors import ServiceUnavailable
 from rolewire.pki import write_atomically
 from tests.serve_helpers import ServeProcess, cli
@@ -33,6 +35,10 @@ HERE = pathlib.Path(__file__).parent
 @service.operation("echo", roles=["caller"])
 def echo(call, body):
     return body
+
+@service.operation("pid", roles=["caller"])
+def pid(call, body):
+    return str(os.getpid()).encode()
 
 @service.operation("who", roles=UNRESTRICTED)
 def who(call, body):
@@ -144,8 +150,8 @@ def test_serve_refuses_access_to_unknown_operation_or_role(app):
                cwd=app)
     assert done.returncode == 3 and "cannot import" in done.stderr
     done = cli("serve", "heldsvc:service", "--config", str(app / "service.toml"),
-               "--workers", "4", cwd=app)
-    assert done.returncode == 3 and "--workers" in done.stderr
+               "--budget-file", str(app / "budget.sqlite"), cwd=app)
+    assert done.returncode == 3 and "--budget-file applies to --workers" in done.stderr
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
@@ -262,3 +268,61 @@ def test_call_errors_are_one_line(tmp_path):
     assert len(done.stderr.strip().splitlines()) == 1
     done = cli("call", "nohost", "echo", "--config", str(tmp_path / "client.toml"))
     assert done.returncode == 3 and "HOST:PORT" in done.stderr
+
+
+@pytest.mark.skipif(not reuse_port_available(), reason="worker processes need SO_REUSEPORT")
+def test_serve_with_workers(app):
+    # --workers 2: connections land on both workers, SIGHUP reaches each
+    # (each reloads), SIGTERM stops them all and exits 0.
+    caller = HandshakeConfig(roles=[KeyRole("caller", read_key(app / "caller.key"))])
+    with ServeProcess("heldsvc:service", app / "service.toml", app, None,
+                      "--workers", "2") as server:
+        line = server.wait_for("workers (pids")
+        pids = {int(p) for p in line.rsplit("(pids ", 1)[1].rstrip(")").split(", ")}
+        assert len(pids) == 2
+
+        async def pids_seen():
+            seen = set()
+            for _ in range(200):
+                async with connect(server.host, server.port, caller, timeout=60) as channel:
+                    seen.add(int(await channel.call("pid", b"", timeout=60)))
+                if seen == pids:
+                    break
+            return seen
+
+        assert asyncio.run(pids_seen()) == pids
+        server.signal(signal.SIGHUP)
+        reloaded = {server.wait_for("reloaded (SIGHUP)").split(":")[1].strip()
+                    for _ in range(2)}
+        assert reloaded == {"worker 0", "worker 1"}
+        server.signal(signal.SIGTERM)
+        assert server.wait(120) == 0
+        assert any("stopped" in line for line in server.seen + list(server.lines.queue))
+    for pid in pids:
+        wait_gone(pid)
+
+
+def wait_gone(pid: int, timeout: float = 60.0) -> None:
+    """Until the process has exited (a zombie counts: nobody may reap it)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            os.kill(pid, 0)
+            with open(f"/proc/{pid}/stat") as stat:
+                if stat.read().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
+                    return
+        except (ProcessLookupError, FileNotFoundError):
+            return
+        assert time.monotonic() < deadline, f"process {pid} still running"
+        time.sleep(0.05)
+
+
+def test_serve_workers_zero_is_an_error(app):
+    done = cli("serve", "heldsvc:service", "--config", str(app / "service.toml"),
+               "--workers", "0", cwd=app)
+    assert done.returncode == 3 and "workers must be an integer >= 1" in done.stderr
+    if reuse_port_available():  # a worker that cannot start: its error, exit 3
+        done = cli("serve", "heldsvc:nothing", "--config", str(app / "service.toml"),
+                   "--listen", "127.0.0.1:0", "--workers", "2", cwd=app)
+        assert done.returncode == 3, done.stderr
+        assert "failed to start" in done.stderr and "has no 'nothing'" in done.stderr

@@ -540,7 +540,9 @@ def _print_inspect(report: dict[str, Any], check: bool) -> None:
 
 
 def _say(line: str) -> None:
-    print(f"rolewire: {line}", flush=True)
+    # One write per line (worker processes share this stdout).
+    sys.stdout.write(f"rolewire: {line}\n")
+    sys.stdout.flush()
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -551,11 +553,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from rolewire.config import load_config, parse_address
     from rolewire.serving import ServiceRunner, load_service
 
-    if args.workers not in (None, 1):
-        raise ConfigurationError("--workers: this build serves from one process (worker "
-                                 "processes come with the native fast path)")
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.workers is not None and args.workers != 1:
+        from rolewire.serving import serve_with_workers
+
+        return serve_with_workers(
+            args.target, args.config, workers=args.workers, budget_path=args.budget_file,
+            listen=parse_address(args.listen, "--listen") if args.listen else None,
+            log_level=args.log_level, say=_say)
+    if args.budget_file:
+        raise ConfigurationError("--budget-file applies to --workers N (N > 1)")
     config = load_config(args.config)
     service = load_service(args.target)
     listen = parse_address(args.listen, "--listen") if args.listen else None
@@ -724,7 +732,11 @@ def _add_serve_parser(sub: Any) -> None:
     serve.add_argument("--listen", metavar="HOST:PORT",
                        help="override [service] listen (port 0: any free port)")
     serve.add_argument("--workers", type=int, default=None, metavar="N",
-                       help="worker processes (not available in this build)")
+                       help="worker processes on one port (SO_REUSEPORT; not on Windows); "
+                            "their password budget is shared (default 1)")
+    serve.add_argument("--budget-file", metavar="PATH",
+                       help="with --workers: the SQLite file of the shared password budget "
+                            "(default: a temporary file, removed on exit)")
     serve.add_argument("--log-level", default="info",
                        choices=["debug", "info", "warning", "error"])
     serve.set_defaults(func=cmd_serve)

@@ -20,17 +20,20 @@ import logging
 import os
 import signal
 import sys
+import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rolewire.aio import Server, serve
+from rolewire.aio import Server, WorkerInfo, WorkerPool, serve
 from rolewire.config import ServiceConfig, load_config
 from rolewire.errors import ConfigurationError, RolewireError
 from rolewire.roles.certificate import CertificateRole
 from rolewire.services import Operation, Service
 
-__all__ = ["ServiceRunner", "file_stamps", "load_service", "watch_certificates"]
+__all__ = ["ServeWorker", "ServiceRunner", "file_stamps", "load_service", "serve_with_workers",
+           "watch_certificates"]
 
 log = logging.getLogger("rolewire.serve")
 
@@ -119,11 +122,16 @@ class ServiceRunner:
     """Serve ``service`` as ``config`` says until :meth:`stop`.
 
     ``say`` receives one human-readable line per lifecycle event (listening,
-    reloaded, draining, stopped); ``rolewire serve`` prints them."""
+    reloaded, draining, stopped); ``rolewire serve`` prints them. ``worker``:
+    this runner is one worker of a :class:`~rolewire.aio.WorkerPool` (it
+    listens with SO_REUSEPORT, charges the pool's shared password budget,
+    also after a reload, and stops when the pool's parent ends)."""
 
     def __init__(self, service: Service, config: ServiceConfig, *,
                  listen: tuple[str, int] | None = None,
-                 say: Callable[[str], None] = lambda line: None) -> None:
+                 say: Callable[[str], None] = lambda line: None,
+                 worker: WorkerInfo | None = None) -> None:
+        self.worker = worker
         self.service = service
         self.config = config
         address = listen or config.listen
@@ -159,6 +167,10 @@ class ServiceRunner:
             trial = Service(self.service.name, operations)
             config.apply_access(trial)  # validate before touching the live service
             handshake = config.handshake_config(roles)
+            if self.worker is not None:
+                # New roles come with new limiters: point them at the
+                # shared budget too, or a reload would reset it.
+                self.worker.share_budget(handshake.roles)
         except RolewireError as exc:
             log.error("reload failed, keeping the running config: %s", exc,
                       extra={"event": "reload_failed", "reason": reason})
@@ -219,9 +231,16 @@ class ServiceRunner:
         """Serve until stopped, then drain; returns an exit status (0)."""
         host, port = self.address
         handshake = self.config.handshake_config()
+        worker = self.worker
+        if worker is not None:
+            worker.share_budget(handshake.roles)
         self.server = await serve(self.service, handshake, host=host, port=port,
+                                  reuse_port=worker is not None and worker.reuse_port,
                                   **self.config.server.serve_options())
         self._install_signals()
+        if worker is not None:
+            worker.watch_parent(self.stop)
+            worker.ready(self.server.port)
         watcher = asyncio.create_task(self._watch()) if self._watched else None
         self.say(f"serving {self.service.name!r} on {host}:{self.server.port} "
                  f"(pid {os.getpid()}, roles "
@@ -240,3 +259,79 @@ class ServiceRunner:
             # SIGTERM during the drain must not kill the process half-way.
             self.say(f"stopped ({self.server.stats.requests} request(s) served)")
         return 0
+
+
+@dataclass(frozen=True)
+class ServeWorker:
+    """The ``main`` of each worker of ``rolewire serve --workers N``: load
+    the config and the service in the worker (nothing but these strings
+    crosses the process boundary) and run a :class:`ServiceRunner` until
+    SIGTERM/SIGINT."""
+
+    target: str
+    config_path: str
+    log_level: str = "info"
+
+    def __call__(self, info: WorkerInfo) -> None:
+        logging.basicConfig(level=self.log_level.upper(), stream=sys.stderr,
+                            format=f"%(asctime)s %(levelname)s %(name)s[worker {info.index}]: "
+                                   "%(message)s")
+        config = load_config(self.config_path)
+        service = load_service(self.target)
+
+        def say(line: str) -> None:
+            # One write per line: the workers share stdout, and print()
+            # writes the text and its newline apart when unbuffered.
+            sys.stdout.write(f"rolewire: worker {info.index}: {line}\n")
+            sys.stdout.flush()
+
+        runner = ServiceRunner(service, config, listen=(info.host, info.port), say=say,
+                               worker=info)
+        asyncio.run(runner.run())
+
+
+def serve_with_workers(target: str, config_path: str | os.PathLike[str], *, workers: int,
+                       listen: tuple[str, int] | None = None,
+                       budget_path: str | os.PathLike[str] | None = None,
+                       log_level: str = "info",
+                       say: Callable[[str], None] = lambda line: None) -> int:
+    """``rolewire serve --workers N``: run ``workers`` processes (each a
+    :class:`ServeWorker`) on one port until SIGTERM/SIGINT, then stop them
+    (each drains, as one process does); SIGHUP is passed on to every worker
+    (each reloads). Returns the exit status: 0, or 3 if a worker exited on
+    its own (logged as ``worker_exited``) or every worker did."""
+    config = load_config(config_path)
+    address = listen or config.listen
+    if address is None:
+        raise ConfigurationError("no listen address: set [service] listen or --listen")
+    host, port = address
+    pool = WorkerPool(ServeWorker(target, str(Path(config_path).resolve()), log_level),
+                      workers=workers, host=host, port=port, budget_path=budget_path,
+                      stop_timeout=config.server.drain_timeout + 10.0)
+    stop = threading.Event()
+    wanted = {"SIGTERM": lambda *_: stop.set(), "SIGINT": lambda *_: stop.set(),
+              "SIGHUP": lambda *_: pool.signal(signal.SIGHUP)}
+    previous: dict[int, Any] = {}
+    for name, handler in wanted.items():
+        signum = getattr(signal, name, None)
+        if signum is not None:
+            previous[signum] = signal.signal(signum, handler)
+    try:
+        pool.start()
+        say(f"serving {config.name!r} on {host}:{pool.port} with {workers} workers "
+            f"(pids {', '.join(map(str, pool.pids))})")
+        # (a short wait, not a busy loop: signal handlers run between waits)
+        while not stop.wait(0.5) and pool.alive:
+            pass
+        say(f"stopping {pool.alive} worker(s): each drains for up to "
+            f"{config.server.drain_timeout:g}s")
+    finally:
+        pool.stop()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    if pool.exited:
+        say("worker(s) exited on their own: " + ", ".join(
+            f"{index} (code {code})" for index, code in sorted(pool.exited.items())))
+        return 3
+    say("stopped")
+    return 0

@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from rolewire.aio.server import serve
-from rolewire.errors import ConfigurationError, WorkerFailed
+from rolewire.errors import ConfigurationError, RolewireError, WorkerFailed
 from rolewire.handshake import HandshakeConfig
 from rolewire.roles.budget import SqliteBudgetStore
 from rolewire.roles.password import share_budget
@@ -194,10 +194,14 @@ def _worker_entry(main: Callable[[WorkerInfo], None], info: WorkerInfo) -> None:
     """The body of a worker process."""
     try:
         main(info)
-    except BaseException as exc:
+    except RolewireError as exc:
         # Startup errors go to the parent, which raises them as WorkerFailed
-        # (rolewire's messages hold no secret; others are type and text,
-        # as the traceback multiprocessing prints to stderr anyway).
+        # (rolewire's messages hold no secret). No traceback for these: the
+        # message says it all (a missing file, a bad setting).
+        info._send(("error", f"{type(exc).__name__}: {exc}"))
+        sys.exit(3)
+    except BaseException as exc:
+        # Type and text, as the traceback multiprocessing prints anyway.
         info._send(("error", f"{type(exc).__name__}: {exc}"))
         raise
     finally:
@@ -252,6 +256,23 @@ class _ServeMain:
                          reuse_port=info.reuse_port, **options) as server:
             info.ready(server.port)
             await stop.wait()
+
+
+def _running(proc: BaseProcess) -> bool:
+    # The sentinel, not exitcode: reading exitcode reaps the process
+    # (waitpid), which the monitor thread does at the same time.
+    return not multiprocessing.connection.wait([proc.sentinel], timeout=0)
+
+
+def _exit_code(proc: BaseProcess) -> int | None:
+    """The exit code of an ended process (reaped here or by another thread,
+    which may not have stored the code yet)."""
+    for _ in range(100):
+        proc.join(5)
+        if proc.exitcode is not None:
+            break
+        time.sleep(0.01)
+    return proc.exitcode
 
 
 def _reserve_port(host: str, port: int) -> socket.socket:
@@ -338,7 +359,7 @@ class WorkerPool:
     @property
     def alive(self) -> int:
         """Workers still running."""
-        return sum(1 for p in self.processes if p.exitcode is None)
+        return sum(1 for p in self.processes if _running(p))
 
     # -- life -----------------------------------------------------------------------
     def start(self) -> Self:
@@ -428,8 +449,7 @@ class WorkerPool:
         while running:
             for sentinel in multiprocessing.connection.wait(list(running)):
                 index, proc = running.pop(sentinel)  # type: ignore[call-overload]
-                proc.join(5)
-                code = proc.exitcode
+                code = _exit_code(proc)
                 with self._lock:
                     stopping = self._stopping
                     if not stopping:
@@ -450,7 +470,7 @@ class WorkerPool:
     def signal(self, signum: int) -> None:
         """Send ``signum`` to every running worker (e.g. SIGHUP: reload)."""
         for proc in self.processes:
-            if proc.exitcode is None and proc.pid is not None:
+            if _running(proc) and proc.pid is not None:
                 try:
                     os.kill(proc.pid, signum)
                 except ProcessLookupError:
@@ -466,13 +486,13 @@ class WorkerPool:
             self._stopped = self._stopping = True
         atexit.unregister(self.stop)
         for proc in self.processes:
-            if proc.exitcode is None:
+            if _running(proc):
                 proc.terminate()
         deadline = time.monotonic() + (self.stop_timeout if timeout is None else timeout)
         for proc in self.processes:
             proc.join(max(0.0, deadline - time.monotonic()))
         for index, proc in enumerate(self.processes):
-            if proc.exitcode is None:
+            if _running(proc):
                 log.warning("worker %d (pid %s) did not stop in time: killed", index, proc.pid,
                             extra={"event": "worker_killed", "worker": index, "pid": proc.pid})
                 proc.kill()
