@@ -7,6 +7,10 @@ import os
 import subprocess
 import sys
 
+import pytest
+
+from rolewire.aio.workers import reuse_port_available
+
 
 def rolewire(*args, env_extra=None):
     env = dict(os.environ, ROLEWIRE_BENCH_TINY="1", **(env_extra or {}))
@@ -52,3 +56,15 @@ def test_demo_record(tmp_path):
 
 def test_demo_rejects_unknown_scene():
     assert rolewire("demo", "nope").returncode == 2
+
+
+@pytest.mark.skipif(not reuse_port_available(), reason="worker processes need SO_REUSEPORT")
+def test_bench_workers_json(tmp_path):
+    out = tmp_path / "workers.json"
+    result = rolewire("bench", "workers", "--quick", "--json", str(out))
+    assert result.returncode == 0, result.stderr
+    report = json.loads(out.read_text())
+    assert report["handshakes_per_s_workers1"] > 0
+    assert report["handshakes_per_s_workers2"] > 0
+    assert report["workers2_vs_workers1"] == report["ratios"]["workers2_vs_workers1"] > 0
+    assert len(report["runs"]["workers1"]) == len(report["runs"]["workers2"]) == report["rounds"]

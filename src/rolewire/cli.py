@@ -85,7 +85,7 @@ def _print_handshake_table(report: dict[str, Any]) -> None:
 
 
 BENCH_KINDS = ("record", "handshake", "channel", "auth", "connect", "fleet", "audit", "http",
-               "nats", "all")
+               "nats", "workers", "all")
 COMPARE_KINDS = ("channel", "auth", "connect", "fleet")
 
 
@@ -121,6 +121,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
         report["handshake"] = _progress_runner("bench handshake", handshake.run,
                                                quick=args.quick)
         _print_handshake_table(report["handshake"])
+    if "workers" in kinds:  # issue 13: serve_workers with 1 and 2 processes
+        from rolewire.benchmarks import workers as workers_bench
+
+        report["workers"] = _progress_runner("bench workers", workers_bench.run,
+                                             quick=args.quick)
+        workers_bench.print_report(report["workers"])
     if "audit" in kinds:  # issue 18: signed calls vs stored JWTs, end-user context
         from rolewire.benchmarks import audit
 
@@ -772,7 +778,8 @@ def build_parser() -> argparse.ArgumentParser:
                            description="Measure throughput/latency as ratios against "
                                        "baselines measured in the same run.")
     bench.add_argument("kind", nargs="?", default="record", choices=BENCH_KINDS,
-                       help="what to measure (default: record)")
+                       help="what to measure (default: record; workers: handshakes/s "
+                            "through 1 and 2 worker processes, not part of all)")
     bench.add_argument("--json", metavar="PATH", help="write every figure and ratio as JSON")
     bench.add_argument("--quick", action="store_true", help="short run (under two minutes)")
     bench.add_argument("--plot", metavar="PNG",

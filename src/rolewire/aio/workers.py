@@ -11,7 +11,7 @@ multiprocessing ``spawn`` start method on every platform: a fresh
 interpreter, fork+exec on POSIX) and each builds its own service and
 config by calling a picklable ``factory`` (a module-level function, a
 ``functools.partial`` of one, or a ``"module:attr"`` string). Each worker
-reads the secrets itself; none crosses a pipe.
+reads its secrets itself: nothing secret needs to cross a pipe.
 
 The port: the parent binds, but does not listen on, one SO_REUSEPORT
 socket first (with port 0 the kernel picks the port there, once), and

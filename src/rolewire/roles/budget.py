@@ -158,8 +158,11 @@ class SqliteBudgetStore(BudgetStore):
     across every process that opens ``path``. Records are stored as JSON
     (never pickled: a file another process can write must not run code
     here). Idle records are deleted; beyond ``max_keys`` the least recently
-    used ones go. Processes sharing it must share a wall clock
-    (``clock=time.time``). Not picklable: open one per process."""
+    used ones go. Processes sharing it must share a clock: a wall clock
+    (``clock=time.time``) in general; the workers of one
+    :func:`rolewire.aio.serve_workers` pool may keep ``time.monotonic``
+    (one clock per host there, and they share their parent's). Not
+    picklable: open one per process."""
 
     def __init__(self, path: str | os.PathLike[str], max_keys: int = 65536,
                  timeout: float = 30.0) -> None:

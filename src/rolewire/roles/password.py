@@ -465,10 +465,11 @@ def share_budget(roles: Iterable[Role], store: BudgetStore) -> int:
     limiters were switched. Call it before the roles serve handshakes: the
     counts already in the old store are not carried over.
 
-    The limiters keep their clock: the default, ``time.monotonic``, reads
-    the host's monotonic clock (the same in every process on Linux, macOS
-    and the BSDs, the platforms with worker processes), so charge times are
-    comparable across the processes that share ``store``."""
+    The limiters keep their clock. That is right for the workers of one
+    pool: the default, ``time.monotonic``, is one clock for the whole host
+    on the platforms with worker processes (Linux, macOS, the BSDs), and
+    workers share their parent's time namespace. Unrelated processes
+    sharing a store should use a wall clock (``clock=time.time``)."""
     switched = 0
     seen: set[int] = set()
     for role in roles:
