@@ -456,6 +456,7 @@ class PasswordRole(Role):
         """Handshake hook: :meth:`PasswordExchange.assign` of this role."""
         exchange.assign(self)
 
+
 def share_budget(roles: Iterable[Role], store: BudgetStore) -> int:
     """Point the limiter of every :class:`PasswordRole` in ``roles`` that
     keeps its counts in this process (a :class:`MemoryBudgetStore`) at
