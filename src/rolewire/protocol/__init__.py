@@ -6,9 +6,13 @@
   protocol of one connection (handshake, session, calls, authorization,
   budgets, timers) driven with bytes and time.
 - :mod:`rolewire.protocol.events`: what it reports.
+- :mod:`rolewire.protocol.transport_secured`:
+  :class:`TransportSecuredConnection`, the same core over a channel its
+  transport secures (TLS: the baselines of :mod:`rolewire.baselines`).
 
-Transports (:mod:`rolewire.aio`, :mod:`rolewire.transport.memory`) only move
-bytes, keep time and run handlers. See docs/architecture.md.
+Transports (:mod:`rolewire.aio`, :mod:`rolewire.transport.memory`, the
+baselines' driver) only move bytes, keep time and run handlers. See
+docs/architecture.md.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from rolewire.protocol.events import (
     Rehandshaked,
     ReplyReceived,
 )
+from rolewire.protocol.transport_secured import TransportSecuredConnection
 from rolewire.protocol.wire import (
     CallDecoder,
     CallMessage,
@@ -68,6 +73,7 @@ __all__ = [
     "OtherMessage",
     "Rehandshaked",
     "ReplyReceived",
+    "TransportSecuredConnection",
     "busy_frame",
     "reason_name",
     "reject_frame",

@@ -331,9 +331,8 @@ class Connection:
         hs_peer = handshake_peer if handshake_peer is not None else peer
         self._hs_peer = hs_peer
         self._rehandshake: Rehandshake | None = None
-        self._hs: Initiator | Responder | None = (
-            Initiator(driven, peer=hs_peer) if client else
-            Responder(driven, peer=hs_peer, cookies=cookies, under_load=under_load))
+        self._hs: Initiator | Responder | None = self._new_handshake(
+            driven, hs_peer, cookies, under_load)
         self.session: Session | None = None
         self._peer_roles: frozenset[str] = frozenset()
         self._events: deque[Event] = deque()
@@ -412,6 +411,16 @@ class Connection:
 
     def _clock(self) -> float:
         return self._now
+
+    def _new_handshake(self, config: HandshakeConfig, peer: object,
+                       cookies: CookieChecker | None, under_load: bool) -> Initiator | Responder:
+        """The handshake this connection drives before it opens. A hook:
+        :class:`~rolewire.protocol.transport_secured.TransportSecuredConnection`
+        (a channel its transport secures, e.g. TLS) replaces it with the
+        transport's greeting."""
+        if self.is_client:
+            return Initiator(config, peer=peer)
+        return Responder(config, peer=peer, cookies=cookies, under_load=under_load)
 
     # -- state -------------------------------------------------------------------------
     @property
