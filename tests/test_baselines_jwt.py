@@ -157,7 +157,7 @@ def test_verify_signed_token_is_the_public_signature_check(
     head, body, sig = token.split(".")
     flipped = sig[:-2] + ("A" if sig[-2] != "A" else "B") + sig[-1]
     with pytest.raises(jwt.TokenSignatureInvalid):
-        jwt.verify_signed_token(".".join((head, body, flipped)), entry, audience=None,
+        jwt.verify_signed_token(f"{head}.{body}.{flipped}", entry, audience=None,
                                 leeway=0, require=["iss"])
     expired = TokenSigner(ids["user-api"], clock=lambda: time.time() - 120)
     old = expired.sign("payment", "charge", BODY)
@@ -239,6 +239,62 @@ def test_identity_save_load(tmp_path: Path) -> None:
 def test_request_context_outside_a_request() -> None:
     with pytest.raises(jwt.NoRequestContext):
         jwt.request_context()
+
+
+# --- the token authorizer, sans-IO ---------------------------------------------------------
+
+
+def test_token_authorizer_drives_the_transport_secured_connection(
+        ids: dict[str, ServiceIdentity], registry: KeyRegistry) -> None:
+    """Tokens in the call metadata, checked by the Authorizer wrapper inside
+    the sans-IO core: no sockets, no event loop."""
+    from rolewire.protocol import CallFailed, CallReceived, CallRefused, ReplyReceived
+    from rolewire.protocol.transport_secured import TransportSecuredConnection
+
+    authorizer = jwt.TokenAuthorizer(payment_service(), verifier(registry))
+    server = TransportSecuredConnection.server(authorizer, now=0.0, peer="10.0.0.1:5")
+    client = TransportSecuredConnection.client(now=0.0)
+    client.receive_data(server.data_to_send(0.0), 0.0)
+    client.events()
+    server.events()
+    signer = TokenSigner(ids["user-api"])
+
+    def send(operation: str, body: bytes, token: str | None) -> tuple[list, list]:
+        meta = {jwt.TOKEN_KEY: token.encode()} if token is not None else None
+        client.call(operation, body, metadata=meta)
+        server.receive_data(client.data_to_send(0.0), 0.0)
+        at_server = server.events()
+        for event in at_server:
+            if isinstance(event, CallReceived):
+                server.reply(event.call_id, event.operation.name, b"ok", 0.0)
+        client.receive_data(server.data_to_send(0.0), 0.0)
+        return at_server, client.events()
+
+    token = signer.sign("payment", "charge", BODY)
+    [received], [reply] = send("charge", BODY, token)
+    assert isinstance(received, CallReceived) and isinstance(reply, ReplyReceived)
+    assert received.context.peer_roles == {"user-info", "payment"}
+    assert received.context.signed.caller == "user-api"  # what request_context() returns
+    assert jwt.TOKEN_KEY not in received.context.metadata
+    # The same token again: replayed.
+    [refused], [failed] = send("charge", BODY, token)
+    assert isinstance(refused, CallRefused) and isinstance(failed, CallFailed)
+    assert isinstance(failed.error, Forbidden) and "already used" in str(failed.error)
+    assert token not in str(failed.error)
+    # A token for another body, none at all, none for an operation that does
+    # not exist (the token is checked first: nothing tells a caller without
+    # one which operations exist).
+    for operation, body, tok, why in (
+            ("charge", b"other", signer.sign("payment", "charge", BODY), "another request"),
+            ("charge", BODY, None, "no token"),
+            ("no-such-op", BODY, None, "no token")):
+        [refused], [failed] = send(operation, body, tok)
+        assert isinstance(refused, CallRefused) and why in str(failed.error)
+    assert authorizer.stats.refused == 4
+    # A valid token whose caller lacks the role: refused by the service.
+    [refused], [failed] = send("refund", b"", signer.sign("payment", "refund", b""))
+    assert isinstance(failed.error, Forbidden) and "token" not in str(failed.error)
+    assert authorizer.stats.refused == 4  # roles, not the credential
 
 
 # --- end to end ---------------------------------------------------------------------------

@@ -13,15 +13,10 @@ the same :class:`~rolewire.services.Service` runs behind each.
 
 from __future__ import annotations
 
-from rolewire.baselines._framing import (
-    MAX_FRAME,
-    BaselineClient,
-    BaselineServer,
-    TLSCertificateRejected,
-    TLSHandshakeFailed,
-    connect_plain,
-    serve_plain,
-)
+from rolewire.baselines._client import BaselineClient, connect_plain
+from rolewire.baselines._framing import MAX_FRAME
+from rolewire.baselines._server import BaselineServer, serve_plain
+from rolewire.baselines._tls import TLSCertificateRejected, TLSHandshakeFailed
 
 __all__ = [
     "MAX_FRAME",

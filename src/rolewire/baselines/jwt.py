@@ -56,39 +56,40 @@ import json
 import os
 import re
 import ssl
-import struct
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import jwt as pyjwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from rolewire import pki
-from rolewire.baselines._framing import (
-    MAX_FRAME,
+from rolewire.baselines._client import BaselineClient, open_client
+from rolewire.baselines._framing import MAX_FRAME, TLS13, Opening, log
+from rolewire.baselines._server import BaselineServer, BaselineStats, current_authorization
+from rolewire.baselines._tls import (
     AnchorSource,
-    Authorized,
-    BaselineClient,
-    BaselineServer,
     CertSource,
-    Opening,
     PathLike,
-    Peer,
-    Refused,
     TLSCertificateRejected,
     TLSHandshakeFailed,
     client_context,
-    current_authorization,
-    open_client,
     server_context,
 )
+from rolewire.budgets import CallGuard
+from rolewire.callstate import ConnectionState, VerifiedMetadata
 from rolewire.errors import ConfigurationError, ProtocolViolation, RolewireError
-from rolewire.protocol.wire import CallMessage, ErrorCode, MessageType, decode, encode
-from rolewire.services import ANY_AUTHENTICATED, CallContext, Service
+from rolewire.protocol.wire import (
+    NO_METADATA,
+    PING_OPERATION,
+    CallMessage,
+    ErrorCode,
+    MessageType,
+)
+from rolewire.services import ANY_AUTHENTICATED, CallContext, Operation, Refusal, Service
 
 if TYPE_CHECKING:
     from rolewire.baselines.audit import AuditStore
@@ -96,6 +97,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ALGORITHMS",
     "DEFAULT_LIFETIME",
+    "TOKEN_KEY",
     "JwtClient",
     "JwtServer",
     "KeyRegistry",
@@ -109,6 +111,7 @@ __all__ = [
     "TLSCertificateRejected",
     "TLSHandshakeFailed",
     "TokenAudienceMismatch",
+    "TokenAuthorizer",
     "TokenExpired",
     "TokenLifetimeTooLong",
     "TokenNotYetValid",
@@ -137,7 +140,9 @@ DEFAULT_LIFETIME = 60
 #: Largest token accepted (bytes); service token + nested user token fit easily.
 MAX_TOKEN = 16 * 1024
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-_TOKEN_LEN = struct.Struct(">H")
+#: The call metadata key that carries a request's token (what
+#: ``Authorization: Bearer <jwt>`` is to an HTTP request).
+TOKEN_KEY = "authorization"
 _RH_LABEL = b"rolewire-jwt-request-hash/1\x00"
 
 PrivateKey = ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey
@@ -786,14 +791,138 @@ def request_context() -> VerifiedRequest:
 # --- server and client ----------------------------------------------------------------
 
 
+def _unchecked(call: CallContext, body: bytes) -> bytes:  # pragma: no cover - never runs
+    raise ConfigurationError("a placeholder operation never runs")
+
+
+class _TokenRefusal(NamedTuple):
+    """Why a call's token was rejected (the admission check's evidence)."""
+
+    code: ErrorCode
+    text: str
+    reason: str
+
+
+def _refusal(code: ErrorCode, error: RolewireError) -> _TokenRefusal:
+    # The text names the reason, never the token (errors never hold it).
+    return _TokenRefusal(code, f"request refused: {error}", type(error).__name__)
+
+
+class TokenAuthorizer:
+    """The :class:`~rolewire.protocol.Authorizer` of a JWT server: the
+    connection core asks it about every call, as it asks a plain
+    :class:`~rolewire.services.Service`, and it checks the call's token.
+
+    - Its ``connection_state`` installs an admission check
+      (:attr:`rolewire.callstate.ConnectionState.admit`) that sees every
+      REQUEST and NOTIFY with its body before dispatch and verifies the token
+      in its metadata (:data:`TOKEN_KEY`) with the :class:`TokenVerifier`
+      (signature, claims, request hash, nested user token, replay cache),
+      then stores it in the ``audit`` store. The outcome travels as
+      :class:`~rolewire.callstate.VerifiedMetadata` evidence (which a peer
+      cannot send).
+    - :meth:`authorize` defers to :meth:`call_context`: the caller's roles
+      are per request, known once its token is verified (so a caller without
+      a valid token learns nothing, not even which operations exist).
+    - :meth:`call_context` refuses a call whose token was rejected
+      (``Forbidden``, ``request refused: <reason>``; ``stats.refused``),
+      then authorizes it with the service under the token's roles. Handlers
+      get the :class:`VerifiedRequest` as ``CallContext.signed`` and through
+      :func:`request_context`.
+    """
+
+    def __init__(self, service: Service, verifier: TokenVerifier,
+                 audit: AuditStore | None = None, stats: BaselineStats | None = None) -> None:
+        if service.signed_calls is not None:
+            raise ConfigurationError("the JWT baseline does not combine with signed calls")
+        self.service = service
+        self.verifier = verifier
+        self.audit = audit
+        self.stats = stats if stats is not None else BaselineStats()
+
+    # -- the admission check: tokens are verified with the call's body -----------------
+    def connection_state(self, transcript_hash: bytes, peer_roles: frozenset[str],
+                         peer: str = "") -> ConnectionState:
+        state = self.service.connection_state(transcript_hash, peer_roles, peer)
+        state.admit = self._admit
+        return state
+
+    def _admit(self, messages: Iterable[CallMessage]) -> Iterator[CallMessage]:
+        request, notify = MessageType.REQUEST, MessageType.NOTIFY
+        for message in messages:
+            kind = message.type
+            if (kind is notify or kind is request) and not (
+                    kind is request and message.operation == PING_OPERATION):
+                metadata = message.metadata
+                rest = {k: v for k, v in metadata.items() if k != TOKEN_KEY} \
+                    if len(metadata) > 1 else NO_METADATA
+                message = message._replace(metadata=VerifiedMetadata(
+                    rest, self._verify(message)))
+            yield message
+
+    def _verify(self, message: CallMessage) -> VerifiedRequest | _TokenRefusal:
+        raw = message.metadata.get(TOKEN_KEY)
+        try:
+            if not raw:
+                raise MalformedToken("request carries no token")
+            try:
+                token = raw.decode("ascii")
+            except UnicodeDecodeError:
+                raise MalformedToken("token is not ASCII") from None
+            verified = self.verifier.verify(token, message.operation, message.body)
+            if self.audit is not None:
+                self.audit.record(verified, message.operation, message.body)
+        except TokenRejected as exc:  # (TokenReplayed from the audit store too)
+            return _refusal(ErrorCode.FORBIDDEN, exc)
+        except RolewireError as exc:  # the audit store failed: not the caller's fault
+            return _refusal(ErrorCode.UNAVAILABLE, exc)
+        return verified
+
+    # -- Authorizer --------------------------------------------------------------------------
+    def authorize(self, operation: str, peer_roles: frozenset[str], peer: str = "",
+                  guard: CallGuard | None = None, now: float = 0.0) -> Operation | Refusal:
+        """The operation, unchecked: see :meth:`call_context`."""
+        found = self.service.operations.get(operation)
+        return found if found is not None else Operation(operation, _unchecked, frozenset())
+
+    def needs_call_checks(self, operation: Operation) -> bool:
+        return True  # every call carries its own token
+
+    def call_context(self, operation: Operation, peer_roles: frozenset[str], peer: str = "",
+                     call_id: int = 0, metadata: Mapping[str, bytes] = NO_METADATA, *,
+                     state: ConnectionState | None = None, guard: CallGuard | None = None,
+                     now: float = 0.0) -> CallContext | Refusal:
+        """Refuse a call whose token was rejected; else authorize it with the
+        service under the token's roles and return the handler's context."""
+        evidence = metadata.evidence if isinstance(metadata, VerifiedMetadata) else None
+        if not isinstance(evidence, VerifiedRequest):
+            refusal = evidence if isinstance(evidence, _TokenRefusal) else _refusal(
+                ErrorCode.FORBIDDEN, MalformedToken("request carries no token"))
+            self.stats.refused += 1
+            if (guard.refuse(now) if guard is not None else 0) is not None:
+                log.warning("request refused", extra={
+                    "event": "request_refused", "system": "jwt", "peer": peer,
+                    "operation": operation.name, "reason": refusal.reason})
+            return Refusal(refusal.code, refusal.text)
+        roles = evidence.roles
+        found = self.service.authorize(operation.name, roles, peer, guard, now)
+        if isinstance(found, Refusal):
+            return found
+        return self.service.call_context(found, roles, peer, call_id, metadata, state=state,
+                                         guard=guard, now=now)
+
+
 class JwtServer(BaselineServer):
-    """A service behind TLS (server-authenticated) with a token per request."""
+    """A service behind TLS (server-authenticated) with a token per request,
+    checked by a :class:`TokenAuthorizer` (``server.authorizer``)."""
 
     system = "jwt"
+    security = TLS13
 
     def __init__(self, service: Service, verifier: TokenVerifier,
                  audit: AuditStore | None = None, **kwargs: Any) -> None:
-        super().__init__(service, authorize=self._authorize_token, **kwargs)
+        super().__init__(service, **kwargs)
+        self.authorizer = TokenAuthorizer(service, verifier, audit, self.stats)
         self.verifier = verifier
         self.audit = audit
         if audit is not None:  # tokens accepted before a restart stay single-use
@@ -804,68 +933,48 @@ class JwtServer(BaselineServer):
                 except TokenReplayed:  # a cache shared with another server
                     pass
 
-    def _authorize_token(self, payload: bytes, peer: Peer) -> Authorized:
-        if len(payload) < 2:
-            raise ProtocolViolation("frame too short for a token length")
-        (length,) = _TOKEN_LEN.unpack_from(payload)
-        message = decode(payload[2 + length:])
-        if message.type is MessageType.CLOSE:
-            return Authorized(message, frozenset())
-        try:
-            if not length:
-                raise MalformedToken("request carries no token")
-            try:
-                token = payload[2 : 2 + length].decode("ascii")
-            except UnicodeDecodeError:
-                raise MalformedToken("token is not ASCII") from None
-            verified = self.verifier.verify(token, message.operation, message.body)
-        except TokenRejected as exc:
-            raise Refused(message, exc) from None
-        if self.audit is not None:
-            try:
-                self.audit.record(verified, message.operation, message.body)
-            except TokenReplayed as exc:
-                raise Refused(message, exc) from None
-            except RolewireError as exc:
-                raise Refused(message, exc, ErrorCode.UNAVAILABLE) from None
-        return Authorized(message, verified.roles, verified)
-
 
 class JwtClient(BaselineClient):
     """One connection of a calling service to ``audience``; signs a token for
-    every request. ``peer_roles``: the audience's registered roles (the TLS
-    certificate proved the server is ``audience``)."""
+    every request and sends it in the call's metadata (:data:`TOKEN_KEY`).
+    ``peer_roles``: the audience's registered roles (the TLS certificate
+    proved the server is ``audience``)."""
 
     def __init__(self, *args: Any, signer: TokenSigner, audience: str, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.signer = signer
         self.audience = audience
 
-    def _payload(self, message: CallMessage, auth: Any) -> bytes:
-        if message.type is MessageType.CLOSE:
-            token = b""
-        else:
-            token = self.signer.sign(self.audience, message.operation, message.body,
-                                     user_token=auth).encode("ascii")
-            if len(token) > MAX_TOKEN:
-                raise ConfigurationError("token too long (nested user token too large?)")
-        return _TOKEN_LEN.pack(len(token)) + token + encode(message)
+    def _token(self, operation: str, body: bytes, user_token: str | None) -> dict[str, bytes]:
+        token = self.signer.sign(self.audience, operation, body,
+                                 user_token=user_token).encode("ascii")
+        if len(token) > MAX_TOKEN:
+            raise ConfigurationError("token too long (nested user token too large?)")
+        return {TOKEN_KEY: token}
 
     async def call(self, operation: str, body: bytes = b"", *, timeout: float | None = 10.0,
                    user_token: str | None = None) -> bytes:
         """Request/response with a fresh token (``user_token`` nested as
         ``usr``). Refused tokens come back as :class:`~rolewire.errors.Forbidden`
         naming the reason."""
-        return await self._request(operation, body, timeout, user_token)
+        body = bytes(body)
+        return await self._request(operation, body, timeout,
+                                   self._token(operation, body, user_token))
 
     async def notify(self, operation: str, body: bytes = b"", *,
                      user_token: str | None = None) -> None:
-        await self._notify_many(operation, (body,), user_token)
+        await self.send_many(operation, (body,), user_token=user_token)
 
     async def send_many(self, operation: str, bodies: Iterable[bytes], *,
                         user_token: str | None = None) -> None:
         """Many notifications in one write, one token each."""
-        await self._notify_many(operation, bodies, user_token)
+        conn = self.connection
+        conn.check_open()
+        for body in bodies:
+            body = bytes(body)
+            conn.notify(operation, body, metadata=self._token(operation, body, user_token))
+        self._send()
+        await self._drain()
 
 
 def serve(service: Service, *, host: str = "127.0.0.1", port: int = 0, cert: CertSource,
@@ -906,5 +1015,5 @@ def connect(host: str, port: int, *, identity: ServiceIdentity, audience: str,
     roles = registry.roles(audience) if registry is not None else frozenset()
     return Opening(lambda: open_client(
         JwtClient, host, port, ssl_context=context, server_hostname=audience,
-        timeout=timeout, max_frame=max_frame, peer_roles=lambda _w: roles,
+        timeout=timeout, max_frame=max_frame, peer_roles=lambda _w: roles, security=TLS13,
         signer=token_signer, audience=audience))

@@ -44,20 +44,16 @@ from typing import Any
 from cryptography import x509
 
 from rolewire import pki
-from rolewire.baselines._framing import (
-    MAX_FRAME,
+from rolewire.baselines._client import BaselineClient, open_client
+from rolewire.baselines._framing import MAX_FRAME, TLS13, Opening
+from rolewire.baselines._server import BaselineServer, Peer, peer_address
+from rolewire.baselines._tls import (
     AnchorSource,
-    BaselineClient,
-    BaselineServer,
     CertSource,
-    Opening,
     PathLike,
-    Peer,
     TLSCertificateRejected,
     TLSHandshakeFailed,
     client_context,
-    open_client,
-    peer_address,
     reload_chain,
     server_context,
 )
@@ -160,9 +156,11 @@ def _identify(writer: Any) -> Peer:
 
 
 class MtlsServer(BaselineServer):
-    """A service behind mTLS. Callers' roles come from their certificates."""
+    """A service behind mTLS. Callers' roles come from their certificates
+    (given to each connection's core as its peer roles)."""
 
     system = "mtls"
+    security = TLS13
 
 
 class MtlsClient(BaselineClient):
@@ -239,5 +237,5 @@ def connect(host: str, port: int, *, cert: CertSource | None = None,
 
     return Opening(lambda: open_client(
         MtlsClient, host, port, ssl_context=context, server_hostname=server_name or host,
-        timeout=timeout, max_frame=max_frame,
+        timeout=timeout, max_frame=max_frame, security=TLS13,
         peer_roles=lambda w: roles_from_peercert(w.get_extra_info("peercert"))))
