@@ -130,6 +130,22 @@ def test_sqlite_store_indexes_used(tmp_path) -> None:  # type: ignore[no-untyped
     assert "budget_used" in indexes
 
 
+def test_sqlite_store_counts_rows_only_when_a_key_is_added(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    store = SqliteBudgetStore(tmp_path / "budget.sqlite")
+    statements: list[str] = []
+    store._db.set_trace_callback(statements.append)
+
+    def lock(records: list[BudgetRecord]) -> None:
+        records[0].strikes += 1
+
+    store.transact([("peer", 1)], lock)  # a new key: the table may be full
+    assert any("COUNT(*)" in s for s in statements)
+    statements.clear()
+    store.transact([("peer", 1)], lock)  # the same key again: no full scan
+    assert statements and not any("COUNT(*)" in s for s in statements)
+    store.close()
+
+
 # -- worker processes (rolewire.aio.serve_workers) --------------------------------------
 
 OPS_KEY = bytes(range(32))
