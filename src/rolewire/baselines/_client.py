@@ -115,7 +115,8 @@ class BaselineClient:
         self._calls[call_id] = future
         self._send()
         try:
-            await self._drain()
+            if self._transport.get_write_buffer_size() > WRITE_HIGH_WATER:
+                await self._drain()
             return await future
         finally:
             if self._calls.pop(call_id, None) is not None:

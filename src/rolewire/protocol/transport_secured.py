@@ -57,7 +57,7 @@ from rolewire.handshake import (
     RejectReason,
 )
 from rolewire.protocol.connection import Authorizer, Connection, ConnectionSettings
-from rolewire.protocol.wire import encode_records
+from rolewire.protocol.wire import FrameKind, encode_frame, encode_records
 from rolewire.session import SessionCounters
 
 if TYPE_CHECKING:
@@ -275,7 +275,8 @@ class TransportSecuredConnection(Connection):
             return
         # (the frames of rolewire's stream framing, with the messages as
         # they are for payloads)
-        data = encode_records(messages)
+        data = (encode_frame(FrameKind.RECORD, messages[0]) if len(messages) == 1
+                else encode_records(messages))
         self._wire.append(data)
         self._wire_bytes += len(data)
         self.transport_session.counters.records_sealed += len(messages)
