@@ -43,7 +43,8 @@ of a shared machine affects them alike and the ratios stay comparable:
   over all of them (one 64 B ``echo`` outstanding on each).
 
 Next to the same-stack baselines (``tcp``, ``mtls``, ``jwt``: rolewire's own
-Service and call codec over TCP/TLS) run the honest ones, with no rolewire
+connection core, Service and call codec over TCP/TLS, see
+:mod:`rolewire.protocol.transport_secured`) run the honest ones, with no rolewire
 code on the data path: ``tls-min`` and ``tcp-min``
 (:mod:`rolewire.baselines.echo`, what a user hand-rolls) and ``grpc-mtls``
 (:mod:`rolewire.baselines.grpc_mtls`, ``grpc.aio`` with mutual TLS; skipped
