@@ -364,6 +364,32 @@ def test_services_end_to_end(ids: dict[str, ServiceIdentity], registry: KeyRegis
     run(main())
 
 
+def test_async_notification_handlers_see_the_verified_request(
+        ids: dict[str, ServiceIdentity], registry: KeyRegistry, ca: pki.Issued) -> None:
+    svc = Service("payment")
+    seen: list[str] = []
+
+    @svc.operation("audit", roles=["payment"])
+    async def audit(call: CallContext, body: bytes) -> None:
+        await asyncio.sleep(0)
+        seen.append(jwt.request_context().caller)
+
+    @svc.operation("count", roles=["payment"])
+    def count(call: CallContext, body: bytes) -> bytes:
+        return str(len(seen)).encode()
+
+    async def main() -> None:
+        async with jwt.serve(svc, cert=pki.issue(ca, "payment"), registry=registry) as server, \
+                jwt.connect("127.0.0.1", server.port, identity=ids["user-api"],
+                            audience="payment", ca=ca) as client:
+            await client.send_many("audit", [b"a", b"b"])
+            await client.notify("audit", b"c")
+            assert await client.call("count") == b"3"  # notifications run in order, inline
+
+    run(main())
+    assert seen == ["user-api"] * 3
+
+
 def test_transport_authenticates_the_audience(ids: dict[str, ServiceIdentity],
                                               registry: KeyRegistry, ca: pki.Issued) -> None:
     impostor = pki.issue(ca, "suggestion")  # a valid certificate, wrong name

@@ -199,7 +199,11 @@ class _Served:
 
     async def _finish(self, pending: Awaitable[bytes | Refusal], event: Any,
                       rest: list[Any]) -> None:
-        result = await pending
+        token = _current.set(event.context.signed)  # (the handler's coroutine part)
+        try:
+            result = await pending
+        finally:
+            _current.reset(token)
         if type(event) is CallReceived:
             self.conn.reply(event.call_id, event.operation.name, result, self.loop.time())
         later = self._process(rest)
