@@ -11,6 +11,7 @@ import asyncio
 import logging
 import multiprocessing
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -336,7 +337,7 @@ from rolewire.aio import serve_workers
 
 if __name__ == "__main__":
     pool = serve_workers("tests.test_workers:_pid_service", workers=2)
-    print(" ".join(map(str, pool.pids)), flush=True)
+    print(pool.budget_path, " ".join(map(str, pool.pids)), flush=True)
     sys.stdin.read()
 '''
 
@@ -351,14 +352,22 @@ def test_workers_stop_when_the_parent_is_killed(tmp_path) -> None:  # type: igno
     proc = subprocess.Popen([sys.executable, str(script)], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, text=True, env=env)
     pids: list[int] = []
+    budget_dir = ""
     try:
         assert proc.stdout is not None
-        pids = [int(p) for p in proc.stdout.readline().split()]
-        assert len(pids) == 2
+        path, *words = proc.stdout.readline().split()
+        budget_dir = os.path.dirname(path)
+        pids = [int(p) for p in words]
+        assert len(pids) == 2 and os.path.isdir(budget_dir)
         proc.kill()  # no atexit, no SIGTERM to the workers
         proc.wait(30)
         _wait_gone(pids)
+        # The parent could not remove its temporary budget file: the
+        # orphaned workers did.
+        assert not os.path.exists(budget_dir)
     finally:
+        if budget_dir:
+            shutil.rmtree(budget_dir, ignore_errors=True)
         if proc.poll() is None:
             proc.kill()
             proc.wait(30)

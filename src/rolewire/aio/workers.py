@@ -122,6 +122,9 @@ class WorkerInfo:
     _conn: Any = field(default=None, repr=False)
     _store: SqliteBudgetStore | None = field(default=None, repr=False)
     _reported: bool = field(default=False, repr=False)
+    #: The pool made budget_path's directory (a temporary one).
+    _owns_budget_dir: bool = field(default=False, repr=False)
+    _orphaned: bool = field(default=False, repr=False)
 
     def __getstate__(self) -> dict[str, Any]:
         # The store (an open SQLite connection) stays in its process.
@@ -174,6 +177,7 @@ class WorkerInfo:
 
         def gone() -> None:
             loop.remove_reader(fd)
+            self._orphaned = True
             log.warning("parent process gone: worker stopping", extra={
                 "event": "worker_orphaned", "worker": self.index})
             callback()
@@ -208,6 +212,11 @@ def _worker_entry(main: Callable[[WorkerInfo], None], info: WorkerInfo) -> None:
         info.close()
         if info._conn is not None:
             info._conn.close()
+        if info._orphaned and info._owns_budget_dir and info.budget_path:
+            # The parent died and cannot remove its temporary budget
+            # directory: the workers do, each once it has drained (a worker
+            # still draining accepts no new handshake, so charges no more).
+            shutil.rmtree(os.path.dirname(info.budget_path), ignore_errors=True)
 
 
 def _resolve(factory: Callable[[], Any] | str) -> Callable[[], Any]:
@@ -398,7 +407,8 @@ class WorkerPool:
         for index in range(self.workers):
             receiver, sender = ctx.Pipe(duplex=False)
             info = WorkerInfo(index, self.workers, self.host, self.port, reuse,
-                              self.budget_path, _conn=sender)
+                              self.budget_path, _conn=sender,
+                              _owns_budget_dir=self._tmpdir is not None)
             proc = ctx.Process(target=_worker_entry, args=(self.main, info),
                                name=f"rolewire-worker-{index}")
             proc.start()
