@@ -198,6 +198,9 @@ static int limits_valid(const rw_limits *l)
 struct rw_sender {
     rw_lock_t lock;
     int closed;
+    /* Set between rw_seal_begin/rw_seal_batch_begin and rw_sender_end: the
+     * lock is held on behalf of the caller's AEAD (see rolewire.h). */
+    int external;
     int suite;
     size_t iv_len;
     size_t tag_len;
@@ -262,6 +265,23 @@ static int rekey_flag(const rw_sender *s)
                : RW_OK;
 }
 
+/* Takes the next counter for a record of pt_len bytes sealed by the
+ * caller's AEAD: writes the header at out[0 .. 14) and the nonce at
+ * out[14 .. 14 + iv_len) (inside the region the ciphertext will overwrite:
+ * it is at least tag_len >= iv_len long). The caller holds the lock and has
+ * checked all limits. */
+static void reserve_one(rw_sender *s, size_t pt_len, uint8_t *out)
+{
+    uint64_t counter = s->next_counter;
+
+    write_header(out, s->suite, s->slot.epoch, counter);
+    make_nonce(out + RW_HEADER_SIZE, &s->slot, s->iv_len, counter);
+    /* As in seal_one: the counter is spent whether or not the caller's
+     * AEAD then seals; a skipped counter is harmless, a reused one is not. */
+    s->next_counter = counter + 1;
+    s->bytes += pt_len;
+}
+
 /* Seals one record; the caller holds the lock and has checked all limits. */
 static int seal_one(rw_sender *s, const uint8_t *pt, size_t pt_len, uint8_t *out)
 {
@@ -293,15 +313,12 @@ static int sender_usable(const rw_sender *s)
     return RW_OK;
 }
 
-int rw_seal(rw_sender *s, const uint8_t *pt, size_t pt_len, uint8_t *out,
-            size_t out_cap, size_t *out_len)
+/* The checks before sealing one record of pt_len bytes; the caller holds
+ * the lock. */
+static int seal_check(const rw_sender *s, size_t pt_len, size_t out_cap)
 {
-    int rc;
+    int rc = sender_usable(s);
 
-    if (!RW_TRY_LOCK(&s->lock)) {
-        return RW_ERR_BUSY;
-    }
-    rc = sender_usable(s);
     if (rc == RW_OK && pt_len > s->limits.max_plaintext) {
         rc = RW_ERR_TOO_LARGE;
     }
@@ -312,6 +329,18 @@ int rw_seal(rw_sender *s, const uint8_t *pt, size_t pt_len, uint8_t *out,
     if (rc == RW_OK && out_cap < RW_HEADER_SIZE + pt_len + s->tag_len) {
         rc = RW_ERR_BUFFER;
     }
+    return rc;
+}
+
+int rw_seal(rw_sender *s, const uint8_t *pt, size_t pt_len, uint8_t *out,
+            size_t out_cap, size_t *out_len)
+{
+    int rc;
+
+    if (!RW_TRY_LOCK(&s->lock)) {
+        return RW_ERR_BUSY;
+    }
+    rc = seal_check(s, pt_len, out_cap);
     if (rc == RW_OK) {
         rc = seal_one(s, pt, pt_len, out);
     }
@@ -325,8 +354,51 @@ int rw_seal(rw_sender *s, const uint8_t *pt, size_t pt_len, uint8_t *out,
     return rc;
 }
 
-int rw_seal_batch(rw_sender *s, const uint8_t *in, size_t in_len, const uint64_t *in_off,
-                  size_t n, uint8_t *out, size_t out_cap, uint64_t *out_off)
+int rw_seal_begin(rw_sender *s, size_t pt_len, uint8_t *out, size_t out_cap)
+{
+    int rc;
+
+    if (!RW_TRY_LOCK(&s->lock)) {
+        return RW_ERR_BUSY;
+    }
+    /* out holds only the header and the nonce: the caller builds the record. */
+    rc = seal_check(s, pt_len, SIZE_MAX);
+    if (rc == RW_OK && out_cap < RW_HEADER_SIZE + s->iv_len) {
+        rc = RW_ERR_BUFFER;
+    }
+    if (rc != RW_OK) {
+        RW_UNLOCK(&s->lock);
+        return rc;
+    }
+    reserve_one(s, pt_len, out);
+    s->external = 1;
+    return rekey_flag(s);
+}
+
+int rw_sender_export_key(const rw_sender *s, uint8_t *key_out)
+{
+    if (!s->external) {
+        return RW_ERR_ARG;
+    }
+    memcpy(key_out, s->slot.key, RW_KEY_SIZE);
+    return RW_OK;
+}
+
+int rw_sender_end(rw_sender *s)
+{
+    if (!s->external) {
+        return RW_ERR_ARG;
+    }
+    s->external = 0;
+    RW_UNLOCK(&s->lock);
+    return RW_OK;
+}
+
+/* rw_seal_batch and rw_seal_batch_begin: records of at least `threshold`
+ * bytes are only reserved (reserve_one) and counted in *deferred. */
+static int seal_batch(rw_sender *s, const uint8_t *in, size_t in_len, const uint64_t *in_off,
+                      size_t n, uint8_t *out, size_t out_cap, uint64_t *out_off,
+                      uint64_t threshold, uint64_t *deferred)
 {
     uint64_t total_pt = 0;
     uint64_t need;
@@ -336,6 +408,7 @@ int rw_seal_batch(rw_sender *s, const uint8_t *in, size_t in_len, const uint64_t
     if (!RW_TRY_LOCK(&s->lock)) {
         return RW_ERR_BUSY;
     }
+    *deferred = 0;
     rc = sender_usable(s);
     /* Validate everything first: all or nothing. */
     for (i = 0; rc == RW_OK && i < n; i++) {
@@ -360,9 +433,14 @@ int rw_seal_batch(rw_sender *s, const uint8_t *in, size_t in_len, const uint64_t
         out_off[0] = 0;
         for (i = 0; i < n; i++) {
             size_t len = (size_t)(in_off[i + 1] - in_off[i]);
-            rc = seal_one(s, in + in_off[i], len, out + out_off[i]);
-            if (rc != RW_OK) {
-                break;
+            if (len >= threshold) {
+                reserve_one(s, len, out + out_off[i]);
+                *deferred += 1;
+            } else {
+                rc = seal_one(s, in + in_off[i], len, out + out_off[i]);
+                if (rc != RW_OK) {
+                    break;
+                }
             }
             out_off[i + 1] = out_off[i] + RW_HEADER_SIZE + len + s->tag_len;
         }
@@ -370,8 +448,32 @@ int rw_seal_batch(rw_sender *s, const uint8_t *in, size_t in_len, const uint64_t
     if (rc == RW_OK) {
         rc = rekey_flag(s);
     }
-    RW_UNLOCK(&s->lock);
+    if (rc >= 0 && *deferred > 0) {
+        s->external = 1; /* the caller seals the deferred records, then rw_sender_end */
+    } else {
+        *deferred = 0;
+        RW_UNLOCK(&s->lock);
+    }
     return rc;
+}
+
+int rw_seal_batch(rw_sender *s, const uint8_t *in, size_t in_len, const uint64_t *in_off,
+                  size_t n, uint8_t *out, size_t out_cap, uint64_t *out_off)
+{
+    uint64_t deferred;
+
+    return seal_batch(s, in, in_len, in_off, n, out, out_cap, out_off, UINT64_MAX, &deferred);
+}
+
+int rw_seal_batch_begin(rw_sender *s, const uint8_t *in, size_t in_len,
+                        const uint64_t *in_off, size_t n, uint8_t *out, size_t out_cap,
+                        uint64_t *out_off, uint64_t threshold, uint64_t *deferred)
+{
+    if (threshold == 0) {
+        *deferred = 0;
+        return RW_ERR_ARG;
+    }
+    return seal_batch(s, in, in_len, in_off, n, out, out_cap, out_off, threshold, deferred);
 }
 
 int rw_sender_update_key(rw_sender *s)
@@ -419,6 +521,11 @@ struct rw_receiver {
     uint32_t window_size;
     rw_keyslot past[RW_MAX_PAST_EPOCHS];
     rw_window past_window[RW_MAX_PAST_EPOCHS];
+    /* Set between rw_open_begin (or a stopped rw_open_batch_step) and
+     * rw_open_end / the next step: the lock is held on behalf of the
+     * caller's AEAD, for a record of the current epoch at this counter. */
+    int pending;
+    uint64_t pending_counter;
 };
 
 rw_receiver *rw_receiver_new(int suite, const uint8_t *key, const uint8_t *iv,
@@ -627,20 +734,23 @@ static void advance(rw_receiver *r, const rw_keyslot *candidate)
     r->current = *candidate;
 }
 
-/* Opens one record; the caller holds the lock. On any error the output
- * region is wiped, so unauthenticated plaintext never leaves this function. */
-static int open_one(rw_receiver *r, const uint8_t *rec, size_t rec_len, uint8_t *out,
-                    size_t out_cap, size_t *out_len)
-{
-    uint8_t nonce[RW_MAX_IV_SIZE];
-    rw_keyslot candidate;
-    rw_keyslot *slot = NULL;
-    rw_window *window = NULL;
-    int past;
-    unsigned long long mlen = 0;
+/* Where a record opens: its key slot, its window (NULL for a candidate
+ * epoch, whose key locate() ratcheted into *candidate), counter and
+ * plaintext length. */
+typedef struct rw_target {
+    rw_keyslot *slot;
+    rw_window *window;
     uint64_t counter;
-    uint32_t epoch;
     size_t pt_len;
+} rw_target;
+
+/* Every check before the AEAD (docs/PROTOCOL.md, "Records", steps 1-6); the
+ * caller holds the lock. Changes no state. */
+static int locate(rw_receiver *r, const uint8_t *rec, size_t rec_len, size_t out_cap,
+                  rw_keyslot *candidate, rw_target *t)
+{
+    int past;
+    uint32_t epoch;
     int rc;
 
     if (r->closed) {
@@ -655,69 +765,97 @@ static int open_one(rw_receiver *r, const uint8_t *rec, size_t rec_len, uint8_t 
     if (rec[1] != r->suite) {
         return RW_ERR_SUITE;
     }
-    pt_len = rec_len - RW_HEADER_SIZE - r->tag_len;
-    if (pt_len > r->limits.max_plaintext) {
+    t->pt_len = rec_len - RW_HEADER_SIZE - r->tag_len;
+    if (t->pt_len > r->limits.max_plaintext) {
         return RW_ERR_TOO_LARGE;
     }
-    if (out_cap < pt_len) {
+    if (out_cap < t->pt_len) {
         return RW_ERR_BUFFER;
     }
     epoch = load_be32(rec + 2);
-    counter = load_be64(rec + 6);
-    if (counter >= r->limits.hard_messages) {
+    t->counter = load_be64(rec + 6);
+    if (t->counter >= r->limits.hard_messages) {
         return RW_ERR_COUNTER;
     }
 
+    t->window = NULL;
     if (epoch == r->current.epoch) {
-        slot = &r->current;
-        window = &r->current_window;
+        t->slot = &r->current;
+        t->window = &r->current_window;
     } else if (epoch < r->current.epoch && (past = find_past(r, epoch)) >= 0) {
-        slot = &r->past[past];
-        window = &r->past_window[past];
+        t->slot = &r->past[past];
+        t->window = &r->past_window[past];
     } else if (epoch > r->current.epoch && epoch - r->current.epoch <= RW_MAX_EPOCH_SKIP) {
         /* A fresh epoch: its window is empty, so no replay check applies. */
-        candidate = r->current;
-        while (candidate.epoch < epoch) {
-            rc = ratchet(&candidate, r->iv_len);
+        *candidate = r->current;
+        while (candidate->epoch < epoch) {
+            rc = ratchet(candidate, r->iv_len);
             if (rc != RW_OK) {
-                wipe_slot(&candidate);
+                wipe_slot(candidate);
                 return rc;
             }
         }
-        slot = &candidate;
+        t->slot = candidate;
     } else {
         return RW_ERR_UNKNOWN_EPOCH;
     }
 
-    if (window != NULL) {
-        rc = rw_window_check(window, counter);
+    if (t->window != NULL) {
+        rc = rw_window_check(t->window, t->counter);
         if (rc != RW_OK) {
             return rc;
         }
     }
-    make_nonce(nonce, slot, r->iv_len, counter);
+    return RW_OK;
+}
+
+/* AEAD open of a located record, then the state change (steps 7-8). On any
+ * error the output region is wiped, so unauthenticated plaintext never
+ * leaves this function. */
+static int decrypt_commit(rw_receiver *r, const uint8_t *rec, size_t rec_len, uint8_t *out,
+                          size_t *out_len, rw_keyslot *candidate, const rw_target *t)
+{
+    uint8_t nonce[RW_MAX_IV_SIZE];
+    unsigned long long mlen = 0;
+    int rc;
+
+    make_nonce(nonce, t->slot, r->iv_len, t->counter);
     rc = sodium.decrypt[r->suite](out, &mlen, NULL, (unsigned char *)rec + RW_HEADER_SIZE,
                                   (unsigned long long)(rec_len - RW_HEADER_SIZE),
-                                  (unsigned char *)rec, RW_HEADER_SIZE, nonce, slot->key);
-    if (rc != 0 || mlen != pt_len) {
-        sodium.memzero(out, pt_len);
-        if (window == NULL) {
-            wipe_slot(&candidate);
+                                  (unsigned char *)rec, RW_HEADER_SIZE, nonce, t->slot->key);
+    if (rc != 0 || mlen != t->pt_len) {
+        sodium.memzero(out, t->pt_len);
+        if (t->window == NULL) {
+            wipe_slot(candidate);
         }
         return RW_ERR_AUTH;
     }
     if (out_len != NULL) {
-        *out_len = pt_len;
+        *out_len = t->pt_len;
     }
 
-    if (window == NULL) {
-        advance(r, &candidate);
-        wipe_slot(&candidate);
-        rw_window_update(&r->current_window, counter);
+    if (t->window == NULL) {
+        advance(r, candidate);
+        wipe_slot(candidate);
+        rw_window_update(&r->current_window, t->counter);
         return RW_EPOCH_ADVANCED;
     }
-    rw_window_update(window, counter);
+    rw_window_update(t->window, t->counter);
     return RW_OK;
+}
+
+/* Opens one record; the caller holds the lock. */
+static int open_one(rw_receiver *r, const uint8_t *rec, size_t rec_len, uint8_t *out,
+                    size_t out_cap, size_t *out_len)
+{
+    rw_keyslot candidate;
+    rw_target t;
+    int rc = locate(r, rec, rec_len, out_cap, &candidate, &t);
+
+    if (rc != RW_OK) {
+        return rc;
+    }
+    return decrypt_commit(r, rec, rec_len, out, out_len, &candidate, &t);
 }
 
 int rw_open(rw_receiver *r, const uint8_t *rec, size_t rec_len, uint8_t *out,
@@ -733,32 +871,123 @@ int rw_open(rw_receiver *r, const uint8_t *rec, size_t rec_len, uint8_t *out,
     return rc;
 }
 
-int64_t rw_open_batch(rw_receiver *r, const uint8_t *in, size_t in_len,
-                      const uint64_t *in_off, size_t n, uint8_t *out, size_t out_cap,
-                      uint64_t *out_off, int32_t *status)
+/* ---- the caller's AEAD for records of the current epoch ------------------ */
+
+int rw_open_begin(rw_receiver *r, const uint8_t *rec, size_t rec_len, uint8_t *nonce_out)
+{
+    rw_keyslot candidate;
+    rw_target t;
+    int rc;
+
+    if (!RW_TRY_LOCK(&r->lock)) {
+        return RW_ERR_BUSY;
+    }
+    rc = locate(r, rec, rec_len, SIZE_MAX, &candidate, &t);
+    if (rc == RW_OK && t.slot != &r->current) {
+        /* A past or a candidate epoch: rare, left to rw_open. */
+        if (t.window == NULL) {
+            wipe_slot(&candidate);
+        }
+        rc = RW_OPEN_NATIVE;
+    }
+    if (rc != RW_OK) {
+        RW_UNLOCK(&r->lock);
+        return rc;
+    }
+    make_nonce(nonce_out, &r->current, r->iv_len, t.counter);
+    r->pending = 1;
+    r->pending_counter = t.counter;
+    return RW_OK;
+}
+
+int rw_receiver_export_key(const rw_receiver *r, uint8_t *key_out)
+{
+    if (!r->pending) {
+        return RW_ERR_ARG;
+    }
+    memcpy(key_out, r->current.key, RW_KEY_SIZE);
+    return RW_OK;
+}
+
+int rw_open_end(rw_receiver *r, int authenticated)
+{
+    if (!r->pending) {
+        return RW_ERR_ARG;
+    }
+    if (authenticated) {
+        rw_window_update(&r->current_window, r->pending_counter);
+    }
+    r->pending = 0;
+    RW_UNLOCK(&r->lock);
+    return RW_OK;
+}
+
+int64_t rw_open_batch_step(rw_receiver *r, const uint8_t *in, size_t in_len,
+                           const uint64_t *in_off, size_t n, uint8_t *out, size_t out_cap,
+                           uint64_t *out_off, int32_t *status, uint64_t threshold,
+                           size_t start, int32_t prev, uint8_t *nonce_out, uint64_t *stop)
 {
     int64_t opened = 0;
     size_t i;
 
-    for (i = 0; i < n; i++) {
-        if (in_off[i] > in_off[i + 1] || in_off[i + 1] > in_len) {
+    if (start == 0) {
+        for (i = 0; i < n; i++) {
+            if (in_off[i] > in_off[i + 1] || in_off[i + 1] > in_len) {
+                return RW_ERR_ARG;
+            }
+        }
+        if (n > 0 && out_cap < in_off[n] - in_off[0]) {
+            return RW_ERR_BUFFER;
+        }
+        if (threshold == 0) {
             return RW_ERR_ARG;
         }
-    }
-    /* Every plaintext is shorter than its record, so this bounds the output. */
-    if (n > 0 && out_cap < in_off[n] - in_off[0]) {
-        return RW_ERR_BUFFER;
-    }
-    if (!RW_TRY_LOCK(&r->lock)) {
-        return RW_ERR_BUSY;
-    }
-    out_off[0] = 0;
-    status[n] = RW_OK;
-    for (i = 0; i < n; i++) {
-        size_t pt_len = 0;
-        int rc = open_one(r, in + in_off[i], (size_t)(in_off[i + 1] - in_off[i]),
-                          out + out_off[i], out_cap - out_off[i], &pt_len);
+        if (!RW_TRY_LOCK(&r->lock)) {
+            return RW_ERR_BUSY;
+        }
+        out_off[0] = 0;
+        status[n] = RW_OK;
+    } else {
+        /* Resuming after record start - 1, which the caller opened (prev:
+         * RW_OK, or RW_ERR_AUTH with nothing written). */
+        size_t pt_len;
 
+        if (!r->pending || start > n) {
+            return RW_ERR_ARG;
+        }
+        pt_len = (size_t)(in_off[start] - in_off[start - 1]) - RW_HEADER_SIZE - r->tag_len;
+        if (prev == RW_OK) {
+            rw_window_update(&r->current_window, r->pending_counter);
+            opened++;
+        } else {
+            prev = RW_ERR_AUTH;
+            pt_len = 0;
+        }
+        r->pending = 0;
+        status[start - 1] = prev;
+        out_off[start] = out_off[start - 1] + pt_len;
+    }
+    /* Written only with the lock held (the caller may share these buffers
+     * between calls). */
+    *stop = n;
+    for (i = start; i < n; i++) {
+        const uint8_t *rec = in + in_off[i];
+        size_t rec_len = (size_t)(in_off[i + 1] - in_off[i]);
+        size_t pt_len = 0;
+        rw_keyslot candidate;
+        rw_target t;
+        int rc = locate(r, rec, rec_len, out_cap - out_off[i], &candidate, &t);
+
+        if (rc == RW_OK && t.slot == &r->current && t.pt_len >= threshold) {
+            make_nonce(nonce_out, &r->current, r->iv_len, t.counter);
+            r->pending = 1;
+            r->pending_counter = t.counter;
+            *stop = i;
+            return opened; /* the lock stays held */
+        }
+        if (rc == RW_OK) {
+            rc = decrypt_commit(r, rec, rec_len, out + out_off[i], &pt_len, &candidate, &t);
+        }
         status[i] = rc;
         if (rc >= 0) {
             opened++;
@@ -770,6 +999,18 @@ int64_t rw_open_batch(rw_receiver *r, const uint8_t *in, size_t in_len,
     }
     RW_UNLOCK(&r->lock);
     return opened;
+}
+
+int64_t rw_open_batch(rw_receiver *r, const uint8_t *in, size_t in_len,
+                      const uint64_t *in_off, size_t n, uint8_t *out, size_t out_cap,
+                      uint64_t *out_off, int32_t *status)
+{
+    uint8_t nonce[RW_MAX_IV_SIZE];
+    uint64_t stop;
+
+    /* No plaintext reaches UINT64_MAX bytes: every record opens here. */
+    return rw_open_batch_step(r, in, in_len, in_off, n, out, out_cap, out_off, status,
+                              UINT64_MAX, 0, RW_OK, nonce, &stop);
 }
 
 /* ---- test hooks ---------------------------------------------------------- */

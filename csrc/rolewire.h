@@ -17,8 +17,11 @@
  * the key or the replay window), never silently corrupted. A sender and a
  * receiver may be used from different threads at the same time.
  *
- * Key material lives only in these malloc'd structures and is wiped with
- * sodium_memzero when a key is replaced or the object is freed.
+ * Key material lives in these malloc'd structures and is wiped with
+ * sodium_memzero when a key is replaced or the object is freed. The one
+ * exception is the caller's-AEAD interface below: rw_*_export_key hands the
+ * current key to the caller, who keeps its own copy (rolewire.record._c
+ * gives large ChaCha20-Poly1305 records to OpenSSL through `cryptography`).
  *
  * Wire format: see docs/PROTOCOL.md, section "Records".
  */
@@ -53,6 +56,7 @@
 #define RW_OK 0
 #define RW_REKEY_DUE 1         /* seal: soft limit reached, rekey soon */
 #define RW_EPOCH_ADVANCED 2    /* open: record authenticated under epoch+1 */
+#define RW_OPEN_NATIVE 4       /* rw_open_begin: not the current epoch, use rw_open */
 #define RW_ERR_MALFORMED (-1)  /* truncated / bad header */
 #define RW_ERR_VERSION (-2)
 #define RW_ERR_SUITE (-3)
@@ -137,6 +141,52 @@ uint32_t rw_receiver_past_epoch(const rw_receiver *r, uint32_t i);
 int rw_receiver_close(rw_receiver *r);
 uint32_t rw_receiver_epoch(const rw_receiver *r);
 int rw_receiver_has_previous(const rw_receiver *r);
+
+/* --- the caller's AEAD ---------------------------------------------------
+ * For records the caller seals or opens with an AEAD of its own (the same
+ * construction, so the same bytes), while this core keeps the counters,
+ * limits, epochs and the replay window. A *begin* call that succeeds
+ * returns with the object's lock still held, on the caller's behalf, until
+ * the matching *end*: in between, other threads get RW_ERR_BUSY as during
+ * any other call, and rw_*_export_key may copy the current key out (the
+ * only way a key leaves this core). */
+
+/* Checks and reserves one record of pt_len bytes exactly as rw_seal does;
+ * writes its header at out[0 .. 14) and its nonce at out[14 .. 14 + iv)
+ * (out_cap >= 14 + iv). On success (RW_OK / RW_REKEY_DUE) the caller seals
+ * (the record is the header, then ciphertext and tag), then calls
+ * rw_sender_end. */
+int rw_seal_begin(rw_sender *s, size_t pt_len, uint8_t *out, size_t out_cap);
+/* rw_seal_batch, except that messages of at least `threshold` (>= 1) bytes
+ * are reserved like rw_seal_begin (header and nonce at the start of their
+ * record) and counted in *deferred. If *deferred > 0 the caller seals them
+ * and calls rw_sender_end; otherwise the call is complete. */
+int rw_seal_batch_begin(rw_sender *s, const uint8_t *in, size_t in_len,
+                        const uint64_t *in_off, size_t n, uint8_t *out, size_t out_cap,
+                        uint64_t *out_off, uint64_t threshold, uint64_t *deferred);
+int rw_sender_export_key(const rw_sender *s, uint8_t *key_out);
+int rw_sender_end(rw_sender *s);
+
+/* Every check rw_open makes before the AEAD. RW_OK: the record is of the
+ * current epoch; its nonce is in nonce_out, the caller opens it and calls
+ * rw_open_end(r, authenticated). RW_OPEN_NATIVE: a past or newer epoch,
+ * nothing is held, use rw_open. Negative: rw_open's error, nothing held. */
+int rw_open_begin(rw_receiver *r, const uint8_t *rec, size_t rec_len, uint8_t *nonce_out);
+int rw_receiver_export_key(const rw_receiver *r, uint8_t *key_out);
+/* Marks the pending record's counter in the window if it authenticated. */
+int rw_open_end(rw_receiver *r, int authenticated);
+/* rw_open_batch in steps: call with start = 0 (prev ignored); it opens
+ * records in order and stops before the first record of the current epoch
+ * with at least `threshold` (>= 1) plaintext bytes, setting *stop to its
+ * index, its nonce in nonce_out, the lock held. The caller opens it, writes
+ * the plaintext at out + out_off[*stop], and calls again with start =
+ * *stop + 1 and prev = RW_OK (authenticated) or RW_ERR_AUTH, which records
+ * its status and offset and goes on. *stop = n: done, lock released. The
+ * return values add up to rw_open_batch's; status[n] is its OR of flags. */
+int64_t rw_open_batch_step(rw_receiver *r, const uint8_t *in, size_t in_len,
+                           const uint64_t *in_off, size_t n, uint8_t *out, size_t out_cap,
+                           uint64_t *out_off, int32_t *status, uint64_t threshold,
+                           size_t start, int32_t prev, uint8_t *nonce_out, uint64_t *stop);
 
 /* --- test hooks ----------------------------------------------------------- */
 /* The suite's AEAD through the installed libsodium pointers, with a caller

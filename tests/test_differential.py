@@ -209,3 +209,108 @@ def test_batch_advancing_twice_counts_once(backend):
     third = alice.seal(b"e2")
     assert bob.open_many([first, second, third]) == [b"e0", b"e1", b"e2"]
     assert bob.recv_epoch == 2 and bob.recv_epoch_advances == 1
+
+
+# Large ChaCha20-Poly1305 records: the C backend seals and opens those of at
+# least OPENSSL_CHACHA_THRESHOLD bytes through OpenSSL, smaller ones with
+# libsodium; the pure twin uses cryptography for all. The bytes must not
+# tell which.
+LARGE = _format.OPENSSL_CHACHA_THRESHOLD
+MAX_EPOCH_SKIP = _format.MAX_EPOCH_SKIP
+large_sizes = st.sampled_from([0, 1, 64, 1023, 1024, 1025, LARGE - 1, LARGE, LARGE + 1, 16384])
+
+
+def filler(size, seed):
+    return bytes((seed + i * 131) % 251 for i in range(size))
+
+
+@given(
+    suites,
+    st.integers(0, 1000),
+    st.lists(
+        st.one_of(
+            st.tuples(st.just("seal"), large_sizes),
+            st.tuples(st.just("update")),
+            st.tuples(st.just("batch"), st.lists(large_sizes, max_size=6)),
+        ),
+        max_size=12,
+    ),
+)
+@example(Suite.CHACHA20_POLY1305, 0,
+         [("seal", 1023), ("seal", 1024), ("seal", 1025), ("seal", LARGE - 1), ("seal", LARGE),
+          ("seal", LARGE + 1), ("seal", 16384), ("batch", [16384, 1, LARGE, 0, LARGE - 1])])
+def test_large_records_byte_identical(suite, seed, ops):
+    """Sealing across the threshold (single and mixed batches, with key
+    updates) gives the same records in both backends, and both backends open
+    them alike, singly and as one batch, in order (a record more than four
+    epochs ahead is an UnknownEpoch in both)."""
+    produced = {}
+    for backend in ("c", "pure"):
+        alice, _ = make_pair(suite, backend, seed=seed)
+        records, plaintexts = [], []
+        for n, op in enumerate(ops):
+            if op[0] == "seal":
+                plaintexts.append(filler(op[1], seed + n))
+                records.append(alice.seal(plaintexts[-1]))
+            elif op[0] == "update":
+                alice.update_send_key()
+            else:
+                batch = [filler(size, seed + n + j) for j, size in enumerate(op[1])]
+                plaintexts.extend(batch)
+                records.extend(alice.seal_many(batch))
+        produced[backend] = (records, plaintexts)
+    assert produced["c"] == produced["pure"]
+    records, plaintexts = produced["c"]
+    opened = {}
+    for backend in ("c", "pure"):
+        _, bob = make_pair(suite, backend, seed=seed)
+        singly = [outcome(bob, r) for r in records]
+        _, bob = make_pair(suite, backend, seed=seed)
+        batch = [r if isinstance(r, bytes) else type(r) for r in bob.open_many(records)]
+        opened[backend] = (singly, batch)
+        for got in (singly, batch):
+            assert all(g == p for g, p in zip(got, plaintexts) if isinstance(g, bytes))
+    assert opened["c"] == opened["pure"]
+    if len(ops) <= MAX_EPOCH_SKIP:  # no gap of more than four key updates
+        assert opened["c"] == (plaintexts, plaintexts)
+
+
+@given(
+    suites,
+    st.lists(st.tuples(large_sizes, st.booleans()), min_size=1, max_size=8),
+    st.lists(st.tuples(st.integers(0, 100), st.sampled_from(["deliver", "flip", "truncate"]),
+                       st.integers(0, 1 << 20)),
+             max_size=16),
+    st.booleans(),
+)
+def test_large_batch_outcomes_identical(suite, sealing, deliveries, batched):
+    """Mixed small and large records of several epochs, duplicated, reordered
+    and tampered, opened one by one or as one batch: the same plaintexts,
+    errors (in order), epochs, window state and advance counts in both
+    backends."""
+    outcomes = {}
+    for backend in ("c", "pure"):
+        alice, bob = make_pair(suite, backend, window=64)
+        records = []
+        for n, (size, rekey) in enumerate(sealing):
+            records.append(alice.seal(filler(size, n)))
+            if rekey:
+                alice.update_send_key()
+        chosen = []
+        for index, action, where in deliveries:
+            record = bytearray(records[index % len(records)])
+            if action == "flip":
+                record[where % len(record)] ^= 1 << (where % 8)
+            elif action == "truncate":
+                del record[where % len(record):]
+            chosen.append(bytes(record))
+        if batched:
+            results = bob.open_many(chosen)
+            seen = [r if isinstance(r, bytes) else type(r) for r in results]
+        else:
+            seen = [outcome(bob, record) for record in chosen]
+        # Replaying everything afterwards shows what the windows recorded.
+        again = [outcome(bob, record) for record in records]
+        outcomes[backend] = (seen, again, bob.recv_epoch, bob.past_epochs,
+                             bob.recv_epoch_advances)
+    assert outcomes["c"] == outcomes["pure"]

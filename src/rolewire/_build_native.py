@@ -28,6 +28,7 @@ CDEF = """
 #define RW_OK ...
 #define RW_REKEY_DUE ...
 #define RW_EPOCH_ADVANCED ...
+#define RW_OPEN_NATIVE ...
 #define RW_ERR_MALFORMED ...
 #define RW_ERR_VERSION ...
 #define RW_ERR_SUITE ...
@@ -88,6 +89,20 @@ uint32_t rw_receiver_past_epoch(const rw_receiver *r, uint32_t i);
 int rw_receiver_close(rw_receiver *r);
 uint32_t rw_receiver_epoch(const rw_receiver *r);
 int rw_receiver_has_previous(const rw_receiver *r);
+
+int rw_seal_begin(rw_sender *s, size_t pt_len, char *out, size_t out_cap);
+int rw_seal_batch_begin(rw_sender *s, const char *in, size_t in_len, const uint64_t *in_off,
+                        size_t n, char *out, size_t out_cap, uint64_t *out_off,
+                        uint64_t threshold, uint64_t *deferred);
+int rw_sender_export_key(const rw_sender *s, char *key_out);
+int rw_sender_end(rw_sender *s);
+int rw_open_begin(rw_receiver *r, const char *rec, size_t rec_len, char *nonce_out);
+int rw_receiver_export_key(const rw_receiver *r, char *key_out);
+int rw_open_end(rw_receiver *r, int authenticated);
+int64_t rw_open_batch_step(rw_receiver *r, const char *in, size_t in_len,
+                           const uint64_t *in_off, size_t n, char *out, size_t out_cap,
+                           uint64_t *out_off, int32_t *status, uint64_t threshold,
+                           size_t start, int32_t prev, char *nonce_out, uint64_t *stop);
 
 int rw_aead_seal(int suite, const uint8_t *key, const uint8_t *nonce, const uint8_t *ad,
                  size_t ad_len, const uint8_t *pt, size_t pt_len, uint8_t *out);
@@ -160,6 +175,47 @@ static int64_t rw_open_batch_shim(rw_receiver *r, const char *in, size_t in_len,
     return rw_open_batch(r, RW_SHIM_CU8(in), in_len, in_off, n, RW_SHIM_U8(out),
                          out_cap, out_off, status);
 }
+static int rw_seal_begin_shim(rw_sender *s, size_t pt_len, char *out, size_t out_cap)
+{
+    return rw_seal_begin(s, pt_len, RW_SHIM_U8(out), out_cap);
+}
+static int rw_seal_batch_begin_shim(rw_sender *s, const char *in, size_t in_len,
+                                    const uint64_t *in_off, size_t n, char *out,
+                                    size_t out_cap, uint64_t *out_off, uint64_t threshold,
+                                    uint64_t *deferred)
+{
+    return rw_seal_batch_begin(s, RW_SHIM_CU8(in), in_len, in_off, n, RW_SHIM_U8(out),
+                               out_cap, out_off, threshold, deferred);
+}
+static int rw_sender_export_key_shim(const rw_sender *s, char *key_out)
+{
+    return rw_sender_export_key(s, RW_SHIM_U8(key_out));
+}
+static int rw_open_begin_shim(rw_receiver *r, const char *rec, size_t rec_len,
+                              char *nonce_out)
+{
+    return rw_open_begin(r, RW_SHIM_CU8(rec), rec_len, RW_SHIM_U8(nonce_out));
+}
+static int rw_receiver_export_key_shim(const rw_receiver *r, char *key_out)
+{
+    return rw_receiver_export_key(r, RW_SHIM_U8(key_out));
+}
+static int64_t rw_open_batch_step_shim(rw_receiver *r, const char *in, size_t in_len,
+                                       const uint64_t *in_off, size_t n, char *out,
+                                       size_t out_cap, uint64_t *out_off, int32_t *status,
+                                       uint64_t threshold, size_t start, int32_t prev,
+                                       char *nonce_out, uint64_t *stop)
+{
+    return rw_open_batch_step(r, RW_SHIM_CU8(in), in_len, in_off, n, RW_SHIM_U8(out),
+                              out_cap, out_off, status, threshold, start, prev,
+                              RW_SHIM_U8(nonce_out), stop);
+}
+#define rw_seal_begin rw_seal_begin_shim
+#define rw_seal_batch_begin rw_seal_batch_begin_shim
+#define rw_sender_export_key rw_sender_export_key_shim
+#define rw_open_begin rw_open_begin_shim
+#define rw_receiver_export_key rw_receiver_export_key_shim
+#define rw_open_batch_step rw_open_batch_step_shim
 #define rw_seal rw_seal_shim
 #define rw_seal_batch rw_seal_batch_shim
 #define rw_open rw_open_shim

@@ -17,6 +17,7 @@ from rolewire.record._base import (
 from rolewire.record._format import (
     DEFAULT_WINDOW,
     HEADER_SIZE,
+    OPENSSL_CHACHA_THRESHOLD,
     PROTOCOL_MAX_PLAINTEXT,
     VERSION,
     WINDOW_MAX,
@@ -33,6 +34,7 @@ from rolewire.record._window import ReplayWindow
 __all__ = [
     "DEFAULT_WINDOW",
     "HEADER_SIZE",
+    "OPENSSL_CHACHA_THRESHOLD",
     "PROTOCOL_MAX_PLAINTEXT",
     "VERSION",
     "WINDOW_MAX",

@@ -135,7 +135,12 @@ class RecordLayer:
     peer uses them crosswise). Keys are copied into C memory and wiped on
     :meth:`update_send_key`, when an epoch is retired, on :meth:`close` and
     when the object is garbage collected. The ``bytes`` objects you passed in
-    are Python objects that rolewire cannot wipe: drop them promptly.
+    are Python objects that rolewire cannot wipe: drop them promptly. With
+    ChaCha20-Poly1305 the C backend also hands the current key of each
+    direction to an OpenSSL object for records of at least
+    ``OPENSSL_CHACHA_THRESHOLD`` bytes (faster there); that copy is dropped
+    on key update and close but not wiped by rolewire (docs/PROTOCOL.md,
+    "Key material in memory").
 
     Thread safety: each direction is serialised; concurrent use of one
     direction raises :class:`~rolewire.errors.ConcurrentUseError`.

@@ -1,8 +1,18 @@
 """The C backend of :class:`~rolewire.record.RecordLayer`.
 
-Every operation is exactly one call into ``rolewire._native`` (cffi releases
-the GIL around it). The Python side only allocates output buffers and maps
-status codes to exceptions.
+Every operation is one call into ``rolewire._native`` (cffi releases the GIL
+around it); the Python side allocates output buffers and maps status codes
+to exceptions. Except: ChaCha20-Poly1305 records of at least
+``OPENSSL_CHACHA_THRESHOLD`` plaintext bytes in the current epoch are
+encrypted by OpenSSL through ``cryptography`` (about twice libsodium's speed
+there, and the same RFC 8439 bytes). For those the C core still checks and
+reserves (limits, counter, epoch, replay window) in a *begin* call that
+keeps the direction's lock held, Python runs the AEAD, and an *end* call
+commits and releases (csrc/rolewire.h, "the caller's AEAD"): concurrency,
+replay and error behaviour stay those of the C core. The OpenSSL object is
+made once per key epoch and dropped on key update and close; it holds its
+own copy of the key, which we cannot wipe (docs/PROTOCOL.md, "Key material
+in memory").
 """
 
 from __future__ import annotations
@@ -11,8 +21,11 @@ from array import array
 from collections.abc import Callable
 from typing import Any
 
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
 from rolewire._native_loader import ffi, lib
-from rolewire.errors import ConfigurationError, RecordError
+from rolewire.errors import ConfigurationError, RecordError, RolewireError
 from rolewire.record._base import (
     Buffer,
     Offsets,
@@ -24,8 +37,14 @@ from rolewire.record._base import (
 from rolewire.record._format import (
     DEFAULT_PAST_EPOCHS,
     DEFAULT_WINDOW,
+    EPOCH_ADVANCED,
+    ERR_AUTH,
     ERR_MALFORMED,
     ERR_NOT_READY,
+    HEADER_SIZE,
+    KEY_SIZE,
+    OK,
+    OPENSSL_CHACHA_THRESHOLD,
     RecordLimits,
     Suite,
     check_keys,
@@ -42,6 +61,43 @@ _from_buffer = ffi.from_buffer
 _NULL = ffi.NULL
 _rw_seal = lib.rw_seal
 _rw_open = lib.rw_open
+_rw_seal_begin = lib.rw_seal_begin
+_rw_sender_end = lib.rw_sender_end
+_rw_open_begin = lib.rw_open_begin
+_rw_open_end = lib.rw_open_end
+_OPEN_NATIVE = lib.RW_OPEN_NATIVE
+#: "No record is large" for the C calls (no plaintext reaches 2**64 bytes).
+_NEVER = (1 << 64) - 1
+_NONCE = 12  # ChaCha20-Poly1305 (the only suite that goes to OpenSSL)
+_BODY = HEADER_SIZE + _NONCE  # header and nonce, as a begin call writes them
+_PROBE_NONCE = bytes(_NONCE)
+
+
+def _openssl_aead(export: Callable[[Any, Any], int], handle: Any) -> ChaCha20Poly1305:
+    """An OpenSSL ChaCha20-Poly1305 object for the current key of ``handle``
+    (``export`` copies it out; the caller holds the direction's lock). The
+    Python-side copy is wiped at once; OpenSSL keeps its own."""
+    key = bytearray(KEY_SIZE)
+    try:
+        rc = export(handle, _from_buffer(key, require_writable=True))
+        if rc < 0:
+            raise error_for(rc)
+        aead = ChaCha20Poly1305(key)
+        # A tag computed with the key in place and again after wiping it:
+        # equal only if the object works from its own copy (were the key
+        # read later from our buffer, records would be sealed under zeros).
+        # The probe never leaves this function, so its nonce is no reuse.
+        before = aead.encrypt(_PROBE_NONCE, b"", None)
+    finally:
+        key[:] = bytes(KEY_SIZE)
+    if aead.encrypt(_PROBE_NONCE, b"", None) != before:
+        raise RolewireError("cryptography's ChaCha20Poly1305 does not copy its key")
+    return aead
+
+
+def _bytes_view(data: Buffer) -> memoryview:
+    view = memoryview(data)
+    return view if view.format == "B" and view.ndim == 1 else view.cast("B")
 
 
 def _limits_struct(limits: RecordLimits) -> Any:
@@ -112,10 +168,51 @@ class CRecordLayer(RecordLayer):
             raise error_for(rc)
         self._overhead = self.suite.overhead
         self.recv_epoch_advances = 0
+        #: Plaintext size from which records go to OpenSSL (ChaCha20 only).
+        self._large = (OPENSSL_CHACHA_THRESHOLD if self.suite is Suite.CHACHA20_POLY1305
+                       else _NEVER)
+        # One OpenSSL AEAD per direction, with the big-endian epoch (as in
+        # the record header) of its key; used and replaced only while the
+        # direction's C lock is held.
+        self._send_aead: ChaCha20Poly1305 | None = None
+        self._send_aead_epoch = b""
+        self._recv_aead: ChaCha20Poly1305 | None = None
+        self._recv_aead_epoch = b""
+        # rw_seal_begin / rw_open_begin write these only with the lock held.
+        self._scratch = ffi.new("char[]", _BODY)
+        self._recv_nonce = ffi.new("char[]", _NONCE)
+
+    def _sender_aead(self, epoch: bytes) -> ChaCha20Poly1305:
+        """A new AEAD for the current send epoch; the caller holds the lock."""
+        aead = self._send_aead = _openssl_aead(lib.rw_sender_export_key, self._sender)
+        self._send_aead_epoch = epoch
+        return aead
+
+    def _receiver_aead(self, epoch: bytes) -> ChaCha20Poly1305:
+        """A new AEAD for the current receive epoch; the caller holds the
+        lock (a record is pending)."""
+        aead = self._recv_aead = _openssl_aead(lib.rw_receiver_export_key, self._receiver)
+        self._recv_aead_epoch = epoch
+        return aead
+
+    def _pending_recv_aead(self) -> ChaCha20Poly1305:
+        epoch = int(lib.rw_receiver_epoch(self._receiver)).to_bytes(4, "big")
+        aead = self._recv_aead
+        if aead is None or epoch != self._recv_aead_epoch:
+            aead = self._receiver_aead(epoch)
+        return aead
+
+    def _drop_stale_recv_aead(self) -> None:
+        # The receive epoch moved on: the object holds a past epoch's key.
+        if self._recv_aead is not None and self._recv_aead_epoch != \
+                int(lib.rw_receiver_epoch(self._receiver)).to_bytes(4, "big"):
+            self._recv_aead = None
 
     # -- single records ----------------------------------------------------
     def seal(self, plaintext: Buffer) -> bytes:
         src = plaintext if type(plaintext) is bytes else _from_buffer(plaintext)
+        if len(src) >= self._large:
+            return self._seal_openssl(plaintext, len(src))
         size = len(src) + self._overhead
         out = _alloc("char[]", size)
         rc = _rw_seal(self._sender, src, len(src), out, size, _NULL)
@@ -123,9 +220,59 @@ class CRecordLayer(RecordLayer):
             raise error_for(rc)
         return _unpack(out, size)
 
+    def _seal_openssl(self, plaintext: Buffer, length: int) -> bytes:
+        scratch = self._scratch
+        rc = _rw_seal_begin(self._sender, length, scratch, _BODY)
+        if rc < 0:
+            raise error_for(rc)
+        try:  # the sender's lock is held until rw_sender_end
+            # The scratch buffer is written only with the lock held.
+            start = _unpack(scratch, _BODY)
+            header = start[:HEADER_SIZE]
+            aead = self._send_aead
+            if aead is None or header[2:6] != self._send_aead_epoch:
+                aead = self._sender_aead(header[2:6])
+            message = plaintext if type(plaintext) is bytes else _bytes_view(plaintext)
+            sealed = aead.encrypt(start[HEADER_SIZE:], message, header)
+        finally:
+            _rw_sender_end(self._sender)
+        return header + sealed
+
+    def _open_openssl(self, record: Buffer, src: Any) -> bytes:
+        rc = _rw_open_begin(self._receiver, src, len(src), self._recv_nonce)
+        if rc == _OPEN_NATIVE:  # a past or newer epoch: libsodium, in one call
+            return self._open_native(src, len(src) - self._overhead)
+        if rc < 0:
+            raise error_for(rc)
+        authenticated = False
+        try:  # the receiver's lock is held until rw_open_end
+            view = _bytes_view(record)  # slices without copying the ciphertext
+            # begin succeeded: the record is of the current epoch.
+            epoch = view[2:6].tobytes()
+            aead = self._recv_aead
+            if aead is None or epoch != self._recv_aead_epoch:
+                aead = self._receiver_aead(epoch)
+            try:
+                # decrypt(), not decrypt_into(): no plaintext exists on failure.
+                plaintext = aead.decrypt(_unpack(self._recv_nonce, _NONCE),
+                                         view[HEADER_SIZE:], view[:HEADER_SIZE])
+                authenticated = True
+            except InvalidTag:
+                pass
+        finally:
+            _rw_open_end(self._receiver, authenticated)
+        if not authenticated:
+            raise error_for(ERR_AUTH)
+        return plaintext
+
     def open(self, record: Buffer) -> bytes:
         src = record if type(record) is bytes else _from_buffer(record)
         size = len(src) - self._overhead
+        if size >= self._large:
+            return self._open_openssl(record, src)
+        return self._open_native(src, size)
+
+    def _open_native(self, src: Any, size: int) -> bytes:
         if size < 0:
             # Let C classify it: a closed layer reports "closed" before
             # "malformed", as the pure twin does.
@@ -137,6 +284,7 @@ class CRecordLayer(RecordLayer):
             if rc < 0:
                 raise error_for(rc)
             self.recv_epoch_advances += 1
+            self._drop_stale_recv_aead()
         return _unpack(out, size)
 
     # -- batches -----------------------------------------------------------
@@ -154,13 +302,41 @@ class CRecordLayer(RecordLayer):
         target = bytearray(need) if out is None else out
         view = _writable(target, need)
         out_off = array("Q", bytes(8 * (count + 1)))
-        rc = lib.rw_seal_batch(
+        deferred = ffi.new("uint64_t[1]")
+        rc = lib.rw_seal_batch_begin(
             self._sender, src, len(src), _from_buffer("uint64_t[]", in_off), count,
             view, len(view), _from_buffer("uint64_t[]", out_off, require_writable=True),
+            self._large, deferred,
         )
         if rc < 0:
             raise error_for(rc)
-        return PackedRecords(memoryview(target).cast("B"), out_off)
+        records = memoryview(target).cast("B")
+        if deferred[0]:
+            try:  # the sender's lock is held until rw_sender_end
+                self._seal_deferred(data, in_off, records, out_off, int(deferred[0]))
+            finally:
+                _rw_sender_end(self._sender)
+        return PackedRecords(records, out_off)
+
+    def _seal_deferred(self, data: Buffer, in_off: array[int], records: memoryview,
+                       out_off: array[int], deferred: int) -> None:
+        """Seals the batch's large messages, whose header and nonce C wrote."""
+        epoch = int(lib.rw_sender_epoch(self._sender)).to_bytes(4, "big")
+        aead = self._send_aead
+        if aead is None or epoch != self._send_aead_epoch:
+            aead = self._sender_aead(epoch)
+        messages = _bytes_view(data)
+        large = self._large
+        for i in range(len(in_off) - 1):
+            start, end = in_off[i], in_off[i + 1]
+            if end - start >= large:
+                at = out_off[i]
+                nonce = records[at + HEADER_SIZE : at + _BODY].tobytes()
+                aead.encrypt_into(nonce, messages[start:end], records[at : at + HEADER_SIZE],
+                                  records[at + HEADER_SIZE : out_off[i + 1]])
+                deferred -= 1
+                if not deferred:
+                    return
 
     def open_packed(
         self, data: Buffer, offsets: Offsets, out: Buffer | None = None
@@ -175,16 +351,51 @@ class CRecordLayer(RecordLayer):
         view = _writable(target, need)
         out_off = array("Q", bytes(8 * (count + 1)))
         status = array("i", bytes(4 * (count + 1)))  # status[count]: OR of flags
-        opened = lib.rw_open_batch(
-            self._receiver, src, len(src), _from_buffer("uint64_t[]", in_off), count,
-            view, len(view), _from_buffer("uint64_t[]", out_off, require_writable=True),
-            _from_buffer("int32_t[]", status, require_writable=True),
-        )
+        stop = ffi.new("uint64_t[1]")
+        nonce = ffi.new("char[]", _NONCE)
+        c_in_off = _from_buffer("uint64_t[]", in_off)
+        c_out_off = _from_buffer("uint64_t[]", out_off, require_writable=True)
+        c_status = _from_buffer("int32_t[]", status, require_writable=True)
+
+        def step(start: int, prev: int) -> int:
+            return int(lib.rw_open_batch_step(
+                self._receiver, src, len(src), c_in_off, count, view, len(view), c_out_off,
+                c_status, self._large, start, prev, nonce, stop))
+
+        opened = step(0, OK)
         if opened < 0:
             raise error_for(opened)
+        if stop[0] < count:
+            # Stopped before a large record of the current epoch, lock held.
+            records = _bytes_view(data)
+            plain = memoryview(target).cast("B")
+            try:
+                while stop[0] < count:
+                    i = int(stop[0])
+                    start, end = in_off[i], in_off[i + 1]
+                    at = out_off[i]
+                    out = plain[at : at + end - start - self._overhead]
+                    prev = OK
+                    try:
+                        self._pending_recv_aead().decrypt_into(
+                            _unpack(nonce, _NONCE), records[start + HEADER_SIZE : end],
+                            records[start : start + HEADER_SIZE], out)
+                    except InvalidTag:
+                        # decrypt_into has written unauthenticated plaintext.
+                        out[:] = bytes(len(out))
+                        prev = ERR_AUTH
+                    more = step(i + 1, prev)
+                    if more < 0:
+                        raise error_for(more)
+                    opened += more
+            except BaseException:
+                if stop[0] < count:  # still pending: release the lock
+                    _rw_open_end(self._receiver, 0)
+                raise
         errors: dict[int, RecordError] = {}
-        if status[count]:
+        if status[count] & EPOCH_ADVANCED:
             self.recv_epoch_advances += 1
+            self._drop_stale_recv_aead()
         if opened != count:
             for index in range(count):
                 code = status[index]
@@ -206,17 +417,20 @@ class CRecordLayer(RecordLayer):
         rc = lib.rw_sender_update_key(self._sender)
         if rc < 0:
             raise error_for(rc)
+        self._send_aead = None  # the old key's OpenSSL copy goes with it
         return int(lib.rw_sender_epoch(self._sender))
 
     def retire_previous_epoch(self) -> None:
         rc = lib.rw_receiver_retire_previous(self._receiver)
         if rc < 0:
             raise error_for(rc)
+        self._drop_stale_recv_aead()
 
     def close(self) -> None:
         for rc in (lib.rw_sender_close(self._sender), lib.rw_receiver_close(self._receiver)):
             if rc < 0:
                 raise error_for(rc)
+        self._send_aead = self._recv_aead = None
 
     @property
     def send_epoch(self) -> int:
@@ -230,6 +444,7 @@ class CRecordLayer(RecordLayer):
         rc = lib.rw_receiver_retire_epoch(self._receiver, epoch & 0xFFFFFFFF)
         if rc < 0:
             raise error_for(rc)
+        self._drop_stale_recv_aead()
 
     @property
     def past_epochs(self) -> tuple[int, ...]:

@@ -37,6 +37,19 @@ MAX_EPOCH_SKIP = 4
 DEFAULT_PAST_EPOCHS = 4
 MAX_PAST_EPOCHS = 64
 MAX_EPOCH = 0xFFFFFFFF
+#: C backend, ChaCha20-Poly1305 suite: records of the current epoch with at
+#: least this many plaintext bytes are sealed and opened by OpenSSL (through
+#: `cryptography`: the same RFC 8439 AEAD, so the same bytes) instead of
+#: libsodium, which is about half as fast on large messages. The C core
+#: still checks and keeps counters, limits, epochs and the replay window.
+#: Why not lower: going through Python and `cryptography` costs about 1 us
+#: more per record than one C call, which only the faster cipher repays -
+#: measured break-even about 5 KiB (1 KiB records were 0.57x as fast through
+#: OpenSSL, 8 KiB 1.24x, 16 KiB 1.55x). Trade-off: OpenSSL holds its own
+#: copy of the current key of each direction, which rolewire cannot wipe
+#: (SECURITY.md, "Secrets in Python memory"). The pure twin uses
+#: `cryptography` for every size.
+OPENSSL_CHACHA_THRESHOLD = 6144
 
 _HEADER = struct.Struct(">BBIQ")
 assert _HEADER.size == HEADER_SIZE

@@ -72,6 +72,10 @@ def _aead(suite: Suite, key: bytes) -> tuple[_Seal, _Open]:
     return seal, open_
 
 
+def _refuse(nonce: bytes, data: bytes, ad: bytes) -> bytes:
+    raise error_for(ERR_CLOSED)
+
+
 class _Epoch:
     """One receive epoch: key, IV, cipher and replay window."""
 
@@ -308,6 +312,12 @@ class PureRecordLayer(RecordLayer):
     def close(self) -> None:
         self._closed = True
         self._past = []
+        # Drop the AEAD objects (and with them cryptography's key copies);
+        # every call checks _closed before it could reach these.
+        self._seal = _refuse
+        if self._current is not None:
+            self._current.open = _refuse
+            self._current.key = b""
 
     @property
     def send_epoch(self) -> int:

@@ -1,0 +1,229 @@
+"""Large ChaCha20-Poly1305 records: the C backend seals and opens those of
+the current epoch with at least OPENSSL_CHACHA_THRESHOLD plaintext bytes
+through OpenSSL (cryptography) while its C core keeps limits, counters,
+epochs and the replay window. Run against both backends (the pure twin uses
+cryptography for every size): the behaviour must be the same."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from rolewire import errors
+from rolewire.record import RecordLimits, Suite
+from rolewire.record._format import HEADER_SIZE, OPENSSL_CHACHA_THRESHOLD
+from tests.conftest import make_pair
+
+CHACHA = Suite.CHACHA20_POLY1305
+SIZES = [OPENSSL_CHACHA_THRESHOLD - 1, OPENSSL_CHACHA_THRESHOLD, 16384]
+
+
+def message(size: int, tag: int = 0) -> bytes:
+    """Deterministic, and no message contains another's bytes."""
+    return random.Random(tag).randbytes(size)
+
+
+@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("where", ["header", "ciphertext", "tag"])
+def test_tampered_large_record_is_refused_and_changes_nothing(backend, size, where):
+    alice, bob = make_pair(CHACHA, backend)
+    record = alice.seal(message(size))
+    offset = {"header": 13, "ciphertext": HEADER_SIZE + size // 2, "tag": len(record) - 1}
+    forged = bytearray(record)
+    forged[offset[where]] ^= 0x40
+    with pytest.raises(errors.RecordError) as caught:
+        bob.open(bytes(forged))
+    # A flipped counter byte names another counter: still a bad tag.
+    assert isinstance(caught.value, errors.AuthenticationFailed)
+    # The forgery did not mark the counter: the genuine record opens once.
+    assert bob.open(record) == message(size)
+    with pytest.raises(errors.ReplayDetected):
+        bob.open(record)
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_large_record_replay_and_too_old(backend, size):
+    alice, bob = make_pair(CHACHA, backend, window=64)
+    first = alice.seal(message(size))
+    later = [alice.seal(b"x") for _ in range(64)]
+    results = bob.open_many([first, first])
+    assert results[0] == message(size) and isinstance(results[1], errors.ReplayDetected)
+    _, bob = make_pair(CHACHA, backend, window=64)
+    for record in later:
+        bob.open(record)
+    with pytest.raises(errors.RecordTooOld):
+        bob.open(first)
+
+
+def test_mixed_batch_keeps_order_and_per_record_errors(backend):
+    alice, bob = make_pair(CHACHA, backend)
+    sizes = [16384, 3, OPENSSL_CHACHA_THRESHOLD, 0, 16384, 100]
+    plaintexts = [message(size, i) for i, size in enumerate(sizes)]
+    records = alice.seal_many(plaintexts)
+    forged = bytearray(records[4])
+    forged[-1] ^= 1
+    batch = [records[0], records[1], records[2], bytes(forged), records[3], records[0],
+             records[4], records[5]]
+    out = bytearray(b"\xaa" * sum(map(len, batch)))
+    result = bob.open_packed(b"".join(batch), _offsets(batch), out=out)
+    got = result.results()
+    assert got[:3] == plaintexts[:3]
+    assert isinstance(got[3], errors.AuthenticationFailed)
+    assert got[4] == plaintexts[3]
+    assert isinstance(got[5], errors.ReplayDetected)
+    assert got[6:] == plaintexts[4:]
+
+
+def test_forged_large_record_leaves_no_plaintext_in_out(backend):
+    """A forgery that decrypts (flipped tag) must not leave its unauthenticated
+    plaintext in the output buffer (decrypt_into writes before it checks)."""
+    alice, bob = make_pair(CHACHA, backend)
+    good, bad = alice.seal_many([message(16384, 1), message(16384, 2)])
+    forged = bad[:-1] + bytes([bad[-1] ^ 1])
+    out = bytearray(len(good) + len(forged))
+    result = bob.open_packed(good + forged, _offsets([good, forged]), out=out)
+    assert result[0] == message(16384, 1)
+    assert isinstance(result.errors[1], errors.AuthenticationFailed)
+    assert message(16384, 2)[:32] not in bytes(out)
+
+
+def test_large_batch_advances_epochs_in_order(backend):
+    alice, bob = make_pair(CHACHA, backend)
+    old = alice.seal(message(16384, 1))
+    alice.update_send_key()
+    new = alice.seal_many([message(16384, 2), message(10, 3)])
+    alice.update_send_key()
+    newer = alice.seal(message(OPENSSL_CHACHA_THRESHOLD, 4))
+    results = bob.open_many([new[0], old, newer, new[1], new[0]])
+    assert results[:4] == [message(16384, 2), message(16384, 1),
+                           message(OPENSSL_CHACHA_THRESHOLD, 4), message(10, 3)]
+    assert isinstance(results[4], errors.ReplayDetected)
+    assert bob.recv_epoch == 2 and bob.recv_epoch_advances == 1
+
+
+def test_large_batch_limits_all_or_nothing(backend):
+    limits = RecordLimits(hard_messages=3, soft_messages=3)
+    alice, bob = make_pair(CHACHA, backend, limits=limits)
+    with pytest.raises(errors.KeyExhausted):
+        alice.seal_many([message(16384)] * 4)
+    assert alice.messages_sealed == 0
+    records = alice.seal_many([message(16384), b"s", message(OPENSSL_CHACHA_THRESHOLD)])
+    assert alice.messages_sealed == 3 and alice.rekey_due
+    with pytest.raises(errors.KeyExhausted):
+        alice.seal(message(16384))
+    assert bob.open_many(records) == [message(16384), b"s", message(OPENSSL_CHACHA_THRESHOLD)]
+
+
+def test_large_records_after_close(backend):
+    alice, bob = make_pair(CHACHA, backend)
+    record = alice.seal(message(16384))
+    alice.close()
+    bob.close()
+    with pytest.raises(errors.RecordLayerClosed):
+        alice.seal(message(16384))
+    with pytest.raises(errors.RecordLayerClosed):
+        bob.open(record)
+    assert isinstance(bob.open_many([record])[0], errors.RecordLayerClosed)
+
+
+def _offsets(items):
+    from array import array
+    from itertools import accumulate
+
+    return array("Q", [0, *accumulate(map(len, items))])
+
+
+# -- the C backend's key handling and locking ------------------------------
+
+def test_c_openssl_aead_made_once_per_epoch_and_dropped():
+    alice, bob = make_pair(CHACHA, "c")
+    assert alice.seal(message(100)) and alice._send_aead is None  # small: libsodium
+    first = alice.seal(message(16384))
+    aead = alice._send_aead
+    assert aead is not None
+    alice.seal_many([message(16384), message(16384)])
+    assert alice._send_aead is aead  # one object per key epoch
+    bob.open(first)
+    assert bob._recv_aead is not None
+    alice.update_send_key()
+    assert alice._send_aead is None  # dropped with the old key
+    bob.open(alice.seal(message(16384)))  # advances: libsodium, drops the stale one
+    assert bob.recv_epoch == 1 and bob._recv_aead is None
+    bob.open(alice.seal(message(16384)))
+    assert bob._recv_aead is not None and bob._recv_aead is not aead
+    alice.close()
+    bob.close()
+    assert alice._send_aead is None and bob._recv_aead is None
+
+
+def test_c_aegis_never_goes_to_openssl():
+    alice, bob = make_pair(Suite.AEGIS_256, "c")
+    bob.open(alice.seal(message(16384)))
+    assert alice._send_aead is None and bob._recv_aead is None
+
+
+def test_c_direction_is_locked_while_openssl_works():
+    """Between begin and end the C lock is held for the caller's AEAD: a
+    concurrent call gets ConcurrentUseError, as during any C call."""
+    from rolewire._native_loader import ffi, lib
+
+    alice, bob = make_pair(CHACHA, "c")
+    scratch = ffi.new("char[]", 64)
+    assert lib.rw_seal_begin(alice._sender, 16384, scratch, 64) >= 0
+    with pytest.raises(errors.ConcurrentUseError):
+        alice.seal(message(16384))
+    with pytest.raises(errors.ConcurrentUseError):
+        alice.seal(b"small")
+    with pytest.raises(errors.ConcurrentUseError):
+        alice.update_send_key()
+    assert lib.rw_sender_end(alice._sender) == 0
+    assert lib.rw_sender_end(alice._sender) < 0  # nothing pending: refused
+    record = alice.seal(message(16384))
+    # The reserved counter 0 was spent (never reused): this record has 1.
+    assert int.from_bytes(record[6:14], "big") == 1
+    assert lib.rw_open_begin(bob._receiver, record, len(record), scratch) == 0
+    with pytest.raises(errors.ConcurrentUseError):
+        bob.open(record)
+    assert lib.rw_open_end(bob._receiver, 0) == 0
+    assert bob.open(record) == message(16384)
+
+
+def test_c_failure_inside_the_aead_releases_the_lock(monkeypatch):
+    alice, bob = make_pair(CHACHA, "c")
+    records = alice.seal_many([message(16384), message(16384)])
+    bob.open(records[0])
+
+    class Broken:
+        def decrypt(self, *args):
+            raise RuntimeError("boom")
+
+        decrypt_into = encrypt = encrypt_into = decrypt
+
+    monkeypatch.setattr(bob, "_recv_aead", Broken())
+    with pytest.raises(RuntimeError):
+        bob.open(records[1])
+    with pytest.raises(RuntimeError):
+        bob.open_many([records[1]])
+    monkeypatch.setattr(bob, "_recv_aead", None)
+    # Lock released, counter not marked: the record still opens, once.
+    assert bob.open_many([records[1], records[1]])[0] == message(16384)
+
+
+def test_c_refuses_an_aead_that_does_not_copy_its_key(monkeypatch):
+    from rolewire.record import _c
+
+    class LazyKey:
+        """Reads the key buffer at every call (what the probe must catch)."""
+
+        def __init__(self, key):
+            self.key = key
+
+        def encrypt(self, nonce, data, ad):
+            return bytes(self.key[:16])
+
+    monkeypatch.setattr(_c, "ChaCha20Poly1305", LazyKey)
+    alice, _ = make_pair(CHACHA, "c")
+    with pytest.raises(errors.RolewireError, match="copy its key"):
+        alice.seal(message(16384))
+    assert alice.seal(b"small")  # the lock was released
