@@ -227,3 +227,20 @@ def test_c_refuses_an_aead_that_does_not_copy_its_key(monkeypatch):
     with pytest.raises(errors.RolewireError, match="copy its key"):
         alice.seal(message(16384))
     assert alice.seal(b"small")  # the lock was released
+
+
+def test_c_without_the_external_aead_keeps_everything_in_c(monkeypatch):
+    """An extension built from older sources (no caller's-AEAD entry points)
+    still works: every record in libsodium, the same bytes."""
+    from rolewire.record import _c
+
+    monkeypatch.setattr(_c, "_EXTERNAL_AEAD", False)
+    alice, bob = make_pair(CHACHA, "c")
+    plaintexts = [message(16384, 1), b"s", message(OPENSSL_CHACHA_THRESHOLD, 2)]
+    records = [alice.seal(plaintexts[0]), *alice.seal_many(plaintexts[1:])]
+    assert alice._send_aead is None
+    reference, _ = make_pair(CHACHA, "pure")
+    assert records == [reference.seal(plaintexts[0]), *reference.seal_many(plaintexts[1:])]
+    assert bob.open(records[0]) == plaintexts[0]
+    assert bob.open_many(records[1:]) == plaintexts[1:]
+    assert bob._recv_aead is None

@@ -61,11 +61,15 @@ _from_buffer = ffi.from_buffer
 _NULL = ffi.NULL
 _rw_seal = lib.rw_seal
 _rw_open = lib.rw_open
-_rw_seal_begin = lib.rw_seal_begin
-_rw_sender_end = lib.rw_sender_end
-_rw_open_begin = lib.rw_open_begin
-_rw_open_end = lib.rw_open_end
-_OPEN_NATIVE = lib.RW_OPEN_NATIVE
+# An extension built from older sources lacks the caller's-AEAD entry points
+# (a stale development build): then every record stays in libsodium - the
+# same bytes, only slower for large ones.
+_EXTERNAL_AEAD = hasattr(lib, "rw_open_batch_step")
+_rw_seal_begin = getattr(lib, "rw_seal_begin", None)
+_rw_sender_end = getattr(lib, "rw_sender_end", None)
+_rw_open_begin = getattr(lib, "rw_open_begin", None)
+_rw_open_end = getattr(lib, "rw_open_end", None)
+_OPEN_NATIVE = getattr(lib, "RW_OPEN_NATIVE", None)
 #: "No record is large" for the C calls (no plaintext reaches 2**64 bytes).
 _NEVER = (1 << 64) - 1
 _NONCE = 12  # ChaCha20-Poly1305 (the only suite that goes to OpenSSL)
@@ -169,8 +173,8 @@ class CRecordLayer(RecordLayer):
         self._overhead = self.suite.overhead
         self.recv_epoch_advances = 0
         #: Plaintext size from which records go to OpenSSL (ChaCha20 only).
-        self._large = (OPENSSL_CHACHA_THRESHOLD if self.suite is Suite.CHACHA20_POLY1305
-                       else _NEVER)
+        self._large = (OPENSSL_CHACHA_THRESHOLD
+                       if self.suite is Suite.CHACHA20_POLY1305 and _EXTERNAL_AEAD else _NEVER)
         # One OpenSSL AEAD per direction, with the big-endian epoch (as in
         # the record header) of its key; used and replaced only while the
         # direction's C lock is held.
@@ -302,6 +306,14 @@ class CRecordLayer(RecordLayer):
         target = bytearray(need) if out is None else out
         view = _writable(target, need)
         out_off = array("Q", bytes(8 * (count + 1)))
+        if self._large == _NEVER:  # AEGIS-256 (or a stale build): all in C
+            rc = lib.rw_seal_batch(
+                self._sender, src, len(src), _from_buffer("uint64_t[]", in_off), count,
+                view, len(view), _from_buffer("uint64_t[]", out_off, require_writable=True),
+            )
+            if rc < 0:
+                raise error_for(rc)
+            return PackedRecords(memoryview(target).cast("B"), out_off)
         deferred = ffi.new("uint64_t[1]")
         rc = lib.rw_seal_batch_begin(
             self._sender, src, len(src), _from_buffer("uint64_t[]", in_off), count,
@@ -351,11 +363,37 @@ class CRecordLayer(RecordLayer):
         view = _writable(target, need)
         out_off = array("Q", bytes(8 * (count + 1)))
         status = array("i", bytes(4 * (count + 1)))  # status[count]: OR of flags
-        stop = ffi.new("uint64_t[1]")
-        nonce = ffi.new("char[]", _NONCE)
         c_in_off = _from_buffer("uint64_t[]", in_off)
         c_out_off = _from_buffer("uint64_t[]", out_off, require_writable=True)
         c_status = _from_buffer("int32_t[]", status, require_writable=True)
+        if self._large == _NEVER:  # AEGIS-256 (or a stale build): all in C
+            opened = lib.rw_open_batch(self._receiver, src, len(src), c_in_off, count, view,
+                                       len(view), c_out_off, c_status)
+            if opened < 0:
+                raise error_for(opened)
+        else:
+            opened = self._open_stepped(data, src, in_off, count, target, view, out_off,
+                                        c_in_off, c_out_off, c_status)
+        errors: dict[int, RecordError] = {}
+        if status[count] & EPOCH_ADVANCED:
+            self.recv_epoch_advances += 1
+            self._drop_stale_recv_aead()
+        if opened != count:
+            for index in range(count):
+                code = status[index]
+                if code < 0:
+                    error = error_for(code)
+                    assert isinstance(error, RecordError)
+                    errors[index] = error
+        return PackedOpenResult(memoryview(target).cast("B"), out_off, errors)
+
+    def _open_stepped(self, data: Buffer, src: Any, in_off: array[int], count: int,
+                      target: Buffer, view: Any, out_off: array[int], c_in_off: Any,
+                      c_out_off: Any, c_status: Any) -> int:
+        """open_packed in C steps that stop before each large record of the
+        current epoch, which OpenSSL opens with the C lock held."""
+        stop = ffi.new("uint64_t[1]")
+        nonce = ffi.new("char[]", _NONCE)
 
         def step(start: int, prev: int) -> int:
             return int(lib.rw_open_batch_step(
@@ -392,18 +430,7 @@ class CRecordLayer(RecordLayer):
                 if stop[0] < count:  # still pending: release the lock
                     _rw_open_end(self._receiver, 0)
                 raise
-        errors: dict[int, RecordError] = {}
-        if status[count] & EPOCH_ADVANCED:
-            self.recv_epoch_advances += 1
-            self._drop_stale_recv_aead()
-        if opened != count:
-            for index in range(count):
-                code = status[index]
-                if code < 0:
-                    error = error_for(code)
-                    assert isinstance(error, RecordError)
-                    errors[index] = error
-        return PackedOpenResult(memoryview(target).cast("B"), out_off, errors)
+        return opened
 
     def native_handles(self) -> tuple[Any, Any]:
         """Hazmat, for the native fast path (rolewire.protocol.fastpath): the
