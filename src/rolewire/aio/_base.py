@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from typing import Any
 
 from rolewire.errors import ConnectionClosed, PeerUnresponsive
 from rolewire.protocol import Connection, Failed, HandshakeDone
@@ -67,6 +68,20 @@ class Driver:
         if self.conn.wants_flush:
             self.flush()
         elif self._flush_handle is None:
+            self._flush_handle = self.loop.call_soon(self.flush)
+
+    def flush_first(self) -> None:
+        """For a request: send now if nothing else was queued in this loop
+        iteration (a lone call does not wait one more iteration for its
+        write: the latency of sequential calls), else with the others at
+        the end of the iteration (calls issued together still leave in one
+        write)."""
+        if self.conn.wants_flush:
+            self.flush()
+        elif self._flush_handle is None:
+            self.flush(arm=False)
+            # Later messages of this iteration coalesce; this runs the
+            # timer re-arm too.
             self._flush_handle = self.loop.call_soon(self.flush)
 
     def _take_flush(self) -> None:
@@ -173,6 +188,73 @@ class StreamDriver(Driver):
             return await self.reader.read(READ_SIZE)
         except (ConnectionError, OSError):
             return b""
+
+
+    async def read_by_callbacks(self, on_chunk: Callable[[bytes], None]) -> None:
+        """Read by callbacks from now on: each chunk goes to ``on_chunk``
+        from the transport's ``data_received``, with no task wake-up per
+        chunk (two loop iterations less per reply; what asyncio protocols
+        do). Returns at the end of the stream or when the connection is
+        lost. Writing, ``drain`` and ``pause_reading`` work as before: the
+        stream protocol still hears about write flow control and loss."""
+        stream_protocol = self.transport.get_protocol()
+        ended: asyncio.Future[None] = self.loop.create_future()
+        protocol = _ChunkProtocol(stream_protocol, on_chunk, ended)
+        self.transport.set_protocol(protocol)
+        # What the stream had buffered before the switch (nothing more
+        # arrives there): end it, take it, then let the protocol run.
+        self.reader.feed_eof()
+        try:
+            buffered = await self.reader.read()
+        except (ConnectionError, OSError):
+            buffered = b""
+        protocol.start(buffered)
+        if self.transport.is_closing():
+            protocol.end()
+        await ended
+
+
+class _ChunkProtocol(asyncio.Protocol):
+    """The transport's protocol after :meth:`StreamDriver.read_by_callbacks`:
+    chunks to a callback; flow control and loss also to the stream protocol
+    it replaced (so ``StreamWriter.drain`` keeps working)."""
+
+    def __init__(self, stream_protocol: Any, on_chunk: Callable[[bytes], None],
+                 ended: asyncio.Future[None]) -> None:
+        self._stream = stream_protocol
+        self._on_chunk = on_chunk
+        self._ended = ended
+        self._early: list[bytes] | None = []  # chunks before start()
+
+    def start(self, buffered: bytes) -> None:
+        early, self._early = self._early, None
+        for chunk in [buffered, *(early or ())]:
+            if chunk and not self._ended.done():
+                self._on_chunk(chunk)
+
+    def end(self) -> None:
+        if not self._ended.done():
+            self._ended.set_result(None)
+
+    def data_received(self, data: bytes) -> None:
+        if self._early is not None:
+            self._early.append(data)
+        elif not self._ended.done():
+            self._on_chunk(data)
+
+    def eof_received(self) -> bool:
+        self.end()
+        return False  # close the transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stream.connection_lost(exc)
+        self.end()
+
+    def pause_writing(self) -> None:
+        self._stream.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._stream.resume_writing()
 
 
 async def linger_close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *,

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from rolewire.aio._base import (
     STREAM_LIMIT,
+    WRITE_HIGH_WATER,
     WRITE_TIMEOUT,
     StreamDriver,
     close_writer,
@@ -152,9 +153,11 @@ class Channel:
         call_id = conn.call(operation, body, timeout=timeout, metadata=meta)
         future: asyncio.Future[bytes] = self._loop.create_future()
         self._calls[call_id] = future
-        self._driver.flush_soon()
+        driver = self._driver
+        driver.flush_first()
         try:
-            await self._driver.drain()
+            if driver.unsent() > WRITE_HIGH_WATER:
+                await driver.drain()
             return await future
         finally:
             if self._calls.pop(call_id, None) is not None:
@@ -228,12 +231,26 @@ class Channel:
             # so the connection answered any request itself (CallRefused);
             # notifications and other messages need nothing here.
 
+    def _chunk(self, data: bytes) -> None:
+        driver = self._driver
+        driver.receive(data)
+        self._handle_events()
+        driver.flush()
+
     async def _read_loop(self) -> None:
         driver = self._driver
         conn = self.connection
         loop = self._loop
         try:
             driver.flush()
+            by_callbacks = getattr(driver, "read_by_callbacks", None)
+            if by_callbacks is not None:
+                # TCP: each chunk handled in data_received, no task switch.
+                await by_callbacks(self._chunk)
+                if not conn.ended:
+                    conn.connection_lost(None, loop.time())
+                    self._handle_events()
+                return
             while not conn.ended:
                 data = await driver.read()
                 if not data:
