@@ -820,7 +820,9 @@ class Connection:
         count = batch.count
         status, types, op_index = batch.status, batch.types, batch.op_index
         body_off, body_len = batch.body_off, batch.body_len
-        plain = bytes(batch.buffer[:batch.out_used])  # one copy; slices are bodies
+        # One copy of the plaintexts (a memoryview slice: a bytearray slice
+        # would be a second); the bodies are slices of it.
+        plain = bytes(memoryview(batch.buffer)[:batch.out_used])
         state = self.state
         admit = state is not None and state.admit is not None
         ops = self._ops
