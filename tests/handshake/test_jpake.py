@@ -428,6 +428,28 @@ def test_forged_proofs_would_verify_under_the_group_law() -> None:
     a.round2(peer.round1())  # an honest test peer is accepted
 
 
+def test_checked_mul_refuses_what_is_valid_point_refuses() -> None:
+    """The proofs' c*X multiplication is the validity check of a peer's point
+    (no separate is_valid_point call): it must refuse every bad point, for
+    any scalar including 0 (where nothing is multiplied), and accept good
+    ones with the same product as the plain multiplication."""
+    zero = bytes(32)
+    scalars = [zero, jpake._random_scalar(), jpake._random_scalar()]
+    for name in BAD_POINTS:
+        enc, _ = bad_point(name, BASE)
+        assert not jpake._is_valid_point(enc), name
+        for k in scalars:
+            with pytest.raises(jpake._InvalidPoint):
+                jpake._checked_mul(k, enc)
+    for _ in range(3):
+        good = pt_mul(rand_int(), BASE)
+        assert jpake._checked_mul(zero, good) is None
+        k = scalars[1]
+        assert jpake._checked_mul(k, good) == na.crypto_scalarmult_ed25519_noclamp(k, good)
+    with pytest.raises(jpake._InvalidPoint):
+        jpake._checked_mul(scalars[1], BASE[:31])
+
+
 @pytest.mark.parametrize("slot", [0, 1], ids=["G3", "G4"])
 def test_round1_bad_points_refused(slot: int) -> None:
     peer = Peer()

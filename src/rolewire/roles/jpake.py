@@ -63,6 +63,9 @@ then unusable):
 * ``G3``, ``G4`` and the peer's ``A`` (called ``B`` here) must pass
   ``crypto_core_ed25519_is_valid_point`` (canonical encoding, on the curve,
   in the prime-order subgroup, not of small order, hence not the identity);
+  the check is made by the scalar multiplication ``c*X`` of the proof's
+  verification (libsodium's ``crypto_scalarmult_ed25519_noclamp`` refuses
+  exactly those points), or explicitly if ``c`` is 0;
 * the round-1 proofs verify with ``Gen = G`` and prover id ``peer_id``;
 * ``Gen_A = G1 + G3 + G4`` (the generator of our round 2) and
   ``Gen_B = G1 + G2 + G3`` (the generator of the peer's round 2) are not
@@ -219,6 +222,30 @@ def _mul(k: bytes, p: bytes) -> bytes | None:
         return None
 
 
+class _InvalidPoint(Exception):
+    """A peer's point failed the validity check (caught in :class:`JPake`)."""
+
+
+def _checked_mul(k: bytes, p: bytes) -> bytes | None:
+    """``k*P`` for a canonical scalar and a peer's point ``P`` not checked
+    yet; raises :class:`_InvalidPoint` unless ``P`` passes the checks of
+    :func:`_is_valid_point` (by libsodium's multiplication itself, or
+    explicitly when ``k`` is 0 and nothing is multiplied). ``None`` if
+    the product is the identity (only for ``k = 0``: ``P`` has order L)."""
+    if len(p) != POINT_SIZE:
+        raise _InvalidPoint
+    if k == _ZERO_SCALAR:
+        if not _is_valid_point(p):
+            raise _InvalidPoint
+        return None
+    try:
+        return _na.crypto_scalarmult_ed25519_noclamp(k, p)
+    except _CryptoError:
+        if not _is_valid_point(p):
+            raise _InvalidPoint from None
+        return None
+
+
 def _add(p: bytes | None, q: bytes | None) -> bytes | None:
     """``P + Q`` of subgroup points, with ``None`` as the identity."""
     if p is None:
@@ -248,16 +275,25 @@ def _prove(gen: bytes, x: bytes, x_pub: bytes, prover_id: bytes, context: bytes)
 
 
 def _verify(gen: bytes, x_pub: bytes, proof: bytes, prover_id: bytes, context: bytes) -> bool:
-    """Checks ``proof = V || r`` for ``x_pub`` (a valid point) and the
-    non-identity subgroup point ``gen``: ``r < L`` and ``V == r*gen + c*x_pub``.
-    ``V`` is not decoded: equality with the canonical, non-identity
-    right-hand side implies it is a valid point."""
+    """Checks ``proof = V || r`` for ``x_pub`` and the non-identity subgroup
+    point ``gen``: ``r < L`` and ``V == r*gen + c*x_pub``. ``V`` is not
+    decoded: equality with the canonical, non-identity right-hand side
+    implies it is a valid point.
+
+    ``x_pub`` need not have been checked: it is the point of ``c*x_pub``,
+    and libsodium's ``crypto_scalarmult_ed25519_noclamp`` refuses exactly
+    the points ``crypto_core_ed25519_is_valid_point`` refuses (canonical,
+    on the curve, in the prime-order subgroup, not of small order), so the
+    multiplication doubles as the validity check (one scalar
+    multiplication by L cheaper than checking first). Raises
+    :class:`_InvalidPoint` if ``x_pub`` is not a valid point."""
     v_pt, r = proof[:POINT_SIZE], proof[POINT_SIZE:]
+    c = _challenge(gen, v_pt, x_pub, prover_id, context)
+    c_x = _checked_mul(c, x_pub)  # first: an invalid x_pub is refused as such
     if len(v_pt) != POINT_SIZE or len(r) != SCALAR_SIZE or not _is_canonical_scalar(r):
         return False
-    c = _challenge(gen, v_pt, x_pub, prover_id, context)
     r_gen = _base_mul(r) if gen == _BASE else _mul(r, gen)
-    rhs = _add(r_gen, _mul(c, x_pub))
+    rhs = _add(r_gen, c_x)
     return rhs is not None and hmac.compare_digest(rhs, v_pt)
 
 
@@ -297,6 +333,7 @@ class JPake:
         "_g2",
         "_g3",
         "_g4",
+        "_g13",
         "_my_id",
         "_my_r1",
         "_my_r2",
@@ -319,6 +356,7 @@ class JPake:
         self._x2: bytes | None = None
         self._x2s: bytes | None = None
         self._g1 = self._g2 = self._g3 = self._g4 = b""
+        self._g13: bytes | None = None
         self._my_r1 = self._peer_r1 = self._my_r2 = b""
         self._state = _NEW
 
@@ -394,12 +432,17 @@ class JPake:
         g4 = peer_round1[32:64]
         zkp3 = peer_round1[64:128]
         zkp4 = peer_round1[128:192]
-        if not (_is_valid_point(g3) and _is_valid_point(g4)):
-            raise self._fail("invalid point in J-PAKE round 1")
-        if not (_verify(_BASE, g3, zkp3, self._peer_id, self._context)
-                and _verify(_BASE, g4, zkp4, self._peer_id, self._context)):
+        # The proofs' checks validate G3 and G4 (see _verify).
+        try:
+            ok = (_verify(_BASE, g3, zkp3, self._peer_id, self._context)
+                  and _verify(_BASE, g4, zkp4, self._peer_id, self._context))
+        except _InvalidPoint:
+            raise self._fail("invalid point in J-PAKE round 1") from None
+        if not ok:
             raise self._fail("J-PAKE round 1 proof did not verify")
-        gen_a = _add(_add(self._g1, g3), g4)
+        # G1 + G3 is shared by both round-2 generators (one addition fewer).
+        g13 = _add(self._g1, g3)
+        gen_a = _add(g13, g4)
         if gen_a is None:
             raise self._fail("degenerate J-PAKE round 2 generator")
         x2s = self._x2s
@@ -409,6 +452,7 @@ class JPake:
             raise self._fail("degenerate J-PAKE round 2 value")
         msg = a + _prove(gen_a, x2s, a, self._my_id, self._context)
         self._g3, self._g4, self._peer_r1, self._my_r2 = g3, g4, peer_round1, msg
+        self._g13 = g13
         self._state = _ROUND2
         return msg
 
@@ -420,12 +464,15 @@ class JPake:
             raise self._fail("J-PAKE round 2 message has the wrong length")
         b = peer_round2[:32]
         zkp_b = peer_round2[32:]
-        if not _is_valid_point(b):
-            raise self._fail("invalid point in J-PAKE round 2")
-        gen_b = _add(_add(self._g1, self._g2), self._g3)
+        gen_b = _add(self._g13, self._g2)
         if gen_b is None:
             raise self._fail("degenerate J-PAKE round 2 generator")
-        if not _verify(gen_b, b, zkp_b, self._peer_id, self._context):
+        # The proof's check validates B (see _verify).
+        try:
+            ok = _verify(gen_b, b, zkp_b, self._peer_id, self._context)
+        except _InvalidPoint:
+            raise self._fail("invalid point in J-PAKE round 2") from None
+        if not ok:
             raise self._fail("J-PAKE round 2 proof did not verify")
         x2, x2s = self._x2, self._x2s
         assert x2 is not None and x2s is not None
