@@ -38,6 +38,7 @@ __all__ = [
     "random_bytes",
     "trace",
     "use_known_answer_randomness",
+    "x25519_private",
 ]
 
 log = logging.getLogger("rolewire.entropy")
@@ -125,6 +126,16 @@ def ecdh_private(curve: str) -> Any:
     if source is None:
         return kind.generate()
     return kind.from_private_bytes(source.take(f"{curve} private", 56 if curve == "x448" else 32))
+
+
+def x25519_private() -> bytes:
+    """A fresh X25519 private key as its 32 raw bytes (RFC 7748: clamped
+    where it is used), for libsodium's ``crypto_scalarmult``; the same
+    draw (label ``"x25519 private"``) as :func:`ecdh_private` for vectors."""
+    source = _source.get()
+    if source is None:
+        return os.urandom(32)
+    return source.take("x25519 private", 32)
 
 
 def mlkem_private() -> MLKEM768PrivateKey:

@@ -250,6 +250,65 @@ def test_low_order_x448_share_is_refused(point):
     assert isinstance(ev, HandshakeFailed) and isinstance(ev.error, errors.InvalidKeyShare)
 
 
+X25519_SUITE = HandshakeSuite.X25519_MLKEM768_BLAKE2B_CHACHA20POLY1305
+_P25519 = 2**255 - 19
+#: X25519 public values of small order (u = 0, 1, -1, the two of order 8),
+#: non-canonical ones of them (p, p + 1) and each with the top bit set.
+X25519_LOW_ORDER = [
+    (u | (top << 255)).to_bytes(32, "little")
+    for u in (0, 1, _P25519 - 1, _P25519, _P25519 + 1,
+              325606250916557431795983626356110631294008115727848805560023387167927233504,
+              39382357235489614581723060781553021112529911719440698176882885853963445705823)
+    for top in (0, 1)]
+
+
+@pytest.mark.parametrize("point", X25519_LOW_ORDER, ids=lambda p: p.hex()[:8] + p.hex()[-2:])
+def test_low_order_x25519_share_is_refused(point):
+    """X25519 runs on libsodium: a small-order share from either side is
+    refused as an invalid key share, as OpenSSL refuses it."""
+    roles = [KeyRole("k", KEY)]
+    init, resp = fresh(roles, suites=[X25519_SUITE])
+    data = init.data_to_send()
+    hello = m.parse_message(1, data[4:])
+    resp.receive_data(_rewrite_hello(data, share=point + hello.share[32:]))
+    ev = resp.next_event()
+    assert isinstance(ev, HandshakeFailed) and isinstance(ev.error, errors.InvalidKeyShare)
+    # The responder's share, to the initiator.
+    init, resp = fresh(roles, suites=[X25519_SUITE])
+    resp.receive_data(init.data_to_send())
+    assert resp.next_event() is NEED_DATA
+    reply = bytearray(resp.data_to_send())
+    start = 4 + 1 + 32 + 1
+    reply[start:start + 32] = point
+    init.receive_data(bytes(reply))
+    ev = init.next_event()
+    assert isinstance(ev, HandshakeFailed) and isinstance(ev.error, errors.InvalidKeyShare)
+
+
+def test_x25519_on_libsodium_agrees_with_openssl():
+    """The libsodium X25519 of the handshake gives OpenSSL's results, and
+    refuses exactly the public values OpenSSL refuses."""
+    from cryptography.hazmat.primitives.asymmetric import x25519
+
+    from rolewire.handshake import kex
+    from rolewire.handshake.suites import KexGroup
+
+    group = KexGroup.X25519_MLKEM768
+    for peer in [*X25519_LOW_ORDER, *(os.urandom(32) for _ in range(8))]:
+        mine = kex._X25519()
+        ref = x25519.X25519PrivateKey.from_private_bytes(mine._key)
+        assert ref.public_key().public_bytes_raw() == mine.public
+        try:
+            expected = ref.exchange(x25519.X25519PublicKey.from_public_bytes(peer))
+        except ValueError:
+            expected = None
+        try:
+            got = kex._ecdh(mine, peer, group)
+        except errors.InvalidKeyShare:
+            got = None
+        assert got == expected
+
+
 def test_modified_mlkem_ciphertext_gives_no_session():
     # ML-KEM's implicit rejection: a wrong ciphertext yields a different
     # secret, which the encrypted part of the message then exposes.

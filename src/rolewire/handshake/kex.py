@@ -15,15 +15,22 @@ Checks (docs/PROTOCOL.md, "Key exchange checks"):
 - the ML-KEM ciphertext has exactly 1088 bytes (checked by the parser and
   again by ``decapsulate``);
 - an X448/X25519 shared secret of all zeros (a low-order or zero public value)
-  is refused: OpenSSL already refuses it, and we check again ourselves.
+  is refused: OpenSSL (X448) and libsodium (X25519) already refuse it, and we
+  check again ourselves.
+
+X25519 runs on libsodium (``crypto_scalarmult[_base]`` through PyNaCl):
+the same RFC 7748 function as OpenSSL's, byte for byte, and its key
+generation (a fixed-base multiplication) costs half of ``cryptography``'s.
+X448 stays on ``cryptography`` (libsodium has no X448).
 """
 
 from __future__ import annotations
 
 import hmac
 
-from cryptography.hazmat.primitives.asymmetric import x448, x25519
+from cryptography.hazmat.primitives.asymmetric import x448
 from cryptography.hazmat.primitives.asymmetric.mlkem import MLKEM768PrivateKey, MLKEM768PublicKey
+from nacl import bindings as _na
 
 from rolewire import entropy
 from rolewire.errors import InvalidKeyShare
@@ -49,21 +56,51 @@ _ZERO56 = bytes(56)
 _ZERO32 = bytes(32)
 
 
-def _ecdh_types(group: KexGroup):  # type: ignore[no-untyped-def]
-    if group is KexGroup.X448_MLKEM768:
-        return "x448", x448.X448PublicKey, _ZERO56
-    return "x25519", x25519.X25519PublicKey, _ZERO32
+class _X448:
+    """An X448 private key (``cryptography``/OpenSSL)."""
+
+    __slots__ = ("_key", "public")
+
+    def __init__(self) -> None:
+        self._key = entropy.ecdh_private("x448")
+        self.public: bytes = self._key.public_key().public_bytes_raw()
+
+    def exchange(self, peer_public: bytes) -> bytes:
+        try:
+            secret: bytes = self._key.exchange(x448.X448PublicKey.from_public_bytes(peer_public))
+        except ValueError:
+            raise InvalidKeyShare("ECDH public value gives no valid shared secret") from None
+        return secret
 
 
-def _ecdh(private, peer_public: bytes, group: KexGroup) -> bytes:  # type: ignore[no-untyped-def]
-    _, pub_type, zero = _ecdh_types(group)
+class _X25519:
+    """An X25519 private key (libsodium)."""
+
+    __slots__ = ("_key", "public")
+
+    def __init__(self) -> None:
+        self._key = entropy.x25519_private()
+        self.public: bytes = _na.crypto_scalarmult_base(self._key)
+
+    def exchange(self, peer_public: bytes) -> bytes:
+        try:
+            secret: bytes = _na.crypto_scalarmult(self._key, peer_public)
+        except (RuntimeError, ValueError, TypeError):
+            # libsodium refuses a low-order public value (all-zero result).
+            raise InvalidKeyShare("ECDH public value gives no valid shared secret") from None
+        return secret
+
+
+def _ecdh_private(group: KexGroup) -> _X448 | _X25519:
+    return _X448() if group is KexGroup.X448_MLKEM768 else _X25519()
+
+
+def _ecdh(private: _X448 | _X25519, peer_public: bytes, group: KexGroup) -> bytes:
     if len(peer_public) != group.ecdh_size:
         raise InvalidKeyShare("ECDH public value has the wrong length")
-    try:
-        secret: bytes = private.exchange(pub_type.from_public_bytes(peer_public))
-    except ValueError:
-        raise InvalidKeyShare("ECDH public value gives no valid shared secret") from None
-    if hmac.compare_digest(secret, zero):  # pragma: no cover - OpenSSL refuses it first
+    secret = private.exchange(peer_public)
+    zero = _ZERO56 if group is KexGroup.X448_MLKEM768 else _ZERO32
+    if hmac.compare_digest(secret, zero):  # pragma: no cover - the libraries refuse it first
         raise InvalidKeyShare("ECDH shared secret is all zeros")
     return secret
 
@@ -74,16 +111,15 @@ class InitiatorShare:
     __slots__ = ("_ecdh", "_kem", "ecdh_public", "group", "mlkem_ek")
 
     def __init__(self, group: KexGroup) -> None:
-        curve, _, _ = _ecdh_types(group)
         self.group = group
-        self._ecdh = entropy.ecdh_private(curve)
+        self._ecdh: _X448 | _X25519 | None = _ecdh_private(group)
         self._kem: MLKEM768PrivateKey | None = entropy.mlkem_private()
-        self.ecdh_public: bytes = self._ecdh.public_key().public_bytes_raw()
+        self.ecdh_public: bytes = self._ecdh.public
         self.mlkem_ek: bytes = self._kem.public_key().public_bytes_raw()
 
     def finish(self, peer_ecdh: bytes, mlkem_ct: bytes) -> tuple[bytes, bytes]:
         """Returns ``(ss_mlkem, ss_ecdh)`` and forgets the private keys."""
-        if self._kem is None:
+        if self._kem is None or self._ecdh is None:
             raise InvalidKeyShare("key share already used")
         if len(mlkem_ct) != MLKEM768_CT_SIZE:
             raise InvalidKeyShare("ML-KEM ciphertext has the wrong length")
@@ -110,8 +146,7 @@ def responder_exchange(group: KexGroup, peer_ecdh: bytes, peer_ek: bytes
         ek = MLKEM768PublicKey.from_public_bytes(peer_ek)  # FIPS 203 §7.2 checks
     except ValueError:
         raise InvalidKeyShare("invalid ML-KEM encapsulation key") from None
-    curve, _, _ = _ecdh_types(group)
-    mine = entropy.ecdh_private(curve)
+    mine = _ecdh_private(group)
     ss_x = _ecdh(mine, peer_ecdh, group)
     ss_m, ct = entropy.mlkem_encapsulate(ek, peer_ek)
-    return mine.public_key().public_bytes_raw(), ct, ss_m, ss_x
+    return mine.public, ct, ss_m, ss_x
