@@ -110,6 +110,11 @@ logger = logging.getLogger("rolewire.handshake")
 #: Hello hints are padded to a power of two, at least this many.
 MIN_HINT_BUCKET = 4
 
+# The flags as plain ints: IntFlag arithmetic builds a new enum member in
+# Python on every & and |, a dozen times per handshake.
+_PROVE = int(Flag.PROVE)
+_VERIFY = int(Flag.VERIFY)
+
 
 class _State(enum.Enum):
     WAIT_HELLO = "wait-hello"
@@ -162,12 +167,12 @@ class _Slot:
 
 
 def _my_flags(role: Role) -> int:
-    return (Flag.PROVE if role.can_prove else 0) | (Flag.VERIFY if role.can_verify else 0)
+    return (_PROVE if role.can_prove else 0) | (_VERIFY if role.can_verify else 0)
 
 
 def _useful(offer_flags: int, my_flags: int) -> bool:
-    return bool((offer_flags & Flag.PROVE and my_flags & Flag.VERIFY)
-                or (offer_flags & Flag.VERIFY and my_flags & Flag.PROVE))
+    return bool((offer_flags & _PROVE and my_flags & _VERIFY)
+                or (offer_flags & _VERIFY and my_flags & _PROVE))
 
 
 def _bucket(n: int, minimum: int, maximum: int) -> int:
@@ -452,11 +457,12 @@ class Handshake:
         self._cleanup()
         self._events.append(HandshakeComplete(names, suite, self._ss.h, session, kinds,
                                               frozenset(self._dropped)))
-        logger.info("handshake complete", extra={
-            "event": "handshake_complete", "peer": str(self.peer),
-            "suite": suite.wire_name, "peer_roles": sorted(names),
-            "transcript": self._ss.h[:4].hex(),
-            "side": "initiator" if self.is_initiator else "responder"})
+        if logger.isEnabledFor(logging.INFO):  # the fields cost more than the call
+            logger.info("handshake complete", extra={
+                "event": "handshake_complete", "peer": str(self.peer),
+                "suite": suite.wire_name, "peer_roles": sorted(names),
+                "transcript": self._ss.h[:4].hex(),
+                "side": "initiator" if self.is_initiator else "responder"})
 
 
 class Initiator(Handshake):
@@ -606,7 +612,7 @@ class Initiator(Handshake):
             roles_seen.add(role.role_id)
             if not _useful(entry.flags, flags):
                 raise MalformedHandshakeMessage("role entry with flags of no use")
-            if entry.data and not (role.sends_credentials and entry.flags & Flag.PROVE):
+            if entry.data and not (role.sends_credentials and entry.flags & _PROVE):
                 raise MalformedHandshakeMessage("unexpected role entry data")
             match = _Match(entry.index, role, flags)
             match.peer_flags = entry.flags
@@ -614,7 +620,7 @@ class Initiator(Handshake):
             self._matches.append(match)
 
         for match in self._matches:
-            expected = bool(match.peer_flags & Flag.PROVE and match.offer_flags & Flag.VERIFY)
+            expected = bool(match.peer_flags & _PROVE and match.offer_flags & _VERIFY)
             proof = proofs.pop(match.index, None)
             if expected:
                 if match.role.sends_credentials and not match.peer_data and proof is None:
@@ -649,8 +655,8 @@ class Initiator(Handshake):
         my_entries = []
         for match in self._matches:
             data = b""
-            if (match.role.sends_credentials and match.offer_flags & Flag.PROVE
-                    and match.peer_flags & Flag.VERIFY):
+            if (match.role.sends_credentials and match.offer_flags & _PROVE
+                    and match.peer_flags & _VERIFY):
                 if send_chains:
                     data = encode_chain(match.role.credentials())
                 else:
@@ -662,7 +668,7 @@ class Initiator(Handshake):
         h_initiator = self._ss.h
         my_proofs = []
         for match in self._matches:
-            if (match.offer_flags & Flag.PROVE and match.peer_flags & Flag.VERIFY
+            if (match.offer_flags & _PROVE and match.peer_flags & _VERIFY
                     and not match.deferred):
                 my_proofs.append(ProofEntry(match.index,
                                             self._prove(match, Direction.INITIATOR, h_initiator)))
@@ -900,7 +906,7 @@ class Responder(Handshake):
         for match in self._matches:
             role = match.role
             data = b""
-            if role.sends_credentials and role.can_prove and match.offer_flags & Flag.VERIFY:
+            if role.sends_credentials and role.can_prove and match.offer_flags & _VERIFY:
                 if self.config.withhold_certificates:
                     match.withheld = True
                 else:
@@ -917,7 +923,7 @@ class Responder(Handshake):
         h_responder = self._ss.h
         proofs = []
         for match in self._matches:
-            if match.role.can_prove and match.offer_flags & Flag.VERIFY and not match.withheld:
+            if match.role.can_prove and match.offer_flags & _VERIFY and not match.withheld:
                 proofs.append(ProofEntry(match.index,
                                          self._prove(match, Direction.RESPONDER, h_responder)))
         proof_ct = self._encrypt(encode_proofs(proofs))
@@ -964,7 +970,7 @@ class Responder(Handshake):
             if entry.flags != match.offer_flags:
                 raise MalformedHandshakeMessage("role entry flags differ from the Hello")
             role = match.role
-            expected = bool(match.offer_flags & Flag.PROVE and _my_flags(role) & Flag.VERIFY)
+            expected = bool(match.offer_flags & _PROVE and _my_flags(role) & _VERIFY)
             proof = proofs.pop(match.index, None)
             if entry.data and not (role.sends_credentials and expected):
                 raise MalformedHandshakeMessage("unexpected role entry data")

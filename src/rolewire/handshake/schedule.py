@@ -59,6 +59,7 @@ LABEL_REHANDSHAKE = b"rolewire/2 rehandshake"
 
 _blake2b = hashlib.blake2b
 _hmac = hmac.digest
+_hmac_new = hmac.new
 _NONCE = struct.Struct("<4xQ")
 _H0 = _blake2b(PROTOCOL_NAME).digest()
 
@@ -66,10 +67,16 @@ _H0 = _blake2b(PROTOCOL_NAME).digest()
 def hkdf(ck: bytes, ikm: bytes, labels: tuple[bytes, ...]) -> list[bytes]:
     """HKDF-BLAKE2b with one label per 64-byte output (see module docstring)."""
     prk = _hmac(ck, ikm, "blake2b")
+    # One keyed HMAC state for all outputs, copied per output (the stdlib
+    # HMAC object over hashlib's BLAKE2b): the key is padded and absorbed
+    # once instead of once per output.
+    keyed = _hmac_new(prk, None, _blake2b)
     out: list[bytes] = []
     prev = b""
     for i, label in enumerate(labels, 1):
-        prev = _hmac(prk, prev + label + bytes((i,)), "blake2b")
+        mac = keyed.copy()
+        mac.update(prev + label + bytes((i,)))
+        prev = mac.digest()
         out.append(prev)
     return out
 

@@ -66,23 +66,26 @@ class HandshakeSuite(enum.IntEnum):
     def record_suite_id(self) -> int:
         """Wire id of the record suite (rolewire.record.Suite): 1 ChaCha20-
         Poly1305, 2 AEGIS-256."""
-        return 1 if "CHACHA20" in self.name else 2
+        return _RECORD_SUITE_ID[self]
 
     @property
     def record_suite(self):  # type: ignore[no-untyped-def]
         """The :class:`rolewire.record.Suite` the session's records use."""
-        from rolewire.record import Suite
+        suite = _RECORD_SUITE.get(self)
+        if suite is None:  # imported late: the record layer is not needed to negotiate
+            from rolewire.record import Suite
 
-        return Suite(self.record_suite_id)
+            suite = _RECORD_SUITE[self] = Suite(self.record_suite_id)
+        return suite
 
     @property
     def record_iv_size(self) -> int:
-        return 12 if self.record_suite_id == 1 else 32
+        return 12 if _RECORD_SUITE_ID[self] == 1 else 32
 
     @property
     def wire_name(self) -> str:
         """E.g. ``"X448-MLKEM768-BLAKE2B-CHACHA20POLY1305"``."""
-        return self.name.replace("_", "-")
+        return _WIRE_NAME[self]
 
     @classmethod
     def from_name(cls, name: str) -> HandshakeSuite:
@@ -101,6 +104,10 @@ _GROUP = {
     HandshakeSuite.X25519_MLKEM768_BLAKE2B_CHACHA20POLY1305: KexGroup.X25519_MLKEM768,
     HandshakeSuite.X25519_MLKEM768_BLAKE2B_AEGIS256: KexGroup.X25519_MLKEM768,
 }
+# Per-suite constants, computed once (the properties run in every handshake).
+_RECORD_SUITE_ID = {s: 1 if "CHACHA20" in s.name else 2 for s in HandshakeSuite}
+_WIRE_NAME = {s: s.name.replace("_", "-") for s in HandshakeSuite}
+_RECORD_SUITE: dict[HandshakeSuite, object] = {}
 
 
 
