@@ -110,6 +110,25 @@ def test_crl_with_a_forged_signature_is_refused_or_ignored(pki_tree):
     role.validate_chain(chain_of(leaf, mid), NOW)
 
 
+def test_policy_built_once_still_takes_each_validations_time(pki_tree):
+    """A role builds its path-validation policy once (issue 13); each
+    validation still applies its own time, and with the cache off nothing
+    of an earlier success carries over."""
+    root, mid, leaf, _other = pki_tree
+    role = CertificateRole("holder", anchors=[root.certificate], cache_size=0)
+    chain = chain_of(leaf, mid)
+    role.validate_chain(chain, NOW)
+    for at in (NOW + datetime.timedelta(days=60), NOW - datetime.timedelta(days=1)):
+        with pytest.raises(CertificateRejected):
+            role.validate_chain(chain, at)
+    role.validate_chain(chain, NOW)
+    revoking = CertificateRole("holder", anchors=[root.certificate], cache_size=0,
+                               crls=[create_crl(mid, [leaf.certificate])])
+    for _ in range(2):
+        with pytest.raises(CertificateRejected, match="revoked"):
+            revoking.validate_chain(chain, NOW)
+
+
 @pytest.mark.parametrize("encoding", [serialization.Encoding.PEM, serialization.Encoding.DER])
 def test_crl_files_pem_or_der(tmp_path, pki_tree, encoding):
     root, mid, leaf, _other = pki_tree

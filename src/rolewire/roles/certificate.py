@@ -116,18 +116,26 @@ def _check_public_key(key: Any, where: str) -> None:
         raise CertificateRejected(f"{where}: key type not accepted (ECDSA P-256/P-384, RSA)")
 
 
+# Signature algorithm objects are immutable descriptors: built once, not
+# per signature (two per handshake and side).
+_ECDSA = {curve: ec.ECDSA(hash_type()) for curve, hash_type in _CURVE_HASH.items()}
+_ECDSA_DETERMINISTIC = {curve: ec.ECDSA(hash_type(), deterministic_signing=True)
+                        for curve, hash_type in _CURVE_HASH.items()}
+_SHA256 = hashes.SHA256()
+
+
 def _sign(key: PrivateKey, data: bytes) -> bytes:
     if isinstance(key, ec.EllipticCurvePrivateKey):
-        return key.sign(data, ec.ECDSA(_CURVE_HASH[key.curve.name](),
-                                       deterministic_signing=entropy.deterministic_signatures()))
-    return key.sign(data, _PSS, hashes.SHA256())
+        table = _ECDSA_DETERMINISTIC if entropy.deterministic_signatures() else _ECDSA
+        return key.sign(data, table[key.curve.name])
+    return key.sign(data, _PSS, _SHA256)
 
 
 def _verify(key: PublicKey, signature: bytes, data: bytes) -> None:
     if isinstance(key, ec.EllipticCurvePublicKey):
-        key.verify(signature, data, ec.ECDSA(_CURVE_HASH[key.curve.name]()))
+        key.verify(signature, data, _ECDSA[key.curve.name])
     else:
-        key.verify(signature, data, _PSS, hashes.SHA256())
+        key.verify(signature, data, _PSS, _SHA256)
 
 
 def _load_pems(path: str | os.PathLike[str], what: str) -> list[x509.Certificate]:
@@ -196,12 +204,14 @@ class CertificateRole(Role):
     sends_credentials = True
     __slots__ = (
         "_anchors",
+        "_builder",
         "_cache",
         "_cache_size",
         "_cache_ttl",
         "_chain",
         "_crls",
         "_files",
+        "_hint_keys",
         "_key",
         "_lock",
         "_max_depth",
@@ -250,6 +260,15 @@ class CertificateRole(Role):
         self._files: dict[str, Any] | None = None
         self._anchors = tuple(anchors)
         self._store = Store(anchors)
+        # Public per-role work, done once: the hint keys of the anchors and
+        # the verifier policy without its time (each validation adds the
+        # time of that handshake).
+        self._hint_keys = tuple(hashlib.blake2b(
+            a.public_key().public_bytes(serialization.Encoding.DER,
+                                        serialization.PublicFormat.SubjectPublicKeyInfo),
+            digest_size=32, person=b"rolewire2crthint").digest() for a in self._anchors)
+        self._builder = (PolicyBuilder().store(self._store).max_chain_depth(max_chain_depth)
+                         .extension_policies(ca_policy=_CA_POLICY, ee_policy=_EE_POLICY))
         self._chain = tuple(chain)
         self.chain_der: tuple[bytes, ...] = tuple(
             c.public_bytes(serialization.Encoding.DER) for c in chain)
@@ -278,10 +297,7 @@ class CertificateRole(Role):
         """One Hello hint key per anchor: ``BLAKE2b-256(anchor SPKI DER,
         person="rolewire2crthint")`` (docs/PROTOCOL.md, "Role hints"), so
         only parties that hold the anchor recognise the role."""
-        return tuple(hashlib.blake2b(
-            a.public_key().public_bytes(serialization.Encoding.DER,
-                                        serialization.PublicFormat.SubjectPublicKeyInfo),
-            digest_size=32, person=b"rolewire2crthint").digest() for a in self._anchors)
+        return self._hint_keys
 
     @property
     def chain(self) -> tuple[x509.Certificate, ...]:
@@ -380,14 +396,16 @@ class CertificateRole(Role):
         the leaf public key. Raises :class:`CertificateRejected`."""
         at = _utc(at)
         key = tuple(chain_der)
-        with self._lock:
-            hit = self._cache.get(key)
-            if hit is not None:
-                pub, not_before, not_after, cached_at = hit
-                if not_before <= at <= not_after and cached_at <= at < cached_at + self._cache_ttl:
-                    self._cache.move_to_end(key)
-                    return pub
-                del self._cache[key]
+        if self._cache_size > 0:
+            with self._lock:
+                hit = self._cache.get(key)
+                if hit is not None:
+                    pub, not_before, not_after, cached_at = hit
+                    if (not_before <= at <= not_after
+                            and cached_at <= at < cached_at + self._cache_ttl):
+                        self._cache.move_to_end(key)
+                        return pub
+                    del self._cache[key]
         if not 1 <= len(key) <= MAX_CHAIN_DEPTH:
             raise CertificateRejected("certificate chain length out of range")
         try:
@@ -401,10 +419,7 @@ class CertificateRole(Role):
             raise CertificateRejected("leaf public key could not be loaded") from None
         _check_public_key(leaf_key, "leaf certificate")
         pub = cast(PublicKey, leaf_key)  # _check_public_key admitted only these
-        verifier = (PolicyBuilder().store(self._store).time(at)
-                    .max_chain_depth(self._max_depth)
-                    .extension_policies(ca_policy=_CA_POLICY, ee_policy=_EE_POLICY)
-                    .build_client_verifier())
+        verifier = self._builder.time(at).build_client_verifier()
         try:
             verified = verifier.verify(leaf, certs[1:])
         except VerificationError as exc:
