@@ -244,13 +244,15 @@ def _parse_hello(body: bytes) -> Hello:
     n = r.u8()
     if n > MAX_ROLES:
         raise HandshakeMessageTooLarge(f"Hello: more than {MAX_ROLES} roles")
-    hints = tuple(r.take(HINT_SIZE) for _ in range(n))
+    block = r.take(HINT_SIZE * n)
+    hints = tuple(block[i:i + HINT_SIZE] for i in range(0, len(block), HINT_SIZE))
     if len(set(hints)) != n:
         raise r.fail("duplicate role hint")
     m = r.u8()
     if m > MAX_PASSWORD_SLOTS:
         raise HandshakeMessageTooLarge(f"Hello: more than {MAX_PASSWORD_SLOTS} password slots")
-    slots = tuple(r.take(ROUND1_SIZE) for _ in range(m))
+    block = r.take(ROUND1_SIZE * m)
+    slots = tuple(block[i:i + ROUND1_SIZE] for i in range(0, len(block), ROUND1_SIZE))
     c = r.u8()
     if c not in (0, COOKIE_SIZE):
         raise r.fail("cookie MAC length must be 0 or 16")
@@ -539,7 +541,7 @@ def unpad(data: bytes) -> bytes:
     if n > len(data) - 2:
         raise MalformedHandshakeMessage("padded field: padding longer than the field")
     body_end = len(data) - 2 - n
-    if any(data[body_end:-2]):
+    if data[body_end:-2] != bytes(n):  # one C comparison, not a Python loop
         raise MalformedHandshakeMessage("padded field: non-zero padding")
     return data[:body_end]
 

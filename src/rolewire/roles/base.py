@@ -31,7 +31,7 @@ import datetime
 import enum
 import hashlib
 from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from rolewire.errors import ConfigurationError, RoleProofInvalid
 
@@ -115,8 +115,19 @@ def role_hint(hint_key: bytes, nonce: bytes, kind: int, flags: int, rid: bytes) 
     so a dictionary of names does not recognise it. It changes with every
     handshake (the initiator random), and it carries the kind and flags, so
     neither travels in the clear."""
-    return hashlib.blake2b(nonce + bytes((kind, flags)) + rid, key=hint_key,
-                           digest_size=HINT_SIZE, person=b"rolewire2hint").digest()
+    return _hint_finish(_hint_prefix(hint_key, nonce), kind, flags, rid)
+
+
+def _hint_prefix(hint_key: bytes, nonce: bytes) -> Any:
+    """The keyed BLAKE2b state of :func:`role_hint` after the nonce (shared
+    by a role's hints for every flag combination)."""
+    return hashlib.blake2b(nonce, key=hint_key, digest_size=HINT_SIZE, person=b"rolewire2hint")
+
+
+def _hint_finish(prefix: Any, kind: int, flags: int, rid: bytes) -> bytes:
+    h = prefix.copy()
+    h.update(bytes((kind, flags)) + rid)
+    return h.digest()
 
 
 def password_hint(rid: bytes, h: bytes, slot: int) -> bytes:
@@ -284,9 +295,12 @@ class RoleSet:
         any of the three flag combinations."""
         out: dict[bytes, tuple[Role, int]] = {}
         for role, keys in self._hint_keys:
-            for flags in (1, 2, 3):
-                for key in keys:
-                    out[role_hint(key, nonce, role.kind, flags, role.role_id)] = (role, flags)
+            for key in keys:
+                # role_hint for the three flags: the keyed state after the
+                # nonce is computed once and copied.
+                prefix = _hint_prefix(key, nonce)
+                for flags in (1, 2, 3):
+                    out[_hint_finish(prefix, role.kind, flags, role.role_id)] = (role, flags)
         return out
 
     def password_hints(self, h: bytes, slot: int) -> dict[bytes, Role]:
