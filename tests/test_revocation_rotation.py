@@ -129,6 +129,36 @@ def test_policy_built_once_still_takes_each_validations_time(pki_tree):
             revoking.validate_chain(chain, NOW)
 
 
+def test_crl_signature_checked_once_revocation_every_time(pki_tree, monkeypatch):
+    """A role remembers whether a CRL's signature verifies with an issuer's
+    key (issue 13): checked once per (CRL, key), while every validation
+    still looks the path up in the CRLs, and a forged CRL stays ignored."""
+    from rolewire.roles import certificate
+
+    root, mid, leaf, other = pki_tree
+    calls = []
+    real = certificate._crl_signed_by
+    monkeypatch.setattr(certificate, "_crl_signed_by",
+                        lambda crl, issuer: calls.append(issuer.subject) or real(crl, issuer))
+    fake_mid = Issued(mid.certificate, ec.generate_private_key(ec.SECP256R1()))
+    role = CertificateRole("holder", anchors=[root.certificate], cache_size=0,
+                           crls=[create_crl(mid, [leaf.certificate]),
+                                 create_crl(fake_mid, [other.certificate])])
+    calls.clear()  # the constructor checks CRLs named after the anchor only
+    for _ in range(3):
+        with pytest.raises(CertificateRejected, match="leaf certificate .* is revoked"):
+            role.validate_chain(chain_of(leaf, mid), NOW)
+        role.validate_chain(chain_of(other, mid), NOW)  # the forged CRL revokes nothing
+    assert len(calls) == 2  # each CRL's signature once, for mid's key
+    # A new role (a reload) remembers nothing.
+    fresh = CertificateRole("holder", anchors=[root.certificate], cache_size=0,
+                            crls=[create_crl(mid, [leaf.certificate])])
+    calls.clear()
+    with pytest.raises(CertificateRejected, match="revoked"):
+        fresh.validate_chain(chain_of(leaf, mid), NOW)
+    assert len(calls) == 1
+
+
 @pytest.mark.parametrize("encoding", [serialization.Encoding.PEM, serialization.Encoding.DER])
 def test_crl_files_pem_or_der(tmp_path, pki_tree, encoding):
     root, mid, leaf, _other = pki_tree

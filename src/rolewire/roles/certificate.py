@@ -76,6 +76,8 @@ PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 PublicKey = ec.EllipticCurvePublicKey | rsa.RSAPublicKey
 
 MAX_CHAIN_DEPTH = 8
+#: Most (CRL, issuer key) signature checks a role remembers.
+_MAX_CRL_SIGNATURES = 256
 MIN_RSA_BITS = 2048
 _CURVE_HASH = {"secp256r1": hashes.SHA256, "secp384r1": hashes.SHA384}
 _PSS = padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=32)
@@ -209,6 +211,7 @@ class CertificateRole(Role):
         "_cache_size",
         "_cache_ttl",
         "_chain",
+        "_crl_signatures",
         "_crls",
         "_files",
         "_hint_keys",
@@ -280,6 +283,8 @@ class CertificateRole(Role):
         self._cache_size = cache_size
         self._cache_ttl = datetime.timedelta(seconds=cache_ttl)
         self._lock = threading.Lock()
+        #: (CRL index, issuer SPKI DER) -> the CRL's signature verifies.
+        self._crl_signatures: OrderedDict[tuple[int, bytes], bool] = OrderedDict()
 
     @property
     def can_prove(self) -> bool:
@@ -462,14 +467,37 @@ class CertificateRole(Role):
         """``path`` is leaf first, anchor last; each certificate below the
         anchor is checked against the CRLs of its issuer."""
         for cert, issuer in itertools.pairwise(path):
-            for crl in self._crls:
-                if crl.issuer != issuer.subject or not _crl_signed_by(crl, issuer):
+            for index, crl in enumerate(self._crls):
+                if crl.issuer != issuer.subject or not self._crl_signed_by(index, crl, issuer):
                     continue
                 if crl.get_revoked_certificate_by_serial_number(cert.serial_number) is not None:
                     what = "leaf" if cert is path[0] else "intermediate"
                     raise CertificateRejected(
                         f"certificate chain rejected for role {self.name!r}: the {what} "
                         f"certificate (serial {cert.serial_number:x}) is revoked")
+
+    def _crl_signed_by(self, index: int, crl: x509.CertificateRevocationList,
+                       issuer: x509.Certificate) -> bool:
+        """:func:`_crl_signed_by`, remembered per (CRL, issuer public key):
+        whether a fixed CRL's signature verifies with a given key never
+        changes, so it is checked once, not in every handshake. (The path
+        is still validated and looked up in the CRL every time; a new role,
+        as after a reload, starts with nothing remembered.)"""
+        try:
+            spki = issuer.public_key().public_bytes(
+                serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        except (ValueError, UnsupportedAlgorithm):
+            return False
+        key = (index, spki)
+        with self._lock:
+            known = self._crl_signatures.get(key)
+        if known is None:
+            known = _crl_signed_by(crl, issuer)
+            with self._lock:
+                self._crl_signatures[key] = known
+                while len(self._crl_signatures) > _MAX_CRL_SIGNATURES:
+                    self._crl_signatures.popitem(last=False)
+        return known
 
     def clear_cache(self) -> None:
         with self._lock:
