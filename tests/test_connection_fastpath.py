@@ -295,3 +295,26 @@ def test_invoke_many_awaits_asynchronous_handlers_in_order():
     assert pending is not None
     asyncio.run(pending)
     assert seen == [b"1", b"2", b"3"]
+
+
+def test_connections_of_one_service_share_one_operation_table():
+    # A table is ~25 KiB of C memory: one per service, not per connection
+    # (a Service is an unhashable dataclass: the cache must not need a hash).
+    service = make_service()
+    servers = []
+    for _ in range(3):
+        client = Connection.client(CLIENT_CFG, now=NOW)
+        server = Connection.server(SERVER_CFG, service, now=NOW)
+        for _ in range(6):
+            data = client.data_to_send(NOW)
+            if data:
+                server.receive_data(data, NOW)
+            data = server.data_to_send(NOW)
+            if data:
+                client.receive_data(data, NOW)
+        client.notify("sink", b"x")
+        server.receive_data(client.data_to_send(NOW), NOW)
+        servers.append(server)
+    tables = {id(server._ops) for server in servers}
+    assert len(tables) == 1 and servers[0]._ops is not None
+    assert len(servers[0]._ops) == len(service.operations)

@@ -145,9 +145,25 @@ audit_log = logging.getLogger("rolewire.audit")
 _CLOSE = encode(CallMessage(MessageType.CLOSE, 0, ""))
 _NOTIFY = int(MessageType.NOTIFY)
 _TYPES = {int(t): t for t in MessageType}
-#: Operation tables of the services connections serve (protocol.fastpath).
-_OPERATION_TABLES: weakref.WeakKeyDictionary[object, OperationTable] = \
-    weakref.WeakKeyDictionary()
+#: Operation tables of the services connections serve (protocol.fastpath),
+#: by id: a Service is a dataclass, so unhashable. Each entry goes when its
+#: service does (the weak reference's callback).
+_OPERATION_TABLES: dict[int, tuple[weakref.ref[Any], OperationTable]] = {}
+
+
+def _shared_operation_table(service: object) -> OperationTable | None:
+    """The one table of ``service`` (None if it cannot be weakly referenced)."""
+    key = id(service)
+    found = _OPERATION_TABLES.get(key)
+    if found is not None and found[0]() is service:
+        return found[1]
+    try:
+        ref = weakref.ref(service, lambda _ref, key=key: _OPERATION_TABLES.pop(key, None))
+    except TypeError:
+        return None
+    table = OperationTable()
+    _OPERATION_TABLES[key] = (ref, table)
+    return table
 
 
 class Authorizer(Protocol):
@@ -757,21 +773,16 @@ class Connection:
 
     def _operation_table(self) -> OperationTable | None:
         """The service's operation names as a fast-path table (one per
-        service, shared by its connections; names it cannot hold are decoded
-        the slow way)."""
+        service, shared by its connections: a table is ~25 KiB of C memory;
+        names it cannot hold are decoded the slow way)."""
         ops = self._ops
         operations = getattr(self._service, "operations", None)
         if not operations:
             return ops
         if ops is None:
-            try:
-                ops = _OPERATION_TABLES.get(self._service)
-            except TypeError:  # not weakly referenceable: a table of our own
-                ops = None
-            if ops is None:
+            ops = _shared_operation_table(self._service)
+            if ops is None:  # (not `or`: an empty table is falsy)
                 ops = OperationTable()
-                with contextlib.suppress(TypeError):
-                    _OPERATION_TABLES[self._service] = ops
             self._ops = ops
         if len(ops) < len(operations) and len(ops) < ops.capacity:
             for name in operations:
