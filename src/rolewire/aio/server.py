@@ -132,9 +132,10 @@ class _ServerConnection:
         self._transport = driver.transport
         self._running = 0
         self._tasks: set[asyncio.Task[None]] = set()
-        self._backlog: deque[CallReceived] = deque()
-        self._room = asyncio.Event()
-        self._room.set()
+        # Both made only when needed (a deque or an Event is ~0.7 KiB, and
+        # most connections never hold a request back or wait for room).
+        self._backlog: deque[CallReceived] | None = None
+        self._room: asyncio.Future[None] | None = None
         self._graceful = False
         self._seen = (0, 0, 0, 0, 0, 0)  # session counters already in the stats
         driver._on_timer_events = self._control_events
@@ -211,12 +212,12 @@ class _ServerConnection:
                 self._transport.close()
             else:
                 self._transport.abort()
-            self._room.set()
+            self._room_free()
         elif kind is Failed:
             if isinstance(event.error, ProtocolViolation):  # type: ignore[attr-defined]
                 stats.protocol_errors += 1
             self._transport.abort()
-            self._room.set()
+            self._room_free()
         # HandshakeDone (taken already), OtherMessage (a signed-batch head
         # for a service that verifies none), replies: nothing to do.
 
@@ -230,11 +231,20 @@ class _ServerConnection:
         if self.conn.session is not None:
             self._sync_stats()
 
+    def _room_free(self) -> None:
+        """Wake the run loop if it waits for room (a task ended, or the
+        connection did)."""
+        room = self._room
+        if room is not None and not room.done():
+            room.set_result(None)
+
     def _call(self, event: CallReceived) -> None:
         if (self._running < self._server.max_inflight
                 and self._driver.unsent() <= WRITE_HIGH_WATER):
             self._start(event)
         else:
+            if self._backlog is None:
+                self._backlog = deque()
             self._backlog.append(event)
 
     async def _process(self, events: list[Any]) -> None:
@@ -326,11 +336,11 @@ class _ServerConnection:
         finally:
             self._running -= 1
             if self._transport.is_closing():
-                self._backlog.clear()  # nobody to answer
+                self._backlog = None  # nobody to answer
             elif self._backlog and self._driver.unsent() <= WRITE_HIGH_WATER:
                 self._start(self._backlog.popleft())
             # The run loop re-checks the backlog and the in-flight bound.
-            self._room.set()
+            self._room_free()
 
     # -- the connection's life ---------------------------------------------------------
     async def run(self) -> None:
@@ -352,8 +362,9 @@ class _ServerConnection:
                             self._start(self._backlog.popleft())
                         if not conn.reading_paused:
                             continue
-                    self._room.clear()
-                    await self._room.wait()  # back-pressure: stop reading
+                    self._room = loop.create_future()
+                    await self._room  # back-pressure: stop reading
+                    self._room = None
                 if conn.ended:
                     break
                 # A client that does not read its replies stops being read.

@@ -370,7 +370,8 @@ class Connection:
         # our requests
         self._next_id = 1
         self._pending: dict[int, str] = {}  # call id -> operation
-        self._default_deadlines: deque[tuple[float, int]] = deque()
+        # Made by the first call (a deque is ~0.7 KiB; servers never call).
+        self._default_deadlines: deque[tuple[float, int]] | None = None
         self._deadlines: list[tuple[float, int]] = []
         self._notify_heads: dict[str, bytes] = {}
         self._pings: set[int] = set()
@@ -1265,7 +1266,10 @@ class Connection:
         if timeout is None:
             default = self._settings.call_timeout
             if default is not None:
-                self._default_deadlines.append((self._now + default, call_id))
+                queue = self._default_deadlines
+                if queue is None:
+                    queue = self._default_deadlines = deque()
+                queue.append((self._now + default, call_id))
         elif timeout != math.inf:
             heapq.heappush(self._deadlines, (self._now + timeout, call_id))
         self._queue(message)
@@ -1518,7 +1522,8 @@ class Connection:
             for call_id in self._pending:
                 append(CallFailed(call_id, error))
             self._pending.clear()
-        self._default_deadlines.clear()
+        if self._default_deadlines is not None:
+            self._default_deadlines.clear()
         self._deadlines.clear()
 
     def _finish(self, reason: str, *, graceful: bool) -> None:

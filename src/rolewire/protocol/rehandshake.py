@@ -37,7 +37,6 @@ first record a side seals under its new keys.
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import struct
 from collections.abc import Hashable
@@ -173,7 +172,8 @@ class Rehandshake:
         #: First epoch of the peer's newest key generation (stale Hellos).
         self._last_peer_first: int | None = None
         self._out: list[bytes] = []
-        self._events: collections.deque[RehandshakeEvent] = collections.deque()
+        # A list, not a deque: at most a few events, and one per connection.
+        self._events: list[RehandshakeEvent] = []
         self._switch_notice = False
 
     # -- public API ----------------------------------------------------------
@@ -245,7 +245,7 @@ class Rehandshake:
     def next_event(self) -> RehandshakeEvent | None:
         """The next :class:`RehandshakeComplete` / :class:`RehandshakeFailed`,
         or None."""
-        return self._events.popleft() if self._events else None
+        return self._events.pop(0) if self._events else None
 
     # -- internals -------------------------------------------------------------
     def _handshake_config(self) -> HandshakeConfig:
