@@ -315,6 +315,23 @@ class Connection:
         bad_records: records that failed to open.
     """
 
+    # Slots, not a __dict__: a dict of this many attributes is ~3 KiB per
+    # connection (instance key sharing stops at 30 keys); memory per
+    # connection is a target (docs/architecture.md).
+    __slots__ = (
+        "__weakref__", "_allowed", "_bad_logged_at", "_bad_suppressed", "_calls",
+        "_close_deadline", "_close_reason", "_close_received", "_close_sent", "_closing",
+        "_confirmed", "_container_max", "_deadlines", "_decoder", "_default_deadlines",
+        "_driven", "_events", "_fast", "_fast_enabled", "_fast_notify", "_hs", "_hs_deadline",
+        "_hs_peer", "_last_activity", "_last_recv", "_log", "_max_plaintext", "_next_id",
+        "_notify_contexts", "_notify_heads", "_now", "_ops", "_out", "_out_bytes",
+        "_peer_roles", "_pending", "_ping_deadline", "_pings", "_pre_auth_frame",
+        "_recv_epoch", "_rehandshake", "_send_epoch", "_sent_since_recv", "_service",
+        "_settings", "_started", "_state", "_stream", "_wire", "_wire_bytes", "bad_records",
+        "config", "failure", "guard", "inflight", "is_client", "peer", "session", "side",
+        "state",
+    )
+
     def __init__(self, config: HandshakeConfig, *, client: bool, now: float,
                  service: Authorizer | None = None, peer: str = "",
                  handshake_peer: object = None, settings: ConnectionSettings | None = None,
