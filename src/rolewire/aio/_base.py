@@ -191,15 +191,29 @@ class StreamDriver(Driver):
 
 
     async def read_by_callbacks(self, on_chunk: Callable[[bytes], None]) -> None:
+        """Read by callbacks from now on (see :meth:`start_callbacks`);
+        returns at the end of the stream or when the connection is lost."""
+        ended: asyncio.Future[None] = self.loop.create_future()
+
+        def on_end() -> None:
+            if not ended.done():
+                ended.set_result(None)
+
+        await self.start_callbacks(on_chunk, on_end)
+        await ended
+
+    async def start_callbacks(self, on_chunk: Callable[[bytes], None],
+                              on_end: Callable[[], None]) -> None:
         """Read by callbacks from now on: each chunk goes to ``on_chunk``
         from the transport's ``data_received``, with no task wake-up per
         chunk (two loop iterations less per reply; what asyncio protocols
-        do). Returns at the end of the stream or when the connection is
-        lost. Writing, ``drain`` and ``pause_reading`` work as before: the
-        stream protocol still hears about write flow control and loss."""
+        do); ``on_end()`` runs once, at the end of the stream or when the
+        connection is lost. Returns once switched (chunks the stream had
+        buffered are handed over first, in order). Writing, ``drain`` and
+        ``pause_reading`` work as before: the stream protocol still hears
+        about write flow control and loss."""
         stream_protocol = self.transport.get_protocol()
-        ended: asyncio.Future[None] = self.loop.create_future()
-        protocol = _ChunkProtocol(stream_protocol, on_chunk, ended)
+        protocol = _ChunkProtocol(stream_protocol, on_chunk, on_end)
         self.transport.set_protocol(protocol)
         # What the stream had buffered before the switch (nothing more
         # arrives there): end it, take it, then let the protocol run.
@@ -211,35 +225,35 @@ class StreamDriver(Driver):
         protocol.start(buffered)
         if self.transport.is_closing():
             protocol.end()
-        await ended
 
 
 class _ChunkProtocol(asyncio.Protocol):
-    """The transport's protocol after :meth:`StreamDriver.read_by_callbacks`:
+    """The transport's protocol after :meth:`StreamDriver.start_callbacks`:
     chunks to a callback; flow control and loss also to the stream protocol
     it replaced (so ``StreamWriter.drain`` keeps working)."""
 
     def __init__(self, stream_protocol: Any, on_chunk: Callable[[bytes], None],
-                 ended: asyncio.Future[None]) -> None:
+                 on_end: Callable[[], None]) -> None:
         self._stream = stream_protocol
         self._on_chunk = on_chunk
-        self._ended = ended
+        self._on_end: Callable[[], None] | None = on_end
         self._early: list[bytes] | None = []  # chunks before start()
 
     def start(self, buffered: bytes) -> None:
         early, self._early = self._early, None
         for chunk in [buffered, *(early or ())]:
-            if chunk and not self._ended.done():
+            if chunk and self._on_end is not None:
                 self._on_chunk(chunk)
 
     def end(self) -> None:
-        if not self._ended.done():
-            self._ended.set_result(None)
+        on_end, self._on_end = self._on_end, None
+        if on_end is not None:
+            on_end()
 
     def data_received(self, data: bytes) -> None:
         if self._early is not None:
             self._early.append(data)
-        elif not self._ended.done():
+        elif self._on_end is not None:
             self._on_chunk(data)
 
     def eof_received(self) -> bool:

@@ -111,6 +111,15 @@ def handler_is_async(service: Service, cache: dict[str, bool], operation: str) -
     return known
 
 
+@dataclass
+class _Stop:
+    """Where :meth:`_ServerConnection._process_now` stopped (see there)."""
+
+    index: int
+    pending: Any
+    drain: bool
+
+
 class _ServerConnection:
     """One established connection: a sans-IO
     :class:`~rolewire.protocol.Connection` over a stream, with the service's
@@ -136,6 +145,12 @@ class _ServerConnection:
         # most connections never hold a request back or wait for room).
         self._backlog: deque[CallReceived] | None = None
         self._room: asyncio.Future[None] | None = None
+        # Reading by callbacks: chunks held while the run loop finishes one
+        # that must wait (None: not holding), what it hands over, its wake-up.
+        self._held: list[bytes] | None = None
+        self._handover: tuple[list[Any], _Stop | None] | None = None
+        self._wake: asyncio.Future[None] | None = None
+        self._stream_ended = False
         self._graceful = False
         self._seen = (0, 0, 0, 0, 0, 0)  # session counters already in the stats
         driver._on_timer_events = self._control_events
@@ -247,24 +262,34 @@ class _ServerConnection:
                 self._backlog = deque()
             self._backlog.append(event)
 
-    async def _process(self, events: list[Any]) -> None:
+    def _process_now(self, events: list[Any], start: int = 0) -> _Stop | None:
+        """Handle ``events[start:]`` without waiting: run synchronous
+        handlers inline, start coroutine handlers as tasks. Returns None
+        when all are done, or where it stopped: an event whose handler
+        returned an awaitable (``pending``: await it, then answer the event
+        if it is a request), or a reply that filled the write buffer
+        (``drain``: Issue 11 s.4, a client that does not read must not make
+        us buffer a chunk's worth of large replies)."""
         stats = self._stats
         conn = self.conn
-        invoke = self._service.invoke
-        invoke_many = getattr(self._service, "invoke_many", None)
+        service = self._service
+        invoke = service.invoke
+        invoke_many = getattr(service, "invoke_many", None)
         is_async = self._server.is_async
-        for event in events:
+        traced = self._server.telemetry is not None
+        for i in range(start, len(events)):
+            event = events[i]
             kind = type(event)
             if kind is NotifiedBatch:
                 stats.notifications += len(event.bodies)
                 pending = invoke_many(event.operation, event.context, event.bodies)
                 if pending is not None:
-                    await pending
+                    return _Stop(i, pending, False)
             elif kind is Notified:
                 stats.notifications += 1
                 result = invoke(event.operation, event.context, event.body)
                 if not isinstance(result, (bytes, tuple)):
-                    await result
+                    return _Stop(i, result, False)
             elif kind is CallReceived:
                 stats.requests += 1
                 operation = event.operation
@@ -272,21 +297,39 @@ class _ServerConnection:
                     self._call(event)
                     continue
                 # Synchronous handler: answer inline, no task needed.
-                if self._server.telemetry is None:
-                    result = invoke(operation, event.context, event.body)
-                    if not isinstance(result, (bytes, tuple)):
-                        result = await result
-                else:
-                    result = await self._traced(event)
+                if traced:
+                    return _Stop(i, self._traced(event), False)
+                result = invoke(operation, event.context, event.body)
+                if not isinstance(result, (bytes, tuple)):
+                    return _Stop(i, result, False)
                 conn.reply(event.call_id, operation.name, result)
                 if self._driver.unsent() + conn.queued_bytes > WRITE_HIGH_WATER:
-                    # Issue 11 s.4: a client that does not read must not
-                    # make us buffer a chunk's worth of large replies.
-                    # Stop handling its requests until they drain.
-                    self._driver.flush()
-                    await self._driver.drain()
+                    return _Stop(i + 1, None, True)
             else:
                 self._control(event)
+        return None
+
+    async def _process(self, events: list[Any], start: int = 0,
+                       stop: _Stop | None = None) -> None:
+        """Handle every event in order, waiting where a handler needs it
+        (``stop``: where :meth:`_process_now` already stopped)."""
+        if stop is None:
+            stop = self._process_now(events, start)
+        while stop is not None:
+            index = stop.index
+            if stop.pending is not None:
+                result = await stop.pending
+                event = events[index]
+                if type(event) is CallReceived:
+                    self.conn.reply(event.call_id, event.operation.name, result)
+                    if self._driver.unsent() + self.conn.queued_bytes > WRITE_HIGH_WATER:
+                        stop = _Stop(index + 1, None, True)
+                        continue
+                index += 1
+            if stop.drain:
+                self._driver.flush()
+                await self._driver.drain()
+            stop = self._process_now(events, index)
 
     async def _traced(self, event: CallReceived) -> bytes | Refusal:
         """Run one request's handler inside its span and record its outcome."""
@@ -343,32 +386,115 @@ class _ServerConnection:
             self._room_free()
 
     # -- the connection's life ---------------------------------------------------------
+    async def _wait_for_room(self) -> None:
+        """Back-pressure before reading on: while the connection has too
+        many requests running (or held back), and while the client does not
+        read its replies, do not read from it."""
+        conn = self.conn
+        driver = self._driver
+        max_inflight = self._server.max_inflight
+        while not conn.ended and (conn.reading_paused or self._backlog):
+            if self._backlog and self._running < max_inflight:
+                # Held back while replies were unsent: wait until
+                # they drain, then start what the backlog holds.
+                await driver.drain()
+                while self._backlog and self._running < max_inflight:
+                    self._start(self._backlog.popleft())
+                if not conn.reading_paused:
+                    continue
+            self._room = self._loop.create_future()
+            await self._room  # back-pressure: stop reading
+            self._room = None
+        if not conn.ended:
+            await driver.drain()  # (returns at once below the high-water mark)
+
+    def _chunk(self, data: bytes) -> None:
+        """A chunk read by callback (see :meth:`_run_by_callbacks`)."""
+        held = self._held
+        if held is not None:
+            held.append(data)
+            return
+        conn = self.conn
+        driver = self._driver
+        driver.receive(data)
+        events = conn.events()
+        stop = self._process_now(events)
+        driver.flush()
+        self._sync_stats()
+        if stop is None and not (conn.reading_paused or self._backlog) \
+                and driver.unsent() <= WRITE_HIGH_WATER:
+            return
+        # Something must wait: the run loop takes over until it is done.
+        self._held = []
+        if not self._transport.is_closing():
+            self._transport.pause_reading()
+        self._handover = (events, stop)
+        self._signal()
+
+    def _signal(self) -> None:
+        wake = self._wake
+        if wake is not None and not wake.done():
+            wake.set_result(None)
+
+    def _stream_end(self) -> None:
+        self._stream_ended = True
+        self._signal()
+
+    async def _run_by_callbacks(self, start: Any) -> None:
+        """Read by callbacks: a chunk whose handlers all finish at once is
+        handled in the transport's ``data_received`` (no task switch per
+        chunk); one that must wait (a coroutine handler's result, a full
+        write buffer, too many requests running) pauses reading and is
+        finished here, with the chunks that came meanwhile, in order.
+        Returns when the connection ended or the stream did."""
+        conn = self.conn
+        loop = self._loop
+        driver = self._driver
+        await start(self._chunk, self._stream_end)
+        while not conn.ended:
+            if self._handover is None and not self._stream_ended:
+                self._wake = loop.create_future()
+                await self._wake
+                self._wake = None
+            handover, self._handover = self._handover, None
+            if handover is not None:
+                events, stop = handover
+                if stop is not None:
+                    await self._process(events, stop=stop)
+                    driver.flush()
+                    self._sync_stats()
+                await self._wait_for_room()
+                held = self._held or []
+                while held and not conn.ended:
+                    driver.receive(held.pop(0))
+                    await self._process(conn.events())
+                    driver.flush()
+                    self._sync_stats()
+                    await self._wait_for_room()
+                self._held = None
+                if not conn.ended and not self._transport.is_closing():
+                    self._transport.resume_reading()
+            elif self._stream_ended:
+                break
+        if self._stream_ended and not conn.ended:
+            conn.connection_lost(None, loop.time())
+            self._control_events()
+
     async def run(self) -> None:
         conn = self.conn
         driver = self._driver
         loop = self._loop
-        max_inflight = self._server.max_inflight
         try:
             await self._process(conn.events())  # records that came with the handshake
             driver.flush()
             self._sync_stats()
+            start_callbacks = getattr(driver, "start_callbacks", None)
+            if start_callbacks is not None:
+                await self._run_by_callbacks(start_callbacks)
             while not conn.ended:
-                while not conn.ended and (conn.reading_paused or self._backlog):
-                    if self._backlog and self._running < max_inflight:
-                        # Held back while replies were unsent: wait until
-                        # they drain, then start what the backlog holds.
-                        await driver.drain()
-                        while self._backlog and self._running < max_inflight:
-                            self._start(self._backlog.popleft())
-                        if not conn.reading_paused:
-                            continue
-                    self._room = loop.create_future()
-                    await self._room  # back-pressure: stop reading
-                    self._room = None
+                await self._wait_for_room()
                 if conn.ended:
                     break
-                # A client that does not read its replies stops being read.
-                await driver.drain()
                 data = await driver.read()
                 if not data:
                     conn.connection_lost(None, loop.time())
