@@ -318,3 +318,16 @@ def test_connections_of_one_service_share_one_operation_table():
     tables = {id(server._ops) for server in servers}
     assert len(tables) == 1 and servers[0]._ops is not None
     assert len(servers[0]._ops) == len(service.operations)
+
+
+def test_a_client_parses_replies_to_its_calls_on_the_fast_path():
+    client, server = established(True, 16 * 1024)
+    call_id = client.call("echo", b"ping", timeout=None)
+    server.receive_data(client.data_to_send(NOW), NOW)
+    for event in server.events():
+        if isinstance(event, CallReceived):
+            server.reply(event.call_id, event.operation.name, event.body)
+    client.receive_data(server.data_to_send(NOW), NOW)
+    replies = [e for e in client.events() if isinstance(e, ReplyReceived)]
+    assert [(r.call_id, r.body) for r in replies] == [(call_id, b"ping")]
+    assert client._ops is not None and client._ops.find(b"echo") >= 0

@@ -257,7 +257,8 @@ class Session:
             self._retire_if_due()
         layer = self._layer
         sealed = layer.messages_sealed
-        if layer.limits.hard_messages - sealed < count:
+        limits = layer.limits
+        if limits.hard_messages - sealed < count:
             # The minimum lifetime never delays past the hard limit.
             if sealed:
                 self.rekey()
@@ -265,8 +266,10 @@ class Session:
         age = self._clock() - self._send_key_since
         if age < self._min_epoch_lifetime:
             return
+        # (layer.rekey_due, with the counter read once: this runs per send)
         if age >= self._rekey_interval or (
-                layer.rekey_due and sealed >= self._min_epoch_records):
+                sealed >= self._min_epoch_records
+                and (sealed >= limits.soft_messages or layer.bytes_sealed >= limits.soft_bytes)):
             self.rekey()  # a no-op while a re-handshake holds the epoch
 
     def _note_recv_epoch(self, gen: _Generation) -> None:
@@ -391,8 +394,9 @@ class Session:
         """Seal one message (rekeying first if a trigger fired)."""
         self._before_send()
         record = self._layer.seal(plaintext)
-        self.counters.records_sealed += 1
-        self.counters.bytes_sealed += len(record) - self.overhead
+        counters = self.counters
+        counters.records_sealed += 1
+        counters.bytes_sealed += len(plaintext)  # (= len(record) - overhead)
         return record
 
     def before_send(self, records: int = 1) -> None:

@@ -144,6 +144,9 @@ audit_log = logging.getLogger("rolewire.audit")
 
 _CLOSE = encode(CallMessage(MessageType.CLOSE, 0, ""))
 _NOTIFY = int(MessageType.NOTIFY)
+#: Operation names a client connection's fast-path table holds (those of its
+#: calls; replies to others are decoded the slow way).
+CLIENT_OPERATIONS = 64
 _TYPES = {int(t): t for t in MessageType}
 #: Operation tables of the services connections serve (protocol.fastpath),
 #: by id: a Service is a dataclass, so unhashable. Each entry goes when its
@@ -789,11 +792,25 @@ class Connection:
             self._frames([frame])  # a late Reject (client) or a violation
         return b""
 
+    def _client_operation(self, operation: str) -> None:
+        """A client's table holds the names it called: the fast path then
+        parses their replies' headers itself (a small table of its own)."""
+        ops = self._ops
+        if ops is None:
+            ops = self._ops = OperationTable(capacity=CLIENT_OPERATIONS)
+        if len(ops) < ops.capacity:
+            with contextlib.suppress(ConfigurationError):  # too long: slow path
+                ops.add(operation)
+
     def _operation_table(self) -> OperationTable | None:
         """The service's operation names as a fast-path table (one per
         service, shared by its connections: a table is ~25 KiB of C memory;
         names it cannot hold are decoded the slow way)."""
         ops = self._ops
+        if self._service is None:  # a client (see _client_operation)
+            if ops is None:
+                ops = self._ops = OperationTable(capacity=CLIENT_OPERATIONS)
+            return ops
         operations = getattr(self._service, "operations", None)
         if not operations:
             return ops
@@ -1280,6 +1297,8 @@ class Connection:
         self._check_size(message)
         self._next_id = call_id + 1
         self._pending[call_id] = operation
+        if self._service is None:
+            self._client_operation(operation)
         if timeout is None:
             default = self._settings.call_timeout
             if default is not None:
