@@ -219,3 +219,20 @@ def test_codec_garbage_only_typed_errors(data):
         decode(data)
     except errors.ProtocolViolation:
         pass
+
+
+def test_request_contexts_are_those_the_constructor_builds():
+    import dataclasses
+
+    from rolewire.services import CallContext, _request_context
+
+    roles = frozenset({"shop"})
+    fast = _request_context("svc", "op", roles, "peer", 7)
+    slow = CallContext("svc", "op", roles, "peer", 7)
+    assert type(fast) is CallContext
+    names = [f.name for f in dataclasses.fields(CallContext)]
+    assert [getattr(fast, n) for n in names] == [getattr(slow, n) for n in names]
+    assert set(names) == set(vars(fast))
+    assert fast == slow and hash(fast) == hash(slow)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        fast.call_id = 8

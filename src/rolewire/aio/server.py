@@ -277,6 +277,10 @@ class _ServerConnection:
         invoke_many = getattr(service, "invoke_many", None)
         is_async = self._server.is_async
         traced = self._server.telemetry is not None
+        driver = self._driver
+        # Room in the write buffer for replies (re-read only when queued
+        # replies could fill it: a chunk of small replies checks one sum).
+        room = WRITE_HIGH_WATER - driver.unsent()
         for i in range(start, len(events)):
             event = events[i]
             kind = type(event)
@@ -303,8 +307,10 @@ class _ServerConnection:
                 if not isinstance(result, (bytes, tuple)):
                     return _Stop(i, result, False)
                 conn.reply(event.call_id, operation.name, result)
-                if self._driver.unsent() + conn.queued_bytes > WRITE_HIGH_WATER:
-                    return _Stop(i + 1, None, True)
+                if conn.queued_bytes > room:
+                    room = WRITE_HIGH_WATER - driver.unsent()
+                    if conn.queued_bytes > room:
+                        return _Stop(i + 1, None, True)
             else:
                 self._control(event)
         return None

@@ -144,6 +144,7 @@ audit_log = logging.getLogger("rolewire.audit")
 
 _CLOSE = encode(CallMessage(MessageType.CLOSE, 0, ""))
 _NOTIFY = int(MessageType.NOTIFY)
+_REQUEST = int(MessageType.REQUEST)
 #: Operation names a client connection's fast-path table holds (those of its
 #: calls; replies to others are decoded the slow way).
 CLIENT_OPERATIONS = 64
@@ -325,7 +326,7 @@ class Connection:
         "__weakref__", "_allowed", "_bad_logged_at", "_bad_suppressed", "_calls",
         "_close_deadline", "_close_reason", "_close_received", "_close_sent", "_closing",
         "_confirmed", "_container_max", "_deadlines", "_decoder", "_default_deadlines",
-        "_driven", "_events", "_fast", "_fast_enabled", "_fast_notify", "_hs", "_hs_deadline",
+        "_driven", "_events", "_fast", "_fast_enabled", "_fast_notify", "_fast_request", "_hs", "_hs_deadline",
         "_hs_peer", "_last_activity", "_last_recv", "_log", "_max_plaintext", "_next_id",
         "_notify_contexts", "_notify_heads", "_now", "_ops", "_out", "_out_bytes",
         "_peer_roles", "_pending", "_ping_deadline", "_pings", "_pre_auth_frame",
@@ -387,6 +388,9 @@ class Connection:
         #: operation index -> (operation, context) of notifications whose
         #: authorization and context are cached (the notification fast path).
         self._fast_notify: dict[int, tuple[Operation, CallContext]] = {}
+        #: operation index -> operation of requests authorized (cached) that
+        #: need no check beyond roles (the request fast path).
+        self._fast_request: dict[int, Operation] = {}
         # our requests
         self._next_id = 1
         self._pending: dict[int, str] = {}  # call id -> operation
@@ -882,6 +886,10 @@ class Connection:
                       and self._service is not None)
         pending: list[CallMessage] = []
         undecided: set[int] = set()  # not cacheable in this batch: the slow path
+        fast_request = self._fast_request
+        service = self._service
+        call_context = service.call_context if service is not None else None
+        peer_roles, peer, conn_state, guard = self._peer_roles, self.peer, state, self.guard
         i = 0
         try:
             while i < count:
@@ -933,6 +941,31 @@ class Connection:
                                                     plain[at:at + body_len[i]]))
                                 i = j
                                 continue
+                    if kind == _REQUEST and can_notify and index >= 0 and batch.call_ids[i]:
+                        operation = fast_request.get(index)
+                        if operation is None:
+                            operation = self._fast_request_entry(index, names[index])
+                        if operation is not None:
+                            if pending:
+                                self._messages_now(pending, admit)
+                                pending = []
+                                if self._state is not _OPEN or \
+                                        self._close_received is not close_before:
+                                    return
+                                can_notify = not self._closing
+                            if can_notify:
+                                # What _request does for an authorized call
+                                # with no metadata and no check beyond roles.
+                                call_id = batch.call_ids[i]
+                                context = call_context(operation, peer_roles, peer, call_id,
+                                                       state=conn_state, guard=guard,
+                                                       now=self._now)
+                                at = body_off[i]
+                                self.inflight += 1
+                                append(CallReceived(call_id, operation, context,
+                                                    plain[at:at + body_len[i]]))
+                                i += 1
+                                continue
                     if index >= 0:
                         at = body_off[i]
                         pending.append(CallMessage(_TYPES[kind], batch.call_ids[i], names[index],
@@ -961,6 +994,14 @@ class Connection:
             self._dispatch(state.admit(messages))
         else:
             self._dispatch(messages)
+
+    def _fast_request_entry(self, index: int, name: str) -> Operation | None:
+        operation = self._allowed.get(name)
+        service = self._service
+        if operation is None or service is None or service.needs_call_checks(operation):
+            return None  # not decided yet, or checked per call: the slow path
+        self._fast_request[index] = operation
+        return operation
 
     def _fast_notify_entry(self, index: int, name: str) -> tuple[Operation, CallContext] | None:
         operation = self._allowed.get(name)
@@ -1194,6 +1235,7 @@ class Connection:
                 self._allowed.clear()  # authorization decisions used the old roles
                 self._notify_contexts.clear()
                 self._fast_notify.clear()
+                self._fast_request.clear()
                 self._events.append(Rehandshaked(event.peer_roles, event.transcript_hash,
                                                  event.generation))
                 self._log.info("re-handshake complete", extra={
