@@ -145,6 +145,7 @@ audit_log = logging.getLogger("rolewire.audit")
 _CLOSE = encode(CallMessage(MessageType.CLOSE, 0, ""))
 _NOTIFY = int(MessageType.NOTIFY)
 _REQUEST = int(MessageType.REQUEST)
+_RESPONSE = int(MessageType.RESPONSE)
 #: Operation names a client connection's fast-path table holds (those of its
 #: calls; replies to others are decoded the slow way).
 CLIENT_OPERATIONS = 64
@@ -869,6 +870,8 @@ class Connection:
         for a bad message, after dispatching those before it."""
         count = batch.count
         status, types, op_index = batch.status, batch.types, batch.op_index
+        if count == 1 and status[0] == MSG and op_index[0] >= 0 and self._single(batch):
+            return
         body_off, body_len = batch.body_off, batch.body_len
         # One copy of the plaintexts (a memoryview slice: a bytearray slice
         # would be a second); the bodies are slices of it.
@@ -986,6 +989,44 @@ class Connection:
             raise
         if pending:
             self._messages_now(pending, admit)
+
+    def _single(self, batch: Received) -> bool:
+        """A chunk of one request or one reply of a known operation (what
+        sequential calls bring): handled without the batch loop's set-up.
+        False if it is not that simple case (the loop takes it)."""
+        state = self.state
+        if state is not None and state.admit is not None:
+            return False
+        kind = batch.types[0]
+        call_id = batch.call_ids[0]
+        if kind == _RESPONSE:
+            at = batch.body_off[0]
+            assert self._ops is not None
+            self._reply_received(CallMessage(
+                MessageType.RESPONSE, call_id, self._ops.names[batch.op_index[0]],
+                bytes(memoryview(batch.buffer)[at:at + batch.body_len[0]])))
+            return True
+        if kind != _REQUEST or not call_id or self._closing or self._close_received:
+            return False
+        service = self._service
+        if service is None:
+            return False
+        index = batch.op_index[0]
+        operation = self._fast_request.get(index)
+        if operation is None:
+            assert self._ops is not None
+            operation = self._fast_request_entry(index, self._ops.names[index])
+            if operation is None:
+                return False
+        # What _request does for an authorized call with no metadata and no
+        # check beyond roles.
+        context = service.call_context(operation, self._peer_roles, self.peer, call_id,
+                                       state=state, guard=self.guard, now=self._now)
+        at = batch.body_off[0]
+        self.inflight += 1
+        self._events.append(CallReceived(call_id, operation, context,
+                                         bytes(memoryview(batch.buffer)[at:at + batch.body_len[0]])))
+        return True
 
     def _messages_now(self, messages: list[CallMessage], admit: bool) -> None:
         state = self.state
