@@ -49,11 +49,11 @@ def make_service() -> Service:
     return svc
 
 
-def established(fast: bool, container_bytes: int,
-                batched: bool = False) -> tuple[Connection, Connection]:
+def established(fast: bool, container_bytes: int, batched: bool = False,
+                service: Service | None = None) -> tuple[Connection, Connection]:
     client = Connection.client(CLIENT_CFG, now=NOW, peer="server",
                                settings=ConnectionSettings(container_bytes=container_bytes))
-    server = Connection.server(SERVER_CFG, make_service(), now=NOW, peer="client",
+    server = Connection.server(SERVER_CFG, service or make_service(), now=NOW, peer="client",
                                settings=ConnectionSettings(
                                    fast_receive=fast, batch_notifications=batched,
                                    # a few refusals close the connection mid-batch
@@ -303,15 +303,7 @@ def test_connections_of_one_service_share_one_operation_table():
     service = make_service()
     servers = []
     for _ in range(3):
-        client = Connection.client(CLIENT_CFG, now=NOW)
-        server = Connection.server(SERVER_CFG, service, now=NOW)
-        for _ in range(6):
-            data = client.data_to_send(NOW)
-            if data:
-                server.receive_data(data, NOW)
-            data = server.data_to_send(NOW)
-            if data:
-                client.receive_data(data, NOW)
+        client, server = established(True, 16 * 1024, service=service)
         client.notify("sink", b"x")
         server.receive_data(client.data_to_send(NOW), NOW)
         servers.append(server)

@@ -489,14 +489,14 @@ class Session:
                 if any(not isinstance(item, RecordError) for item in opened):
                     self._note_recv_epoch(gen)
             results = merged
+        errors: list[RecordError] = []
+        plaintext_bytes = 0
         for item in results:
             if isinstance(item, RecordError):
-                self._count_error(item)
+                errors.append(item)
             else:
-                self.counters.records_opened += 1
-                self.counters.bytes_opened += len(item)
-        if self.counters.auth_failures > self._integrity_limit:
-            self.close()  # later opens and seals raise RecordLayerClosed
+                plaintext_bytes += len(item)
+        self._account(len(results) - len(errors), plaintext_bytes, errors)
         return results
 
     def receive_layer(self) -> RecordLayer | None:
@@ -521,13 +521,19 @@ class Session:
         gen = self._gens[0]
         if gen.layer.recv_epoch_advances != gen.advances or not gen.used:
             self._note_recv_epoch(gen)
+        self._account(opened, plaintext_bytes, errors)
+
+    def _account(self, opened: int, plaintext_bytes: int,
+                 errors: Iterable[RecordError]) -> None:
+        """Counters of a batch opened, and the integrity limit: past it the
+        session closes itself (later opens and seals raise RecordLayerClosed)."""
         counters = self.counters
         counters.records_opened += opened
         counters.bytes_opened += plaintext_bytes
         for error in errors:
             self._count_error(error)
         if counters.auth_failures > self._integrity_limit:
-            self.close()  # later opens and seals raise RecordLayerClosed
+            self.close()
 
     def close(self) -> None:
         """Wipe every key of the session."""

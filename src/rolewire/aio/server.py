@@ -414,6 +414,13 @@ class _ServerConnection:
         if not conn.ended:
             await driver.drain()  # (returns at once below the high-water mark)
 
+    async def _finish(self, events: list[Any], stop: _Stop | None = None) -> None:
+        """Handle a chunk's events (waiting where needed), then write the
+        replies of the chunk in one write."""
+        await self._process(events, stop=stop)
+        self._driver.flush()
+        self._sync_stats()
+
     def _chunk(self, data: bytes) -> None:
         """A chunk read by callback (see :meth:`_run_by_callbacks`)."""
         held = self._held
@@ -466,16 +473,12 @@ class _ServerConnection:
             if handover is not None:
                 events, stop = handover
                 if stop is not None:
-                    await self._process(events, stop=stop)
-                    driver.flush()
-                    self._sync_stats()
+                    await self._finish(events, stop)
                 await self._wait_for_room()
                 held = self._held or []
                 while held and not conn.ended:
                     driver.receive(held.pop(0))
-                    await self._process(conn.events())
-                    driver.flush()
-                    self._sync_stats()
+                    await self._finish(conn.events())
                     await self._wait_for_room()
                 self._held = None
                 if not conn.ended and not self._transport.is_closing():
@@ -491,9 +494,7 @@ class _ServerConnection:
         driver = self._driver
         loop = self._loop
         try:
-            await self._process(conn.events())  # records that came with the handshake
-            driver.flush()
-            self._sync_stats()
+            await self._finish(conn.events())  # records that came with the handshake
             start_callbacks = getattr(driver, "start_callbacks", None)
             if start_callbacks is not None:
                 await self._run_by_callbacks(start_callbacks)
@@ -507,9 +508,7 @@ class _ServerConnection:
                     self._control_events()
                     break
                 driver.receive(data)
-                await self._process(conn.events())
-                driver.flush()  # the replies of this chunk, in one write
-                self._sync_stats()
+                await self._finish(conn.events())
         except ConnectionClosed:
             conn.connection_lost(ConnectionClosed("lost"), loop.time())
             self._control_events()

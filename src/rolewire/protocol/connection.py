@@ -337,6 +337,10 @@ class Connection:
         "state",
     )
 
+    #: Why a frame too large for the handshake is refused before it (a
+    #: subclass whose opening is not a handshake says what it is instead).
+    _PRE_AUTH_TOO_LARGE = "frame larger than the largest handshake message before authentication"
+
     def __init__(self, config: HandshakeConfig, *, client: bool, now: float,
                  service: Authorizer | None = None, peer: str = "",
                  handshake_peer: object = None, settings: ConnectionSettings | None = None,
@@ -553,9 +557,7 @@ class Connection:
         if self._state is _HANDSHAKE and decoder.pending_frame > self._pre_auth_frame:
             # Before authentication only handshake messages may come: refuse
             # a larger frame at its header, before it is buffered.
-            self._fail(ProtocolViolation(
-                "frame larger than the largest handshake message before authentication"),
-                "protocol_violation")
+            self._fail(ProtocolViolation(self._PRE_AUTH_TOO_LARGE), "protocol_violation")
 
     def receive_message(self, message: bytes, now: float | None = None) -> None:
         """One message of a message transport (``kind u8 | payload``, see
@@ -797,12 +799,16 @@ class Connection:
             self._frames([frame])  # a late Reject (client) or a violation
         return b""
 
-    def _client_operation(self, operation: str) -> None:
-        """A client's table holds the names it called: the fast path then
-        parses their replies' headers itself (a small table of its own)."""
+    def _client_table(self) -> OperationTable:
         ops = self._ops
         if ops is None:
             ops = self._ops = OperationTable(capacity=CLIENT_OPERATIONS)
+        return ops
+
+    def _client_operation(self, operation: str) -> None:
+        """A client's table holds the names it called: the fast path then
+        parses their replies' headers itself (a small table of its own)."""
+        ops = self._client_table()
         if len(ops) < ops.capacity:
             with contextlib.suppress(ConfigurationError):  # too long: slow path
                 ops.add(operation)
@@ -813,9 +819,7 @@ class Connection:
         names it cannot hold are decoded the slow way)."""
         ops = self._ops
         if self._service is None:  # a client (see _client_operation)
-            if ops is None:
-                ops = self._ops = OperationTable(capacity=CLIENT_OPERATIONS)
-            return ops
+            return self._client_table()
         operations = getattr(self._service, "operations", None)
         if not operations:
             return ops
@@ -890,9 +894,6 @@ class Connection:
         pending: list[CallMessage] = []
         undecided: set[int] = set()  # not cacheable in this batch: the slow path
         fast_request = self._fast_request
-        service = self._service
-        call_context = service.call_context if service is not None else None
-        peer_roles, peer, conn_state, guard = self._peer_roles, self.peer, state, self.guard
         i = 0
         try:
             while i < count:
@@ -910,11 +911,9 @@ class Connection:
                             pending.append(CallMessage(
                                 MessageType.NOTIFY, batch.call_ids[i], names[index],
                                 plain[at:at + body_len[i]]))
-                            self._messages_now(pending, admit)
-                            pending = []
-                            if self._state is not _OPEN or \
-                                    self._close_received is not close_before:
+                            if not self._drain_pending(pending, admit, close_before):
                                 return
+                            pending = []
                             can_notify = not self._closing
                             if self._fast_notify_entry(index, names[index]) is None:
                                 undecided.add(index)
@@ -922,11 +921,9 @@ class Connection:
                             continue
                         if entry is not None:
                             if pending:
-                                self._messages_now(pending, admit)
-                                pending = []
-                                if self._state is not _OPEN or \
-                                        self._close_received is not close_before:
+                                if not self._drain_pending(pending, admit, close_before):
                                     return
+                                pending = []
                                 can_notify = not self._closing
                             if can_notify:
                                 j = i + 1
@@ -950,23 +947,14 @@ class Connection:
                             operation = self._fast_request_entry(index, names[index])
                         if operation is not None:
                             if pending:
-                                self._messages_now(pending, admit)
-                                pending = []
-                                if self._state is not _OPEN or \
-                                        self._close_received is not close_before:
+                                if not self._drain_pending(pending, admit, close_before):
                                     return
+                                pending = []
                                 can_notify = not self._closing
                             if can_notify:
-                                # What _request does for an authorized call
-                                # with no metadata and no check beyond roles.
-                                call_id = batch.call_ids[i]
-                                context = call_context(operation, peer_roles, peer, call_id,
-                                                       state=conn_state, guard=guard,
-                                                       now=self._now)
                                 at = body_off[i]
-                                self.inflight += 1
-                                append(CallReceived(call_id, operation, context,
-                                                    plain[at:at + body_len[i]]))
+                                self._call_received(operation, batch.call_ids[i],
+                                                    plain[at:at + body_len[i]])
                                 i += 1
                                 continue
                     if index >= 0:
@@ -1018,15 +1006,28 @@ class Connection:
             operation = self._fast_request_entry(index, self._ops.names[index])
             if operation is None:
                 return False
-        # What _request does for an authorized call with no metadata and no
-        # check beyond roles.
-        context = service.call_context(operation, self._peer_roles, self.peer, call_id,
-                                       state=state, guard=self.guard, now=self._now)
         at = batch.body_off[0]
-        self.inflight += 1
-        self._events.append(CallReceived(call_id, operation, context,
-                                         bytes(memoryview(batch.buffer)[at:at + batch.body_len[0]])))
+        self._call_received(operation, call_id,
+                            bytes(memoryview(batch.buffer)[at:at + batch.body_len[0]]))
         return True
+
+    def _call_received(self, operation: Operation, call_id: int, body: bytes) -> None:
+        """What :meth:`_request` does for a request of a cached operation
+        with no metadata and no check beyond roles (the fast paths)."""
+        service = self._service
+        assert service is not None
+        context = service.call_context(operation, self._peer_roles, self.peer, call_id,
+                                       state=self.state, guard=self.guard, now=self._now)
+        self.inflight += 1
+        self._events.append(CallReceived(call_id, operation, context, body))
+
+    def _drain_pending(self, pending: list[CallMessage], admit: bool,
+                       close_before: bool) -> bool:
+        """Dispatch the messages queued by :meth:`_fast_messages`; False if
+        nothing more of the batch may be read (the connection failed, or the
+        peer's CLOSE came)."""
+        self._messages_now(pending, admit)
+        return self._state is _OPEN and self._close_received is close_before
 
     def _messages_now(self, messages: list[CallMessage], admit: bool) -> None:
         state = self.state

@@ -198,6 +198,9 @@ class TransportSecuredConnection(Connection):
             self.transport_session))  # type: ignore[arg-type]
         if s.max_frame is None:
             s = dataclasses.replace(s, max_frame=max_plaintext)
+        # Frames carry plaintext call messages, not records: never the
+        # native receive path (it opens records).
+        s = dataclasses.replace(s, fast_receive=False)
         super().__init__(_CONFIG, client=client, now=now, service=service, peer=peer,
                          settings=s, framing="stream", logger=logger)
         if not client:
@@ -229,6 +232,8 @@ class TransportSecuredConnection(Connection):
                    settings=settings, logger=logger)
 
     # -- what differs from the core ------------------------------------------------------
+    _PRE_AUTH_TOO_LARGE = "frame larger than a greeting before the greeting"
+
     def _new_handshake(self, config: HandshakeConfig, peer: object,  # type: ignore[override]
                        cookies: CookieChecker | None, under_load: bool) -> _Greeting:
         return self._greeting
@@ -237,24 +242,6 @@ class TransportSecuredConnection(Connection):
         super()._established(event)
         self._rehandshake = None  # the transport owns the keys
         self._confirmed = True    # the greeting confirmed the channel
-
-    def receive_data(self, data: bytes, now: float | None = None) -> None:
-        """Bytes from the stream (any split)."""
-        if now is not None:
-            self._now = now
-        if self.ended or not data:
-            return
-        decoder = self._decoder
-        try:
-            frames = decoder.feed(data)
-        except ProtocolViolation as exc:
-            self._fail(exc, "protocol_violation")
-            return
-        if frames:
-            self._frames(frames)
-        if not self.handshake_done and decoder.pending_frame > self._pre_auth_frame:
-            self._fail(ProtocolViolation("frame larger than a greeting before the greeting"),
-                       "protocol_violation")
 
     def _open(self, records: list[bytes]) -> None:
         # The transport authenticated and decrypted them: each payload is a
