@@ -13,6 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from rolewire.errors import RecordTooLarge
 from rolewire.handshake import HandshakeConfig
 from rolewire.protocol import (
     CallFailed,
@@ -323,3 +324,52 @@ def test_a_client_parses_replies_to_its_calls_on_the_fast_path():
     replies = [e for e in client.events() if isinstance(e, ReplyReceived)]
     assert [(r.call_id, r.body) for r in replies] == [(call_id, b"ping")]
     assert client._ops is not None and client._ops.find(b"echo") >= 0
+
+
+def _burst(client: Connection, bodies: list[bytes], sink: object) -> bytes:
+    """What the client writes for a notify, a burst and a call (with
+    ``sink``: the burst's batches as they are sealed, then the rest)."""
+    pieces: list[bytes] = []
+    client.notify("sink", b"queued before")  # shares the first batch
+    if sink:
+        client.notify_many("sink", bodies, sink=pieces.append)
+        assert len(pieces) > 1
+    else:
+        client.notify_many("sink", bodies)
+    client.call("echo", b"after", timeout=None)
+    return b"".join(pieces) + client.data_to_send(NOW)
+
+
+@pytest.mark.parametrize("container", [0, 16 * 1024])
+def test_notify_many_with_a_sink_writes_the_same_frames_batch_by_batch(container):
+    bodies = [os.urandom(n) for n in
+              [16 * 1024] * 9 + [10, 200, 3000] * 30 + [16 * 1024, 70 * 1024, 5]]
+    results = []
+    for sink in (False, True):
+        client, server = established(True, container, batched=True)
+        data = _burst(client, bodies, sink)
+        server.receive_data(data, NOW)
+        bodies_seen = []
+        for event in server.events():
+            if isinstance(event, NotifiedBatch):
+                bodies_seen += event.bodies
+            elif isinstance(event, Notified):
+                bodies_seen.append(event.body)
+            elif isinstance(event, CallReceived):
+                bodies_seen.append(("call", event.body))
+        assert bodies_seen == [b"queued before", *bodies, ("call", b"after")]
+        results.append([length for _, length in frames_of(data)])
+    assert results[0] == results[1]  # the same records, cut the same way
+
+
+def test_notify_many_with_a_sink_is_all_or_nothing():
+    client, server = established(True, 16 * 1024)
+    client.notify("sink", b"queued before")
+    first = client.data_to_send(NOW)
+    pieces: list[bytes] = []
+    too_large = bytes(client.session.max_plaintext)
+    with pytest.raises(RecordTooLarge):
+        client.notify_many("sink", [bytes(70 * 1024)] * 4 + [too_large], sink=pieces.append)
+    assert pieces == [] and client.data_to_send(NOW) == b""
+    server.receive_data(first, NOW)
+    assert [type(e) for e in server.events()] == [Notified]

@@ -155,6 +155,12 @@ class StreamDriver(Driver):
         if arm:
             self.arm_timer()
 
+    def write_frames(self, data: bytes) -> None:
+        """Write frames the connection sealed now (``notify_many``'s sink: a
+        burst leaves batch by batch, so its buffers are reused, not held)."""
+        if not self.transport.is_closing():
+            self.writer.write(data)
+
     def unsent(self) -> int:
         """Bytes in the transport's write buffer, not yet sent."""
         return self.transport.get_write_buffer_size()

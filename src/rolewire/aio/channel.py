@@ -190,7 +190,8 @@ class Channel:
                 conn.notify(operation, body, metadata=self._metadata(
                     MessageType.NOTIFY, 0, operation, body, metadata))
         else:
-            conn.notify_many(operation, bodies)
+            conn.notify_many(operation, bodies,
+                             sink=getattr(self._driver, "write_frames", None))
         self._driver.flush()
         await self._driver.drain()
 
