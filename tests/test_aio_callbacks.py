@@ -96,3 +96,29 @@ def test_many_sequential_calls_and_a_clean_close():
     open_after, requests = run(main())
     assert open_after == 0
     assert requests >= 200
+
+
+def test_reads_grow_while_each_fills_its_buffer_and_drop_back_after():
+    from rolewire.aio._base import READ_MAX, READ_SIZE, _ChunkProtocol
+
+    class Transport:
+        max_size = READ_SIZE
+
+    class Stream:
+        pass
+
+    chunks: list[int] = []
+    transport = Transport()
+    protocol = _ChunkProtocol(Stream(), lambda data: chunks.append(len(data)), lambda: None,
+                              transport)
+    protocol.start(b"")
+    sizes = []
+    for n in (READ_SIZE, READ_MAX, READ_MAX, 100, READ_SIZE - 1, READ_SIZE):
+        protocol.data_received(bytes(n))
+        sizes.append(transport.max_size)
+    assert sizes == [READ_MAX, READ_MAX, READ_MAX, READ_SIZE, READ_SIZE, READ_MAX]
+    assert chunks == [READ_SIZE, READ_MAX, READ_MAX, 100, READ_SIZE - 1, READ_SIZE]
+    # A transport without max_size (another event loop) is left alone.
+    protocol = _ChunkProtocol(Stream(), chunks.append, lambda: None, object())
+    protocol.start(b"")
+    protocol.data_received(bytes(READ_SIZE))
