@@ -140,6 +140,33 @@ class _Reader:
             raise self.fail("trailing bytes")
 
 
+def _truncated(what: str) -> MalformedHandshakeMessage:
+    return MalformedHandshakeMessage(f"{what}: truncated")
+
+
+def _vec24_at(buf: bytes, pos: int, what: str) -> tuple[bytes, int]:
+    """``u24<...>`` at ``pos``: the field and the position after it (the
+    parsers of every message below read their fields inline, with the
+    checks of :class:`_Reader`: a method call per field costs more than the
+    field's own work)."""
+    end = pos + 3
+    if end > len(buf):
+        raise _truncated(what)
+    stop = end + int.from_bytes(buf[pos:end], "big")
+    if stop > len(buf):
+        raise _truncated(what)
+    return buf[end:stop], stop
+
+
+def _two_vec24(body: bytes, what: str) -> tuple[bytes, bytes]:
+    """``u24<a> | u24<b>`` and nothing after (messages 3 to 5)."""
+    a, pos = _vec24_at(body, 0, what)
+    b, pos = _vec24_at(body, pos, what)
+    if pos != len(body):
+        raise MalformedHandshakeMessage(f"{what}: trailing bytes")
+    return a, b
+
+
 def _u16(n: int) -> bytes:
     if n > 0xFFFF:
         raise HandshakeMessageTooLarge("field longer than 65535 bytes")
@@ -230,35 +257,59 @@ class Hello:
 
 
 def _parse_hello(body: bytes) -> Hello:
-    r = _Reader(body, "Hello")
-    version = r.u8()
-    random = r.take(RANDOM_SIZE)
-    n = r.u8()
+    what = "Hello"
+    size = len(body)
+    pos = 2 + RANDOM_SIZE
+    if pos > size:
+        raise _truncated(what)
+    version = body[0]
+    random = body[1:pos - 1]
+    n = body[pos - 1]
     if not 1 <= n <= MAX_SUITES:
-        raise r.fail("suite count out of range")
-    suites = tuple(r.take(n))
+        raise MalformedHandshakeMessage(f"{what}: suite count out of range")
+    if pos + n > size:
+        raise _truncated(what)
+    suites = tuple(body[pos:pos + n])
     if len(set(suites)) != n:
-        raise r.fail("duplicate suite")
-    group = r.u8()
-    share = r.vec16()
-    n = r.u8()
+        raise MalformedHandshakeMessage(f"{what}: duplicate suite")
+    pos += n
+    if pos + 3 > size:  # group u8, share length u16
+        raise _truncated(what)
+    group = body[pos]
+    start = pos + 3
+    pos = start + int.from_bytes(body[pos + 1:start], "big")
+    if pos >= size:  # the share and the hint count
+        raise _truncated(what)
+    share = body[start:pos]
+    n = body[pos]
     if n > MAX_ROLES:
         raise HandshakeMessageTooLarge(f"Hello: more than {MAX_ROLES} roles")
-    block = r.take(HINT_SIZE * n)
-    hints = tuple(block[i:i + HINT_SIZE] for i in range(0, len(block), HINT_SIZE))
+    start = pos + 1
+    pos = start + HINT_SIZE * n
+    if pos > size:
+        raise _truncated(what)
+    hints = tuple(body[i:i + HINT_SIZE] for i in range(start, pos, HINT_SIZE))
     if len(set(hints)) != n:
-        raise r.fail("duplicate role hint")
-    m = r.u8()
+        raise MalformedHandshakeMessage(f"{what}: duplicate role hint")
+    if pos >= size:  # the slot count
+        raise _truncated(what)
+    m = body[pos]
     if m > MAX_PASSWORD_SLOTS:
         raise HandshakeMessageTooLarge(f"Hello: more than {MAX_PASSWORD_SLOTS} password slots")
-    block = r.take(ROUND1_SIZE * m)
-    slots = tuple(block[i:i + ROUND1_SIZE] for i in range(0, len(block), ROUND1_SIZE))
-    c = r.u8()
+    start = pos + 1
+    pos = start + ROUND1_SIZE * m
+    if pos >= size:  # the slots and the cookie MAC length
+        raise _truncated(what)
+    slots = tuple(body[i:i + ROUND1_SIZE] for i in range(start, pos, ROUND1_SIZE))
+    c = body[pos]
     if c not in (0, COOKIE_SIZE):
-        raise r.fail("cookie MAC length must be 0 or 16")
-    mac = r.take(c)
-    r.done()
-    return Hello(version, random, suites, group, share, hints, slots, mac)
+        raise MalformedHandshakeMessage(f"{what}: cookie MAC length must be 0 or 16")
+    pos += 1
+    if pos + c > size:
+        raise _truncated(what)
+    if pos + c != size:
+        raise MalformedHandshakeMessage(f"{what}: trailing bytes")
+    return Hello(version, random, suites, group, share, hints, slots, body[pos:pos + c])
 
 
 @dataclass(frozen=True)
@@ -309,21 +360,30 @@ class ResponderHello:
         return frame(MsgType.RESPONDER_HELLO, body, max_size)
 
 
+_SUITE_GROUPS = {int(s): s.group for s in HandshakeSuite}
+
+
 def _parse_responder_hello(body: bytes) -> ResponderHello:
-    r = _Reader(body, "ResponderHello")
-    version = r.u8()
-    random = r.take(RANDOM_SIZE)
-    suite = r.u8()
-    try:
-        group = HandshakeSuite(suite).group
-    except ValueError:
-        raise r.fail("unknown suite") from None
-    ecdh = r.take(group.ecdh_size)
-    ct = r.take(MLKEM768_CT_SIZE)
-    data_ct = r.vec24()
-    proof_ct = r.vec24()
-    r.done()
-    return ResponderHello(version, random, suite, ecdh, ct, data_ct, proof_ct)
+    what = "ResponderHello"
+    if len(body) < 2 + RANDOM_SIZE:
+        raise _truncated(what)
+    version = body[0]
+    random = body[1:1 + RANDOM_SIZE]
+    suite = body[1 + RANDOM_SIZE]
+    group = _SUITE_GROUPS.get(suite)
+    if group is None:
+        raise MalformedHandshakeMessage(f"{what}: unknown suite")
+    ecdh_start = 2 + RANDOM_SIZE
+    ct_start = ecdh_start + group.ecdh_size
+    ct_end = ct_start + MLKEM768_CT_SIZE
+    if ct_end > len(body):
+        raise _truncated(what)
+    data_ct, pos = _vec24_at(body, ct_end, what)
+    proof_ct, pos = _vec24_at(body, pos, what)
+    if pos != len(body):
+        raise MalformedHandshakeMessage(f"{what}: trailing bytes")
+    return ResponderHello(version, random, suite, body[ecdh_start:ct_start],
+                          body[ct_start:ct_end], data_ct, proof_ct)
 
 
 @dataclass(frozen=True)
@@ -339,10 +399,7 @@ class InitiatorAuth:
 
 
 def _parse_initiator_auth(body: bytes) -> InitiatorAuth:
-    r = _Reader(body, "InitiatorAuth")
-    out = InitiatorAuth(r.vec24(), r.vec24())
-    r.done()
-    return out
+    return InitiatorAuth(*_two_vec24(body, "InitiatorAuth"))
 
 
 @dataclass(frozen=True)
@@ -359,10 +416,7 @@ class ResponderAuth:
 
 
 def _parse_responder_auth(body: bytes) -> ResponderAuth:
-    r = _Reader(body, "ResponderAuth")
-    out = ResponderAuth(r.vec24(), r.vec24())
-    r.done()
-    return out
+    return ResponderAuth(*_two_vec24(body, "ResponderAuth"))
 
 
 @dataclass(frozen=True)
@@ -380,10 +434,7 @@ class InitiatorFinish:
 
 
 def _parse_initiator_finish(body: bytes) -> InitiatorFinish:
-    r = _Reader(body, "InitiatorFinish")
-    out = InitiatorFinish(r.vec24(), r.vec24())
-    r.done()
-    return out
+    return InitiatorFinish(*_two_vec24(body, "InitiatorFinish"))
 
 
 @dataclass(frozen=True)
@@ -480,27 +531,35 @@ def encode_role_entries(entries: list[RoleEntry]) -> bytes:
     return b"".join(parts)
 
 
-def _read_entries(r: _Reader) -> list[RoleEntry]:
-    n = r.u8()
+def _entries_at(data: bytes, what: str) -> tuple[list[RoleEntry], int]:
+    """The role entries at the start of ``data`` and the position after them."""
+    if not data:
+        raise _truncated(what)
+    n = data[0]
     if n > MAX_ROLES:
         raise HandshakeMessageTooLarge("too many role entries")
     out = []
     last = -1
+    pos = 1
     for _ in range(n):
-        index, flags = r.u8(), r.u8()
+        if pos + 2 > len(data):
+            raise _truncated(what)
+        index = data[pos]
+        flags = data[pos + 1]
         if index <= last:
-            raise r.fail("role entries not in increasing order")
+            raise MalformedHandshakeMessage(f"{what}: role entries not in increasing order")
         if flags & ~_FLAGS_ALL:
-            raise r.fail("invalid role flags")
+            raise MalformedHandshakeMessage(f"{what}: invalid role flags")
         last = index
-        out.append(RoleEntry(index, flags, r.vec24()))
-    return out
+        entry, pos = _vec24_at(data, pos + 2, what)
+        out.append(RoleEntry(index, flags, entry))
+    return out, pos
 
 
 def parse_role_entries(data: bytes) -> list[RoleEntry]:
-    r = _Reader(data, "role data")
-    out = _read_entries(r)
-    r.done()
+    out, pos = _entries_at(data, "role data")
+    if pos != len(data):
+        raise MalformedHandshakeMessage("role data: trailing bytes")
     return out
 
 
@@ -515,13 +574,26 @@ def encode_role_data(entries: list[RoleEntry], slots: list[bytes]) -> bytes:
 
 
 def parse_role_data(data: bytes) -> tuple[list[RoleEntry], list[bytes]]:
-    r = _Reader(data, "role data")
-    entries = _read_entries(r)
-    m = r.u8()
+    what = "role data"
+    entries, pos = _entries_at(data, what)
+    size = len(data)
+    if pos >= size:
+        raise _truncated(what)
+    m = data[pos]
     if m > MAX_PASSWORD_SLOTS:
         raise HandshakeMessageTooLarge("too many password slots")
-    slots = [r.vec16() for _ in range(m)]
-    r.done()
+    pos += 1
+    slots = []
+    for _ in range(m):
+        start = pos + 2
+        if start > size:
+            raise _truncated(what)
+        pos = start + int.from_bytes(data[start - 2:start], "big")
+        if pos > size:
+            raise _truncated(what)
+        slots.append(data[start:pos])
+    if pos != size:
+        raise MalformedHandshakeMessage(f"{what}: trailing bytes")
     return entries, slots
 
 
@@ -554,22 +626,34 @@ def encode_proofs(proofs: list[ProofEntry]) -> bytes:
 
 
 def parse_proofs(data: bytes) -> list[ProofEntry]:
-    r = _Reader(data, "role proofs")
-    n = r.u8()
+    what = "role proofs"
+    size = len(data)
+    if not size:
+        raise _truncated(what)
+    n = data[0]
     if n > MAX_ROLES:
         raise HandshakeMessageTooLarge("too many role proofs")
     out = []
     last = -1
+    pos = 1
     for _ in range(n):
-        index = r.u8()
+        if pos >= size:
+            raise _truncated(what)
+        index = data[pos]
         if index <= last:
-            raise r.fail("proofs not in increasing order")
+            raise MalformedHandshakeMessage(f"{what}: proofs not in increasing order")
         last = index
-        proof = r.vec16()
-        if not proof:
-            raise r.fail("empty proof")
-        out.append(ProofEntry(index, proof))
-    r.done()
+        start = pos + 3
+        if start > size:
+            raise _truncated(what)
+        pos = start + int.from_bytes(data[start - 2:start], "big")
+        if pos > size:
+            raise _truncated(what)
+        if pos == start:
+            raise MalformedHandshakeMessage(f"{what}: empty proof")
+        out.append(ProofEntry(index, data[start:pos]))
+    if pos != size:
+        raise MalformedHandshakeMessage(f"{what}: trailing bytes")
     return out
 
 
@@ -581,19 +665,23 @@ def encode_chain(chain: tuple[bytes, ...]) -> bytes:
 
 
 def parse_chain(data: bytes) -> tuple[bytes, ...]:
-    r = _Reader(data, "certificate chain")
-    n = r.u8()
+    what = "certificate chain"
+    if not data:
+        raise _truncated(what)
+    n = data[0]
     if n == 0:
-        raise r.fail("empty certificate chain")
+        raise MalformedHandshakeMessage(f"{what}: empty certificate chain")
     if n > MAX_CHAIN:
         raise HandshakeMessageTooLarge(f"certificate chain longer than {MAX_CHAIN}")
     out = []
+    pos = 1
     for _ in range(n):
-        der = r.vec24()
+        der, pos = _vec24_at(data, pos, what)
         if not der:
-            raise r.fail("empty certificate")
+            raise MalformedHandshakeMessage(f"{what}: empty certificate")
         out.append(der)
-    r.done()
+    if pos != len(data):
+        raise MalformedHandshakeMessage(f"{what}: trailing bytes")
     return tuple(out)
 
 
