@@ -66,6 +66,10 @@ DEFAULT_MIN_EPOCH_RECORDS = 64
 #: over a reliable transport sends none; an attacker gets this many
 #: forgery attempts per session, far below the AEAD's own bound).
 INTEGRITY_LIMIT = 100
+#: The record limits of a session built without any (immutable, so one
+#: instance serves every session: building and checking a RecordLimits
+#: costs more than the rest of the record layer's set-up in Python).
+_DEFAULT_LIMITS = RecordLimits()
 
 
 class _Generation:
@@ -574,7 +578,8 @@ class Session:
         if past_epochs is not None:
             kwargs["past_epochs"] = past_epochs
         layer = RecordLayer(suite, send_key=send_key, send_iv=send_iv, recv_key=recv_key,
-                            recv_iv=recv_iv, limits=limits, backend=backend, **kwargs)
+                            recv_iv=recv_iv, limits=_DEFAULT_LIMITS if limits is None else limits,
+                            backend=backend, **kwargs)
         return cls(layer=layer, peer_roles=frozenset(peer_roles), suite=handshake_suite,
                    transcript_hash=transcript_hash, is_initiator=is_initiator,
                    rekey_interval=rekey_interval, grace_period=grace_period,

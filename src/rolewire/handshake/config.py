@@ -6,12 +6,13 @@ from __future__ import annotations
 import datetime
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from rolewire.errors import ConfigurationError
 from rolewire.handshake.messages import FRAME_HEADER_SIZE, MAX_MESSAGE_SIZE
 from rolewire.handshake.suites import DEFAULT_SUITES, HandshakeSuite
+from rolewire.record import default_backend
 from rolewire.roles.base import Role, RoleSet
 
 __all__ = ["HandshakeConfig", "utc_now"]
@@ -65,7 +66,10 @@ class HandshakeConfig:
             by the re-handshake to start the new keys at announced epochs.
         record_limits: the sessions' record limits (RecordLayer ``limits``).
         record_window: their replay window size (RecordLayer ``window``).
-        record_backend: ``"c"``, ``"pure"`` or None (RecordLayer ``backend``).
+        record_backend: ``"c"``, ``"pure"`` or None (RecordLayer ``backend``):
+            None is the default when the config is built (``"pure"`` under
+            ``ROLEWIRE_PURE=1``, else ``"c"``), read once here rather than
+            from the environment in every handshake.
     """
 
     roles: Any = ()
@@ -88,13 +92,15 @@ class HandshakeConfig:
     record_limits: Any = None
     record_window: int | None = None
     record_backend: str | None = None
+    #: record_backend, or the default when the config was built.
+    _backend: str = field(default="", init=False, repr=False, compare=False)
 
     def session_options(self) -> dict[str, Any]:
         """The keyword arguments of ``Session.from_keys`` this config sets
         (rekeying, grace periods, record layer)."""
         return {
             "limits": self.record_limits, "window": self.record_window,
-            "backend": self.record_backend, "rekey_interval": self.rekey_interval,
+            "backend": self._backend, "rekey_interval": self.rekey_interval,
             "grace_period": self.grace_period, "past_epochs": self.record_past_epochs,
             "min_epoch_records": self.min_epoch_records,
             "min_epoch_lifetime": self.min_epoch_lifetime, "clock": self.clock,
@@ -113,6 +119,7 @@ class HandshakeConfig:
             raise ConfigurationError("suites must be a non-empty list without duplicates")
         object.__setattr__(self, "suites", suites)
         object.__setattr__(self, "required_peer_roles", frozenset(self.required_peer_roles))
+        object.__setattr__(self, "_backend", self.record_backend or default_backend())
         if self.timeout <= 0 or self.rekey_interval <= 0 or self.grace_period < 0:
             raise ConfigurationError("timeout, rekey_interval must be > 0; grace_period >= 0")
         if not 4096 <= self.max_message_size <= FRAME_HEADER_SIZE + 0xFFFFFF:
