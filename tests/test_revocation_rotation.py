@@ -129,6 +129,29 @@ def test_policy_built_once_still_takes_each_validations_time(pki_tree):
             revoking.validate_chain(chain, NOW)
 
 
+def test_verifier_reused_within_one_second_only(pki_tree):
+    """The path verifier is built once per whole second of validation time
+    (the verifier drops the microseconds itself): within the second a
+    certificate's last valid second passes, from the next second on it is
+    refused, and a validation at another second builds a new verifier."""
+    root, mid, _leaf, _other = pki_tree
+    not_after = NOW.replace(microsecond=0) + datetime.timedelta(days=1)
+    short = issue(mid, "short", not_before=NOW - datetime.timedelta(days=1), not_after=not_after)
+    role = CertificateRole("holder", anchors=[root.certificate], cache_size=0)
+    chain = chain_of(short, mid)
+    role.validate_chain(chain, not_after)
+    first = role._verifier
+    role.validate_chain(chain, not_after + datetime.timedelta(microseconds=999_999))
+    assert role._verifier is first  # same second: same verifier
+    with pytest.raises(CertificateRejected):
+        role.validate_chain(chain, not_after + datetime.timedelta(seconds=1))
+    assert role._verifier is not first
+    with pytest.raises(CertificateRejected):
+        role.validate_chain(chain, short.certificate.not_valid_before_utc
+                            - datetime.timedelta(microseconds=1))
+    role.validate_chain(chain, not_after - datetime.timedelta(seconds=5))
+
+
 def test_crl_signature_checked_once_revocation_every_time(pki_tree, monkeypatch):
     """A role remembers whether a CRL's signature verifies with an issuer's
     key (issue 13): checked once per (CRL, key), while every validation

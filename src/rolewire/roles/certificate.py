@@ -219,6 +219,7 @@ class CertificateRole(Role):
         "_lock",
         "_max_depth",
         "_store",
+        "_verifier",
         "chain_der",
     )
 
@@ -272,6 +273,10 @@ class CertificateRole(Role):
             digest_size=32, person=b"rolewire2crthint").digest() for a in self._anchors)
         self._builder = (PolicyBuilder().store(self._store).max_chain_depth(max_chain_depth)
                          .extension_policies(ca_policy=_CA_POLICY, ee_policy=_EE_POLICY))
+        #: (validation second, verifier built for it): the verifier compares
+        #: validity dates at whole seconds (it drops the microseconds of its
+        #: time), so every validation within one second uses the same one.
+        self._verifier: tuple[datetime.datetime, Any] | None = None
         self._chain = tuple(chain)
         self.chain_der: tuple[bytes, ...] = tuple(
             c.public_bytes(serialization.Encoding.DER) for c in chain)
@@ -424,7 +429,13 @@ class CertificateRole(Role):
             raise CertificateRejected("leaf public key could not be loaded") from None
         _check_public_key(leaf_key, "leaf certificate")
         pub = cast(PublicKey, leaf_key)  # _check_public_key admitted only these
-        verifier = self._builder.time(at).build_client_verifier()
+        second = at.replace(microsecond=0)
+        built = self._verifier
+        if built is not None and built[0] == second:
+            verifier = built[1]
+        else:
+            verifier = self._builder.time(second).build_client_verifier()
+            self._verifier = (second, verifier)
         try:
             verified = verifier.verify(leaf, certs[1:])
         except VerificationError as exc:
