@@ -299,19 +299,23 @@ class Handshake:
 
     # -- internals -------------------------------------------------------------
     def _take_message(self) -> tuple[int, bytes] | None:
-        if len(self._in) < FRAME_HEADER_SIZE:
+        buf = self._in
+        if len(buf) < FRAME_HEADER_SIZE:
             return None
         try:
-            msg_type, length = parse_frame_header(bytes(self._in[:FRAME_HEADER_SIZE]),
-                                                  self.config.max_message_size)
+            msg_type, length = parse_frame_header(buf, self.config.max_message_size)
         except HandshakeError as exc:
             self._fail(exc)
             return None
         end = FRAME_HEADER_SIZE + length
-        if len(self._in) < end:
+        if len(buf) < end:
             return None
-        raw = bytes(self._in[:end])
-        del self._in[:end]
+        if end == len(buf):  # the usual case: the buffer holds one message
+            raw = bytes(buf)
+            buf.clear()
+        else:
+            raw = bytes(buf[:end])
+            del buf[:end]
         return msg_type, raw
 
     def _dispatch(self, msg_type: int, raw: bytes) -> None:
@@ -442,7 +446,7 @@ class Handshake:
             send = (r2i_key, r2i_iv)
             recv = (i2r_key, i2r_iv)
         cfg = self.config
-        names = frozenset(name for _, name in self._verified)
+        names = frozenset([name for _, name in self._verified])
         # The kinds as the roles gave them (a kind outside RoleKind stays
         # its own enum member).
         kinds = frozenset(self._verified)

@@ -188,7 +188,8 @@ def frame(msg_type: int, body: bytes, max_size: int = MAX_MESSAGE_SIZE) -> bytes
 
 
 def parse_frame_header(header: bytes, max_size: int = MAX_MESSAGE_SIZE) -> tuple[int, int]:
-    """``(type, body_length)`` from 4 header bytes; checks the size bound."""
+    """``(type, body_length)`` from the first 4 bytes of ``header`` (a frame
+    header, or a buffer that starts with one); checks the size bound."""
     msg_type = header[0]
     length = int.from_bytes(header[1:4], "big")
     if FRAME_HEADER_SIZE + length > max_size:

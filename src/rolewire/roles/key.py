@@ -51,7 +51,7 @@ class KeyRole(Role):
     """A role proven with a pre-shared key of at least 32 bytes."""
 
     kind = RoleKind.KEY
-    __slots__ = ("_hint_key", "_mac_key")
+    __slots__ = ("_hint_key", "_mac_key", "_prf")
 
     def __init__(self, name: str, key: bytes) -> None:
         super().__init__(name)
@@ -64,6 +64,15 @@ class KeyRole(Role):
         # the key nobody learns anything about the role from a hint.
         self._hint_key = hashlib.blake2b(bytes(key), digest_size=32,
                                          person=b"rolewire2keyhint").digest()
+        # Per direction, the keyed MAC state after the part of proof_input
+        # that does not change (label, kind, direction, role id): a proof
+        # copies it and adds the transcript hash (the same BLAKE2b bytes as
+        # hashing the whole proof_input at once).
+        self._prf = {
+            direction: hashlib.blake2b(proof_input(self.kind, direction, self.role_id, b""),
+                                       key=self._mac_key, digest_size=KEY_PROOF_SIZE,
+                                       person=b"rolewire1keyprf")
+            for direction in Direction}
 
     @property
     def can_prove(self) -> bool:
@@ -101,9 +110,9 @@ class KeyRole(Role):
         return cls(name, _decode(value.encode(), encoding, f"${variable}"))
 
     def prove(self, direction: Direction, h: bytes) -> bytes:
-        return hashlib.blake2b(proof_input(self.kind, direction, self.role_id, h),
-                               key=self._mac_key, digest_size=KEY_PROOF_SIZE,
-                               person=b"rolewire1keyprf").digest()
+        mac = self._prf[direction].copy()
+        mac.update(h)
+        return mac.digest()
 
     def verify(self, direction: Direction, h: bytes, proof: bytes) -> None:
         if not hmac.compare_digest(self.prove(direction, h), proof):
