@@ -176,25 +176,101 @@ static int container_valid(const uint8_t *p, size_t n, uint32_t *items)
     return k >= 1;
 }
 
-int rw_fp_recv(rw_receiver *r, const rw_optable *ops, const void *buf_, size_t len,
-               uint32_t max_frame, void *out_, size_t out_cap, uint32_t cap,
-               int32_t *status, uint8_t *types, uint64_t *call_ids, int32_t *op_index,
-               uint32_t *op_off, uint32_t *op_len, uint32_t *body_off, uint32_t *body_len,
-               rw_fp_result *res)
+/* One record that did not open: an entry with its status. */
+static void error_entry(int rc, uint32_t *count, int32_t *status, uint8_t *types,
+                        uint64_t *call_ids, int32_t *op_index, uint32_t *op_off,
+                        uint32_t *op_len, uint32_t *body_off, uint32_t *body_len)
 {
-    const uint8_t *buf = (const uint8_t *)buf_;
-    uint8_t *out = (uint8_t *)out_;
-    size_t pos = 0, used = 0;
-    uint32_t count = 0;
-    if (r == NULL || res == NULL || (len > 0 && buf == NULL) || out_cap > UINT32_MAX) {
-        return RW_ERR_ARG;
+    uint32_t c = *count;
+    status[c] = rc;
+    types[c] = 0;
+    call_ids[c] = 0;
+    op_index[c] = -1;
+    op_off[c] = op_len[c] = body_off[c] = body_len[c] = 0;
+    *count = c + 1;
+}
+
+/* The entries of one opened plaintext at out[used .. used + pt_len). */
+static void plaintext_entries(const rw_optable *ops, const uint8_t *out, size_t used,
+                              size_t pt_len, uint32_t *count_io, int32_t *status,
+                              uint8_t *types, uint64_t *call_ids, int32_t *op_index,
+                              uint32_t *op_off, uint32_t *op_len, uint32_t *body_off,
+                              uint32_t *body_len)
+{
+    const uint8_t *p = out + used;
+    uint32_t count = *count_io;
+    uint32_t items = 0;
+    if (pt_len >= 1 && p[0] == RW_FP_TYPE_CONTAINER && container_valid(p, pt_len, &items)) {
+        size_t ip = RW_FP_CALL_HEAD;
+        while (ip < pt_len) {
+            uint32_t ilen = be32(p + ip);
+            ip += RW_FP_ITEM_HEAD;
+            const uint8_t *m = p + ip;
+            size_t base = used + ip;
+            if (parsable(m, ilen)) {
+                status[count] = RW_FP_MSG;
+                types[count] = m[0];
+                call_ids[count] = be64(m + 1);
+                op_index[count] = rw_optable_find(ops, m + RW_FP_CALL_HEAD, m[9]);
+                op_off[count] = (uint32_t)(base + RW_FP_CALL_HEAD);
+                op_len[count] = m[9];
+                body_off[count] = (uint32_t)(base + RW_FP_CALL_HEAD + m[9]);
+                body_len[count] = (uint32_t)(ilen - RW_FP_CALL_HEAD - m[9]);
+            } else {
+                status[count] = RW_FP_SLOW;
+                types[count] = m[0];
+                call_ids[count] = 0;
+                op_index[count] = -1;
+                op_off[count] = op_len[count] = 0;
+                body_off[count] = (uint32_t)base;
+                body_len[count] = ilen;
+            }
+            count++;
+            ip += ilen;
+        }
+    } else if (parsable(p, pt_len)) {
+        status[count] = RW_FP_MSG;
+        types[count] = p[0];
+        call_ids[count] = be64(p + 1);
+        op_index[count] = rw_optable_find(ops, p + RW_FP_CALL_HEAD, p[9]);
+        op_off[count] = (uint32_t)(used + RW_FP_CALL_HEAD);
+        op_len[count] = p[9];
+        body_off[count] = (uint32_t)(used + RW_FP_CALL_HEAD + p[9]);
+        body_len[count] = (uint32_t)(pt_len - RW_FP_CALL_HEAD - p[9]);
+        count++;
+    } else {
+        status[count] = RW_FP_SLOW;
+        types[count] = pt_len ? p[0] : 0;
+        call_ids[count] = 0;
+        op_index[count] = -1;
+        op_off[count] = op_len[count] = 0;
+        body_off[count] = (uint32_t)used;
+        body_len[count] = (uint32_t)pt_len;
+        count++;
     }
-    memset(res, 0, sizeof *res);
+    *count_io = count;
+}
+
+/* The frame loop of rw_fp_recv*, from the state in *res (consumed,
+ * out_used, count; records, opened and flags accumulate). ext_min > 0:
+ * stop before a record of at least ext_min bytes that rw_open_begin finds
+ * in the current epoch (RW_FP_STOP_EXTERNAL, the lock held). */
+static int recv_loop(rw_receiver *r, const rw_optable *ops, const uint8_t *buf, size_t len,
+                     uint32_t max_frame, uint8_t *out, size_t out_cap, uint32_t cap,
+                     int32_t *status, uint8_t *types, uint64_t *call_ids, int32_t *op_index,
+                     uint32_t *op_off, uint32_t *op_len, uint32_t *body_off,
+                     uint32_t *body_len, rw_fp_result *res, uint64_t ext_min,
+                     uint8_t *nonce_out)
+{
+    size_t pos = (size_t)res->consumed, used = (size_t)res->out_used;
+    uint32_t count = res->count;
     res->stop = RW_FP_STOP_END;
     while (len - pos >= 4) {
         uint32_t flen = be32(buf + pos);
         if (flen < 1 || flen > (uint64_t)max_frame + 1) {
             res->consumed = pos;
+            res->out_used = used;
+            res->count = count;
             return RW_FP_ERR_FRAME;
         }
         if (flen > len - pos - 4) {
@@ -207,6 +283,8 @@ int rw_fp_recv(rw_receiver *r, const rw_optable *ops, const void *buf_, size_t l
         }
         if (kind != RW_FP_FRAME_RECORD) {
             res->consumed = pos;
+            res->out_used = used;
+            res->count = count;
             return RW_FP_ERR_KIND;
         }
         const uint8_t *rec = buf + pos + 5;
@@ -218,77 +296,103 @@ int rw_fp_recv(rw_receiver *r, const rw_optable *ops, const void *buf_, size_t l
             res->stop = RW_FP_STOP_FULL;
             break;
         }
+        int rc = RW_OPEN_NATIVE;
+        if (ext_min > 0 && rec_len >= ext_min) {
+            /* The checks rw_open makes first: the same error codes. */
+            rc = rw_open_begin(r, rec, rec_len, nonce_out);
+            if (rc == RW_OK) {
+                res->stop = RW_FP_STOP_EXTERNAL;
+                break; /* the caller opens it, then rw_fp_recv_resume */
+            }
+        }
         size_t pt_len = 0;
-        int rc = rw_open(r, rec, rec_len, out + used, out_cap - used, &pt_len);
+        if (rc == RW_OPEN_NATIVE) {
+            rc = rw_open(r, rec, rec_len, out + used, out_cap - used, &pt_len);
+        }
         res->records++;
         pos += 4 + (size_t)flen;
         if (rc < 0) {
-            status[count] = rc;
-            types[count] = 0;
-            call_ids[count] = 0;
-            op_index[count] = -1;
-            op_off[count] = op_len[count] = body_off[count] = body_len[count] = 0;
-            count++;
+            error_entry(rc, &count, status, types, call_ids, op_index, op_off, op_len,
+                        body_off, body_len);
             continue;
         }
         res->opened++;
         res->flags |= rc;
-        const uint8_t *p = out + used;
-        uint32_t items = 0;
-        if (pt_len >= 1 && p[0] == RW_FP_TYPE_CONTAINER && container_valid(p, pt_len, &items)) {
-            size_t ip = RW_FP_CALL_HEAD;
-            while (ip < pt_len) {
-                uint32_t ilen = be32(p + ip);
-                ip += RW_FP_ITEM_HEAD;
-                const uint8_t *m = p + ip;
-                size_t base = used + ip;
-                if (parsable(m, ilen)) {
-                    status[count] = RW_FP_MSG;
-                    types[count] = m[0];
-                    call_ids[count] = be64(m + 1);
-                    op_index[count] = rw_optable_find(ops, m + RW_FP_CALL_HEAD, m[9]);
-                    op_off[count] = (uint32_t)(base + RW_FP_CALL_HEAD);
-                    op_len[count] = m[9];
-                    body_off[count] = (uint32_t)(base + RW_FP_CALL_HEAD + m[9]);
-                    body_len[count] = (uint32_t)(ilen - RW_FP_CALL_HEAD - m[9]);
-                } else {
-                    status[count] = RW_FP_SLOW;
-                    types[count] = m[0];
-                    call_ids[count] = 0;
-                    op_index[count] = -1;
-                    op_off[count] = op_len[count] = 0;
-                    body_off[count] = (uint32_t)base;
-                    body_len[count] = ilen;
-                }
-                count++;
-                ip += ilen;
-            }
-        } else if (parsable(p, pt_len)) {
-            status[count] = RW_FP_MSG;
-            types[count] = p[0];
-            call_ids[count] = be64(p + 1);
-            op_index[count] = rw_optable_find(ops, p + RW_FP_CALL_HEAD, p[9]);
-            op_off[count] = (uint32_t)(used + RW_FP_CALL_HEAD);
-            op_len[count] = p[9];
-            body_off[count] = (uint32_t)(used + RW_FP_CALL_HEAD + p[9]);
-            body_len[count] = (uint32_t)(pt_len - RW_FP_CALL_HEAD - p[9]);
-            count++;
-        } else {
-            status[count] = RW_FP_SLOW;
-            types[count] = pt_len ? p[0] : 0;
-            call_ids[count] = 0;
-            op_index[count] = -1;
-            op_off[count] = op_len[count] = 0;
-            body_off[count] = (uint32_t)used;
-            body_len[count] = (uint32_t)pt_len;
-            count++;
-        }
+        plaintext_entries(ops, out, used, pt_len, &count, status, types, call_ids, op_index,
+                          op_off, op_len, body_off, body_len);
         used += pt_len;
     }
     res->consumed = pos;
     res->out_used = used;
     res->count = count;
     return RW_OK;
+}
+
+int rw_fp_recv(rw_receiver *r, const rw_optable *ops, const void *buf, size_t len,
+               uint32_t max_frame, void *out, size_t out_cap, uint32_t cap,
+               int32_t *status, uint8_t *types, uint64_t *call_ids, int32_t *op_index,
+               uint32_t *op_off, uint32_t *op_len, uint32_t *body_off, uint32_t *body_len,
+               rw_fp_result *res)
+{
+    return rw_fp_recv_ext(r, ops, buf, len, max_frame, out, out_cap, cap, status, types,
+                          call_ids, op_index, op_off, op_len, body_off, body_len, res, 0, NULL);
+}
+
+int rw_fp_recv_ext(rw_receiver *r, const rw_optable *ops, const void *buf, size_t len,
+                   uint32_t max_frame, void *out, size_t out_cap, uint32_t cap,
+                   int32_t *status, uint8_t *types, uint64_t *call_ids, int32_t *op_index,
+                   uint32_t *op_off, uint32_t *op_len, uint32_t *body_off,
+                   uint32_t *body_len, rw_fp_result *res, uint64_t ext_min,
+                   void *nonce_out)
+{
+    if (r == NULL || res == NULL || (len > 0 && buf == NULL) || out_cap > UINT32_MAX ||
+        (ext_min > 0 && nonce_out == NULL)) {
+        return RW_ERR_ARG;
+    }
+    memset(res, 0, sizeof *res);
+    return recv_loop(r, ops, (const uint8_t *)buf, len, max_frame, (uint8_t *)out, out_cap,
+                     cap, status, types, call_ids, op_index, op_off, op_len, body_off,
+                     body_len, res, ext_min, (uint8_t *)nonce_out);
+}
+
+int rw_fp_recv_resume(rw_receiver *r, const rw_optable *ops, const void *buf_, size_t len,
+                      uint32_t max_frame, void *out_, size_t out_cap, uint32_t cap,
+                      int32_t *status, uint8_t *types, uint64_t *call_ids, int32_t *op_index,
+                      uint32_t *op_off, uint32_t *op_len, uint32_t *body_off,
+                      uint32_t *body_len, rw_fp_result *res, uint64_t ext_min,
+                      void *nonce_out, int authenticated, size_t pt_len)
+{
+    const uint8_t *buf = (const uint8_t *)buf_;
+    uint8_t *out = (uint8_t *)out_;
+    if (r == NULL || res == NULL || res->stop != RW_FP_STOP_EXTERNAL) {
+        return RW_ERR_ARG;
+    }
+    size_t pos = (size_t)res->consumed, used = (size_t)res->out_used;
+    /* Whatever the arguments, the record rw_open_begin reserved is ended:
+     * its counter is marked only if it authenticated. */
+    int valid = buf != NULL && pos <= len && len - pos >= 5 && be32(buf + pos) <= len - pos - 4 &&
+                pt_len < be32(buf + pos) && used + pt_len <= out_cap;
+    int rc = rw_open_end(r, authenticated && valid);
+    if (rc < 0) {
+        return rc;
+    }
+    if (!valid) {
+        return RW_ERR_ARG;
+    }
+    res->records++;
+    if (authenticated) {
+        res->opened++;
+        plaintext_entries(ops, out, used, pt_len, &res->count, status, types, call_ids,
+                          op_index, op_off, op_len, body_off, body_len);
+        res->out_used = used + pt_len;
+    } else {
+        error_entry(RW_ERR_AUTH, &res->count, status, types, call_ids, op_index, op_off,
+                    op_len, body_off, body_len);
+    }
+    res->consumed = pos + 4 + (size_t)be32(buf + pos);
+    return recv_loop(r, ops, buf, len, max_frame, out, out_cap, cap, status, types,
+                     call_ids, op_index, op_off, op_len, body_off, body_len, res, ext_min,
+                     (uint8_t *)nonce_out);
 }
 
 static int64_t seal_frame(rw_sender *s, const uint8_t *pt, size_t pt_len, uint8_t *out,

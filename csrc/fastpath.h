@@ -44,6 +44,7 @@
 #define RW_FP_STOP_END 0        /* consumed everything or a partial frame */
 #define RW_FP_STOP_HANDSHAKE 1  /* a handshake frame starts at *consumed */
 #define RW_FP_STOP_FULL 2       /* message arrays or buffer full: call again */
+#define RW_FP_STOP_EXTERNAL 3   /* rw_fp_recv_ext: a large record for the caller's AEAD */
 
 /* Chunk-level errors (the connection is unusable). */
 #define RW_FP_ERR_FRAME (-101)  /* frame length out of range */
@@ -72,6 +73,31 @@ int rw_fp_recv(rw_receiver *r, const rw_optable *ops, const void *buf, size_t le
                int32_t *status, uint8_t *types, uint64_t *call_ids, int32_t *op_index,
                uint32_t *op_off, uint32_t *op_len, uint32_t *body_off, uint32_t *body_len,
                rw_fp_result *res);
+
+/* rw_fp_recv, except that a record frame of at least ext_min (> 0) record
+ * bytes that rw_open_begin places in the current epoch stops the call with
+ * res->stop = RW_FP_STOP_EXTERNAL, the receiver's lock held and the
+ * record's nonce in nonce_out (rolewire.h, "the caller's AEAD": OpenSSL
+ * for large ChaCha20-Poly1305 records). The record's frame starts at
+ * buf[res->consumed]; its plaintext (record length - header - tag bytes)
+ * belongs at out[res->out_used]. The caller opens it there and calls
+ * rw_fp_recv_resume with the same arguments and res, authenticated = 1 (or
+ * 0, the plaintext region wiped) and that plaintext length: the record
+ * becomes its entries (or an RW_ERR_AUTH entry), the lock is released, and
+ * the call goes on as rw_fp_recv_ext (it may stop again). Same entries,
+ * counters and window as rw_fp_recv. */
+int rw_fp_recv_ext(rw_receiver *r, const rw_optable *ops, const void *buf, size_t len,
+                   uint32_t max_frame, void *out, size_t out_cap, uint32_t cap,
+                   int32_t *status, uint8_t *types, uint64_t *call_ids, int32_t *op_index,
+                   uint32_t *op_off, uint32_t *op_len, uint32_t *body_off,
+                   uint32_t *body_len, rw_fp_result *res, uint64_t ext_min,
+                   void *nonce_out);
+int rw_fp_recv_resume(rw_receiver *r, const rw_optable *ops, const void *buf, size_t len,
+                      uint32_t max_frame, void *out, size_t out_cap, uint32_t cap,
+                      int32_t *status, uint8_t *types, uint64_t *call_ids, int32_t *op_index,
+                      uint32_t *op_off, uint32_t *op_len, uint32_t *body_off,
+                      uint32_t *body_len, rw_fp_result *res, uint64_t ext_min,
+                      void *nonce_out, int authenticated, size_t pt_len);
 
 /* Returns bytes written to out (>= 0) or a negative code; *flags gets the
  * OR of rw_seal's success codes (RW_REKEY_DUE), *records the records sealed. */

@@ -6,14 +6,21 @@ cryptography for every size): the behaviour must be the same."""
 
 from __future__ import annotations
 
+import itertools
 import random
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from rolewire import errors
+from rolewire.protocol import fastpath
+from rolewire.protocol.fastpath import MSG, OperationTable
+from rolewire.protocol.wire import CallMessage, MessageType, encode
 from rolewire.record import RecordLimits, Suite
 from rolewire.record._format import HEADER_SIZE, OPENSSL_CHACHA_THRESHOLD
 from tests.conftest import make_pair
+from tests.test_fastpath import OPS, decoded, feed_both, layers, receivers_for, sealed_both
 
 CHACHA = Suite.CHACHA20_POLY1305
 SIZES = [OPENSSL_CHACHA_THRESHOLD - 1, OPENSSL_CHACHA_THRESHOLD, 16384]
@@ -244,3 +251,121 @@ def test_c_without_the_external_aead_keeps_everything_in_c(monkeypatch):
     assert bob.open(records[0]) == plaintexts[0]
     assert bob.open_many(records[1:]) == plaintexts[1:]
     assert bob._recv_aead is None
+
+
+# --- the native fast path (protocol.fastpath.FastReceiver) -------------------------------
+
+native_only = pytest.mark.skipif(not fastpath.native_available(),
+                                 reason="the C fast path is not built (or ROLEWIRE_PURE=1)")
+
+
+def _counting(layer, monkeypatch) -> list[int]:
+    """Count the records the C layer hands to OpenSSL on the fast path."""
+    calls: list[int] = []
+    original = layer.open_reserved
+
+    def counted(nonce, record, out):
+        calls.append(len(out))
+        return original(nonce, record, out)
+
+    monkeypatch.setattr(layer, "open_reserved", counted)
+    return calls
+
+
+@native_only
+@settings(max_examples=40, deadline=None)
+@given(sizes=st.lists(st.sampled_from([0, 10, 3000, OPENSSL_CHACHA_THRESHOLD - 30,
+                                       OPENSSL_CHACHA_THRESHOLD - 29, 16384, 40_000]),
+                      min_size=1, max_size=24),
+       container_max=st.sampled_from([0, 64, 16384]),
+       cuts=st.lists(st.integers(0, 1 << 30), max_size=6))
+def test_fast_path_opens_large_chacha_records_like_the_pure_twin(sizes, container_max, cuts):
+    a, b = layers(CHACHA)
+    ops = OperationTable(OPS)
+    msgs = [CallMessage(MessageType.NOTIFY, i, "sink", message(n, i)) for i, n in
+            enumerate(sizes)]
+    frames = sealed_both(a, [encode(m) for m in msgs], container_max)
+    receivers = receivers_for(b, ops)
+    points = sorted({c % (len(frames) + 1) for c in cuts} | {0, len(frames)})
+    got: list[CallMessage] = []
+    for start, end in itertools.pairwise(points):
+        got += decoded(feed_both(receivers, frames[start:end]), ops)
+    assert got == msgs
+
+
+@native_only
+def test_fast_path_sends_only_large_current_epoch_records_to_openssl(monkeypatch):
+    a, b = layers(CHACHA)
+    calls = _counting(b["c"], monkeypatch)
+    sizes = [100, OPENSSL_CHACHA_THRESHOLD - 11, OPENSSL_CHACHA_THRESHOLD - 10, 16384]
+    # (10 bytes of call header: plaintexts of threshold-1, threshold, ...)
+    msgs = [encode(CallMessage(MessageType.NOTIFY, 0, "", message(n, n))) for n in sizes]
+    batch = feed_both(receivers_for(b), sealed_both(a, msgs))
+    assert batch.opened == 4 and list(batch.status[:4]) == [MSG] * 4
+    assert calls == [OPENSSL_CHACHA_THRESHOLD, 16384 + 10]
+    # AEGIS-256 never goes to OpenSSL.
+    a2, b2 = layers(Suite.AEGIS_256)
+    assert b2["c"].native_open_threshold is None
+    feed_both(receivers_for(b2), sealed_both(a2, msgs))
+
+
+@native_only
+def test_fast_path_large_records_tampered_replayed_and_across_epochs(monkeypatch):
+    a, b = layers(CHACHA)
+    calls = _counting(b["c"], monkeypatch)
+    big = [encode(CallMessage(MessageType.NOTIFY, i, "sink", message(16384, i)))
+           for i in range(6)]
+    first = sealed_both(a, big[:1])
+    tampered = bytearray(first)
+    tampered[-3] ^= 0x01
+    receivers = receivers_for(b)
+    # forged, then genuine (the forgery marked nothing), then a replay
+    batch = feed_both(receivers, bytes(tampered) + first + first)
+    assert [int(s) for s in batch.status[:3]] == [-9, MSG, -7]
+    assert batch.records == 3 and batch.opened == 1 and len(calls) == 2
+    old = sealed_both(a, big[1:2])
+    for layer in a.values():  # the sender moves to epoch 1
+        layer.update_send_key()
+    new = sealed_both(a, big[2:4])
+    # new epoch (its first record advances the receiver in C), then a late
+    # record of the old one (a past epoch: C), then the new current epoch
+    batch = feed_both(receivers, new + old)
+    assert batch.opened == 3 and batch.flags == 2
+    assert len(calls) == 3  # only the second record of epoch 1
+    assert b["c"].recv_epoch == 1 and b["c"].recv_epoch_advances == 1
+    later = sealed_both(a, big[4:6])
+    assert feed_both(receivers, later).opened == 2 and len(calls) == 5
+
+
+@native_only
+def test_fast_path_failure_inside_openssl_releases_the_lock(monkeypatch):
+    a, b = layers(CHACHA)
+    msgs = [encode(CallMessage(MessageType.NOTIFY, i, "sink", message(16384, i)))
+            for i in range(2)]
+    frames = sealed_both(a, msgs)
+    cut = len(frames) // 2
+
+    def boom(nonce, record, out):
+        raise RuntimeError("boom")
+
+    receiver = fastpath.FastReceiver(b["c"], native=True)
+    monkeypatch.setattr(b["c"], "open_reserved", boom)
+    with pytest.raises(RuntimeError):
+        receiver.feed(frames[:cut])
+    monkeypatch.undo()
+    # The lock is free and the record was not marked: it opens now.
+    receiver = fastpath.FastReceiver(b["c"], native=True)
+    batch = receiver.feed(frames)
+    assert batch.opened == 2
+
+
+@native_only
+def test_fast_path_without_the_external_entry_points_stays_in_c(monkeypatch):
+    # (an extension built from older sources: every record opens in C)
+    a, b = layers(CHACHA)
+    calls = _counting(b["c"], monkeypatch)
+    monkeypatch.setattr(fastpath, "_HAVE_EXTERNAL", False)
+    msgs = [encode(CallMessage(MessageType.NOTIFY, i, "sink", message(16384, i)))
+            for i in range(3)]
+    batch = feed_both(receivers_for(b), sealed_both(a, msgs))
+    assert batch.opened == 3 and calls == []

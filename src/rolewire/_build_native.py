@@ -138,6 +138,18 @@ int rw_fp_recv(rw_receiver *r, const rw_optable *ops, const char *buf, size_t le
                int32_t *status, uint8_t *types, uint64_t *call_ids, int32_t *op_index,
                uint32_t *op_off, uint32_t *op_len, uint32_t *body_off, uint32_t *body_len,
                rw_fp_result *res);
+#define RW_FP_STOP_EXTERNAL ...
+int rw_fp_recv_ext(rw_receiver *r, const rw_optable *ops, const char *buf, size_t len,
+                   uint32_t max_frame, char *out, size_t out_cap, uint32_t cap,
+                   int32_t *status, uint8_t *types, uint64_t *call_ids, int32_t *op_index,
+                   uint32_t *op_off, uint32_t *op_len, uint32_t *body_off,
+                   uint32_t *body_len, rw_fp_result *res, uint64_t ext_min, char *nonce_out);
+int rw_fp_recv_resume(rw_receiver *r, const rw_optable *ops, const char *buf, size_t len,
+                      uint32_t max_frame, char *out, size_t out_cap, uint32_t cap,
+                      int32_t *status, uint8_t *types, uint64_t *call_ids, int32_t *op_index,
+                      uint32_t *op_off, uint32_t *op_len, uint32_t *body_off,
+                      uint32_t *body_len, rw_fp_result *res, uint64_t ext_min,
+                      char *nonce_out, int authenticated, size_t pt_len);
 int64_t rw_fp_seal_frames(rw_sender *s, const char *in, size_t in_len, const uint64_t *in_off,
                           size_t n, uint32_t container_max, char *out, size_t out_cap,
                           int32_t *flags, uint32_t *records);

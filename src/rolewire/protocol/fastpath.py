@@ -68,6 +68,8 @@ STOP_END = 0
 STOP_HANDSHAKE = 1
 #: Internal: the arrays were full (feed continues by itself).
 STOP_FULL = 2
+#: Internal: a large record for OpenSSL (feed opens it and goes on).
+STOP_EXTERNAL = 3
 
 _LEN = struct.Struct(">I")
 _ID = struct.Struct(">Q")
@@ -79,12 +81,16 @@ _EPOCH_ADVANCED = 2
 _ERR_FRAME = -101
 _ERR_KIND = -102
 _MIN_ITEM = HEAD_SIZE + ITEM_HEAD_SIZE
+_CHACHA_NONCE = 12  # the only suite whose large records go to OpenSSL
 _CONTAINER_HEAD = bytes((_CONTAINER,)) + bytes(HEAD_SIZE - 1)
 
 _NATIVE = native_library()
 _ffi: Any = _NATIVE[0] if _NATIVE else None
 _lib: Any = _NATIVE[1] if _NATIVE else None
 _HAVE_NATIVE = _lib is not None and hasattr(_lib, "rw_fp_recv")
+# An extension built from older sources opens every record in C (libsodium):
+# the same bytes, only slower for large ChaCha20-Poly1305 records.
+_HAVE_EXTERNAL = _HAVE_NATIVE and hasattr(_lib, "rw_fp_recv_resume")
 # Output buffers need no zeroing first (a pass over every byte of a flush).
 _new_uncleared: Any = _ffi.new_allocator(should_clear_after_alloc=False) if _ffi else None
 
@@ -244,6 +250,13 @@ class FastReceiver:
             self._receiver = layer.native_handles()[1]  # type: ignore[attr-defined]
             self._res = _ffi.new("rw_fp_result *")
             self._ops_c = ops._native if ops is not None else _ffi.NULL
+            # Large ChaCha20-Poly1305 records go to OpenSSL, as the record
+            # layer's own open does (about twice libsodium's speed there):
+            # the C loop stops before each, with the receiver's lock held.
+            threshold = getattr(layer, "native_open_threshold", None)
+            self._ext_min = (threshold + layer.suite.overhead
+                             if threshold is not None and _HAVE_EXTERNAL else 0)
+            self._nonce = _ffi.new("char[]", 32)  # the largest IV (AEGIS-256)
 
     @property
     def buffered(self) -> int:
@@ -300,7 +313,7 @@ class FastReceiver:
             consumed, stop = self._feed_pure(buf, batch)
         if batch.flags & _EPOCH_ADVANCED and self.native:
             # What CRecordLayer.open counts for the session's grace period.
-            self.layer.recv_epoch_advances += 1
+            self.layer.note_native_epoch_advance()  # type: ignore[attr-defined]
         self.handshake_pending = stop == STOP_HANDSHAKE
         if consumed < len(buf):
             self._tail = buf[consumed:]
@@ -326,8 +339,15 @@ class FastReceiver:
     # -- native ---------------------------------------------------------------
     def _feed_native(self, buf: bytes, batch: Received) -> tuple[int, int]:
         res = self._res
-        rc = _lib.rw_fp_recv(self._receiver, self._ops_c, buf, len(buf), self.max_frame,
-                             *batch.views(), res)
+        if self._ext_min:
+            views = batch.views()
+            rc = _lib.rw_fp_recv_ext(self._receiver, self._ops_c, buf, len(buf),
+                                     self.max_frame, *views, res, self._ext_min, self._nonce)
+            while rc == 0 and res.stop == STOP_EXTERNAL:
+                rc = self._open_external(buf, batch, views)
+        else:
+            rc = _lib.rw_fp_recv(self._receiver, self._ops_c, buf, len(buf), self.max_frame,
+                                 *batch.views(), res)
         if rc == _ERR_FRAME:
             raise ProtocolViolation("frame length out of range")
         if rc == _ERR_KIND:
@@ -338,6 +358,25 @@ class FastReceiver:
         batch.flags, batch.out_used = res.flags, res.out_used
         # Capacity is sized so the batch never fills (STOP_FULL cannot occur).
         return int(res.consumed), int(res.stop)
+
+    def _open_external(self, buf: bytes, batch: Received, views: tuple[Any, ...]) -> int:
+        """Open the record the C loop stopped before (OpenSSL, straight into
+        the batch buffer), then let it go on; its return code."""
+        res = self._res
+        at, used = int(res.consumed), int(res.out_used)
+        (length,) = _LEN.unpack_from(buf, at)
+        record = memoryview(buf)[at + 5:at + 4 + length]
+        size = length - 1 - self.layer.suite.overhead
+        try:
+            ok = self.layer.open_reserved(  # type: ignore[attr-defined]
+                _ffi.unpack(self._nonce, _CHACHA_NONCE), record,
+                memoryview(batch.buffer)[used:used + size])
+        except BaseException:
+            _lib.rw_open_end(self._receiver, 0)  # release the lock; the batch is void
+            raise
+        return int(_lib.rw_fp_recv_resume(self._receiver, self._ops_c, buf, len(buf),
+                                          self.max_frame, *views, res, self._ext_min,
+                                          self._nonce, 1 if ok else 0, size))
 
     # -- pure twin --------------------------------------------------------------
     def _feed_pure(self, buf: bytes, batch: Received) -> tuple[int, int]:

@@ -432,6 +432,35 @@ class CRecordLayer(RecordLayer):
                 raise
         return opened
 
+    @property
+    def native_open_threshold(self) -> int | None:
+        """Hazmat, for the native fast path: the plaintext size from which
+        records of the current epoch are opened by OpenSSL
+        (:meth:`open_reserved`) rather than in C; None if none are."""
+        return None if self._large == _NEVER else self._large
+
+    def open_reserved(self, nonce: bytes, record: memoryview, out: memoryview) -> bool:
+        """Hazmat, for the native fast path: open ``record`` (header, then
+        ciphertext and tag), which a begin call of the C core reserved (its
+        nonce ``nonce``; the receiver's lock is held until the matching end
+        call), into ``out`` with OpenSSL. False, with ``out`` wiped, if it
+        does not authenticate (decrypt_into has written unauthenticated
+        plaintext)."""
+        try:
+            self._pending_recv_aead().decrypt_into(nonce, record[HEADER_SIZE:],
+                                                   record[:HEADER_SIZE], out)
+        except InvalidTag:
+            out[:] = bytes(len(out))
+            return False
+        return True
+
+    def note_native_epoch_advance(self) -> None:
+        """Hazmat, for the native fast path: a call through
+        :meth:`native_handles` advanced the receive epoch (what :meth:`open`
+        counts itself; the old epoch's OpenSSL object goes)."""
+        self.recv_epoch_advances += 1
+        self._drop_stale_recv_aead()
+
     def native_handles(self) -> tuple[Any, Any]:
         """Hazmat, for the native fast path (rolewire.protocol.fastpath): the
         cffi ``rw_sender *`` and ``rw_receiver *`` of this layer. Calls
