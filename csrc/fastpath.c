@@ -251,16 +251,55 @@ static void plaintext_entries(const rw_optable *ops, const uint8_t *out, size_t 
     *count_io = count;
 }
 
+/* After rw_open_begin accepted the record frame at buf[pos]: reserve it and
+ * the record frames right after it that rw_open_begin_more accepts too (a
+ * run for the caller's AEAD), as far as the arrays, the batch and ext allow.
+ * Their plaintexts are planned back to back from out[used]. */
+static void reserve_run(rw_receiver *r, const uint8_t *buf, size_t len, uint32_t max_frame,
+                        size_t out_cap, uint32_t cap, size_t pos, size_t used,
+                        uint32_t count, rw_fp_ext *ext)
+{
+    uint64_t entries = count;
+    uint32_t k = 0;
+    for (;;) {
+        uint32_t flen = be32(buf + pos);
+        size_t rec_len = flen - 1;
+        ext->frame_off[k] = pos;
+        ext->rec_len[k] = rec_len;
+        ext->out_off[k] = used;
+        k++;
+        entries += rec_len / (RW_FP_CALL_HEAD + RW_FP_ITEM_HEAD) + 1;
+        used += rec_len - ext->overhead;
+        pos += 4 + (size_t)flen;
+        if (k >= ext->max || len - pos < 5) {
+            break;
+        }
+        flen = be32(buf + pos);
+        if (flen < 1 || flen > (uint64_t)max_frame + 1 || flen > len - pos - 4 ||
+            buf[pos + 4] != RW_FP_FRAME_RECORD) {
+            break; /* left to the loop (partial, handshake, or its error) */
+        }
+        rec_len = flen - 1;
+        if (rec_len < ext->min_record ||
+            entries + rec_len / (RW_FP_CALL_HEAD + RW_FP_ITEM_HEAD) + 1 > cap ||
+            used + rec_len > out_cap ||
+            rw_open_begin_more(r, buf + pos + 5, rec_len,
+                               ext->nonces + (size_t)k * RW_FP_EXT_NONCE) != RW_OK) {
+            break;
+        }
+    }
+    ext->count = k;
+}
+
 /* The frame loop of rw_fp_recv*, from the state in *res (consumed,
- * out_used, count; records, opened and flags accumulate). ext_min > 0:
- * stop before a record of at least ext_min bytes that rw_open_begin finds
- * in the current epoch (RW_FP_STOP_EXTERNAL, the lock held). */
+ * out_used, count; records, opened and flags accumulate). With ext: stop
+ * before a run of records for the caller's AEAD (RW_FP_STOP_EXTERNAL, the
+ * lock held). */
 static int recv_loop(rw_receiver *r, const rw_optable *ops, const uint8_t *buf, size_t len,
                      uint32_t max_frame, uint8_t *out, size_t out_cap, uint32_t cap,
                      int32_t *status, uint8_t *types, uint64_t *call_ids, int32_t *op_index,
                      uint32_t *op_off, uint32_t *op_len, uint32_t *body_off,
-                     uint32_t *body_len, rw_fp_result *res, uint64_t ext_min,
-                     uint8_t *nonce_out)
+                     uint32_t *body_len, rw_fp_result *res, rw_fp_ext *ext)
 {
     size_t pos = (size_t)res->consumed, used = (size_t)res->out_used;
     uint32_t count = res->count;
@@ -297,12 +336,13 @@ static int recv_loop(rw_receiver *r, const rw_optable *ops, const uint8_t *buf, 
             break;
         }
         int rc = RW_OPEN_NATIVE;
-        if (ext_min > 0 && rec_len >= ext_min) {
+        if (ext != NULL && rec_len >= ext->min_record) {
             /* The checks rw_open makes first: the same error codes. */
-            rc = rw_open_begin(r, rec, rec_len, nonce_out);
+            rc = rw_open_begin(r, rec, rec_len, ext->nonces);
             if (rc == RW_OK) {
+                reserve_run(r, buf, len, max_frame, out_cap, cap, pos, used, count, ext);
                 res->stop = RW_FP_STOP_EXTERNAL;
-                break; /* the caller opens it, then rw_fp_recv_resume */
+                break; /* the caller opens the run, then rw_fp_recv_resume */
             }
         }
         size_t pt_len = 0;
@@ -328,6 +368,14 @@ static int recv_loop(rw_receiver *r, const rw_optable *ops, const uint8_t *buf, 
     return RW_OK;
 }
 
+static int ext_valid(const rw_fp_ext *ext)
+{
+    return ext == NULL ||
+           (ext->min_record > ext->overhead && ext->max >= 1 && ext->frame_off != NULL &&
+            ext->rec_len != NULL && ext->out_off != NULL && ext->nonces != NULL &&
+            ext->ok != NULL);
+}
+
 int rw_fp_recv(rw_receiver *r, const rw_optable *ops, const void *buf, size_t len,
                uint32_t max_frame, void *out, size_t out_cap, uint32_t cap,
                int32_t *status, uint8_t *types, uint64_t *call_ids, int32_t *op_index,
@@ -335,64 +383,83 @@ int rw_fp_recv(rw_receiver *r, const rw_optable *ops, const void *buf, size_t le
                rw_fp_result *res)
 {
     return rw_fp_recv_ext(r, ops, buf, len, max_frame, out, out_cap, cap, status, types,
-                          call_ids, op_index, op_off, op_len, body_off, body_len, res, 0, NULL);
+                          call_ids, op_index, op_off, op_len, body_off, body_len, res, NULL);
 }
 
 int rw_fp_recv_ext(rw_receiver *r, const rw_optable *ops, const void *buf, size_t len,
                    uint32_t max_frame, void *out, size_t out_cap, uint32_t cap,
                    int32_t *status, uint8_t *types, uint64_t *call_ids, int32_t *op_index,
                    uint32_t *op_off, uint32_t *op_len, uint32_t *body_off,
-                   uint32_t *body_len, rw_fp_result *res, uint64_t ext_min,
-                   void *nonce_out)
+                   uint32_t *body_len, rw_fp_result *res, rw_fp_ext *ext)
 {
     if (r == NULL || res == NULL || (len > 0 && buf == NULL) || out_cap > UINT32_MAX ||
-        (ext_min > 0 && nonce_out == NULL)) {
+        !ext_valid(ext)) {
         return RW_ERR_ARG;
     }
     memset(res, 0, sizeof *res);
     return recv_loop(r, ops, (const uint8_t *)buf, len, max_frame, (uint8_t *)out, out_cap,
                      cap, status, types, call_ids, op_index, op_off, op_len, body_off,
-                     body_len, res, ext_min, (uint8_t *)nonce_out);
+                     body_len, res, ext);
 }
 
 int rw_fp_recv_resume(rw_receiver *r, const rw_optable *ops, const void *buf_, size_t len,
                       uint32_t max_frame, void *out_, size_t out_cap, uint32_t cap,
                       int32_t *status, uint8_t *types, uint64_t *call_ids, int32_t *op_index,
                       uint32_t *op_off, uint32_t *op_len, uint32_t *body_off,
-                      uint32_t *body_len, rw_fp_result *res, uint64_t ext_min,
-                      void *nonce_out, int authenticated, size_t pt_len)
+                      uint32_t *body_len, rw_fp_result *res, rw_fp_ext *ext)
 {
     const uint8_t *buf = (const uint8_t *)buf_;
     uint8_t *out = (uint8_t *)out_;
-    if (r == NULL || res == NULL || res->stop != RW_FP_STOP_EXTERNAL) {
+    if (r == NULL || res == NULL || ext == NULL || res->stop != RW_FP_STOP_EXTERNAL) {
         return RW_ERR_ARG;
     }
-    size_t pos = (size_t)res->consumed, used = (size_t)res->out_used;
-    /* Whatever the arguments, the record rw_open_begin reserved is ended:
-     * its counter is marked only if it authenticated. */
-    int valid = buf != NULL && pos <= len && len - pos >= 5 && be32(buf + pos) <= len - pos - 4 &&
-                pt_len < be32(buf + pos) && used + pt_len <= out_cap;
-    int rc = rw_open_end(r, authenticated && valid);
-    if (rc < 0) {
-        return rc;
+    /* What reserve_run wrote (the caller must not change it); checked so a
+     * bad call cannot make us read or write out of bounds. */
+    int valid = buf != NULL && ext_valid(ext) && ext->count >= 1 && ext->count <= ext->max &&
+                ext->out_off[0] == res->out_used;
+    for (uint32_t j = 0; valid && j < ext->count; j++) {
+        valid = ext->frame_off[j] <= len && len - ext->frame_off[j] >= 5 &&
+                ext->rec_len[j] < len - ext->frame_off[j] - 4 &&
+                ext->rec_len[j] >= ext->overhead &&
+                ext->out_off[j] + (ext->rec_len[j] - ext->overhead) <= out_cap;
     }
     if (!valid) {
+        rw_open_end(r, 0);
         return RW_ERR_ARG;
     }
-    res->records++;
-    if (authenticated) {
+    size_t used = (size_t)res->out_used;
+    for (uint32_t j = 0; j < ext->count; j++) {
+        const uint8_t *rec = buf + ext->frame_off[j] + 5;
+        size_t rec_len = (size_t)ext->rec_len[j];
+        size_t pt_len = rec_len - ext->overhead;
+        uint8_t *plain = out + ext->out_off[j];
+        /* In order: what rw_open would give this record after the ones
+         * before it. */
+        int rc = rw_open_commit(r, rec, rec_len, ext->ok[j]);
+        res->records++;
+        if (rc < 0) {
+            memset(plain, 0, pt_len); /* nothing of a refused record stays */
+            error_entry(rc, &res->count, status, types, call_ids, op_index, op_off, op_len,
+                        body_off, body_len);
+            continue;
+        }
+        if (plain != out + used) {
+            /* A record before it was refused: close the gap, as rw_open
+             * would have written it here. */
+            memmove(out + used, plain, pt_len);
+        }
         res->opened++;
         plaintext_entries(ops, out, used, pt_len, &res->count, status, types, call_ids,
                           op_index, op_off, op_len, body_off, body_len);
-        res->out_used = used + pt_len;
-    } else {
-        error_entry(RW_ERR_AUTH, &res->count, status, types, call_ids, op_index, op_off,
-                    op_len, body_off, body_len);
+        used += pt_len;
     }
-    res->consumed = pos + 4 + (size_t)be32(buf + pos);
+    rw_open_end(r, 0); /* every counter is marked: release the lock */
+    uint32_t last = ext->count - 1;
+    res->consumed = ext->frame_off[last] + 5 + ext->rec_len[last];
+    res->out_used = used;
+    ext->count = 0;
     return recv_loop(r, ops, buf, len, max_frame, out, out_cap, cap, status, types,
-                     call_ids, op_index, op_off, op_len, body_off, body_len, res, ext_min,
-                     (uint8_t *)nonce_out);
+                     call_ids, op_index, op_off, op_len, body_off, body_len, res, ext);
 }
 
 static int64_t seal_frame(rw_sender *s, const uint8_t *pt, size_t pt_len, uint8_t *out,

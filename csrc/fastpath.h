@@ -74,30 +74,43 @@ int rw_fp_recv(rw_receiver *r, const rw_optable *ops, const void *buf, size_t le
                uint32_t *op_off, uint32_t *op_len, uint32_t *body_off, uint32_t *body_len,
                rw_fp_result *res);
 
-/* rw_fp_recv, except that a record frame of at least ext_min (> 0) record
- * bytes that rw_open_begin places in the current epoch stops the call with
- * res->stop = RW_FP_STOP_EXTERNAL, the receiver's lock held and the
- * record's nonce in nonce_out (rolewire.h, "the caller's AEAD": OpenSSL
- * for large ChaCha20-Poly1305 records). The record's frame starts at
- * buf[res->consumed]; its plaintext (record length - header - tag bytes)
- * belongs at out[res->out_used]. The caller opens it there and calls
- * rw_fp_recv_resume with the same arguments and res, authenticated = 1 (or
- * 0, the plaintext region wiped) and that plaintext length: the record
- * becomes its entries (or an RW_ERR_AUTH entry), the lock is released, and
- * the call goes on as rw_fp_recv_ext (it may stop again). Same entries,
- * counters and window as rw_fp_recv. */
+/* The caller's AEAD for large records in rw_fp_recv_ext (rolewire.h, "the
+ * caller's AEAD": OpenSSL for large ChaCha20-Poly1305 records). */
+#define RW_FP_EXT_NONCE 32   /* stride of nonces (the largest IV) */
+typedef struct rw_fp_ext {
+    uint64_t min_record;  /* in: records of at least this many bytes ... */
+    uint32_t overhead;    /* in: header + tag bytes of a record */
+    uint32_t max;         /* in: capacity of the arrays (records of one run) */
+    uint32_t count;       /* out: records in the run */
+    uint64_t *frame_off;  /* out: each record's frame offset in buf */
+    uint64_t *rec_len;    /* out: each record's length */
+    uint64_t *out_off;    /* out: where each plaintext goes in out */
+    uint8_t *nonces;      /* out: each record's nonce (RW_FP_EXT_NONCE apart) */
+    int32_t *ok;          /* in, for rw_fp_recv_resume: 1 authenticated, 0 not */
+} rw_fp_ext;
+
+/* rw_fp_recv, except that a record frame of at least ext->min_record bytes
+ * that rw_open_begin places in the current epoch stops the call with
+ * res->stop = RW_FP_STOP_EXTERNAL and the receiver's lock held, with that
+ * record and those right after it that qualify too (rw_open_begin_more) in
+ * ext: a run. The caller opens record j of the run (frame at
+ * buf[frame_off[j]], record at + 5, rec_len[j] bytes, nonce j) into
+ * out[out_off[j] .. + rec_len[j] - overhead), sets ok[j] (on 0 it leaves
+ * nothing it wrote there), and calls rw_fp_recv_resume with the same
+ * arguments: the records become their entries in order (each committed as
+ * rw_open would after those before it: a replay within the run is one),
+ * the lock is released, and the call goes on as rw_fp_recv_ext (it may
+ * stop again). Same entries, buffer, counters and window as rw_fp_recv. */
 int rw_fp_recv_ext(rw_receiver *r, const rw_optable *ops, const void *buf, size_t len,
                    uint32_t max_frame, void *out, size_t out_cap, uint32_t cap,
                    int32_t *status, uint8_t *types, uint64_t *call_ids, int32_t *op_index,
                    uint32_t *op_off, uint32_t *op_len, uint32_t *body_off,
-                   uint32_t *body_len, rw_fp_result *res, uint64_t ext_min,
-                   void *nonce_out);
+                   uint32_t *body_len, rw_fp_result *res, rw_fp_ext *ext);
 int rw_fp_recv_resume(rw_receiver *r, const rw_optable *ops, const void *buf, size_t len,
                       uint32_t max_frame, void *out, size_t out_cap, uint32_t cap,
                       int32_t *status, uint8_t *types, uint64_t *call_ids, int32_t *op_index,
                       uint32_t *op_off, uint32_t *op_len, uint32_t *body_off,
-                      uint32_t *body_len, rw_fp_result *res, uint64_t ext_min,
-                      void *nonce_out, int authenticated, size_t pt_len);
+                      uint32_t *body_len, rw_fp_result *res, rw_fp_ext *ext);
 
 /* Returns bytes written to out (>= 0) or a negative code; *flags gets the
  * OR of rw_seal's success codes (RW_REKEY_DUE), *records the records sealed. */

@@ -909,6 +909,53 @@ int rw_receiver_export_key(const rw_receiver *r, uint8_t *key_out)
     return RW_OK;
 }
 
+int rw_open_begin_more(rw_receiver *r, const uint8_t *rec, size_t rec_len, uint8_t *nonce_out)
+{
+    rw_keyslot candidate;
+    rw_target t;
+    int rc;
+
+    if (!r->pending) {
+        return RW_ERR_ARG;
+    }
+    /* The lock is held (rw_open_begin): no other thread changes the state. */
+    rc = locate(r, rec, rec_len, SIZE_MAX, &candidate, &t);
+    if (rc == RW_OK && t.slot != &r->current) {
+        if (t.window == NULL) {
+            wipe_slot(&candidate);
+        }
+        return RW_OPEN_NATIVE;
+    }
+    if (rc != RW_OK) {
+        return rc;
+    }
+    make_nonce(nonce_out, &r->current, r->iv_len, t.counter);
+    return RW_OK;
+}
+
+int rw_open_commit(rw_receiver *r, const uint8_t *rec, size_t rec_len, int authenticated)
+{
+    uint64_t counter;
+    int rc;
+
+    if (!r->pending || rec_len < RW_HEADER_SIZE) {
+        return RW_ERR_ARG;
+    }
+    if (!authenticated) {
+        return RW_ERR_AUTH;
+    }
+    /* Checked again: a record committed before this one (a duplicate, or
+     * one far ahead) may have marked its counter or moved the window past
+     * it - what rw_open would have found, record after record. */
+    counter = load_be64(rec + 6);
+    rc = rw_window_check(&r->current_window, counter);
+    if (rc != RW_OK) {
+        return rc;
+    }
+    rw_window_update(&r->current_window, counter);
+    return RW_OK;
+}
+
 int rw_open_end(rw_receiver *r, int authenticated)
 {
     if (!r->pending) {

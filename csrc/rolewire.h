@@ -175,6 +175,17 @@ int rw_open_begin(rw_receiver *r, const uint8_t *rec, size_t rec_len, uint8_t *n
 int rw_receiver_export_key(const rw_receiver *r, uint8_t *key_out);
 /* Marks the pending record's counter in the window if it authenticated. */
 int rw_open_end(rw_receiver *r, int authenticated);
+/* With a record pending (rw_open_begin, the lock held): the checks of
+ * rw_open_begin for one more record, against the state now. RW_OK: of the
+ * current epoch, its nonce in nonce_out; RW_OPEN_NATIVE: not; negative:
+ * rw_open's error. Changes nothing. */
+int rw_open_begin_more(rw_receiver *r, const uint8_t *rec, size_t rec_len, uint8_t *nonce_out);
+/* With records pending (rw_open_begin / rw_open_begin_more): commits one the
+ * caller opened, in stream order: RW_ERR_AUTH if it did not authenticate,
+ * else its counter is checked against the window again (records committed
+ * before it count) and marked: RW_OK or the window's error. The lock stays
+ * held; rw_open_end(r, 0) releases it (marking nothing more). */
+int rw_open_commit(rw_receiver *r, const uint8_t *rec, size_t rec_len, int authenticated);
 /* rw_open_batch in steps: call with start = 0 (prev ignored); it opens
  * records in order and stops before the first record of the current epoch
  * with at least `threshold` (>= 1) plaintext bytes, setting *stop to its

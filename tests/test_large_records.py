@@ -260,15 +260,16 @@ native_only = pytest.mark.skipif(not fastpath.native_available(),
 
 
 def _counting(layer, monkeypatch) -> list[int]:
-    """Count the records the C layer hands to OpenSSL on the fast path."""
+    """The plaintext sizes of the records the C layer hands to OpenSSL on
+    the fast path, in order."""
     calls: list[int] = []
-    original = layer.open_reserved
+    original = layer.open_reserved_run
 
-    def counted(nonce, record, out):
-        calls.append(len(out))
-        return original(nonce, record, out)
+    def counted(nonces, stride, records, outs, ok):
+        calls.extend(len(out) for out in outs)
+        return original(nonces, stride, records, outs, ok)
 
-    monkeypatch.setattr(layer, "open_reserved", counted)
+    monkeypatch.setattr(layer, "open_reserved_run", counted)
     return calls
 
 
@@ -319,10 +320,11 @@ def test_fast_path_large_records_tampered_replayed_and_across_epochs(monkeypatch
     tampered = bytearray(first)
     tampered[-3] ^= 0x01
     receivers = receivers_for(b)
-    # forged, then genuine (the forgery marked nothing), then a replay
+    # forged, then genuine (the forgery marked nothing), then a replay: one
+    # run (reserved together; committed in order, so the replay is caught)
     batch = feed_both(receivers, bytes(tampered) + first + first)
     assert [int(s) for s in batch.status[:3]] == [-9, MSG, -7]
-    assert batch.records == 3 and batch.opened == 1 and len(calls) == 2
+    assert batch.records == 3 and batch.opened == 1 and len(calls) == 3
     old = sealed_both(a, big[1:2])
     for layer in a.values():  # the sender moves to epoch 1
         layer.update_send_key()
@@ -331,10 +333,10 @@ def test_fast_path_large_records_tampered_replayed_and_across_epochs(monkeypatch
     # record of the old one (a past epoch: C), then the new current epoch
     batch = feed_both(receivers, new + old)
     assert batch.opened == 3 and batch.flags == 2
-    assert len(calls) == 3  # only the second record of epoch 1
+    assert len(calls) == 4  # only the second record of epoch 1
     assert b["c"].recv_epoch == 1 and b["c"].recv_epoch_advances == 1
     later = sealed_both(a, big[4:6])
-    assert feed_both(receivers, later).opened == 2 and len(calls) == 5
+    assert feed_both(receivers, later).opened == 2 and len(calls) == 6
 
 
 @native_only
@@ -345,11 +347,11 @@ def test_fast_path_failure_inside_openssl_releases_the_lock(monkeypatch):
     frames = sealed_both(a, msgs)
     cut = len(frames) // 2
 
-    def boom(nonce, record, out):
+    def boom(nonces, stride, records, outs, ok):
         raise RuntimeError("boom")
 
     receiver = fastpath.FastReceiver(b["c"], native=True)
-    monkeypatch.setattr(b["c"], "open_reserved", boom)
+    monkeypatch.setattr(b["c"], "open_reserved_run", boom)
     with pytest.raises(RuntimeError):
         receiver.feed(frames[:cut])
     monkeypatch.undo()

@@ -99,6 +99,8 @@ int rw_sender_end(rw_sender *s);
 int rw_open_begin(rw_receiver *r, const char *rec, size_t rec_len, char *nonce_out);
 int rw_receiver_export_key(const rw_receiver *r, char *key_out);
 int rw_open_end(rw_receiver *r, int authenticated);
+int rw_open_begin_more(rw_receiver *r, const char *rec, size_t rec_len, char *nonce_out);
+int rw_open_commit(rw_receiver *r, const char *rec, size_t rec_len, int authenticated);
 int64_t rw_open_batch_step(rw_receiver *r, const char *in, size_t in_len,
                            const uint64_t *in_off, size_t n, char *out, size_t out_cap,
                            uint64_t *out_off, int32_t *status, uint64_t threshold,
@@ -139,17 +141,28 @@ int rw_fp_recv(rw_receiver *r, const rw_optable *ops, const char *buf, size_t le
                uint32_t *op_off, uint32_t *op_len, uint32_t *body_off, uint32_t *body_len,
                rw_fp_result *res);
 #define RW_FP_STOP_EXTERNAL ...
+#define RW_FP_EXT_NONCE ...
+typedef struct rw_fp_ext {
+    uint64_t min_record;
+    uint32_t overhead;
+    uint32_t max;
+    uint32_t count;
+    uint64_t *frame_off;
+    uint64_t *rec_len;
+    uint64_t *out_off;
+    uint8_t *nonces;
+    int32_t *ok;
+} rw_fp_ext;
 int rw_fp_recv_ext(rw_receiver *r, const rw_optable *ops, const char *buf, size_t len,
                    uint32_t max_frame, char *out, size_t out_cap, uint32_t cap,
                    int32_t *status, uint8_t *types, uint64_t *call_ids, int32_t *op_index,
                    uint32_t *op_off, uint32_t *op_len, uint32_t *body_off,
-                   uint32_t *body_len, rw_fp_result *res, uint64_t ext_min, char *nonce_out);
+                   uint32_t *body_len, rw_fp_result *res, rw_fp_ext *ext);
 int rw_fp_recv_resume(rw_receiver *r, const rw_optable *ops, const char *buf, size_t len,
                       uint32_t max_frame, char *out, size_t out_cap, uint32_t cap,
                       int32_t *status, uint8_t *types, uint64_t *call_ids, int32_t *op_index,
                       uint32_t *op_off, uint32_t *op_len, uint32_t *body_off,
-                      uint32_t *body_len, rw_fp_result *res, uint64_t ext_min,
-                      char *nonce_out, int authenticated, size_t pt_len);
+                      uint32_t *body_len, rw_fp_result *res, rw_fp_ext *ext);
 int64_t rw_fp_seal_frames(rw_sender *s, const char *in, size_t in_len, const uint64_t *in_off,
                           size_t n, uint32_t container_max, char *out, size_t out_cap,
                           int32_t *flags, uint32_t *records);
@@ -208,6 +221,16 @@ static int rw_open_begin_shim(rw_receiver *r, const char *rec, size_t rec_len,
 {
     return rw_open_begin(r, RW_SHIM_CU8(rec), rec_len, RW_SHIM_U8(nonce_out));
 }
+static int rw_open_begin_more_shim(rw_receiver *r, const char *rec, size_t rec_len,
+                                   char *nonce_out)
+{
+    return rw_open_begin_more(r, RW_SHIM_CU8(rec), rec_len, RW_SHIM_U8(nonce_out));
+}
+static int rw_open_commit_shim(rw_receiver *r, const char *rec, size_t rec_len,
+                               int authenticated)
+{
+    return rw_open_commit(r, RW_SHIM_CU8(rec), rec_len, authenticated);
+}
 static int rw_receiver_export_key_shim(const rw_receiver *r, char *key_out)
 {
     return rw_receiver_export_key(r, RW_SHIM_U8(key_out));
@@ -226,6 +249,8 @@ static int64_t rw_open_batch_step_shim(rw_receiver *r, const char *in, size_t in
 #define rw_seal_batch_begin rw_seal_batch_begin_shim
 #define rw_sender_export_key rw_sender_export_key_shim
 #define rw_open_begin rw_open_begin_shim
+#define rw_open_begin_more rw_open_begin_more_shim
+#define rw_open_commit rw_open_commit_shim
 #define rw_receiver_export_key rw_receiver_export_key_shim
 #define rw_open_batch_step rw_open_batch_step_shim
 #define rw_seal rw_seal_shim

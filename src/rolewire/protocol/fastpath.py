@@ -81,7 +81,8 @@ _EPOCH_ADVANCED = 2
 _ERR_FRAME = -101
 _ERR_KIND = -102
 _MIN_ITEM = HEAD_SIZE + ITEM_HEAD_SIZE
-_CHACHA_NONCE = 12  # the only suite whose large records go to OpenSSL
+#: Records of one run for OpenSSL, reserved by one native call.
+_RUN = 64
 _CONTAINER_HEAD = bytes((_CONTAINER,)) + bytes(HEAD_SIZE - 1)
 
 _NATIVE = native_library()
@@ -253,10 +254,21 @@ class FastReceiver:
             # Large ChaCha20-Poly1305 records go to OpenSSL, as the record
             # layer's own open does (about twice libsodium's speed there):
             # the C loop stops before each, with the receiver's lock held.
+            # The records of a run (consecutive ones) are reserved by one C
+            # call and committed by another: Python costs ~1 us a record.
             threshold = getattr(layer, "native_open_threshold", None)
-            self._ext_min = (threshold + layer.suite.overhead
-                             if threshold is not None and _HAVE_EXTERNAL else 0)
-            self._nonce = _ffi.new("char[]", 32)  # the largest IV (AEGIS-256)
+            self._ext: Any = None
+            if threshold is not None and _HAVE_EXTERNAL:
+                ext = self._ext = _ffi.new("rw_fp_ext *")
+                ext.min_record = threshold + layer.suite.overhead
+                ext.overhead = layer.suite.overhead
+                ext.max = _RUN
+                self._ext_arrays = (_ffi.new("uint64_t[]", _RUN), _ffi.new("uint64_t[]", _RUN),
+                                    _ffi.new("uint64_t[]", _RUN),
+                                    _ffi.new("uint8_t[]", _RUN * _lib.RW_FP_EXT_NONCE),
+                                    _ffi.new("int32_t[]", _RUN))
+                (ext.frame_off, ext.rec_len, ext.out_off, ext.nonces,
+                 ext.ok) = self._ext_arrays
 
     @property
     def buffered(self) -> int:
@@ -339,12 +351,13 @@ class FastReceiver:
     # -- native ---------------------------------------------------------------
     def _feed_native(self, buf: bytes, batch: Received) -> tuple[int, int]:
         res = self._res
-        if self._ext_min:
+        ext = self._ext
+        if ext is not None:
             views = batch.views()
             rc = _lib.rw_fp_recv_ext(self._receiver, self._ops_c, buf, len(buf),
-                                     self.max_frame, *views, res, self._ext_min, self._nonce)
+                                     self.max_frame, *views, res, ext)
             while rc == 0 and res.stop == STOP_EXTERNAL:
-                rc = self._open_external(buf, batch, views)
+                rc = self._open_run(buf, batch, views)
         else:
             rc = _lib.rw_fp_recv(self._receiver, self._ops_c, buf, len(buf), self.max_frame,
                                  *batch.views(), res)
@@ -359,24 +372,32 @@ class FastReceiver:
         # Capacity is sized so the batch never fills (STOP_FULL cannot occur).
         return int(res.consumed), int(res.stop)
 
-    def _open_external(self, buf: bytes, batch: Received, views: tuple[Any, ...]) -> int:
-        """Open the record the C loop stopped before (OpenSSL, straight into
-        the batch buffer), then let it go on; its return code."""
-        res = self._res
-        at, used = int(res.consumed), int(res.out_used)
-        (length,) = _LEN.unpack_from(buf, at)
-        record = memoryview(buf)[at + 5:at + 4 + length]
-        size = length - 1 - self.layer.suite.overhead
+    def _open_run(self, buf: bytes, batch: Received, views: tuple[Any, ...]) -> int:
+        """Open the run of records the C loop stopped before (OpenSSL,
+        straight into the batch buffer), then let it go on; its code."""
+        ext = self._ext
+        frame_off, rec_len, out_off, nonces, ok = self._ext_arrays
+        count = ext.count
+        overhead = ext.overhead
+        data = memoryview(buf)
+        plain = memoryview(batch.buffer)
+        records = []
+        outs = []
+        for j in range(count):
+            at = frame_off[j] + 5
+            end = at + rec_len[j]
+            records.append(data[at:end])
+            start = out_off[j]
+            outs.append(plain[start:start + rec_len[j] - overhead])
         try:
-            ok = self.layer.open_reserved(  # type: ignore[attr-defined]
-                _ffi.unpack(self._nonce, _CHACHA_NONCE), record,
-                memoryview(batch.buffer)[used:used + size])
+            self.layer.open_reserved_run(  # type: ignore[attr-defined]
+                _ffi.buffer(nonces, count * _lib.RW_FP_EXT_NONCE)[:], _lib.RW_FP_EXT_NONCE,
+                records, outs, ok)
         except BaseException:
             _lib.rw_open_end(self._receiver, 0)  # release the lock; the batch is void
             raise
         return int(_lib.rw_fp_recv_resume(self._receiver, self._ops_c, buf, len(buf),
-                                          self.max_frame, *views, res, self._ext_min,
-                                          self._nonce, 1 if ok else 0, size))
+                                          self.max_frame, *views, self._res, ext))
 
     # -- pure twin --------------------------------------------------------------
     def _feed_pure(self, buf: bytes, batch: Received) -> tuple[int, int]:

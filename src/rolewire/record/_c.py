@@ -436,23 +436,30 @@ class CRecordLayer(RecordLayer):
     def native_open_threshold(self) -> int | None:
         """Hazmat, for the native fast path: the plaintext size from which
         records of the current epoch are opened by OpenSSL
-        (:meth:`open_reserved`) rather than in C; None if none are."""
+        (:meth:`open_reserved_run`) rather than in C; None if none are."""
         return None if self._large == _NEVER else self._large
 
-    def open_reserved(self, nonce: bytes, record: memoryview, out: memoryview) -> bool:
-        """Hazmat, for the native fast path: open ``record`` (header, then
-        ciphertext and tag), which a begin call of the C core reserved (its
-        nonce ``nonce``; the receiver's lock is held until the matching end
-        call), into ``out`` with OpenSSL. False, with ``out`` wiped, if it
-        does not authenticate (decrypt_into has written unauthenticated
-        plaintext)."""
-        try:
-            self._pending_recv_aead().decrypt_into(nonce, record[HEADER_SIZE:],
-                                                   record[:HEADER_SIZE], out)
-        except InvalidTag:
-            out[:] = bytes(len(out))
-            return False
-        return True
+    def open_reserved_run(self, nonces: bytes, stride: int, records: list[memoryview],
+                          outs: list[memoryview], ok: Any) -> None:
+        """Hazmat, for the native fast path: open ``records`` (each header,
+        then ciphertext and tag), which begin calls of the C core reserved
+        (record ``j``'s nonce at ``nonces[j * stride:]``; the receiver's lock
+        is held until the matching end call), into ``outs`` with OpenSSL;
+        ``ok[j]`` = 1 if record ``j`` authenticated, else 0 with ``outs[j]``
+        wiped (decrypt_into has written unauthenticated plaintext)."""
+        aead = self._pending_recv_aead()
+        decrypt_into = aead.decrypt_into
+        at = 0
+        for j, record in enumerate(records):
+            out = outs[j]
+            try:
+                decrypt_into(nonces[at:at + _NONCE], record[HEADER_SIZE:],
+                             record[:HEADER_SIZE], out)
+                ok[j] = 1
+            except InvalidTag:
+                out[:] = bytes(len(out))
+                ok[j] = 0
+            at += stride
 
     def note_native_epoch_advance(self) -> None:
         """Hazmat, for the native fast path: a call through
