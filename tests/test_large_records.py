@@ -257,6 +257,11 @@ def test_c_without_the_external_aead_keeps_everything_in_c(monkeypatch):
 
 native_only = pytest.mark.skipif(not fastpath.native_available(),
                                  reason="the C fast path is not built (or ROLEWIRE_PURE=1)")
+#: Tests of the caller's-AEAD entry points of the fast path (an extension
+#: built from older sources lacks them and keeps every record in C).
+external_only = pytest.mark.skipif(
+    not (fastpath.native_available() and fastpath._HAVE_EXTERNAL),
+    reason="the C fast path lacks rw_fp_recv_ext (an older build: rebuild the extension)")
 
 
 def _counting(layer, monkeypatch) -> list[int]:
@@ -294,7 +299,7 @@ def test_fast_path_opens_large_chacha_records_like_the_pure_twin(sizes, containe
     assert got == msgs
 
 
-@native_only
+@external_only
 def test_fast_path_sends_only_large_current_epoch_records_to_openssl(monkeypatch):
     a, b = layers(CHACHA)
     calls = _counting(b["c"], monkeypatch)
@@ -310,7 +315,7 @@ def test_fast_path_sends_only_large_current_epoch_records_to_openssl(monkeypatch
     feed_both(receivers_for(b2), sealed_both(a2, msgs))
 
 
-@native_only
+@external_only
 def test_fast_path_large_records_tampered_replayed_and_across_epochs(monkeypatch):
     a, b = layers(CHACHA)
     calls = _counting(b["c"], monkeypatch)
@@ -339,7 +344,7 @@ def test_fast_path_large_records_tampered_replayed_and_across_epochs(monkeypatch
     assert feed_both(receivers, later).opened == 2 and len(calls) == 6
 
 
-@native_only
+@external_only
 def test_fast_path_failure_inside_openssl_releases_the_lock(monkeypatch):
     a, b = layers(CHACHA)
     msgs = [encode(CallMessage(MessageType.NOTIFY, i, "sink", message(16384, i)))
