@@ -66,9 +66,9 @@ DEFAULT_MIN_EPOCH_RECORDS = 64
 #: over a reliable transport sends none; an attacker gets this many
 #: forgery attempts per session, far below the AEAD's own bound).
 INTEGRITY_LIMIT = 100
-#: The record limits of a session built without any (immutable, so one
-#: instance serves every session: building and checking a RecordLimits
-#: costs more than the rest of the record layer's set-up in Python).
+#: The record limits of a session built without any: immutable, so one
+#: instance serves every session (building and checking a RecordLimits per
+#: record layer cost ~4 us, two layers per handshake).
 _DEFAULT_LIMITS = RecordLimits()
 
 
