@@ -152,6 +152,38 @@ def test_verifier_reused_within_one_second_only(pki_tree):
     role.validate_chain(chain, not_after - datetime.timedelta(seconds=5))
 
 
+def test_parsed_certificates_remembered_but_validated_every_time(pki_tree, monkeypatch):
+    """A role parses the same peer certificate bytes once (bounded); every
+    validation of them still checks the path, the dates and the CRLs."""
+    root, mid, leaf, other = pki_tree
+    parsed = []
+    real = x509.load_der_x509_certificate
+
+    def counting(der):
+        parsed.append(der)
+        return real(der)
+
+    monkeypatch.setattr(x509, "load_der_x509_certificate", counting)
+    role = CertificateRole("holder", anchors=[root.certificate], cache_size=0,
+                           crls=[create_crl(mid, [other.certificate])])
+    chain = chain_of(leaf, mid)
+    for _ in range(3):
+        role.validate_chain(chain, NOW)
+    assert len(parsed) == 2  # leaf and intermediate, once each
+    with pytest.raises(CertificateRejected):  # the remembered parse is re-validated
+        role.validate_chain(chain, NOW + datetime.timedelta(days=400))
+    with pytest.raises(CertificateRejected, match="revoked"):
+        role.validate_chain(chain_of(other, mid), NOW)
+    with pytest.raises(CertificateRejected, match="revoked"):
+        role.validate_chain(chain_of(other, mid), NOW)
+    assert len(parsed) == 3  # only the new leaf was parsed
+    for i in range(70):  # bounded: the oldest parses are dropped
+        role._parse(issue(mid, f"peer {i}").certificate.public_bytes(serialization.Encoding.DER))
+    assert len(role._parsed) == 64
+    role.validate_chain(chain, NOW)
+    assert len(parsed) == 3 + 70 + 2
+
+
 def test_crl_signature_checked_once_revocation_every_time(pki_tree, monkeypatch):
     """A role remembers whether a CRL's signature verifies with an issuer's
     key (issue 13): checked once per (CRL, key), while every validation
