@@ -485,25 +485,70 @@ int64_t rw_fp_seal_frames(rw_sender *s, const void *in_, size_t in_len, const ui
                           size_t n, uint32_t container_max, void *out_, size_t out_cap,
                           int32_t *flags, uint32_t *records)
 {
-    const uint8_t *in = (const uint8_t *)in_;
-    uint8_t *out = (uint8_t *)out_;
-    uint8_t *scratch = NULL;
-    size_t at = 0;
-    int64_t rc = RW_OK;
-    if (s == NULL || flags == NULL || records == NULL || (n > 0 && in_off == NULL)) {
+    if (flags == NULL || records == NULL) {
         return RW_ERR_ARG;
     }
     *flags = 0;
     *records = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (in_off[i] > in_off[i + 1] || in_off[i + 1] > in_len) {
+    return rw_fp_seal_frames_ext(s, in_, in_len, in_off, n, container_max, out_, out_cap,
+                                 flags, records, NULL);
+}
+
+/* Frame header and reservation of a record for the caller's AEAD (its
+ * header and nonce written); the lock is taken by the first of a run. */
+static int64_t reserve_frame(rw_sender *s, size_t pt_len, uint8_t *out, size_t out_cap,
+                             size_t *at, int32_t *flags, uint32_t *records,
+                             rw_fp_seal_ext *ext, int first)
+{
+    size_t rec_len = ext->overhead + pt_len;
+    if (out_cap - *at < 5 + rec_len) {
+        return RW_ERR_BUFFER;
+    }
+    int rc = first ? rw_seal_begin(s, pt_len, out + *at + 5, out_cap - *at - 5)
+                   : rw_seal_begin_more(s, pt_len, out + *at + 5, out_cap - *at - 5);
+    if (rc < 0) {
+        return rc;
+    }
+    *flags |= rc;
+    put_be32(out + *at, (uint32_t)(rec_len + 1));
+    out[*at + 4] = RW_FP_FRAME_RECORD;
+    ext->rec_off[ext->count] = *at + 5;
+    ext->count++;
+    *at += 5 + rec_len;
+    (*records)++;
+    return RW_OK;
+}
+
+int64_t rw_fp_seal_frames_ext(rw_sender *s, const void *in_, size_t in_len,
+                              const uint64_t *in_off, size_t n, uint32_t container_max,
+                              void *out_, size_t out_cap, int32_t *flags, uint32_t *records,
+                              rw_fp_seal_ext *ext)
+{
+    const uint8_t *in = (const uint8_t *)in_;
+    uint8_t *out = (uint8_t *)out_;
+    uint8_t *scratch = NULL;
+    size_t at = 0;
+    size_t i = 0;
+    int64_t rc = RW_OK;
+    if (s == NULL || flags == NULL || records == NULL || (n > 0 && in_off == NULL) ||
+        (ext != NULL && (ext->min_plaintext == 0 || ext->max == 0 || ext->rec_off == NULL ||
+                         ext->next > n || ext->at > out_cap))) {
+        return RW_ERR_ARG;
+    }
+    for (size_t k = 0; k < n; k++) {
+        if (in_off[k] > in_off[k + 1] || in_off[k + 1] > in_len) {
             return RW_ERR_ARG;
         }
     }
     if (container_max > 0 && container_max < RW_FP_CALL_HEAD + 2 * RW_FP_ITEM_HEAD) {
         return RW_ERR_ARG;
     }
-    size_t i = 0;
+    if (ext != NULL) {
+        /* Resuming after a run the caller sealed (or starting: 0, 0). */
+        i = (size_t)ext->next;
+        at = (size_t)ext->at;
+        ext->count = 0;
+    }
     while (i < n) {
         size_t j = i;
         size_t size = RW_FP_CALL_HEAD;
@@ -516,13 +561,37 @@ int64_t rw_fp_seal_frames(rw_sender *s, const void *in_, size_t in_len, const ui
         }
         if (j - i < 2) {
             /* One message (or one that does not fit a container): its own record. */
-            rc = seal_frame(s, in + in_off[i], in_off[i + 1] - in_off[i], out, out_cap, &at,
-                            flags, records);
+            size_t pt_len = in_off[i + 1] - in_off[i];
+            if (ext != NULL && pt_len >= ext->min_plaintext) {
+                /* For the caller's AEAD: reserve it (and the large ones
+                 * right after it), stop, and let the caller seal them. */
+                rc = reserve_frame(s, pt_len, out, out_cap, &at, flags, records, ext,
+                                   ext->count == 0);
+                if (rc < 0) {
+                    if (ext->count > 0) {
+                        break; /* the caller seals those, then meets this again */
+                    }
+                    goto done;
+                }
+                ext->msg_index[ext->count - 1] = i;
+                i++;
+                if (ext->count >= ext->max) {
+                    break;
+                }
+                continue;
+            }
+            if (ext != NULL && ext->count > 0) {
+                break; /* a small one after a run: the lock is the caller's */
+            }
+            rc = seal_frame(s, in + in_off[i], pt_len, out, out_cap, &at, flags, records);
             if (rc < 0) {
                 goto done;
             }
             i++;
             continue;
+        }
+        if (ext != NULL && ext->count > 0) {
+            break;
         }
         if (scratch == NULL) {
             scratch = malloc(container_max);
@@ -545,6 +614,10 @@ int64_t rw_fp_seal_frames(rw_sender *s, const void *in_, size_t in_len, const ui
             goto done;
         }
         i = j;
+    }
+    if (ext != NULL) {
+        ext->next = i;
+        ext->at = at;
     }
     rc = (int64_t)at;
 done:

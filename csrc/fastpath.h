@@ -118,4 +118,33 @@ int64_t rw_fp_seal_frames(rw_sender *s, const void *in, size_t in_len, const uin
                           size_t n, uint32_t container_max, void *out, size_t out_cap,
                           int32_t *flags, uint32_t *records);
 
+/* The caller's AEAD for large single-message records of rw_fp_seal_frames
+ * (OpenSSL for large ChaCha20-Poly1305 records). */
+typedef struct rw_fp_seal_ext {
+    uint64_t min_plaintext;  /* in: single messages of at least this many bytes */
+    uint32_t overhead;       /* in: header + tag bytes of a record */
+    uint32_t max;            /* in: capacity of the arrays (records of one run) */
+    uint32_t count;          /* out: records reserved in this run */
+    uint64_t next;           /* in/out: the next message (0 to start) */
+    uint64_t at;             /* in/out: bytes of out written (0 to start) */
+    uint64_t *msg_index;     /* out: the message of each reserved record */
+    uint64_t *rec_off;       /* out: where each reserved record starts in out */
+} rw_fp_seal_ext;
+
+/* rw_fp_seal_frames in steps (*flags and *records accumulate: zero them
+ * first). A message sealed as its own record with at least
+ * ext->min_plaintext bytes is reserved instead (rw_seal_begin /
+ * rw_seal_begin_more: its frame header, record header and nonce written),
+ * and so are the like ones right after it; then the call returns with
+ * ext->count > 0 and the sender's lock held. The caller seals record j
+ * (header at out[rec_off[j] .. + 14), nonce right after it, which the
+ * ciphertext and tag then overwrite) from message msg_index[j], calls
+ * rw_sender_end, and calls again with the same arguments, until
+ * ext->count == 0: the return value is then the bytes written (as
+ * rw_fp_seal_frames'). Same frames as rw_fp_seal_frames. */
+int64_t rw_fp_seal_frames_ext(rw_sender *s, const void *in, size_t in_len,
+                              const uint64_t *in_off, size_t n, uint32_t container_max,
+                              void *out, size_t out_cap, int32_t *flags, uint32_t *records,
+                              rw_fp_seal_ext *ext);
+
 #endif

@@ -375,6 +375,25 @@ int rw_seal_begin(rw_sender *s, size_t pt_len, uint8_t *out, size_t out_cap)
     return rekey_flag(s);
 }
 
+int rw_seal_begin_more(rw_sender *s, size_t pt_len, uint8_t *out, size_t out_cap)
+{
+    int rc;
+
+    if (!s->external) {
+        return RW_ERR_ARG;
+    }
+    /* The lock is held (rw_seal_begin): the checks of rw_seal_begin. */
+    rc = seal_check(s, pt_len, SIZE_MAX);
+    if (rc == RW_OK && out_cap < RW_HEADER_SIZE + s->iv_len) {
+        rc = RW_ERR_BUFFER;
+    }
+    if (rc != RW_OK) {
+        return rc;
+    }
+    reserve_one(s, pt_len, out);
+    return rekey_flag(s);
+}
+
 int rw_sender_export_key(const rw_sender *s, uint8_t *key_out)
 {
     if (!s->external) {

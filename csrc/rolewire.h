@@ -157,6 +157,9 @@ int rw_receiver_has_previous(const rw_receiver *r);
  * (the record is the header, then ciphertext and tag), then calls
  * rw_sender_end. */
 int rw_seal_begin(rw_sender *s, size_t pt_len, uint8_t *out, size_t out_cap);
+/* With a record reserved (rw_seal_begin, the lock held): reserves one more,
+ * exactly as rw_seal_begin would; the lock stays held (rw_sender_end). */
+int rw_seal_begin_more(rw_sender *s, size_t pt_len, uint8_t *out, size_t out_cap);
 /* rw_seal_batch, except that messages of at least `threshold` (>= 1) bytes
  * are reserved like rw_seal_begin (header and nonce at the start of their
  * record) and counted in *deferred. If *deferred > 0 the caller seals them

@@ -376,3 +376,55 @@ def test_fast_path_without_the_external_entry_points_stays_in_c(monkeypatch):
             for i in range(3)]
     batch = feed_both(receivers_for(b), sealed_both(a, msgs))
     assert batch.opened == 3 and calls == []
+
+
+def _counting_seals(layer, monkeypatch) -> list[int]:
+    """The messages (indexes) the C layer hands to OpenSSL on the fast
+    path's send side, in order."""
+    calls: list[int] = []
+    original = layer.seal_reserved_run
+
+    def counted(messages, offsets, out, run):
+        calls.extend(i for i, _ in run)
+        return original(messages, offsets, out, run)
+
+    monkeypatch.setattr(layer, "seal_reserved_run", counted)
+    return calls
+
+
+@external_only
+@pytest.mark.parametrize("container_max", [0, 16384])
+def test_fast_path_seals_large_chacha_records_with_openssl(monkeypatch, container_max):
+    a, b = layers(CHACHA)
+    calls = _counting_seals(a["c"], monkeypatch)
+    sizes = [16384, 40_000, 100, 200, OPENSSL_CHACHA_THRESHOLD - 1, OPENSSL_CHACHA_THRESHOLD,
+             5, 16384, 16384]
+    msgs = [message(n, i) for i, n in enumerate(sizes)]
+    frames = sealed_both(a, msgs, container_max)  # same frames as the pure twin
+    # Records of their own with >= threshold bytes; a container (here the
+    # five messages 2..6) stays in C.
+    assert calls == ([0, 1, 7, 8] if container_max else [0, 1, 5, 7, 8])
+    batch = feed_both(receivers_for(b), frames)
+    assert batch.opened == batch.records
+    # Nothing is left locked: an ordinary seal works.
+    a["c"].seal(b"x")
+
+
+@external_only
+def test_fast_path_large_seals_keep_the_limits_of_c(monkeypatch):
+    limits = RecordLimits(soft_messages=5, soft_bytes=1 << 50, hard_messages=8)
+    a, _b = layers(CHACHA, limits=limits)
+    calls = _counting_seals(a["c"], monkeypatch)
+    msgs = [message(16384, i) for i in range(3)]
+    c = fastpath.seal_frames(a["c"], msgs, native=True)
+    assert c == fastpath.seal_frames(a["pure"], msgs, native=False) and c[2] == 0
+    c = fastpath.seal_frames(a["c"], msgs, native=True)
+    p = fastpath.seal_frames(a["pure"], msgs, native=False)
+    assert c == p and c[2] & 1  # soft limit reached: rekey
+    assert len(calls) == 6
+    with pytest.raises(errors.KeyExhausted):  # the 9th record: hard limit
+        fastpath.seal_frames(a["c"], msgs, native=True)
+    with pytest.raises(errors.KeyExhausted):
+        fastpath.seal_frames(a["pure"], msgs, native=False)
+    with pytest.raises(errors.KeyExhausted):  # and the lock was released
+        a["c"].seal(b"x")

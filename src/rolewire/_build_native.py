@@ -96,6 +96,7 @@ int rw_seal_batch_begin(rw_sender *s, const char *in, size_t in_len, const uint6
                         uint64_t threshold, uint64_t *deferred);
 int rw_sender_export_key(const rw_sender *s, char *key_out);
 int rw_sender_end(rw_sender *s);
+int rw_seal_begin_more(rw_sender *s, size_t pt_len, char *out, size_t out_cap);
 int rw_open_begin(rw_receiver *r, const char *rec, size_t rec_len, char *nonce_out);
 int rw_receiver_export_key(const rw_receiver *r, char *key_out);
 int rw_open_end(rw_receiver *r, int authenticated);
@@ -166,6 +167,20 @@ int rw_fp_recv_resume(rw_receiver *r, const rw_optable *ops, const char *buf, si
 int64_t rw_fp_seal_frames(rw_sender *s, const char *in, size_t in_len, const uint64_t *in_off,
                           size_t n, uint32_t container_max, char *out, size_t out_cap,
                           int32_t *flags, uint32_t *records);
+typedef struct rw_fp_seal_ext {
+    uint64_t min_plaintext;
+    uint32_t overhead;
+    uint32_t max;
+    uint32_t count;
+    uint64_t next;
+    uint64_t at;
+    uint64_t *msg_index;
+    uint64_t *rec_off;
+} rw_fp_seal_ext;
+int64_t rw_fp_seal_frames_ext(rw_sender *s, const char *in, size_t in_len,
+                              const uint64_t *in_off, size_t n, uint32_t container_max,
+                              char *out, size_t out_cap, int32_t *flags, uint32_t *records,
+                              rw_fp_seal_ext *ext);
 """
 
 # The cdef declares byte buffers as ``char *`` so that Python ``bytes`` pass
@@ -212,6 +227,10 @@ static int rw_seal_batch_begin_shim(rw_sender *s, const char *in, size_t in_len,
     return rw_seal_batch_begin(s, RW_SHIM_CU8(in), in_len, in_off, n, RW_SHIM_U8(out),
                                out_cap, out_off, threshold, deferred);
 }
+static int rw_seal_begin_more_shim(rw_sender *s, size_t pt_len, char *out, size_t out_cap)
+{
+    return rw_seal_begin_more(s, pt_len, RW_SHIM_U8(out), out_cap);
+}
 static int rw_sender_export_key_shim(const rw_sender *s, char *key_out)
 {
     return rw_sender_export_key(s, RW_SHIM_U8(key_out));
@@ -246,6 +265,7 @@ static int64_t rw_open_batch_step_shim(rw_receiver *r, const char *in, size_t in
                               RW_SHIM_U8(nonce_out), stop);
 }
 #define rw_seal_begin rw_seal_begin_shim
+#define rw_seal_begin_more rw_seal_begin_more_shim
 #define rw_seal_batch_begin rw_seal_batch_begin_shim
 #define rw_sender_export_key rw_sender_export_key_shim
 #define rw_open_begin rw_open_begin_shim

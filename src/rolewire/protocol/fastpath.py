@@ -92,6 +92,7 @@ _HAVE_NATIVE = _lib is not None and hasattr(_lib, "rw_fp_recv")
 # An extension built from older sources opens every record in C (libsodium):
 # the same bytes, only slower for large ChaCha20-Poly1305 records.
 _HAVE_EXTERNAL = _HAVE_NATIVE and hasattr(_lib, "rw_fp_recv_resume")
+_HAVE_SEAL_EXTERNAL = _HAVE_NATIVE and hasattr(_lib, "rw_fp_seal_frames_ext")
 # Output buffers need no zeroing first (a pass over every byte of a flush).
 _new_uncleared: Any = _ffi.new_allocator(should_clear_after_alloc=False) if _ffi else None
 
@@ -477,6 +478,8 @@ class FastReceiver:
 
 class _SharedBatches(threading.local):
     batch: Received | None = None
+    #: seal_frames' step state and arrays (_seal_stepped).
+    seal_ext: tuple[Any, Any, Any] | None = None
 
 
 _shared_batches = _SharedBatches()
@@ -543,9 +546,14 @@ def seal_frames(layer: RecordLayer, messages: Sequence[bytes], container_max: in
         out = _new_uncleared("char[]", need)  # every byte returned is written
         flags = _ffi.new("int32_t *")
         records = _ffi.new("uint32_t *")
-        written = _lib.rw_fp_seal_frames(
-            sender, data, len(data), _ffi.from_buffer("uint64_t[]", offsets), len(messages),
-            container_max, out, need, flags, records)
+        c_offsets = _ffi.from_buffer("uint64_t[]", offsets)
+        threshold = getattr(layer, "native_seal_threshold", None)
+        if threshold is not None and _HAVE_SEAL_EXTERNAL and len(data) >= threshold:
+            written = _seal_stepped(layer, sender, data, offsets, c_offsets, container_max,
+                                    out, need, flags, records, threshold)
+        else:
+            written = _lib.rw_fp_seal_frames(sender, data, len(data), c_offsets, len(messages),
+                                             container_max, out, need, flags, records)
         if written < 0:
             raise error_for(written)
         return _ffi.unpack(out, written), int(records[0]), int(flags[0])
@@ -566,3 +574,36 @@ def seal_frames(layer: RecordLayer, messages: Sequence[bytes], container_max: in
         parts.append(pack(len(record) + 1) + b"\x02")
         parts.append(record)
     return b"".join(parts), len(runs), flags_pure
+
+
+def _seal_stepped(layer: RecordLayer, sender: Any, data: bytes, offsets: array[int],
+                  c_offsets: Any, container_max: int, out: Any, need: int, flags: Any,
+                  records: Any, threshold: int) -> int:
+    """rw_fp_seal_frames in steps: each run of messages sealed as records of
+    their own with at least ``threshold`` bytes is reserved by C and sealed
+    by OpenSSL (the record layer's own choice for them), straight into
+    ``out``. Returns the bytes written (or a negative code)."""
+    scratch = _shared_batches.seal_ext
+    if scratch is None:  # one per thread, reused (a call leaves nothing in it)
+        scratch = _shared_batches.seal_ext = (_ffi.new("rw_fp_seal_ext *"),
+                                              _ffi.new("uint64_t[]", _RUN),
+                                              _ffi.new("uint64_t[]", _RUN))
+        scratch[0].msg_index, scratch[0].rec_off = scratch[1], scratch[2]
+    ext, msg_index, rec_off = scratch
+    ext.min_plaintext = threshold
+    ext.overhead = layer.suite.overhead
+    ext.max = _RUN
+    ext.next = ext.at = ext.count = 0
+    count = len(offsets) - 1
+    view = None
+    while True:
+        written = _lib.rw_fp_seal_frames_ext(sender, data, len(data), c_offsets, count,
+                                             container_max, out, need, flags, records, ext)
+        if written < 0 or not ext.count:
+            return int(written)
+        if view is None:
+            view = memoryview(_ffi.buffer(out))
+        # The sender's lock is held until rw_sender_end (in the layer).
+        layer.seal_reserved_run(  # type: ignore[attr-defined]
+            memoryview(data), offsets, view,
+            [(int(msg_index[j]), int(rec_off[j])) for j in range(ext.count)])
