@@ -78,8 +78,9 @@ def hkdf(ck: bytes, ikm: bytes, labels: tuple[bytes, ...]) -> list[bytes]:
     keyed = _hmac_new(prk, None, _blake2b)
     out: list[bytes] = []
     prev = b""
+    last = len(labels)
     for i, label in enumerate(labels, 1):
-        mac = keyed.copy()
+        mac = keyed.copy() if i < last else keyed  # the last output needs no copy
         mac.update(prev + label + bytes((i,)))
         prev = mac.digest()
         out.append(prev)
