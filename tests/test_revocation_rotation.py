@@ -15,7 +15,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from rolewire import (
     CertificateRejected,
@@ -182,6 +182,60 @@ def test_parsed_certificates_remembered_but_validated_every_time(pki_tree, monke
     assert len(role._parsed) == 64
     role.validate_chain(chain, NOW)
     assert len(parsed) == 3 + 70 + 2
+
+
+def leaf_with(issuer: Issued, key_usage: x509.KeyUsage | None,
+              eku: list[x509.ObjectIdentifier] | None) -> Issued:
+    """A leaf of ``issuer`` with the given key usage and extended key usage
+    (None: the extension is left out)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "leaf")]))
+        .issuer_name(issuer.certificate.subject)
+        .public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(NOW - datetime.timedelta(minutes=5))
+        .not_valid_after(NOW + datetime.timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
+            issuer.private_key.public_key()), critical=False))
+    if key_usage is not None:
+        builder = builder.add_extension(key_usage, critical=True)
+    if eku is not None:
+        builder = builder.add_extension(x509.ExtendedKeyUsage(eku), critical=False)
+    return Issued(builder.sign(issuer.private_key, hashes.SHA256()), key)
+
+
+def _key_usage(digital_signature: bool) -> x509.KeyUsage:
+    return x509.KeyUsage(digital_signature=digital_signature, content_commitment=False,
+                         key_encipherment=not digital_signature, data_encipherment=False,
+                         key_agreement=False, key_cert_sign=False, crl_sign=False,
+                         encipher_only=False, decipher_only=False)
+
+
+@pytest.mark.parametrize(("key_usage", "eku", "accepted"), [
+    (True, [ExtendedKeyUsageOID.CLIENT_AUTH], True),
+    (True, [ExtendedKeyUsageOID.SERVER_AUTH], True),
+    (True, [ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE], True),
+    (True, None, True),
+    (True, [ExtendedKeyUsageOID.CODE_SIGNING], False),
+    (True, [ExtendedKeyUsageOID.EMAIL_PROTECTION, ExtendedKeyUsageOID.TIME_STAMPING], False),
+    (False, [ExtendedKeyUsageOID.CLIENT_AUTH], False),
+    (None, [ExtendedKeyUsageOID.CLIENT_AUTH], False),
+])
+def test_leaf_key_usage_and_extended_key_usage(pki_tree, key_usage, eku, accepted):
+    """The leaf's key usage must allow digitalSignature (and be present); an
+    extended key usage, if present, must allow clientAuth, serverAuth or
+    any: checked on every validation, a parsed certificate remembered or not."""
+    root, mid, _leaf, _other = pki_tree
+    leaf = leaf_with(mid, None if key_usage is None else _key_usage(key_usage), eku)
+    role = CertificateRole("holder", anchors=[root.certificate], cache_size=0)
+    for _ in range(2):
+        if accepted:
+            role.validate_chain(chain_of(leaf, mid), NOW)
+        else:
+            with pytest.raises(CertificateRejected):
+                role.validate_chain(chain_of(leaf, mid), NOW)
 
 
 def test_crl_signature_checked_once_revocation_every_time(pki_tree, monkeypatch):
