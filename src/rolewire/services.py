@@ -313,6 +313,13 @@ class Service:
                                metadata, end_user, evidence)
         return self._context(operation.name, peer_roles, peer, call_id)
 
+    def request_context(self, operation: Operation, peer_roles: frozenset[str], peer: str,
+                        call_id: int) -> CallContext:
+        """What :meth:`call_context` returns for a request (``call_id`` > 0)
+        without metadata of an operation that :meth:`needs_call_checks`
+        says is checked by roles only (the connection's fast path)."""
+        return _request_context(self.name, operation.name, peer_roles, peer, call_id)
+
     def invoke(self, operation: Operation, context: CallContext,
                body: bytes) -> bytes | Refusal | Awaitable[bytes | Refusal]:
         """Run an authorized operation's handler (with the context's end

@@ -92,7 +92,16 @@ class Driver:
             self.flush(arm=False)
             # Later messages of this iteration coalesce; this runs the
             # timer re-arm too.
-            self._flush_handle = self.loop.call_soon(self.flush)
+            self._flush_handle = self.loop.call_soon(self._after_first)
+
+    def _after_first(self) -> None:
+        # The end of the iteration of a flush_first: what was queued since
+        # leaves now; if nothing was, only the timer needs re-arming.
+        self._flush_handle = None
+        if self.conn.has_output:
+            self.flush()
+        else:
+            self.arm_timer()
 
     def _take_flush(self) -> None:
         if self._flush_handle is not None:
@@ -161,7 +170,7 @@ class StreamDriver(Driver):
         self._take_flush()
         data = self.conn.data_to_send(self.loop.time())
         if data and not self.transport.is_closing():
-            self.writer.write(data)
+            self.transport.write(data)  # (what StreamWriter.write does)
         if arm:
             self.arm_timer()
 

@@ -147,10 +147,12 @@ class Channel:
                 never confirmed) our last handshake message.
         """
         conn = self.connection
-        conn.check_open()
         body = bytes(body)
-        meta = self._metadata(MessageType.REQUEST, conn.next_call_id, operation, body, metadata)
-        call_id = conn.call(operation, body, timeout=timeout, metadata=meta)
+        if metadata or self.outgoing_hooks or has_current():
+            conn.check_open()  # before the hooks see the call
+            metadata = self._metadata(MessageType.REQUEST, conn.next_call_id, operation,
+                                      body, metadata)
+        call_id = conn.call(operation, body, timeout=timeout, metadata=metadata)
         future: asyncio.Future[bytes] = self._loop.create_future()
         self._calls[call_id] = future
         driver = self._driver
@@ -236,7 +238,11 @@ class Channel:
         driver = self._driver
         driver.receive(data)
         self._handle_events()
-        driver.flush()
+        # Input alone never brings a client's deadline closer (replies end
+        # calls, keepalive counts from the last input); what it makes us
+        # send (a CLOSE, a pong, a re-handshake message) re-arms with it.
+        if self.connection.has_output:
+            driver.flush()
 
     async def _read_loop(self) -> None:
         driver = self._driver

@@ -180,7 +180,9 @@ class _ServerConnection:
 
     # -- statistics ------------------------------------------------------------------
     def _sync_stats(self) -> None:
-        c = self.session.counters
+        session = self.conn.session
+        assert session is not None
+        c = session.counters
         now = (c.records_sealed, c.records_opened, c.replays_rejected, c.auth_failures,
                c.other_rejections, c.rekeys)
         seen = self._seen
@@ -276,11 +278,12 @@ class _ServerConnection:
         invoke = service.invoke
         invoke_many = getattr(service, "invoke_many", None)
         is_async = self._server.is_async
+        async_ops = self._server._async_ops  # (what is_async reads; same module)
         traced = self._server.telemetry is not None
         driver = self._driver
         # Room in the write buffer for replies (re-read only when queued
         # replies could fill it: a chunk of small replies checks one sum).
-        room = WRITE_HIGH_WATER - driver.unsent()
+        room = WRITE_HIGH_WATER - self._transport.get_write_buffer_size()
         for i in range(start, len(events)):
             event = events[i]
             kind = type(event)
@@ -297,7 +300,8 @@ class _ServerConnection:
             elif kind is CallReceived:
                 stats.requests += 1
                 operation = event.operation
-                if is_async(operation.name):
+                known = async_ops.get(operation.name)
+                if known if known is not None else is_async(operation.name):
                     self._call(event)
                     continue
                 # Synchronous handler: answer inline, no task needed.
@@ -429,13 +433,13 @@ class _ServerConnection:
             return
         conn = self.conn
         driver = self._driver
-        driver.receive(data)
+        conn.receive_data(data, self._loop.time())  # (driver.receive)
         events = conn.events()
         stop = self._process_now(events)
         driver.flush()
         self._sync_stats()
         if stop is None and not (conn.reading_paused or self._backlog) \
-                and driver.unsent() <= WRITE_HIGH_WATER:
+                and self._transport.get_write_buffer_size() <= WRITE_HIGH_WATER:
             return
         # Something must wait: the run loop takes over until it is done.
         self._held = []

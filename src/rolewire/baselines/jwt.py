@@ -81,7 +81,7 @@ from rolewire.baselines._tls import (
 )
 from rolewire.budgets import CallGuard
 from rolewire.callstate import ConnectionState, VerifiedMetadata
-from rolewire.errors import ConfigurationError, ProtocolViolation, RolewireError
+from rolewire.errors import ConfigurationError, Forbidden, ProtocolViolation, RolewireError
 from rolewire.protocol.wire import (
     NO_METADATA,
     PING_OPERATION,
@@ -887,6 +887,12 @@ class TokenAuthorizer:
 
     def needs_call_checks(self, operation: Operation) -> bool:
         return True  # every call carries its own token
+
+    def request_context(self, operation: Operation, peer_roles: frozenset[str], peer: str,
+                        call_id: int) -> CallContext:
+        """Never asked (every operation needs call checks): a token-less
+        call gets no context."""
+        raise Forbidden("request carries no token")
 
     def call_context(self, operation: Operation, peer_roles: frozenset[str], peer: str = "",
                      call_id: int = 0, metadata: Mapping[str, bytes] = NO_METADATA, *,

@@ -91,6 +91,7 @@ from rolewire.protocol.events import (
     ReplyReceived,
 )
 from rolewire.protocol.fastpath import (
+    EPOCH_ADVANCED,
     MSG,
     SLOW,
     FastReceiver,
@@ -121,6 +122,7 @@ from rolewire.protocol.wire import (
     encode,
     encode_frame,
     encode_message,
+    encode_record,
     encode_records,
     error_message,
     remote_error,
@@ -189,6 +191,9 @@ class Authorizer(Protocol):
                      now: float = 0.0) -> CallContext | Refusal: ...
 
     def needs_call_checks(self, operation: Operation) -> bool: ...
+
+    def request_context(self, operation: Operation, peer_roles: frozenset[str], peer: str,
+                        call_id: int) -> CallContext: ...
 
 
 @dataclass(frozen=True)
@@ -330,14 +335,14 @@ class Connection:
         "__weakref__", "_allowed", "_bad_logged_at", "_bad_suppressed", "_calls",
         "_close_deadline", "_close_reason", "_close_received", "_close_sent", "_closing",
         "_confirmed", "_container_max", "_deadlines", "_decoder", "_default_deadlines",
-        "_driven", "_events", "_fast", "_fast_enabled", "_fast_notify", "_fast_request", "_hs", "_hs_deadline",
-        "_hs_peer", "_last_activity", "_last_recv", "_log", "_max_plaintext", "_next_id",
-        "_notify_contexts", "_notify_heads", "_now", "_ops", "_out", "_out_bytes",
-        "_peer_roles", "_pending", "_ping_deadline", "_pings", "_pre_auth_frame",
-        "_recv_epoch", "_rehandshake", "_send_epoch", "_sent_since_recv", "_service",
-        "_settings", "_started", "_state", "_stream", "_wire", "_wire_bytes", "bad_records",
-        "config", "failure", "guard", "inflight", "is_client", "peer", "session", "side",
-        "state",
+        "_driven", "_events", "_fast", "_fast_enabled", "_fast_epoch_check", "_fast_notify",
+        "_fast_request", "_hs", "_hs_deadline", "_hs_peer", "_last_activity", "_last_recv",
+        "_log", "_max_plaintext", "_next_id", "_notify_contexts", "_notify_heads", "_now",
+        "_ops", "_out", "_out_bytes", "_peer_roles", "_pending", "_ping_deadline", "_pings",
+        "_pre_auth_frame", "_recv_epoch", "_rehandshake", "_send_epoch", "_sent_since_recv",
+        "_service", "_settings", "_started", "_state", "_stream", "_wire", "_wire_bytes",
+        "bad_records", "config", "failure", "guard", "inflight", "is_client", "peer", "session",
+        "side", "state",
     )
 
     #: Why a frame too large for the handshake is refused before it (a
@@ -433,6 +438,7 @@ class Connection:
         self._bad_suppressed = 0
         self._send_epoch = 0
         self._recv_epoch = 0
+        self._fast_epoch_check = True
         self._flush_handshake()
 
     # -- construction ----------------------------------------------------------------
@@ -786,6 +792,7 @@ class Connection:
             fast = self._fast = FastReceiver(layer, self._operation_table(),
                                              max_frame=self._decoder.max_frame,
                                              shared_batch=True)
+            self._fast_epoch_check = True  # the epoch may differ from the last one seen
         try:
             batch = fast.feed(data)
         except ProtocolViolation as exc:
@@ -811,6 +818,9 @@ class Connection:
     def _client_operation(self, operation: str) -> None:
         """A client's table holds the names it called: the fast path then
         parses their replies' headers itself (a small table of its own)."""
+        ops = self._ops
+        if ops is not None and operation in ops:
+            return  # (per call: the common case first)
         ops = self._client_table()
         if len(ops) < ops.capacity:
             with contextlib.suppress(ConfigurationError):  # too long: slow path
@@ -846,12 +856,16 @@ class Connection:
             status = batch.status
             errors = [batch.error(i) for i in range(batch.count) if status[i] < 0]
         session.count_opened(batch.opened, batch.out_used, errors or ())
-        epoch = session.recv_epoch
-        if epoch != self._recv_epoch:
-            self._recv_epoch = epoch
-            self._log.info("rekey", extra={"event": "rekey", "peer": self.peer,
-                                           "side": self.side, "direction": "receive",
-                                           "epoch": epoch})
+        # The receive epoch moves only when the feed says so (or on the
+        # first feed of a new receiver): not read per chunk.
+        if batch.flags & EPOCH_ADVANCED or self._fast_epoch_check:
+            self._fast_epoch_check = False
+            epoch = session.recv_epoch
+            if epoch != self._recv_epoch:
+                self._recv_epoch = epoch
+                self._log.info("rekey", extra={"event": "rekey", "peer": self.peer,
+                                               "side": self.side, "direction": "receive",
+                                               "epoch": epoch})
         if errors:
             self._bad(errors)
             if self._state is not _OPEN:
@@ -1038,8 +1052,7 @@ class Connection:
         with no metadata and no check beyond roles (the fast paths)."""
         service = self._service
         assert service is not None
-        context = service.call_context(operation, self._peer_roles, self.peer, call_id,
-                                       state=self.state, guard=self.guard, now=self._now)
+        context = service.request_context(operation, self._peer_roles, self.peer, call_id)
         self.inflight += 1
         self._events.append(CallReceived(call_id, operation, context, body))
 
@@ -1400,7 +1413,8 @@ class Connection:
         self.check_open()
         call_id = self._next_id
         message = self._message(MessageType.REQUEST, call_id, operation, body, metadata)
-        self._check_size(message)
+        if len(message) > self._max_plaintext:
+            self._check_size(message)  # raises
         self._next_id = call_id + 1
         self._pending[call_id] = operation
         if self._service is None:
@@ -1415,7 +1429,10 @@ class Connection:
         elif timeout != math.inf:
             heapq.heappush(self._deadlines, (self._now + timeout, call_id))
         self._queue(message)
-        self._note_send()
+        if self._confirmed:
+            self._sent_since_recv = True  # (_note_send's common case)
+        else:
+            self._note_send()
         return call_id
 
     def cancel(self, call_id: int) -> None:
@@ -1530,7 +1547,11 @@ class Connection:
                 return
         try:
             if len(messages) == 1:  # the batch call's setup costs more than it saves
-                records = [session.seal(messages[0])]
+                record = session.seal(messages[0])
+                data = encode_record(record) if self._stream else b"\x02" + record
+                self._wire.append(data)
+                self._wire_bytes += len(data)
+                records = None
             elif self._stream and self._container_max:
                 # Ordered transport: one native call seals the messages into
                 # CONTAINER records, straight into the frames written

@@ -44,6 +44,7 @@ from rolewire.protocol.wire import (
 from rolewire.record import RecordLayer, error_for, native_library, status_of
 
 __all__ = [
+    "EPOCH_ADVANCED",
     "MSG",
     "SLOW",
     "STOP_END",
@@ -77,7 +78,9 @@ _PLAIN_TYPES = frozenset(range(int(MessageType.REQUEST), int(MessageType.CLOSE) 
 _CONTAINER = int(MessageType.CONTAINER)
 _RECORD = int(FrameKind.RECORD)
 _HANDSHAKE = int(FrameKind.HANDSHAKE)
-_EPOCH_ADVANCED = 2
+#: ``Received.flags`` bit: a record opened under a newer receive epoch.
+EPOCH_ADVANCED = 2
+_EPOCH_ADVANCED = EPOCH_ADVANCED
 _ERR_FRAME = -101
 _ERR_KIND = -102
 _MIN_ITEM = HEAD_SIZE + ITEM_HEAD_SIZE
@@ -121,6 +124,7 @@ class OperationTable:
         self.capacity = capacity
         self.names: list[str] = []
         self._index: dict[bytes, int] = {}
+        self._by_name: dict[str, int] = {}
         self._native: Any = None
         if _HAVE_NATIVE:
             table = _lib.rw_optable_new(capacity)
@@ -146,8 +150,13 @@ class OperationTable:
             if rc != index:
                 raise ConfigurationError("native operation table out of step")
         self._index[encoded] = index
+        self._by_name[name] = index
         self.names.append(name)
         return index
+
+    def __contains__(self, name: object) -> bool:
+        """``name`` (a str) has an index."""
+        return name in self._by_name
 
     def find(self, encoded: bytes) -> int:
         """Index of an encoded name, or -1."""
@@ -290,7 +299,7 @@ class FastReceiver:
     def _batch_for(self, size: int) -> Received:
         cap = size // _MIN_ITEM + 2
         batch = _shared_batches.batch if self._shared else self._batch
-        if batch is None or batch.capacity < cap or len(batch.buffer) < size:
+        if batch is None or len(batch.status) < cap or len(batch.buffer) < size:
             batch = Received(max(cap, 64), max(size, 1024))
             if self._shared:
                 _shared_batches.batch = batch

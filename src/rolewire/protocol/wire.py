@@ -85,6 +85,7 @@ __all__ = [
     "encode_frame",
     "encode_message",
     "encode_metadata",
+    "encode_record",
     "encode_records",
     "error_message",
     "is_container",
@@ -109,6 +110,7 @@ class FrameKind(enum.IntEnum):
 
 
 _KINDS = {int(k): k for k in FrameKind}
+_RECORD_KIND = bytes((FrameKind.RECORD,))
 
 
 def default_max_frame(config: object = None) -> int:
@@ -127,13 +129,18 @@ def encode_frame(kind: FrameKind, payload: bytes) -> bytes:
     return _LEN.pack(len(payload) + 1) + bytes((kind,)) + payload
 
 
+def encode_record(record: bytes) -> bytes:
+    """One record frame (what :func:`encode_records` makes of each)."""
+    return _LEN.pack(len(record) + 1) + _RECORD_KIND + record
+
+
 def encode_records(records: list[bytes]) -> bytes:
     """Many record frames as one buffer (one write on the socket)."""
     pack = _LEN.pack
     parts: list[bytes] = []
     append = parts.append
     for record in records:
-        append(pack(len(record) + 1) + b"\x02")
+        append(pack(len(record) + 1) + _RECORD_KIND)
         append(record)
     return b"".join(parts)
 
