@@ -236,3 +236,23 @@ def test_request_contexts_are_those_the_constructor_builds():
     assert fast == slow and hash(fast) == hash(slow)
     with pytest.raises(dataclasses.FrozenInstanceError):
         fast.call_id = 8
+
+
+def test_request_context_is_what_call_context_gives_a_plain_request():
+    """The connection's request fast path asks Service.request_context; for
+    an operation checked by roles only and a request without metadata it
+    must give what the general call_context gives."""
+    import dataclasses
+
+    from rolewire.services import CallContext, Service
+
+    svc = Service("svc")
+    svc.add("op", lambda call, body: body, roles={"shop"})
+    op = svc.operations["op"]
+    roles = frozenset({"shop"})
+    assert not svc.needs_call_checks(op)
+    fast = svc.request_context(op, roles, "peer", 9)
+    slow = svc.call_context(op, roles, "peer", 9)
+    assert isinstance(slow, CallContext)
+    names = [f.name for f in dataclasses.fields(CallContext)]
+    assert [getattr(fast, n) for n in names] == [getattr(slow, n) for n in names]
