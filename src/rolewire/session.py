@@ -131,6 +131,9 @@ class Session:
         "_min_epoch_lifetime",
         "_min_epoch_records",
         "_pending_send",
+        "_quiet_bytes",
+        "_quiet_records",
+        "_quiet_until",
         "_rekey_interval",
         "_send_cap",
         "_send_key_since",
@@ -139,6 +142,7 @@ class Session:
         "is_initiator",
         "peer_role_kinds",
         "peer_roles",
+        "send_key_changes",
         "suite",
         "transcript_hash",
     )
@@ -183,6 +187,16 @@ class Session:
         self._generation_base = 0
         self._pending_send: RecordLayer | None = None
         self._send_cap: int | None = None
+        # The rekeying policy's quiet region (see _set_quiet): while
+        # counters.records_sealed < _quiet_records, counters.bytes_sealed <
+        # _quiet_bytes and clock() < _quiet_until, seal() needs no check.
+        # _quiet_records = 0: check at the next seal.
+        self._quiet_records = 0
+        self._quiet_bytes = 0
+        self._quiet_until = 0.0
+        #: How often the sending key changed (rekeys and re-handshake
+        #: switches): a sender compares it instead of reading send_epoch.
+        self.send_key_changes = 0
 
     # -- properties ----------------------------------------------------------
     @property
@@ -254,6 +268,8 @@ class Session:
         epoch = self._layer.update_send_key()
         self._send_key_since = self._clock()
         self.counters.rekeys += 1
+        self.send_key_changes += 1
+        self._quiet_records = 0
         return epoch
 
     def _before_send(self, count: int = 1) -> None:
@@ -268,13 +284,43 @@ class Session:
                 self.rekey()
             return
         age = self._clock() - self._send_key_since
+        soft = sealed >= self._min_epoch_records and (
+            sealed >= limits.soft_messages or layer.bytes_sealed >= limits.soft_bytes)
         if age < self._min_epoch_lifetime:
+            if count == 1:
+                self._set_quiet(sealed, soft)
             return
-        # (layer.rekey_due, with the counter read once: this runs per send)
-        if age >= self._rekey_interval or (
-                sealed >= self._min_epoch_records
-                and (sealed >= limits.soft_messages or layer.bytes_sealed >= limits.soft_bytes)):
+        # (layer.rekey_due, with the counter read once)
+        if age >= self._rekey_interval or soft:
             self.rekey()  # a no-op while a re-handshake holds the epoch
+        elif count == 1:
+            self._set_quiet(sealed, soft)
+
+    def _set_quiet(self, sealed: int, soft: bool) -> None:
+        """After a one-record check that found nothing to do: the region
+        where the next ones would find nothing either, a bound on each of
+        counts, bytes and time (conservative: leaving it only means the full
+        check runs). While grace periods or a second key generation are
+        pending, every seal checks (they retire on time)."""
+        if self._superseded or len(self._gens) > 1:
+            self._quiet_records = 0
+            return
+        layer = self._layer
+        limits = layer.limits
+        counters = self.counters
+        since = self._send_key_since
+        if soft:  # held back by the minimum lifetime only
+            records, size = limits.hard_messages, 1 << 62
+            until = since + self._min_epoch_lifetime
+        else:
+            records = min(limits.hard_messages,
+                          max(limits.soft_messages, self._min_epoch_records))
+            size = limits.soft_bytes
+            until = since + max(self._rekey_interval, self._min_epoch_lifetime)
+        # counters count every epoch, the layer the current one.
+        self._quiet_records = counters.records_sealed - sealed + records
+        self._quiet_bytes = counters.bytes_sealed - layer.bytes_sealed + size
+        self._quiet_until = until
 
     def _note_recv_epoch(self, gen: _Generation) -> None:
         """After an open in ``gen``: start the grace period of newly
@@ -290,6 +336,7 @@ class Session:
             superseded = self._superseded
             for past in layer.past_epochs:
                 superseded.setdefault(past, now)
+            self._quiet_records = 0  # grace periods to run out
         if not gen.used:
             gen.used = True
             now = self._clock()
@@ -365,6 +412,7 @@ class Session:
             if old.layer is not self._layer:
                 old.layer.close()
         self._gens.insert(0, _Generation(peer_first_epoch, layer, used=False))
+        self._quiet_records = 0
         self._pending_send = layer
 
     def switch_send(self) -> None:
@@ -375,6 +423,8 @@ class Session:
         old = self._layer
         self._layer = layer
         self._pending_send = None
+        self._quiet_records = 0
+        self.send_key_changes += 1
         self._send_cap = None
         self._send_key_since = self._generation_since = self._clock()
         self._generation += 1
@@ -396,9 +446,12 @@ class Session:
     # -- records ---------------------------------------------------------------
     def seal(self, plaintext: Buffer) -> bytes:
         """Seal one message (rekeying first if a trigger fired)."""
-        self._before_send()
-        record = self._layer.seal(plaintext)
         counters = self.counters
+        if (counters.records_sealed >= self._quiet_records
+                or counters.bytes_sealed >= self._quiet_bytes
+                or self._clock() >= self._quiet_until):
+            self._before_send()
+        record = self._layer.seal(plaintext)
         counters.records_sealed += 1
         counters.bytes_sealed += len(plaintext)  # (= len(record) - overhead)
         return record

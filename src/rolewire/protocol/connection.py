@@ -339,7 +339,7 @@ class Connection:
         "_fast_request", "_hs", "_hs_deadline", "_hs_peer", "_last_activity", "_last_recv",
         "_log", "_max_plaintext", "_next_id", "_notify_contexts", "_notify_heads", "_now",
         "_ops", "_out", "_out_bytes", "_peer_roles", "_pending", "_ping_deadline", "_pings",
-        "_pre_auth_frame", "_recv_epoch", "_rehandshake", "_send_epoch", "_sent_since_recv",
+        "_pre_auth_frame", "_recv_epoch", "_rehandshake", "_send_epoch", "_send_key_changes", "_sent_since_recv",
         "_service", "_settings", "_started", "_state", "_stream", "_wire", "_wire_bytes",
         "bad_records", "config", "failure", "guard", "inflight", "is_client", "peer", "session",
         "side", "state",
@@ -437,6 +437,7 @@ class Connection:
         self._bad_logged_at = -math.inf
         self._bad_suppressed = 0
         self._send_epoch = 0
+        self._send_key_changes = 0
         self._recv_epoch = 0
         self._fast_epoch_check = True
         self._flush_handshake()
@@ -710,6 +711,7 @@ class Connection:
         container = self._settings.container_bytes
         self._container_max = min(container, session.max_plaintext) if container else 0
         self._send_epoch = session.send_epoch
+        self._send_key_changes = session.send_key_changes
         self._recv_epoch = session.recv_epoch
         s = self._settings
         self._rehandshake = Rehandshake(session, self._driven, peer=self._hs_peer,
@@ -1578,12 +1580,15 @@ class Connection:
         else:
             self._wire.extend(b"\x02" + record for record in records)
             self._wire_bytes += sum(len(r) + 1 for r in records)
-        epoch = session.send_epoch
-        if epoch != self._send_epoch:
-            self._send_epoch = epoch
-            self._log.info("rekey", extra={"event": "rekey", "peer": self.peer,
-                                           "side": self.side, "direction": "send",
-                                           "epoch": epoch})
+        changes = session.send_key_changes
+        if changes != self._send_key_changes:  # (not send_epoch: read per batch)
+            self._send_key_changes = changes
+            epoch = session.send_epoch
+            if epoch != self._send_epoch:
+                self._send_epoch = epoch
+                self._log.info("rekey", extra={"event": "rekey", "peer": self.peer,
+                                               "side": self.side, "direction": "send",
+                                               "epoch": epoch})
 
     # -- output ---------------------------------------------------------------------------
     def data_to_send(self, now: float | None = None) -> bytes:

@@ -98,6 +98,7 @@ class TransportSession:
     received (``records_sealed``/``records_opened``). It holds no keys."""
 
     send_epoch = 0
+    send_key_changes = 0
     recv_epoch = 0
     switch_pending = False
 
