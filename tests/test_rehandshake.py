@@ -459,3 +459,26 @@ def test_connection_rehandshake_counts_records_sealed_by_the_fast_path():
 
     bodies = [e.body for e in pair.server_events if isinstance(e, Notified)]
     assert bodies == [b"burst %d message %d" % (b, i) for b in range(10) for i in range(30)]
+
+
+def test_wanted_before_send_is_in_progress_or_due():
+    """What the connection asks per batch (wanted_before_send, with the
+    session clock's now) agrees with in_progress or due() at every send of
+    a run with time and count triggers and a re-handshake in between."""
+    clock = FakeClock()
+    a, b = linked(clock=clock, interval=3600, max_records=300)
+    seen = set()
+    for step in range(900):
+        if step in (100, 500):
+            clock.now += 3600
+        for side in (a, b):
+            rh = side.rh
+            wanted = rh.wanted_before_send(clock.now)
+            assert wanted == (rh.in_progress or rh.due())
+            seen.add(wanted)
+        a.send(b"a%06d" % step)
+        if step % 2 == 0:
+            b.send(b"b%06d" % step)
+        pump_sides(a, b)
+    settle(a, b)
+    assert seen == {True, False} and a.session.generation >= 2

@@ -116,14 +116,18 @@ class Session:
             equal on both sides; use it for channel binding.
         is_initiator: this side started the handshake.
         counters: :class:`SessionCounters`.
+        generation_started: session-clock time the sending keys came from a
+            (re)handshake (read-only; ``generation_age`` counts from it).
+        generation_base: ``counters.records_sealed`` at that moment
+            (read-only; ``records_in_generation`` counts from it).
+        send_key_changes: how often the sending key changed (rekeys and
+            re-handshake switches; read-only).
     """
 
     __slots__ = (
         "_clock",
         "_closed",
         "_generation",
-        "_generation_base",
-        "_generation_since",
         "_gens",
         "_grace_period",
         "_integrity_limit",
@@ -139,6 +143,8 @@ class Session:
         "_send_key_since",
         "_superseded",
         "counters",
+        "generation_base",
+        "generation_started",
         "is_initiator",
         "peer_role_kinds",
         "peer_roles",
@@ -181,10 +187,10 @@ class Session:
         self._gens: list[_Generation] = [_Generation(layer.recv_epoch, layer)]
         # Re-handshake state (rolewire.protocol.rehandshake drives it).
         self._generation = 0
-        self._generation_since = self._send_key_since
+        self.generation_started = self._send_key_since
         # counters.records_sealed when the sending keys came from a
         # (re)handshake (callers sealing through record_layer count there too)
-        self._generation_base = 0
+        self.generation_base = 0
         self._pending_send: RecordLayer | None = None
         self._send_cap: int | None = None
         # The rekeying policy's quiet region (see _set_quiet): while
@@ -234,13 +240,13 @@ class Session:
     @property
     def records_in_generation(self) -> int:
         """Records sealed since the sending keys came from a (re)handshake."""
-        return self.counters.records_sealed - self._generation_base
+        return self.counters.records_sealed - self.generation_base
 
     @property
     def generation_age(self) -> float:
         """Seconds (session clock) since the sending keys came from a
         (re)handshake."""
-        return self._clock() - self._generation_since
+        return self._clock() - self.generation_started
 
     @property
     def switch_pending(self) -> bool:
@@ -426,9 +432,9 @@ class Session:
         self._quiet_records = 0
         self.send_key_changes += 1
         self._send_cap = None
-        self._send_key_since = self._generation_since = self._clock()
+        self._send_key_since = self.generation_started = self._clock()
         self._generation += 1
-        self._generation_base = self.counters.records_sealed
+        self.generation_base = self.counters.records_sealed
         self.counters.extra["rehandshakes"] = self._generation
         if all(gen.layer is not old for gen in self._gens):
             old.close()

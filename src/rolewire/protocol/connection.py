@@ -1543,7 +1543,7 @@ class Connection:
         if self._state is not _OPEN or session is None:
             return
         rehandshake = self._rehandshake
-        if rehandshake is not None and (rehandshake.in_progress or rehandshake.due()):
+        if rehandshake is not None and rehandshake.wanted_before_send(self._now):
             rehandshake.poll()
             if not self._flush_rehandshake():
                 return

@@ -191,6 +191,21 @@ class Rehandshake:
         return bool(self._out or self._events) or (
             self._switch_notice and not self.session.switch_pending)
 
+    def wanted_before_send(self, now: float) -> bool:
+        """``in_progress or due()`` in one call, for a sender whose ``now``
+        is the session's clock (the connection's): it runs per batch."""
+        if self._machine is not None:
+            return True
+        session = self.session
+        if session.switch_pending:
+            return True
+        # (due(), inlined)
+        return ((self.interval is not None
+                 and now - session.generation_started >= self.interval)
+                or (self.max_records is not None
+                    and session.counters.records_sealed - session.generation_base
+                    >= self.max_records))
+
     def due(self) -> bool:
         """True if an interval trigger fired (time or record count)."""
         session = self.session
