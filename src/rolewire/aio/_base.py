@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -56,6 +57,52 @@ def limit_recv_size(transport: asyncio.BaseTransport) -> None:
         transport.max_size = READ_SIZE  # type: ignore[attr-defined]
 
 
+class _FirstWrites:
+    """The drivers of one event loop whose :meth:`Driver.flush_first` wrote
+    a call at once in this loop iteration: at its end one callback (not one
+    per connection) sends what each queued since, or re-arms its timer."""
+
+    __slots__ = ("drivers", "loop", "scheduled")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.drivers: list[Driver] = []
+        self.scheduled = False
+
+    def add(self, driver: Driver) -> None:
+        self.drivers.append(driver)
+        if not self.scheduled:
+            self.scheduled = True
+            self.loop.call_soon(self.run)
+
+    def run(self) -> None:
+        drivers, self.drivers = self.drivers, []
+        self.scheduled = False
+        for driver in drivers:
+            if not driver.first_pending:
+                continue  # stopped meanwhile
+            driver.first_pending = False
+            try:
+                if driver.conn.has_output:
+                    driver.flush()
+                else:
+                    driver.arm_timer()
+            except Exception as exc:  # noqa: BLE001 - one connection's bug is not the others'
+                self.loop.call_exception_handler({
+                    "message": "rolewire: end-of-iteration flush failed", "exception": exc})
+
+
+_first_writes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _FirstWrites] = (
+    weakref.WeakKeyDictionary())
+
+
+def _first_writes_of(loop: asyncio.AbstractEventLoop) -> _FirstWrites:
+    found = _first_writes.get(loop)
+    if found is None:
+        found = _first_writes[loop] = _FirstWrites(loop)
+    return found
+
+
 class Driver:
     """What every asyncio transport of a :class:`Connection` shares: the
     flush scheduling (everything queued in one loop iteration leaves
@@ -72,12 +119,15 @@ class Driver:
         self._flush_handle: asyncio.Handle | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
+        #: flush_first wrote at once in this iteration (see _FirstWrites).
+        self.first_pending = False
+        self._first_writes = _first_writes_of(self.loop)
 
     def flush_soon(self) -> None:
         """Send at the end of this loop iteration (now if a batch is full)."""
         if self.conn.wants_flush:
             self.flush()
-        elif self._flush_handle is None:
+        elif self._flush_handle is None and not self.first_pending:
             self._flush_handle = self.loop.call_soon(self.flush)
 
     def flush_first(self) -> None:
@@ -88,20 +138,12 @@ class Driver:
         write)."""
         if self.conn.wants_flush:
             self.flush()
-        elif self._flush_handle is None:
+        elif self._flush_handle is None and not self.first_pending:
             self.flush(arm=False)
-            # Later messages of this iteration coalesce; this runs the
-            # timer re-arm too.
-            self._flush_handle = self.loop.call_soon(self._after_first)
-
-    def _after_first(self) -> None:
-        # The end of the iteration of a flush_first: what was queued since
-        # leaves now; if nothing was, only the timer needs re-arming.
-        self._flush_handle = None
-        if self.conn.has_output:
-            self.flush()
-        else:
-            self.arm_timer()
+            # Later messages of this iteration coalesce: they leave at its
+            # end, with the timer re-arm (one callback for all connections).
+            self.first_pending = True
+            self._first_writes.add(self)
 
     def _take_flush(self) -> None:
         if self._flush_handle is not None:
@@ -137,6 +179,7 @@ class Driver:
             if handle is not None:
                 handle.cancel()
         self._timer = self._flush_handle = None
+        self.first_pending = False
 
 
 class StreamDriver(Driver):
@@ -167,7 +210,8 @@ class StreamDriver(Driver):
     def flush(self, *, arm: bool = True) -> None:
         """Write everything the connection has to send, with one ``write``
         (then re-arm the timer unless ``arm`` is False)."""
-        self._take_flush()
+        if self._flush_handle is not None:
+            self._take_flush()
         data = self.conn.data_to_send(self.loop.time())
         if data and not self.transport.is_closing():
             self.transport.write(data)  # (what StreamWriter.write does)
