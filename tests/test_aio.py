@@ -215,13 +215,17 @@ def test_a_lone_call_leaves_at_once_and_calls_issued_together_share_a_write():
         async with serve(svc, SERVER_CFG) as server:
             channels = [await connect("127.0.0.1", server.port, SHOP_CFG) for _ in range(3)]
             writes: list[list[int]] = []
+
+            def counting(real, log):
+                def write(data):
+                    log.append(len(data))
+                    real(data)
+                return write
+
             for channel in channels:
                 transport = channel._writer.transport
-                log: list[int] = []
-                writes.append(log)
-                transport.write = (lambda real, log: lambda data: (log.append(len(data)),
-                                                                     real(data)))(
-                    transport.write, log)
+                writes.append([])
+                transport.write = counting(transport.write, writes[-1])
             first = asyncio.ensure_future(channels[0].call("count", b"a"))
             await asyncio.sleep(0)  # the task ran up to its await: written already
             assert len(writes[0]) == 1
