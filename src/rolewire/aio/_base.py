@@ -130,13 +130,21 @@ class Driver:
         elif self._flush_handle is None and not self.first_pending:
             self._flush_handle = self.loop.call_soon(self.flush)
 
-    def flush_first(self) -> None:
+    def flush_first(self, *, lone: bool = False) -> None:
         """For a request: send now if nothing else was queued in this loop
         iteration (a lone call does not wait one more iteration for its
         write: the latency of sequential calls), else with the others at
         the end of the iteration (calls issued together still leave in one
-        write)."""
+        write). ``lone``: no other call of this connection is outstanding;
+        then nothing is left for the end of the iteration either (a second
+        call of the same iteration is written at once too, later ones
+        coalesce)."""
         if self.conn.wants_flush:
+            self.flush()
+        elif lone and self._flush_handle is None and not self.first_pending:
+            # Nothing else outstanding (sequential calls): written and the
+            # timer armed now, no end-of-iteration callback (which costs a
+            # loop iteration more per call, an epoll included).
             self.flush()
         elif self._flush_handle is None and not self.first_pending:
             self.flush(arm=False)

@@ -154,9 +154,10 @@ class Channel:
                                       body, metadata)
         call_id = conn.call(operation, body, timeout=timeout, metadata=metadata)
         future: asyncio.Future[bytes] = self._loop.create_future()
-        self._calls[call_id] = future
+        calls = self._calls
+        calls[call_id] = future
         driver = self._driver
-        driver.flush_first()
+        driver.flush_first(lone=len(calls) == 1)
         try:
             if driver.unsent() > WRITE_HIGH_WATER:
                 await driver.drain()
