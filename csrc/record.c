@@ -533,7 +533,9 @@ struct rw_receiver {
     /* Past epochs still open (each for its grace period, which the session
      * times): past[0 .. npast-1], newest first, at most max_past of them.
      * past_window[0 .. nwindows-1] are allocated; the ones from npast on are
-     * spares (reset) for the next epoch change. */
+     * spares (reset) for the next epoch change. Windows are allocated when
+     * an epoch first becomes past, not up front: a connection that never
+     * rekeys holds one window (1 KiB at the default size), not five. */
     uint32_t max_past;
     uint32_t npast;
     uint32_t nwindows;
@@ -564,12 +566,7 @@ rw_receiver *rw_receiver_new(int suite, const uint8_t *key, const uint8_t *iv,
         free(r);
         return NULL;
     }
-    if (rw_window_init(&r->past_window[0], window) != 0) {
-        rw_window_free(&r->current_window);
-        free(r);
-        return NULL;
-    }
-    r->nwindows = 1;
+    r->nwindows = 0;
     r->max_past = 1;
     r->window_size = window;
     r->suite = suite;
@@ -623,19 +620,11 @@ int rw_receiver_set_max_past(rw_receiver *r, uint32_t max_past)
     if (!RW_TRY_LOCK(&r->lock)) {
         return RW_ERR_BUSY;
     }
-    while (r->nwindows < max_past) {
-        if (rw_window_init(&r->past_window[r->nwindows], r->window_size) != 0) {
-            rc = RW_ERR_ARG;
-            break;
-        }
-        r->nwindows += 1;
+    /* (windows for the past epochs come when they are needed: push_past) */
+    while (r->npast > max_past) {
+        drop_past(r, r->npast - 1);
     }
-    if (rc == RW_OK) {
-        while (r->npast > max_past) {
-            drop_past(r, r->npast - 1);
-        }
-        r->max_past = max_past;
-    }
+    r->max_past = max_past;
     RW_UNLOCK(&r->lock);
     return rc;
 }
@@ -720,6 +709,18 @@ static void push_past(rw_receiver *r, const rw_keyslot *slot, rw_window *window_
     }
     if (r->npast == r->max_past) {
         drop_past(r, r->npast - 1);
+    }
+    if (r->npast == r->nwindows) {
+        /* No spare yet: allocate it now. Out of memory, the epoch is not
+         * kept open (its late records are refused, as with max_past 0):
+         * nothing else changes. */
+        if (rw_window_init(&r->past_window[r->nwindows], r->window_size) != 0) {
+            if (window_in_out != NULL) {
+                rw_window_reset(window_in_out);
+            }
+            return;
+        }
+        r->nwindows += 1;
     }
     spare = r->past_window[r->npast];
     memmove(&r->past[1], &r->past[0], r->npast * sizeof(rw_keyslot));
