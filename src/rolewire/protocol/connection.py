@@ -757,12 +757,7 @@ class Connection:
                 errors.append(item)
             else:
                 good.append(bytes(item))
-        epoch = session.recv_epoch
-        if epoch != self._recv_epoch:
-            self._recv_epoch = epoch
-            self._log.info("rekey", extra={"event": "rekey", "peer": self.peer,
-                                           "side": self.side, "direction": "receive",
-                                           "epoch": epoch})
+        self._note_recv_epoch(session.recv_epoch)
         if errors is not None:
             self._bad(errors)
             if self._state is not _OPEN:
@@ -864,12 +859,7 @@ class Connection:
         # first feed of a new receiver): not read per chunk.
         if batch.flags & EPOCH_ADVANCED or self._fast_epoch_check:
             self._fast_epoch_check = False
-            epoch = session.recv_epoch
-            if epoch != self._recv_epoch:
-                self._recv_epoch = epoch
-                self._log.info("rekey", extra={"event": "rekey", "peer": self.peer,
-                                               "side": self.side, "direction": "receive",
-                                               "epoch": epoch})
+            self._note_recv_epoch(session.recv_epoch)
         if errors:
             self._bad(errors)
             if self._state is not _OPEN:
@@ -1588,9 +1578,16 @@ class Connection:
             epoch = session.send_epoch
             if epoch != self._send_epoch:
                 self._send_epoch = epoch
-                self._log.info("rekey", extra={"event": "rekey", "peer": self.peer,
-                                               "side": self.side, "direction": "send",
-                                               "epoch": epoch})
+                self._log_rekey("send", epoch)
+
+    def _note_recv_epoch(self, epoch: int) -> None:
+        if epoch != self._recv_epoch:
+            self._recv_epoch = epoch
+            self._log_rekey("receive", epoch)
+
+    def _log_rekey(self, direction: str, epoch: int) -> None:
+        self._log.info("rekey", extra={"event": "rekey", "peer": self.peer, "side": self.side,
+                                       "direction": direction, "epoch": epoch})
 
     # -- output ---------------------------------------------------------------------------
     def data_to_send(self, now: float | None = None) -> bytes:
