@@ -131,14 +131,13 @@ class Driver:
             self._flush_handle = self.loop.call_soon(self.flush)
 
     def flush_first(self, *, lone: bool = False) -> None:
-        """For a request: send now if nothing else was queued in this loop
-        iteration (a lone call does not wait one more iteration for its
-        write: the latency of sequential calls), else with the others at
-        the end of the iteration (calls issued together still leave in one
-        write). ``lone``: no other call of this connection is outstanding;
-        then nothing is left for the end of the iteration either (a second
-        call of the same iteration is written at once too, later ones
-        coalesce)."""
+        """For a request. ``lone`` (no other call of this connection is
+        outstanding: sequential calls) and nothing else queued in this loop
+        iteration: written now and the timer armed (no wait for the end of
+        the iteration, no loop callback: the latency of sequential calls).
+        Otherwise it leaves with everything else queued in this iteration,
+        at its end, in one write (pipelined calls: one write per iteration,
+        not one per call)."""
         if self.conn.wants_flush:
             self.flush()
         elif lone and self._flush_handle is None and not self.first_pending:
@@ -147,9 +146,9 @@ class Driver:
             # loop iteration more per call, an epoll included).
             self.flush()
         elif self._flush_handle is None and not self.first_pending:
-            self.flush(arm=False)
-            # Later messages of this iteration coalesce: they leave at its
-            # end, with the timer re-arm (one callback for all connections).
+            # Other calls are outstanding (pipelining): this one and the
+            # rest of the iteration's leave together at its end, with the
+            # timer re-arm (one callback for all connections of the loop).
             self.first_pending = True
             self._first_writes.add(self)
 
