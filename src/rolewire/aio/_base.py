@@ -57,10 +57,11 @@ def limit_recv_size(transport: asyncio.BaseTransport) -> None:
         transport.max_size = READ_SIZE  # type: ignore[attr-defined]
 
 
-class _FirstWrites:
-    """The drivers of one event loop whose :meth:`Driver.flush_first` wrote
-    a call at once in this loop iteration: at its end one callback (not one
-    per connection) sends what each queued since, or re-arms its timer."""
+class _IterationEnd:
+    """The drivers of one event loop that asked to flush at the end of this
+    loop iteration (:meth:`Driver.flush_soon`, a pipelined
+    :meth:`Driver.flush_first`): one callback for all of them, not one per
+    connection or per message."""
 
     __slots__ = ("drivers", "loop", "scheduled")
 
@@ -79,27 +80,23 @@ class _FirstWrites:
         drivers, self.drivers = self.drivers, []
         self.scheduled = False
         for driver in drivers:
-            if not driver.first_pending:
-                continue  # stopped meanwhile
-            driver.first_pending = False
+            if not driver.flush_pending:
+                continue  # flushed or stopped meanwhile
             try:
-                if driver.conn.has_output:
-                    driver.flush()
-                else:
-                    driver.arm_timer()
+                driver.flush()
             except Exception as exc:  # noqa: BLE001 - one connection's bug is not the others'
                 self.loop.call_exception_handler({
                     "message": "rolewire: end-of-iteration flush failed", "exception": exc})
 
 
-_first_writes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _FirstWrites] = (
+_iteration_ends: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _IterationEnd] = (
     weakref.WeakKeyDictionary())
 
 
-def _first_writes_of(loop: asyncio.AbstractEventLoop) -> _FirstWrites:
-    found = _first_writes.get(loop)
+def _iteration_end_of(loop: asyncio.AbstractEventLoop) -> _IterationEnd:
+    found = _iteration_ends.get(loop)
     if found is None:
-        found = _first_writes[loop] = _FirstWrites(loop)
+        found = _iteration_ends[loop] = _IterationEnd(loop)
     return found
 
 
@@ -116,19 +113,20 @@ class Driver:
         self.conn = conn
         self.loop = asyncio.get_running_loop()
         self._on_timer_events = on_timer_events
-        self._flush_handle: asyncio.Handle | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
-        #: flush_first wrote at once in this iteration (see _FirstWrites).
-        self.first_pending = False
-        self._first_writes = _first_writes_of(self.loop)
+        #: A flush at the end of this loop iteration is due (_IterationEnd);
+        #: any flush before it takes it.
+        self.flush_pending = False
+        self._iteration_end = _iteration_end_of(self.loop)
 
     def flush_soon(self) -> None:
         """Send at the end of this loop iteration (now if a batch is full)."""
         if self.conn.wants_flush:
             self.flush()
-        elif self._flush_handle is None and not self.first_pending:
-            self._flush_handle = self.loop.call_soon(self.flush)
+        elif not self.flush_pending:
+            self.flush_pending = True
+            self._iteration_end.add(self)
 
     def flush_first(self, *, lone: bool = False) -> None:
         """For a request. ``lone`` (no other call of this connection is
@@ -138,24 +136,20 @@ class Driver:
         Otherwise it leaves with everything else queued in this iteration,
         at its end, in one write (pipelined calls: one write per iteration,
         not one per call)."""
-        if self.conn.wants_flush:
-            self.flush()
-        elif lone and self._flush_handle is None and not self.first_pending:
+        if lone and not self.flush_pending:
             # Nothing else outstanding (sequential calls): written and the
             # timer armed now, no end-of-iteration callback (which costs a
             # loop iteration more per call, an epoll included).
             self.flush()
-        elif self._flush_handle is None and not self.first_pending:
+        else:
             # Other calls are outstanding (pipelining): this one and the
-            # rest of the iteration's leave together at its end, with the
-            # timer re-arm (one callback for all connections of the loop).
-            self.first_pending = True
-            self._first_writes.add(self)
+            # rest of the iteration's leave together at its end.
+            self.flush_soon()
 
     def _take_flush(self) -> None:
-        if self._flush_handle is not None:
-            self._flush_handle.cancel()
-            self._flush_handle = None
+        """For :meth:`flush`: the flush due at the end of the iteration is
+        this one."""
+        self.flush_pending = False
 
     def flush(self, *, arm: bool = True) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -182,11 +176,10 @@ class Driver:
 
     def stop(self) -> None:
         """Cancel the timer and any pending flush (the connection ended)."""
-        for handle in (self._timer, self._flush_handle):
-            if handle is not None:
-                handle.cancel()
-        self._timer = self._flush_handle = None
-        self.first_pending = False
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = None
+        self.flush_pending = False
 
 
 class StreamDriver(Driver):
@@ -217,8 +210,7 @@ class StreamDriver(Driver):
     def flush(self, *, arm: bool = True) -> None:
         """Write everything the connection has to send, with one ``write``
         (then re-arm the timer unless ``arm`` is False)."""
-        if self._flush_handle is not None:
-            self._take_flush()
+        self.flush_pending = False  # (_take_flush)
         data = self.conn.data_to_send(self.loop.time())
         if data and not self.transport.is_closing():
             self.transport.write(data)  # (what StreamWriter.write does)
@@ -229,7 +221,7 @@ class StreamDriver(Driver):
         """Write frames the connection sealed now (``notify_many``'s sink: a
         burst leaves batch by batch, so its buffers are reused, not held)."""
         if not self.transport.is_closing():
-            self.writer.write(data)
+            self.transport.write(data)
 
     def unsent(self) -> int:
         """Bytes in the transport's write buffer, not yet sent."""

@@ -1294,10 +1294,7 @@ class Connection:
             return self._state is _OPEN
         records = rehandshake.records_to_send()
         if records:
-            if self._stream:
-                self._wire.append(encode_records(records))
-            else:
-                self._wire.extend(b"\x02" + record for record in records)
+            self._append_records(records)
         while (event := rehandshake.next_event()) is not None:
             if isinstance(event, RehandshakeComplete):
                 session = self.session
@@ -1542,7 +1539,8 @@ class Connection:
         try:
             if len(messages) == 1:  # the batch call's setup costs more than it saves
                 record = session.seal(messages[0])
-                data = encode_record(record) if self._stream else b"\x02" + record
+                data = (encode_record(record) if self._stream
+                        else encode_message(FrameKind.RECORD, record))
                 self._wire.append(data)
                 self._wire_bytes += len(data)
                 records = None
@@ -1563,15 +1561,8 @@ class Connection:
         except RolewireError as exc:  # KeyExhausted, RecordLayerClosed
             self._fail(exc, type(exc).__name__)
             return
-        if records is None:
-            pass
-        elif self._stream:
-            data = encode_records(records)
-            self._wire.append(data)
-            self._wire_bytes += len(data)
-        else:
-            self._wire.extend(b"\x02" + record for record in records)
-            self._wire_bytes += sum(len(r) + 1 for r in records)
+        if records is not None:
+            self._append_records(records)
         changes = session.send_key_changes
         if changes != self._send_key_changes:  # (not send_epoch: read per batch)
             self._send_key_changes = changes
@@ -1579,6 +1570,18 @@ class Connection:
             if epoch != self._send_epoch:
                 self._send_epoch = epoch
                 self._log_rekey("send", epoch)
+
+    def _append_records(self, records: list[bytes]) -> None:
+        """Sealed records, framed for the transport, queued to be written
+        (counted in ``_wire_bytes``, as everything in ``_wire`` is)."""
+        if self._stream:
+            data = encode_records(records)
+            self._wire.append(data)
+            self._wire_bytes += len(data)
+        else:
+            framed = [encode_message(FrameKind.RECORD, record) for record in records]
+            self._wire.extend(framed)
+            self._wire_bytes += sum(map(len, framed))
 
     def _note_recv_epoch(self, epoch: int) -> None:
         if epoch != self._recv_epoch:
@@ -1597,12 +1600,7 @@ class Connection:
             self._now = now
         if self._out:
             self._seal_out()
-        wire = self._wire
-        if not wire:
-            return b""
-        self._wire = []
-        self._wire_bytes = 0
-        return wire[0] if len(wire) == 1 else b"".join(wire)
+        return self._take_wire() if self._wire else b""
 
     def _take_wire(self) -> bytes:
         """The frames sealed so far (not what is still queued), taken."""

@@ -194,23 +194,15 @@ class Rehandshake:
     def wanted_before_send(self, now: float) -> bool:
         """``in_progress or due()`` in one call, for a sender whose ``now``
         is the session's clock (the connection's): it runs per batch."""
-        if self._machine is not None:
-            return True
-        session = self.session
-        if session.switch_pending:
-            return True
-        # (due(), inlined)
-        return ((self.interval is not None
-                 and now - session.generation_started >= self.interval)
-                or (self.max_records is not None
-                    and session.counters.records_sealed - session.generation_base
-                    >= self.max_records))
+        return self._machine is not None or self.session.switch_pending or self.due(now)
 
-    def due(self) -> bool:
-        """True if an interval trigger fired (time or record count)."""
+    def due(self, now: float | None = None) -> bool:
+        """True if an interval trigger fired (time or record count).
+        ``now``: the session clock's time, if the caller has it."""
         session = self.session
+        age = session.generation_age if now is None else now - session.generation_started
         return (
-            (self.interval is not None and session.generation_age >= self.interval)
+            (self.interval is not None and age >= self.interval)
             or (self.max_records is not None
                 and session.records_in_generation >= self.max_records)
         )
