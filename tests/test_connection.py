@@ -580,3 +580,94 @@ def test_connections_over_the_shuffling_memory_transport():
                 replies[ev.call_id] = ev.body
     assert len(ids) == 200 and sorted(replies) == sorted(ids)
     assert server.bad_records > 0  # the duplicates were refused as replays
+
+
+# -- send_call: a request sealed and framed at once ------------------------------------------
+
+def _send_call(pair: Pair, operation: str, body: bytes, **kwargs) -> int:
+    """send_call, its bytes delivered to the server and the replies back."""
+    call_id, data = pair.client.send_call(operation, body, now=pair.now, **kwargs)
+    assert not pair.client.has_output  # everything to write was returned
+    if data:
+        pair.server.receive_data(data, pair.now)
+    pair._drain()
+    pair.pump()
+    return call_id
+
+
+def test_send_call_alone_is_one_record_and_answered():
+    pair = established(client_settings=ConnectionSettings(keepalive_interval=None))
+    _send_call(pair, "echo", b"warm-up")
+    call_id, data = pair.client.send_call("echo", b"hello", now=pair.now)
+    frames = FrameDecoder().feed(data)
+    assert [kind for kind, _ in frames] == [FrameKind.RECORD]
+    assert pair.client.get_timer() == pytest.approx(
+        pair.now + ConnectionSettings().call_timeout)
+    pair.server.receive_data(data, pair.now)
+    pair._drain()
+    pair.pump()
+    replies = [e for e in of(pair.client_events, ReplyReceived) if e.call_id == call_id]
+    assert [r.body for r in replies] == [b"hello"] and pair.client.pending_calls == 0
+
+
+def test_send_call_after_queued_messages_keeps_their_order():
+    pair = established()
+    _send_call(pair, "echo", b"warm-up")  # confirms the handshake (its ping)
+    pair.auto_reply = False
+    pair.server_events.clear()
+    pair.client.notify("sink", b"first")
+    call_id = _send_call(pair, "echo", b"second", timeout=3.0)
+    kinds = [(type(e), e.body) for e in pair.server_events
+             if isinstance(e, (Notified, CallReceived))]
+    assert kinds == [(Notified, b"first"), (CallReceived, b"second")]
+    assert pair.client.get_timer() == pytest.approx(pair.now + 3.0)
+    assert call_id in pair.client._pending
+
+
+def test_send_call_before_confirmation_sends_the_ping_as_call_does():
+    pair = established()
+    call_id, data = pair.client.send_call("echo", b"x", now=pair.now)
+    assert pair.client._pings  # the first data after the handshake is confirmed
+    assert len(FrameDecoder().feed(data)) == 1  # request and ping in one record
+    pair.server.receive_data(data, pair.now)
+    pair._drain()
+    pair.pump()
+    assert not pair.client._pings and pair.client.pending_calls == 0
+
+
+def test_send_call_starts_a_due_rehandshake_first():
+    from rolewire.protocol import Rehandshaked
+
+    pair = established(client_settings=ConnectionSettings(rehandshake_records=3))
+    bodies = [b"%d" % i for i in range(12)]
+    ids = [_send_call(pair, "echo", body) for body in bodies]
+    replies = {e.call_id: e.body for e in of(pair.client_events, ReplyReceived)}
+    assert [replies[i] for i in ids] == bodies
+    assert of(pair.client_events, Rehandshaked) and of(pair.server_events, Rehandshaked)
+
+
+def test_send_call_refuses_like_call_with_nothing_sent():
+    small = HandshakeConfig(roles=[KeyRole("shop", SHOP_KEY)],
+                            record_limits=RecordLimits(max_plaintext=1024))
+    pair = established(client_cfg=small, server_cfg=HandshakeConfig(
+        roles=[KeyRole("shop", SHOP_KEY)], record_limits=RecordLimits(max_plaintext=1024)))
+    with pytest.raises(errors.RecordTooLarge):
+        pair.client.send_call("echo", b"x" * 2000, now=pair.now)
+    assert pair.client.pending_calls == 0 and not pair.client.has_output
+    pair.client.close(pair.now)
+    with pytest.raises(errors.ConnectionClosed):
+        pair.client.send_call("echo", b"x", now=pair.now)
+
+
+def test_send_call_on_a_closed_record_layer_fails_the_connection():
+    """The session closes itself at its integrity limit; the next request
+    sealed at once fails the connection (and the call) as a queued one does."""
+    pair = established()
+    _send_call(pair, "echo", b"warm-up")
+    pair.client.session.close()
+    call_id, data = pair.client.send_call("echo", b"x", now=pair.now)
+    assert data == b""
+    events = pair.client.events()
+    failed = [e for e in events if isinstance(e, CallFailed) and e.call_id == call_id]
+    assert failed and isinstance(failed[0].error, errors.RecordLayerClosed)
+    assert of(events, Failed) and pair.client.ended

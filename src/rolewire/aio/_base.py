@@ -109,6 +109,11 @@ class Driver:
     gets the events). Subclasses move the bytes: :meth:`flush`,
     :meth:`receive`, :meth:`read`, :meth:`drain`, :meth:`unsent`."""
 
+    #: Writes the connection's frames to a byte stream as they are
+    #: (:meth:`write_now`): a caller may then take them from
+    #: :meth:`~Connection.send_call` itself.
+    writes_frames = False
+
     def __init__(self, conn: Connection, *, on_timer_events: Callable[[], None]) -> None:
         self.conn = conn
         self.loop = asyncio.get_running_loop()
@@ -194,6 +199,8 @@ class StreamDriver(Driver):
       events (re-armed lazily: an early timer just re-arms).
     """
 
+    writes_frames = True
+
     def __init__(self, conn: Connection, reader: asyncio.StreamReader,
                  writer: asyncio.StreamWriter, *,
                  on_timer_events: Callable[[], None],
@@ -216,6 +223,13 @@ class StreamDriver(Driver):
             self.transport.write(data)  # (what StreamWriter.write does)
         if arm:
             self.arm_timer()
+
+    def write_now(self, data: bytes) -> None:
+        """Write frames the connection returned (:meth:`~Connection.send_call`)
+        and arm the timer: a :meth:`flush` whose data is already taken."""
+        if data and not self.transport.is_closing():
+            self.transport.write(data)
+        self.arm_timer()
 
     def write_frames(self, data: bytes) -> None:
         """Write frames the connection sealed now (``notify_many``'s sink: a

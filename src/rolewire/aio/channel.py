@@ -152,12 +152,20 @@ class Channel:
             conn.check_open()  # before the hooks see the call
             metadata = self._metadata(MessageType.REQUEST, conn.next_call_id, operation,
                                       body, metadata)
-        call_id = conn.call(operation, body, timeout=timeout, metadata=metadata)
-        future: asyncio.Future[bytes] = self._loop.create_future()
         calls = self._calls
-        calls[call_id] = future
         driver = self._driver
-        driver.flush_first(lone=len(calls) == 1)
+        if not calls and metadata is None and driver.writes_frames and not driver.flush_pending:
+            # Nothing else outstanding or queued (sequential calls): sealed,
+            # framed and written now, with no queue, loop callback or wait
+            # for the end of the iteration (the latency of sequential calls).
+            call_id, data = conn.send_call(operation, body, timeout=timeout,
+                                           now=self._loop.time())
+            driver.write_now(data)
+        else:
+            call_id = conn.call(operation, body, timeout=timeout, metadata=metadata)
+            driver.flush_first(lone=not calls)
+        future: asyncio.Future[bytes] = self._loop.create_future()
+        calls[call_id] = future
         try:
             if driver.unsent() > WRITE_HIGH_WATER:
                 await driver.drain()
@@ -237,7 +245,7 @@ class Channel:
 
     def _chunk(self, data: bytes) -> None:
         driver = self._driver
-        driver.receive(data)
+        self.connection.receive_data(data, self._loop.time())  # (driver.receive)
         self._handle_events()
         # Input alone never brings a client's deadline closer (replies end
         # calls, keepalive counts from the last input); what it makes us

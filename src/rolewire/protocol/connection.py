@@ -1401,6 +1401,39 @@ class Connection:
         for none) makes it fail with :class:`~rolewire.errors.CallTimeout`.
         Raises :class:`~rolewire.errors.RecordTooLarge` (nothing queued) or
         the connection's error if it is not open."""
+        call_id, message = self._register_call(operation, body, timeout, metadata)
+        self._queue(message)
+        if self._confirmed:
+            self._sent_since_recv = True  # (_note_send's common case)
+        else:
+            self._note_send()
+        return call_id
+
+    def send_call(self, operation: str, body: bytes = b"", *, now: float,
+                  timeout: float | None = None) -> tuple[int, bytes]:
+        """:meth:`call` (no metadata) and then :meth:`data_to_send` in one:
+        the call id and everything to write now (stream framing). When
+        nothing else is queued, the request is sealed and framed at once,
+        without the queue (what sequential calls do: one call per write).
+        Raises like :meth:`call`."""
+        self._now = now
+        call_id, message = self._register_call(operation, body, timeout, None)
+        rehandshake = self._rehandshake
+        if (self._out or self._wire or not self._confirmed or not self._stream
+                or (rehandshake is not None and rehandshake.wanted_before_send(now))):
+            self._queue(message)
+            self._note_send()
+            return call_id, self.data_to_send()
+        self._sent_since_recv = True
+        session = self.session
+        assert session is not None  # (open: checked by _register_call)
+        data = self._seal_single(session, message)
+        return call_id, data if data is not None else self.data_to_send()
+
+    def _register_call(self, operation: str, body: bytes, timeout: float | None,
+                       metadata: Mapping[str, bytes] | None) -> tuple[int, bytes]:
+        """A new request's call id and message, pending with its deadline
+        (what :meth:`call` and :meth:`send_call` share; not queued yet)."""
         self.check_open()
         call_id = self._next_id
         message = self._message(MessageType.REQUEST, call_id, operation, body, metadata)
@@ -1419,12 +1452,7 @@ class Connection:
                 queue.append((self._now + default, call_id))
         elif timeout != math.inf:
             heapq.heappush(self._deadlines, (self._now + timeout, call_id))
-        self._queue(message)
-        if self._confirmed:
-            self._sent_since_recv = True  # (_note_send's common case)
-        else:
-            self._note_send()
-        return call_id
+        return call_id, message
 
     def cancel(self, call_id: int) -> None:
         """Forget our request ``call_id`` (its reply, if one comes, is dropped)."""
@@ -1536,15 +1564,14 @@ class Connection:
             rehandshake.poll()
             if not self._flush_rehandshake():
                 return
-        try:
-            if len(messages) == 1:  # the batch call's setup costs more than it saves
-                record = session.seal(messages[0])
-                data = (encode_record(record) if self._stream
-                        else encode_message(FrameKind.RECORD, record))
+        if len(messages) == 1:  # the batch call's setup costs more than it saves
+            data = self._seal_single(session, messages[0])
+            if data is not None:
                 self._wire.append(data)
                 self._wire_bytes += len(data)
-                records = None
-            elif self._stream and self._container_max:
+            return
+        try:
+            if self._stream and self._container_max:
                 # Ordered transport: one native call seals the messages into
                 # CONTAINER records, straight into the frames written
                 # (protocol.fastpath; docs/PROTOCOL.md, "Containers").
@@ -1563,13 +1590,30 @@ class Connection:
             return
         if records is not None:
             self._append_records(records)
-        changes = session.send_key_changes
-        if changes != self._send_key_changes:  # (not send_epoch: read per batch)
-            self._send_key_changes = changes
-            epoch = session.send_epoch
-            if epoch != self._send_epoch:
-                self._send_epoch = epoch
-                self._log_rekey("send", epoch)
+        if session.send_key_changes != self._send_key_changes:
+            self._sent_under_new_key(session)
+
+    def _seal_single(self, session: Session, message: bytes) -> bytes | None:
+        """One message sealed and framed for the wire (not queued), or None
+        if the connection failed (the key is used up or the layer closed).
+        For :meth:`_seal_out` and :meth:`send_call`, after their checks."""
+        try:
+            record = session.seal(message)
+        except RolewireError as exc:  # KeyExhausted, RecordLayerClosed
+            self._fail(exc, type(exc).__name__)
+            return None
+        if session.send_key_changes != self._send_key_changes:
+            self._sent_under_new_key(session)
+        return (encode_record(record) if self._stream
+                else encode_message(FrameKind.RECORD, record))
+
+    def _sent_under_new_key(self, session: Session) -> None:
+        # Not send_epoch per batch: send_key_changes is one attribute read.
+        self._send_key_changes = session.send_key_changes
+        epoch = session.send_epoch
+        if epoch != self._send_epoch:
+            self._send_epoch = epoch
+            self._log_rekey("send", epoch)
 
     def _append_records(self, records: list[bytes]) -> None:
         """Sealed records, framed for the transport, queued to be written
