@@ -626,7 +626,7 @@ def test_send_call_after_queued_messages_keeps_their_order():
 
 def test_send_call_before_confirmation_sends_the_ping_as_call_does():
     pair = established()
-    call_id, data = pair.client.send_call("echo", b"x", now=pair.now)
+    _, data = pair.client.send_call("echo", b"x", now=pair.now)
     assert pair.client._pings  # the first data after the handshake is confirmed
     assert len(FrameDecoder().feed(data)) == 1  # request and ping in one record
     pair.server.receive_data(data, pair.now)

@@ -584,7 +584,12 @@ class Session:
         gen = self._gens[0]
         if gen.layer.recv_epoch_advances != gen.advances or not gen.used:
             self._note_recv_epoch(gen)
-        self._account(opened, plaintext_bytes, errors)
+        if errors:
+            self._account(opened, plaintext_bytes, errors)
+        else:  # (_account without errors: the integrity count did not move)
+            counters = self.counters
+            counters.records_opened += opened
+            counters.bytes_opened += plaintext_bytes
 
     def _account(self, opened: int, plaintext_bytes: int,
                  errors: Iterable[RecordError]) -> None:

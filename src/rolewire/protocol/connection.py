@@ -870,7 +870,10 @@ class Connection:
             self._ping_deadline = None
             self._sent_since_recv = False
             try:
-                self._fast_messages(batch)
+                # One request or reply (sequential calls): no batch loop.
+                if not (batch.count == 1 and batch.status[0] == MSG
+                        and batch.op_index[0] >= 0 and self._single(batch)):
+                    self._fast_messages(batch)
             except ProtocolViolation as exc:
                 self._fail(exc, "protocol_violation")
                 return
@@ -885,8 +888,6 @@ class Connection:
         for a bad message, after dispatching those before it."""
         count = batch.count
         status, types, op_index = batch.status, batch.types, batch.op_index
-        if count == 1 and status[0] == MSG and op_index[0] >= 0 and self._single(batch):
-            return
         body_off, body_len = batch.body_off, batch.body_len
         view = memoryview(batch.buffer)
         used = batch.out_used
@@ -1019,10 +1020,8 @@ class Connection:
         call_id = batch.call_ids[0]
         if kind == _RESPONSE:
             at = batch.body_off[0]
-            assert self._ops is not None
-            self._reply_received(CallMessage(
-                MessageType.RESPONSE, call_id, self._ops.names[batch.op_index[0]],
-                bytes(memoryview(batch.buffer)[at:at + batch.body_len[0]])))
+            self._reply_received(
+                call_id, bytes(memoryview(batch.buffer)[at:at + batch.body_len[0]]))
             return True
         if kind != _REQUEST or not call_id or self._closing or self._close_received:
             return False
@@ -1142,7 +1141,7 @@ class Connection:
             elif kind is MessageType.REQUEST:
                 self._request(message)
             elif kind is MessageType.RESPONSE or kind is MessageType.ERROR:
-                if not self._reply_received(message):
+                if not self._reply_received(message.call_id, message.body, message):
                     return
             elif kind is MessageType.CLOSE:
                 self._peer_close()
@@ -1224,9 +1223,11 @@ class Connection:
             self._events.append(Closing("refused_calls"))
             self.begin_close("refused_calls")
 
-    def _reply_received(self, message: CallMessage) -> bool:
-        """Match a reply to our request; False if the connection failed."""
-        call_id = message.call_id
+    def _reply_received(self, call_id: int, body: bytes,
+                        message: CallMessage | None = None) -> bool:
+        """Match a reply to our request; False if the connection failed.
+        ``message``: the decoded reply, None for a RESPONSE without metadata
+        (the fast path: ``body`` is all of it)."""
         if call_id in self._pings:
             self._pings.discard(call_id)
             return True
@@ -1236,8 +1237,10 @@ class Connection:
                            "protocol_violation")
                 return False
             return True  # late reply to a call that timed out or was cancelled
-        if message.type is MessageType.RESPONSE:
-            self._events.append(ReplyReceived(call_id, message.body, message.metadata))
+        if message is None:
+            self._events.append(ReplyReceived(call_id, body, NO_METADATA))
+        elif message.type is MessageType.RESPONSE:
+            self._events.append(ReplyReceived(call_id, body, message.metadata))
         else:
             try:
                 error = remote_error(message)
@@ -1845,22 +1848,24 @@ class Connection:
         if state is not _OPEN:
             return None
         s = self._settings
-        times: list[float] = []
-        if self._close_deadline is not None:
-            times.append(self._close_deadline)
+        # The earliest of the deadlines that apply (per flush: no list).
+        when = self._close_deadline
         if self._pending:
             deadline = self._earliest_call_deadline()
-            if deadline is not None:
-                times.append(deadline)
-        if self._ping_deadline is not None:
-            times.append(self._ping_deadline)
-        elif self.is_client and s.keepalive_interval is not None and (
+            if deadline is not None and (when is None or deadline < when):
+                when = deadline
+        deadline = self._ping_deadline
+        if deadline is None and self.is_client and s.keepalive_interval is not None and (
                 self._pending or self._sent_since_recv):
-            times.append(self._last_recv + s.keepalive_interval)
+            deadline = self._last_recv + s.keepalive_interval
+        if deadline is not None and (when is None or deadline < when):
+            when = deadline
         if (not self.is_client and s.idle_timeout is not None and not self._closing
                 and self.inflight == 0):
-            times.append(self._last_activity + s.idle_timeout)
-        return min(times) if times else None
+            deadline = self._last_activity + s.idle_timeout
+            if when is None or deadline < when:
+                when = deadline
+        return when
 
     def handle_timer(self, now: float) -> None:
         """Act on every deadline that has passed by ``now``."""

@@ -296,15 +296,14 @@ class FastReceiver:
         self.handshake_pending = False
         return tail
 
-    def _batch_for(self, size: int) -> Received:
-        cap = size // _MIN_ITEM + 2
-        batch = _shared_batches.batch if self._shared else self._batch
-        if batch is None or len(batch.status) < cap or len(batch.buffer) < size:
-            batch = Received(max(cap, 64), max(size, 1024))
-            if self._shared:
-                _shared_batches.batch = batch
-            else:
-                self._batch = batch
+    def _new_batch(self, size: int) -> Received:
+        """A batch large enough for a chunk of ``size`` bytes (the one kept is
+        smaller: it replaces it)."""
+        batch = Received(max(size // _MIN_ITEM + 2, 64), max(size, 1024))
+        if self._shared:
+            _shared_batches.batch = batch
+        else:
+            self._batch = batch
         return batch
 
     def feed(self, data: bytes = b"") -> Received:
@@ -329,7 +328,10 @@ class FastReceiver:
         if self.handshake_pending:
             self._tail = buf
             return _EMPTY
-        batch = self._batch_for(len(buf))
+        batch = _shared_batches.batch if self._shared else self._batch
+        if batch is None or len(batch.buffer) < len(buf) or \
+                len(batch.status) < len(buf) // _MIN_ITEM + 2:
+            batch = self._new_batch(len(buf))
         if self.native:
             consumed, stop = self._feed_native(buf, batch)
         else:
