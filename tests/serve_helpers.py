@@ -82,6 +82,15 @@ class ServeProcess:
             if text in line:
                 return line
 
+    def line_with(self, text: str, timeout: float = 60.0) -> str:
+        """The first stdout line containing ``text``: one already read (the
+        wait for the listening line may have read past it: workers and the
+        parent print in no fixed order), else the next (:meth:`wait_for`)."""
+        for line in self.seen:
+            if text in line:
+                return line
+        return self.wait_for(text, timeout)
+
     def signal(self, signum: int) -> None:
         self.proc.send_signal(signum)
 

@@ -277,7 +277,7 @@ def test_serve_with_workers(app):
     caller = HandshakeConfig(roles=[KeyRole("caller", read_key(app / "caller.key"))])
     with ServeProcess("heldsvc:service", app / "service.toml", app, None,
                       "--workers", "2") as server:
-        line = server.wait_for("workers (pids")
+        line = server.line_with("workers (pids")
         pids = {int(p) for p in line.rsplit("(pids ", 1)[1].rstrip(")").split(", ")}
         assert len(pids) == 2
 
