@@ -152,6 +152,9 @@ def test_serve_refuses_access_to_unknown_operation_or_role(app):
     done = cli("serve", "heldsvc:service", "--config", str(app / "service.toml"),
                "--budget-file", str(app / "budget.sqlite"), cwd=app)
     assert done.returncode == 3 and "--budget-file applies to --workers" in done.stderr
+    done = cli("serve", "heldsvc:service", "--config", str(app / "service.toml"),
+               "--no-restart", cwd=app)
+    assert done.returncode == 3 and "--no-restart applies to --workers" in done.stderr
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
@@ -273,28 +276,35 @@ def test_call_errors_are_one_line(tmp_path):
 @pytest.mark.skipif(not reuse_port_available(), reason="worker processes need SO_REUSEPORT")
 def test_serve_with_workers(app):
     # --workers 2: connections land on both workers, SIGHUP reaches each
-    # (each reloads), SIGTERM stops them all and exits 0.
+    # (each reloads), a killed worker is restarted, SIGTERM stops them all
+    # and exits 0 (the restarted worker was not lost).
     caller = HandshakeConfig(roles=[KeyRole("caller", read_key(app / "caller.key"))])
     with ServeProcess("heldsvc:service", app / "service.toml", app, None,
                       "--workers", "2") as server:
         line = server.line_with("workers (pids")
-        pids = {int(p) for p in line.rsplit("(pids ", 1)[1].rstrip(")").split(", ")}
+        by_index = [int(p) for p in line.rsplit("(pids ", 1)[1].rstrip(")").split(", ")]
+        pids = set(by_index)
         assert len(pids) == 2
 
-        async def pids_seen():
+        async def pids_seen(until):
             seen = set()
             for _ in range(200):
                 async with connect(server.host, server.port, caller, timeout=60) as channel:
                     seen.add(int(await channel.call("pid", b"", timeout=60)))
-                if seen == pids:
+                if until(seen):
                     break
             return seen
 
-        assert asyncio.run(pids_seen()) == pids
+        assert asyncio.run(pids_seen(lambda seen: seen == pids)) == pids
         server.signal(signal.SIGHUP)
         reloaded = {server.wait_for("reloaded (SIGHUP)").split(":")[1].strip()
                     for _ in range(2)}
         assert reloaded == {"worker 0", "worker 1"}
+        os.kill(by_index[1], signal.SIGKILL)
+        server.wait_for("worker 1: serving", timeout=120)  # its restart listens
+        seen = asyncio.run(pids_seen(lambda seen: len(seen) == 2 and seen != pids))
+        assert by_index[0] in seen and by_index[1] not in seen and len(seen) == 2
+        pids |= seen
         server.signal(signal.SIGTERM)
         assert server.wait(120) == 0
         assert any("stopped" in line for line in server.seen + list(server.lines.queue))

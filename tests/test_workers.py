@@ -8,6 +8,7 @@ assertions; every test stops the processes it started."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import multiprocessing
 import os
@@ -313,9 +314,9 @@ def test_a_worker_that_cannot_start_is_reported() -> None:
 
 
 @needs_reuseport
-def test_a_crashed_worker_is_logged(caplog) -> None:  # type: ignore[no-untyped-def]
+def test_without_restart_a_crashed_worker_is_logged_and_stays_down(caplog) -> None:  # type: ignore[no-untyped-def]
     caplog.set_level(logging.INFO, logger="rolewire.aio")
-    with serve_workers(_pid_service, workers=2) as pool:
+    with serve_workers(_pid_service, workers=2, restart=False) as pool:
         victim = pool.pids[1]
         os.kill(victim, signal.SIGKILL)
         _wait_gone([victim])
@@ -329,6 +330,159 @@ def test_a_crashed_worker_is_logged(caplog) -> None:  # type: ignore[no-untyped-
         assert set(answers) == {pool.pids[0]}
     crashed = [r for r in caplog.records if getattr(r, "event", "") == "worker_exited"]
     assert crashed and crashed[0].levelno == logging.ERROR
+    assert pool.restarts == {} and not _events(caplog, "worker_restarted")
+
+
+def _events(caplog, event: str) -> list[logging.LogRecord]:  # type: ignore[no-untyped-def]
+    return [r for r in caplog.records if getattr(r, "event", "") == event]
+
+
+def _until(condition, what: str, timeout: float = 120.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def _on_restart(marker: str) -> tuple[Service, HandshakeConfig]:
+    """``_pid_service``, unless the test wrote ``marker`` after the pool
+    started (so only restarted workers see it): "crash" raises, "hang"
+    never listens."""
+    try:
+        with open(marker) as f:
+            mode = f.read()
+    except FileNotFoundError:
+        return _pid_service()
+    if mode == "hang":
+        time.sleep(3600)
+    raise RuntimeError("this worker crashes when restarted")
+
+
+@needs_reuseport
+def test_a_killed_worker_is_restarted_on_the_same_port(caplog) -> None:  # type: ignore[no-untyped-def]
+    caplog.set_level(logging.INFO, logger="rolewire.aio")
+    with serve_workers(_pid_service, workers=2, restart_backoff=0.05) as pool:
+        port, budget_path = pool.port, pool.budget_path
+        survivor, victim = pool.pids
+        os.kill(victim, signal.SIGKILL)
+        _until(lambda: pool.restarts.get(1) == 1, "worker 1's restart")
+        new = pool.pids[1]
+        assert new not in (victim, survivor) and pool.pids[0] == survivor
+        assert pool.alive == 2 and pool.exited == {}
+        assert pool.port == port and pool.budget_path == budget_path
+        assert budget_path is not None and os.path.exists(budget_path)
+        # New connections complete their handshakes and calls on both
+        # workers, the restarted one included.
+        answers = asyncio.run(_call_until_every_worker(pool.port, "pid", pool.pids))
+        assert set(answers) == {survivor, new}
+        pids = pool.pids
+    _wait_gone([victim, *pids])
+    assert pool.exited == {}  # a restarted worker is not lost
+    restarted = _events(caplog, "worker_restarted")
+    assert len(restarted) == 1
+    record = restarted[0]
+    assert (record.worker, record.pid, record.old_pid, record.exitcode) == (  # type: ignore[attr-defined]
+        1, new, victim, -signal.SIGKILL)
+    exited = _events(caplog, "worker_exited")
+    assert exited[0].levelno == logging.ERROR and exited[0].restart_in == 0.05  # type: ignore[attr-defined]
+
+
+@needs_reuseport
+def test_a_restart_keeps_the_shared_password_budget() -> None:
+    guesser = HandshakeConfig(roles=[KeyRole("public", PUBLIC_KEY), PasswordRole(
+        "admin", "not-the-password", limiter=PasswordRateLimiter(max_failures=1 << 20))])
+
+    async def guess(port: int, n: int) -> None:
+        for i in range(n):
+            async with connect("127.0.0.1", port, guesser, timeout=60,
+                               local_addr=(f"127.0.0.{2 + i % 24}", 0)) as channel:
+                assert channel.peer_roles == {"public"}
+
+    with serve_workers(_budget_service, workers=2, handshake_rate=None,
+                       restart_backoff=0.05) as pool:
+        path = pool.budget_path
+        asyncio.run(guess(pool.port, 3 * POOL_BUDGET))  # the role's budget is spent
+        answers = asyncio.run(_call_until_every_worker(pool.port, "guesses", pool.pids))
+        survivor, victim = pool.pids
+        before = int(answers[survivor].split()[1])
+        assert sum(int(a.split()[1]) for a in answers.values()) == POOL_BUDGET
+        os.kill(victim, signal.SIGKILL)
+        _until(lambda: pool.restarts.get(1) == 1, "worker 1's restart")
+        assert pool.budget_path == path and path is not None and os.path.exists(path)
+        asyncio.run(guess(pool.port, POOL_BUDGET))
+        answers = asyncio.run(_call_until_every_worker(pool.port, "guesses", pool.pids))
+        # The restarted worker charges the same, spent budget: it let no
+        # guess be checked (a fresh budget would have let it check more).
+        assert int(answers[pool.pids[1]].split()[1]) == 0
+        assert int(answers[survivor].split()[1]) == before
+        store = SqliteBudgetStore(path)
+        failed = store.transact([("role", "admin")], lambda r: len(r[0].failed))
+        store.close()
+        assert failed == POOL_BUDGET
+
+
+@needs_reuseport
+def test_a_crash_loop_is_given_up(tmp_path, caplog) -> None:  # type: ignore[no-untyped-def]
+    caplog.set_level(logging.INFO, logger="rolewire.aio")
+    marker = tmp_path / "mode"
+    with serve_workers(functools.partial(_on_restart, str(marker)), workers=2,
+                       max_restarts=2, restart_window=3600, restart_backoff=0.02,
+                       restart_backoff_max=0.05) as pool:
+        survivor, victim = pool.pids
+        marker.write_text("crash")  # every restart of worker 1 fails
+        os.kill(victim, signal.SIGKILL)
+        _until(lambda: 1 in pool.exited, "worker 1 given up")
+        assert pool.exited == {1: 1} and pool.restarts == {}
+        assert pool.alive == 1 and pool.pids[0] == survivor
+        given_up = _events(caplog, "worker_given_up")
+        assert len(given_up) == 1 and given_up[0].levelno == logging.ERROR
+        assert given_up[0].worker == 1  # type: ignore[attr-defined]
+        # The first exit and the two restarts that failed; none after.
+        assert [r.worker for r in _events(caplog, "worker_exited")] == [1, 1, 1]  # type: ignore[attr-defined]
+        assert "crashes when restarted" in _events(caplog, "worker_exited")[-1].getMessage()
+        answers = asyncio.run(_call_until_every_worker(pool.port, "pid", [survivor]))
+        assert set(answers) == {survivor}
+        assert not pool.wait(0)  # worker 0 still serves
+    assert pool.wait(60)
+
+
+@needs_reuseport
+@pytest.mark.parametrize("mode", ["backoff", "hang"])
+def test_stop_while_a_worker_is_restarted_leaves_no_process(tmp_path, caplog, mode) -> None:  # type: ignore[no-untyped-def]
+    # backoff: stop() while worker 1 waits for its respawn (not spawned);
+    # hang: stop() while the respawned worker starts (it is stopped too).
+    caplog.set_level(logging.INFO, logger="rolewire.aio")
+    marker = tmp_path / "mode"
+    backoff = 3600.0 if mode == "backoff" else 0.02
+    pool = serve_workers(functools.partial(_on_restart, str(marker)), workers=2,
+                         restart_backoff=backoff, restart_backoff_max=backoff)
+    try:
+        victim = pool.pids[1]
+        marker.write_text(mode)
+        os.kill(victim, signal.SIGKILL)
+        if mode == "backoff":
+            _until(lambda: _events(caplog, "worker_exited"), "worker 1's exit")
+            assert pool.pids[1] == victim and pool.alive == 1
+        else:
+            _until(lambda: pool.pids[1] != victim, "worker 1's respawn")
+            assert pool.alive == 2 and pool.restarts == {}  # spawned, not listening
+    finally:
+        pids = pool.pids
+        pool.stop()
+    assert pool.wait(60)
+    _wait_gone([victim, *pids])
+    assert not [p for p in multiprocessing.active_children()
+                if p.name.startswith("rolewire-worker-")]
+    assert pool.pids == pids  # nothing was spawned after stop()
+    assert pool.exited == {} and pool.restarts == {}
+
+
+def test_restart_settings_are_checked() -> None:
+    for bad in ({"max_restarts": 0}, {"max_restarts": 1.5}, {"restart_window": 0},
+                {"restart_backoff": -1}, {"restart_backoff_max": float("inf")},
+                {"restart_backoff": 2, "restart_backoff_max": 1}, {"restart": "no"}):
+        with pytest.raises(ConfigurationError):
+            workers_module.WorkerPool(_pid_service, workers=1, **bad)  # type: ignore[arg-type]
 
 
 PARENT = '''

@@ -567,9 +567,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return serve_with_workers(
             args.target, args.config, workers=args.workers, budget_path=args.budget_file,
             listen=parse_address(args.listen, "--listen") if args.listen else None,
-            log_level=args.log_level, say=_say)
+            log_level=args.log_level, say=_say, restart=not args.no_restart)
     if args.budget_file:
         raise ConfigurationError("--budget-file applies to --workers N (N > 1)")
+    if args.no_restart:
+        raise ConfigurationError("--no-restart applies to --workers N (N > 1)")
     config = load_config(args.config)
     service = load_service(args.target)
     listen = parse_address(args.listen, "--listen") if args.listen else None
@@ -743,6 +745,11 @@ def _add_serve_parser(sub: Any) -> None:
     serve.add_argument("--budget-file", metavar="PATH",
                        help="with --workers: the SQLite file of the shared password budget "
                             "(default: a temporary file, removed on exit)")
+    serve.add_argument("--no-restart", action="store_true",
+                       help="with --workers: do not restart a worker that exits on its own "
+                            "(default: restart it after a backoff of 0.5 s doubling up to "
+                            "30 s; an index that exits more than 5 times in 60 s is given "
+                            "up)")
     serve.add_argument("--log-level", default="info",
                        choices=["debug", "info", "warning", "error"])
     serve.set_defaults(func=cmd_serve)

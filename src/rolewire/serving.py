@@ -294,12 +294,17 @@ def serve_with_workers(target: str, config_path: str | os.PathLike[str], *, work
                        listen: tuple[str, int] | None = None,
                        budget_path: str | os.PathLike[str] | None = None,
                        log_level: str = "info",
-                       say: Callable[[str], None] = lambda line: None) -> int:
+                       say: Callable[[str], None] = lambda line: None,
+                       restart: bool = True) -> int:
     """``rolewire serve --workers N``: run ``workers`` processes (each a
     :class:`ServeWorker`) on one port until SIGTERM/SIGINT, then stop them
     (each drains, as one process does); SIGHUP is passed on to every worker
-    (each reloads). Returns the exit status: 0, or 3 if a worker exited on
-    its own (logged as ``worker_exited``) or every worker did."""
+    (each reloads). A worker that exits on its own is restarted
+    (:class:`~rolewire.aio.WorkerPool`'s defaults; ``restart=False``, or
+    ``--no-restart``: not). Returns the exit status: 0, or 3 if a worker
+    exited on its own and did not come back (not restarted, or given up
+    after too many exits; logged as ``worker_exited``/``worker_given_up``);
+    it returns once every worker is down for good."""
     config = load_config(config_path)
     address = listen or config.listen
     if address is None:
@@ -307,7 +312,7 @@ def serve_with_workers(target: str, config_path: str | os.PathLike[str], *, work
     host, port = address
     pool = WorkerPool(ServeWorker(target, str(Path(config_path).resolve()), log_level),
                       workers=workers, host=host, port=port, budget_path=budget_path,
-                      stop_timeout=config.server.drain_timeout + 10.0)
+                      stop_timeout=config.server.drain_timeout + 10.0, restart=restart)
     stop = threading.Event()
     wanted = {"SIGTERM": lambda *_: stop.set(), "SIGINT": lambda *_: stop.set(),
               "SIGHUP": lambda *_: pool.signal(signal.SIGHUP)}
@@ -320,8 +325,9 @@ def serve_with_workers(target: str, config_path: str | os.PathLike[str], *, work
         pool.start()
         say(f"serving {config.name!r} on {host}:{pool.port} with {workers} workers "
             f"(pids {', '.join(map(str, pool.pids))})")
-        # (a short wait, not a busy loop: signal handlers run between waits)
-        while not stop.wait(0.5) and pool.alive:
+        # (a short wait, not a busy loop: signal handlers run between waits;
+        # pool.wait(0) is true once no worker runs or will be restarted)
+        while not stop.wait(0.5) and not pool.wait(0):
             pass
         say(f"stopping {pool.alive} worker(s): each drains for up to "
             f"{config.server.drain_timeout:g}s")
@@ -330,7 +336,7 @@ def serve_with_workers(target: str, config_path: str | os.PathLike[str], *, work
         for signum, handler in previous.items():
             signal.signal(signum, handler)
     if pool.exited:
-        say("worker(s) exited on their own: " + ", ".join(
+        say("worker(s) exited on their own and were not restarted: " + ", ".join(
             f"{index} (code {code})" for index, code in sorted(pool.exited.items())))
         return 3
     say("stopped")

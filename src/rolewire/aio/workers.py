@@ -25,6 +25,11 @@ The password budget: with more than one worker the workers' password
 limiters share one :class:`~rolewire.roles.budget.SqliteBudgetStore` (a
 file in a private temporary directory the parent creates and removes, or a
 path the caller gives), never a copy per worker.
+
+Restarts: a monitor thread in the parent respawns a worker that exits on
+its own (same index, port reservation and budget file) after a growing
+backoff, and gives an index up after too many exits in a window
+(:class:`WorkerPool`).
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -307,6 +313,29 @@ def _reserve_port(host: str, port: int) -> socket.socket:
     return sock
 
 
+@dataclass(eq=False)
+class _Slot:
+    """The monitor's view of one worker index (guarded by the pool's lock)."""
+
+    index: int
+    proc: BaseProcess
+    #: "starting" (spawned again, not yet listening), "running", "backoff"
+    #: (waiting to be spawned again) or "down" (not coming back).
+    state: str = "running"
+    #: The worker's end of its ready pipe, while "starting".
+    pipe: Any = None
+    #: "starting": when it must listen by; "backoff": when to spawn it.
+    deadline: float = 0.0
+    #: Monotonic times of its exits within the restart window.
+    crashes: deque[float] = field(default_factory=deque)
+    #: The process it replaces and that one's exit code (for the log).
+    old_pid: int | None = None
+    old_code: int | None = None
+    #: What a "starting" worker reported before it exited, if anything.
+    error: str | None = None
+    timed_out: bool = False
+
+
 class WorkerPool:
     """``workers`` processes, each running ``main(info)`` with a
     :class:`WorkerInfo` (``main`` must be picklable; it must listen on
@@ -316,23 +345,58 @@ class WorkerPool:
 
     :meth:`start` returns once every worker listens (or raises
     :class:`~rolewire.errors.WorkerFailed` with the first worker's error,
-    after stopping the others). A worker that exits on its own is logged
-    (event ``worker_exited`` on ``rolewire.aio``, an error unless its exit
-    code is 0) and listed in :attr:`exited`; it is not restarted.
+    after stopping the others: a worker that cannot start is a
+    configuration problem, not something a restart fixes).
+
+    A worker that exits on its own while the pool runs is logged (event
+    ``worker_exited`` on ``rolewire.aio``, an error unless its exit code is
+    0) and, with ``restart`` (the default), spawned again with the same
+    index on the same host:port and the same shared password-budget file
+    (the budget is never reset by a restart) after a backoff of
+    ``restart_backoff`` seconds, doubled for each further exit of that
+    index within ``restart_window`` seconds, at most
+    ``restart_backoff_max``. The new process must call ``info.ready`` as
+    at start (within ``start_timeout``, or it is killed and counts as a
+    crash); it is then logged (``worker_restarted``) and counted in
+    :attr:`restarts`. An index that exits more than ``max_restarts`` times
+    within ``restart_window`` seconds is not restarted again (an error,
+    ``worker_given_up``). With ``restart=False`` no worker is restarted.
+
     :meth:`stop` sends SIGTERM (each worker drains its sessions), waits up
-    to ``stop_timeout`` seconds, then kills what is left. Use as a context
-    manager. Call it from the main module's ``if __name__ == "__main__":``
-    block (the spawned workers import the main module)."""
+    to ``stop_timeout`` seconds, then kills what is left; a worker waiting
+    for its restart is not spawned any more, one being spawned is stopped
+    too. Use as a context manager. Call it from the main module's ``if
+    __name__ == "__main__":`` block (the spawned workers import the main
+    module). Raises :class:`~rolewire.errors.ConfigurationError` for a bad
+    setting."""
 
     def __init__(self, main: Callable[[WorkerInfo], None], *, workers: int,
                  host: str = "127.0.0.1", port: int = 0,
                  budget_path: str | os.PathLike[str] | None = None,
-                 start_timeout: float = 60.0, stop_timeout: float = 30.0) -> None:
+                 start_timeout: float = 60.0, stop_timeout: float = 30.0,
+                 restart: bool = True, max_restarts: int = 5, restart_window: float = 60.0,
+                 restart_backoff: float = 0.5, restart_backoff_max: float = 30.0) -> None:
         self.workers = check_workers(workers)
         if start_timeout <= 0 or stop_timeout <= 0:
             raise ConfigurationError("start_timeout and stop_timeout must be > 0")
         if not isinstance(port, int) or not 0 <= port <= 65535:
             raise ConfigurationError(f"port must be 0..65535 (got {port!r})")
+        if not isinstance(restart, bool):
+            raise ConfigurationError(f"restart must be True or False (got {restart!r})")
+        if (not isinstance(max_restarts, int) or isinstance(max_restarts, bool)
+                or max_restarts < 1):
+            raise ConfigurationError(f"max_restarts must be an integer >= 1 "
+                                     f"(got {max_restarts!r})")
+        for name, value in (("restart_window", restart_window),
+                            ("restart_backoff", restart_backoff),
+                            ("restart_backoff_max", restart_backoff_max)):
+            if (not isinstance(value, (int, float)) or isinstance(value, bool)
+                    or not 0 < value < float("inf")):
+                raise ConfigurationError(f"{name} must be a number of seconds > 0 "
+                                         f"(got {value!r})")
+        if restart_backoff > restart_backoff_max:
+            raise ConfigurationError(f"restart_backoff ({restart_backoff:g}) must not exceed "
+                                     f"restart_backoff_max ({restart_backoff_max:g})")
         try:
             pickle.dumps(main)
         except (pickle.PicklingError, AttributeError, TypeError) as exc:
@@ -345,15 +409,33 @@ class WorkerPool:
         self.port = port
         self.start_timeout = start_timeout
         self.stop_timeout = stop_timeout
+        self.restart = restart
+        self.max_restarts = max_restarts
+        self.restart_window = float(restart_window)
+        self.restart_backoff = float(restart_backoff)
+        self.restart_backoff_max = float(restart_backoff_max)
         self._given_budget = os.fspath(budget_path) if budget_path is not None else None
         #: The shared password-budget file (None with one worker).
         self.budget_path: str | None = None
+        #: Each index's current process (the last one while it waits for
+        #: its restart or after it was given up).
         self.processes: list[BaseProcess] = []
-        #: index -> exit code of each worker that exited while the pool ran.
+        #: index -> last exit code of each worker that exited on its own
+        #: and is not coming back: not restarted (``restart=False``) or
+        #: given up after ``max_restarts``. A worker that is restarted, or
+        #: waits for its restart, is not in it; a stopped pool adds nothing.
         self.exited: dict[int, int | None] = {}
+        #: index -> how often that worker was restarted (counted when the
+        #: new process listens).
+        self.restarts: dict[int, int] = {}
         self._pids: list[int] = []
+        self._slots: list[_Slot] = []
         self._sock: socket.socket | None = None
         self._tmpdir: str | None = None
+        self._reuse = False
+        self._ctx: Any = None
+        self._wake: tuple[Any, Any] | None = None
+        self._thread: threading.Thread | None = None
         self._stopping = False
         self._stopped = False
         self._lock = threading.Lock()
@@ -362,34 +444,59 @@ class WorkerPool:
     # -- queries ------------------------------------------------------------------
     @property
     def pids(self) -> list[int]:
-        """The workers' process ids, by index."""
+        """The workers' process ids, by index: each index's current process
+        (a restarted worker's new one; the last one while it waits for its
+        restart or after it was given up)."""
         return list(self._pids)
 
     @property
     def alive(self) -> int:
-        """Workers still running."""
-        return sum(1 for p in self.processes if _running(p))
+        """Worker processes running now (one being restarted counts once
+        spawned; one waiting for its restart does not)."""
+        return sum(1 for p in list(self.processes) if _running(p))
 
     # -- life -----------------------------------------------------------------------
     def start(self) -> Self:
         """Spawn the workers and wait until each listens."""
         if self.processes:
             raise ConfigurationError("this WorkerPool was started already")
-        ctx = multiprocessing.get_context("spawn")
+        self._ctx = multiprocessing.get_context("spawn")
         try:
-            self._start(ctx)
+            self._start()
         except BaseException:
             self.stop()
             raise
         atexit.register(self.stop)
-        threading.Thread(target=self._monitor, name="rolewire-workers", daemon=True).start()
+        self._wake = self._ctx.Pipe(duplex=False)
+        self._thread = threading.Thread(target=self._monitor, name="rolewire-workers",
+                                        daemon=True)
+        self._thread.start()
         log.info("workers listening", extra={
             "event": "workers_started", "workers": self.workers, "host": self.host,
             "port": self.port, "pids": self.pids})
         return self
 
-    def _start(self, ctx: Any) -> None:
-        reuse = reuse_port_available()
+    def _spawn(self, index: int) -> tuple[BaseProcess, Any]:
+        """Start worker ``index``; returns it and the end of the pipe it
+        reports ready (or its startup error) on. Every spawn, the first
+        and each restart, gets the same host:port and budget file."""
+        receiver, sender = self._ctx.Pipe(duplex=False)
+        info = WorkerInfo(index, self.workers, self.host, self.port, self._reuse,
+                          self.budget_path, _conn=sender,
+                          _owns_budget_dir=self._tmpdir is not None)
+        proc = self._ctx.Process(target=_worker_entry, args=(self.main, info),
+                                 name=f"rolewire-worker-{index}")
+        try:
+            proc.start()
+        except BaseException:
+            receiver.close()
+            raise
+        finally:
+            sender.close()  # the worker holds its own end
+        return proc, receiver
+
+    def _start(self) -> None:
+        self._reuse = reuse = reuse_port_available()
         if reuse:
             self._sock = _reserve_port(self.host, self.port)
             self.port = int(self._sock.getsockname()[1])
@@ -404,22 +511,17 @@ class WorkerPool:
             # Created here, before the workers race to create the table.
             SqliteBudgetStore(self.budget_path).close()
         pipes = []
-        for index in range(self.workers):
-            receiver, sender = ctx.Pipe(duplex=False)
-            info = WorkerInfo(index, self.workers, self.host, self.port, reuse,
-                              self.budget_path, _conn=sender,
-                              _owns_budget_dir=self._tmpdir is not None)
-            proc = ctx.Process(target=_worker_entry, args=(self.main, info),
-                               name=f"rolewire-worker-{index}")
-            proc.start()
-            sender.close()  # the worker holds its own end
-            self.processes.append(proc)
-            pipes.append(receiver)
-        self._pids = [p.pid or 0 for p in self.processes]
-        deadline = time.monotonic() + self.start_timeout
-        waiting = dict(enumerate(pipes))
-        ports: dict[int, int] = {}
         try:
+            for index in range(self.workers):
+                proc, receiver = self._spawn(index)
+                pipes.append(receiver)
+                with self._lock:
+                    self.processes.append(proc)
+                    self._pids.append(proc.pid or 0)
+                    self._slots.append(_Slot(index, proc))
+            deadline = time.monotonic() + self.start_timeout
+            waiting = dict(enumerate(pipes))
+            ports: dict[int, int] = {}
             while waiting:
                 left = deadline - time.monotonic()
                 if left <= 0:
@@ -453,33 +555,173 @@ class WorkerPool:
         if not reuse:  # one worker, no reserved port: it picked its own
             self.port = ports[0]
 
+    # -- the monitor thread -------------------------------------------------------
     def _monitor(self) -> None:
-        """Reports each worker that ends (until all have)."""
-        running = {p.sentinel: (i, p) for i, p in enumerate(self.processes)}
-        while running:
-            for sentinel in multiprocessing.connection.wait(list(running)):
-                index, proc = running.pop(sentinel)  # type: ignore[call-overload]
-                code = _exit_code(proc)
+        """Reports each worker that ends and restarts it (see the class
+        docstring), until every worker is down and none will be spawned:
+        after :meth:`stop`, or once every index was given up."""
+        assert self._wake is not None
+        wake = self._wake[0]
+        try:
+            while True:
                 with self._lock:
-                    stopping = self._stopping
-                    if not stopping:
-                        self.exited[index] = code
-                if stopping and code == 0:
+                    watched: dict[Any, _Slot] = {}
+                    deadlines = []
+                    for slot in self._slots:
+                        if slot.state in ("running", "starting"):
+                            watched[slot.proc.sentinel] = slot
+                        if slot.state == "starting":
+                            if slot.pipe is not None:
+                                watched[slot.pipe] = slot
+                            if not slot.timed_out:
+                                deadlines.append(slot.deadline)
+                        elif slot.state == "backoff":
+                            if self._stopping:
+                                slot.state = "down"  # stop() won: not spawned
+                            else:
+                                deadlines.append(slot.deadline)
+                    if not watched and not deadlines:
+                        break
+                timeout = (max(0.0, min(deadlines) - time.monotonic())
+                           if deadlines else None)
+                ready = multiprocessing.connection.wait([wake, *watched], timeout=timeout)
+                if wake in ready:
+                    try:
+                        wake.recv_bytes()
+                    except (EOFError, OSError):
+                        pass
+                # Ready messages first: a worker may report and die at once.
+                for obj in ready:
+                    slot = watched.get(obj)
+                    if slot is not None and obj is slot.pipe:
+                        self._read_pipe(slot)
+                for obj in ready:
+                    slot = watched.get(obj)
+                    if slot is not None and obj is slot.proc.sentinel:
+                        self._ended(slot)
+                self._due(time.monotonic())
+        finally:
+            with self._lock:
+                for slot in self._slots:
+                    if slot.pipe is not None:
+                        slot.pipe.close()
+                        slot.pipe = None
+            self._all_exited.set()
+
+    def _read_pipe(self, slot: _Slot) -> None:
+        """A restarted worker reported (or closed its pipe by exiting)."""
+        try:
+            message: Any = slot.pipe.recv()
+        except (EOFError, OSError):
+            message = None
+        slot.pipe.close()
+        with self._lock:
+            slot.pipe = None
+            if message is not None and message[0] == "error":
+                slot.error = str(message[1])
+            if message is None or message[0] != "ready" or slot.state != "starting":
+                return
+            slot.state = "running"
+            count = self.restarts[slot.index] = self.restarts.get(slot.index, 0) + 1
+        log.warning("worker %d restarted (pid %s, was %s, which exited with code %s)",
+                    slot.index, slot.proc.pid, slot.old_pid, slot.old_code, extra={
+                        "event": "worker_restarted", "worker": slot.index,
+                        "pid": slot.proc.pid, "old_pid": slot.old_pid,
+                        "exitcode": slot.old_code, "restarts": count})
+
+    def _ended(self, slot: _Slot) -> None:
+        """``slot``'s process exited: log it; restart it, give it up, or
+        (stopping, ``restart=False``) leave it down."""
+        proc = slot.proc
+        code = _exit_code(proc)
+        now = time.monotonic()
+        if slot.pipe is not None:  # what it sent before it exited, if anything
+            self._read_pipe(slot)
+        with self._lock:
+            starting = slot.state == "starting"
+            error, timed_out = slot.error, slot.timed_out
+            slot.error, slot.timed_out = None, False
+            stopping = self._stopping
+            delay: float | None = None
+            given_up = False
+            if stopping:
+                slot.state = "down"
+            else:
+                slot.crashes.append(now)
+                while slot.crashes and slot.crashes[0] <= now - self.restart_window:
+                    slot.crashes.popleft()
+                if not self.restart:
+                    slot.state = "down"
+                elif len(slot.crashes) > self.max_restarts:
+                    slot.state, given_up = "down", True
+                else:
+                    delay = min(self.restart_backoff * 2.0 ** (len(slot.crashes) - 1),
+                                self.restart_backoff_max)
+                    slot.state, slot.deadline = "backoff", now + delay
+                    slot.old_pid, slot.old_code = proc.pid, code
+                if slot.state == "down":
+                    self.exited[slot.index] = code
+        if stopping and code == 0:
+            return
+        why = (" before it listened (did not within start_timeout: killed)" if timed_out
+               else " before it listened" if starting else "")
+        what = (f": {error}" if error else "")
+        then = (" while stopping" if stopping
+                else f"; restarting it in {delay:g}s" if delay is not None else "")
+        level = logging.INFO if code == 0 and not starting else logging.ERROR
+        log.log(level, "worker %d (pid %s) exited with code %s%s%s%s", slot.index, proc.pid,
+                code, why, what, then, extra={
+                    "event": "worker_exited", "worker": slot.index, "pid": proc.pid,
+                    "exitcode": code, "restart_in": delay})
+        if given_up:
+            log.error("worker %d exited %d times within %gs: not restarted again",
+                      slot.index, len(slot.crashes), self.restart_window, extra={
+                          "event": "worker_given_up", "worker": slot.index,
+                          "pid": proc.pid, "exitcode": code,
+                          "exits": len(slot.crashes), "window": self.restart_window})
+
+    def _due(self, now: float) -> None:
+        """Spawn the workers whose backoff is over; kill the restarted ones
+        that did not listen within ``start_timeout``."""
+        for slot in self._slots:
+            if slot.state == "starting" and not slot.timed_out and now >= slot.deadline:
+                slot.timed_out = True  # its exit, seen next, counts as a crash
+                slot.proc.kill()
+            if slot.state != "backoff" or now < slot.deadline:
+                continue
+            # Spawned under the lock that stop() takes first: either stop()
+            # sees this process (and stops it), or this sees _stopping and
+            # does not spawn.
+            with self._lock:
+                if self._stopping:
+                    slot.state = "down"
                     continue
-                level = logging.INFO if code == 0 else logging.ERROR
-                log.log(level, "worker %d (pid %s) exited with code %s%s", index, proc.pid,
-                        code, " while stopping" if stopping else "", extra={
-                            "event": "worker_exited", "worker": index, "pid": proc.pid,
-                            "exitcode": code})
-        self._all_exited.set()
+                try:
+                    proc, pipe = self._spawn(slot.index)
+                except OSError as exc:  # out of processes or descriptors: try again later
+                    slot.deadline = now + self.restart_backoff_max
+                    log.error("worker %d could not be spawned again (%s): next try in %gs",
+                              slot.index, type(exc).__name__, self.restart_backoff_max,
+                              extra={"event": "worker_spawn_failed", "worker": slot.index})
+                    continue
+                slot.proc, slot.pipe, slot.state = proc, pipe, "starting"
+                slot.deadline = time.monotonic() + self.start_timeout
+                self.processes[slot.index] = proc
+                self._pids[slot.index] = proc.pid or 0
 
     def wait(self, timeout: float | None = None) -> bool:
-        """Wait until every worker has exited; True if they have."""
+        """Wait until every worker has exited and none will be restarted
+        (after :meth:`stop`, or once every index was given up); True if so."""
         return self._all_exited.wait(timeout)
 
     def signal(self, signum: int) -> None:
-        """Send ``signum`` to every running worker (e.g. SIGHUP: reload)."""
-        for proc in self.processes:
+        """Send ``signum`` to every running worker (e.g. SIGHUP: reload).
+        A worker still starting after a restart is skipped: it reads its
+        config as it starts, and before its handlers are set up a SIGHUP
+        would end it."""
+        with self._lock:
+            procs = [slot.proc for slot in self._slots if slot.state == "running"]
+        for proc in procs:
             if _running(proc) and proc.pid is not None:
                 try:
                     os.kill(proc.pid, signum)
@@ -489,24 +731,39 @@ class WorkerPool:
     def stop(self, timeout: float | None = None) -> None:
         """SIGTERM every worker (each drains), wait up to ``timeout``
         (default ``stop_timeout``) seconds, kill the rest; then free the
-        port and remove the temporary budget file. Idempotent."""
+        port and remove the temporary budget file. A worker waiting for its
+        restart is not spawned again; one being spawned is stopped with the
+        others. Idempotent."""
         with self._lock:
             if self._stopped:
                 return
             self._stopped = self._stopping = True
+            # Taken under the lock: no respawn can slip in after this list.
+            procs = list(enumerate(self.processes))
         atexit.unregister(self.stop)
-        for proc in self.processes:
+        if self._wake is not None:  # the monitor drops its pending restarts
+            try:
+                self._wake[1].send_bytes(b"")
+            except OSError:
+                pass
+        for _, proc in procs:
             if _running(proc):
                 proc.terminate()
         deadline = time.monotonic() + (self.stop_timeout if timeout is None else timeout)
-        for proc in self.processes:
+        for _, proc in procs:
             proc.join(max(0.0, deadline - time.monotonic()))
-        for index, proc in enumerate(self.processes):
+        for index, proc in procs:
             if _running(proc):
                 log.warning("worker %d (pid %s) did not stop in time: killed", index, proc.pid,
                             extra={"event": "worker_killed", "worker": index, "pid": proc.pid})
                 proc.kill()
                 proc.join(10)
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(10)
+        # (a monitor still running, stuck reaping, keeps its wake-up pipe)
+        if self._wake is not None and self._all_exited.is_set():
+            for end in self._wake:
+                end.close()
         if self._sock is not None:
             self._sock.close()
             self._sock = None
@@ -527,6 +784,8 @@ def serve_workers(factory: Callable[[], Any] | str, *, workers: int | None = Non
                   host: str = "127.0.0.1", port: int = 0,
                   budget_path: str | os.PathLike[str] | None = None,
                   start_timeout: float = 60.0, stop_timeout: float = 30.0,
+                  restart: bool = True, max_restarts: int = 5, restart_window: float = 60.0,
+                  restart_backoff: float = 0.5, restart_backoff_max: float = 30.0,
                   **serve_options: Any) -> WorkerPool:
     """Serve on ``host:port`` from ``workers`` processes (default: one per
     CPU) and return the started :class:`WorkerPool` (``pool.port``,
@@ -542,7 +801,10 @@ def serve_workers(factory: Callable[[], Any] | str, *, workers: int | None = Non
     string. ``serve_options`` are :func:`serve`'s keyword arguments
     (picklable ones). With more than one worker, the password roles' budget
     is shared (see the module's docstring); ``budget_path`` names the file
-    (default: a temporary one, removed by :meth:`WorkerPool.stop`). Raises
+    (default: a temporary one, removed by :meth:`WorkerPool.stop`). A
+    worker that exits on its own is restarted (``restart``,
+    ``max_restarts``, ``restart_window``, ``restart_backoff``,
+    ``restart_backoff_max``: see :class:`WorkerPool`). Raises
     :class:`~rolewire.errors.ConfigurationError` for more than one worker
     where SO_REUSEPORT is unavailable, and
     :class:`~rolewire.errors.WorkerFailed` if a worker does not start."""
@@ -558,5 +820,7 @@ def serve_workers(factory: Callable[[], Any] | str, *, workers: int | None = Non
         raise ConfigurationError(f"serve_workers: {exc}") from None
     pool = WorkerPool(_ServeMain(factory, dict(serve_options)), workers=workers, host=host,
                       port=port, budget_path=budget_path, start_timeout=start_timeout,
-                      stop_timeout=stop_timeout)
+                      stop_timeout=stop_timeout, restart=restart, max_restarts=max_restarts,
+                      restart_window=restart_window, restart_backoff=restart_backoff,
+                      restart_backoff_max=restart_backoff_max)
     return pool.start()
