@@ -13,8 +13,10 @@ import sys
 
 from cffi import FFI
 
-# setuptools wants paths relative to setup.py, which is where it runs us.
-_CSRC = "csrc"
+# setuptools wants paths relative to setup.py, which is where it runs us;
+# run as a script (a development build, see the end), from anywhere.
+_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_CSRC = "csrc" if __name__ != "__main__" else os.path.join(_ROOT, "csrc")
 
 CDEF = """
 #define RW_VERSION ...
@@ -314,4 +316,22 @@ ffibuilder.set_source(
 )
 
 if __name__ == "__main__":
-    ffibuilder.compile(verbose=True)
+    # A development build: the module goes into src/rolewire/, next to the
+    # Python code an editable install runs. It compiles in a scratch
+    # directory: in the project's root, setuptools would read its
+    # pyproject.toml, which an older setuptools in a venv rejects (PEP 639
+    # license field); pip builds with its own, newer setuptools.
+    import glob
+    import shutil
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="rolewire-build-") as scratch:
+        os.chdir(scratch)
+        ffibuilder.compile(tmpdir=scratch, verbose=True)
+        built = glob.glob(os.path.join(scratch, "rolewire", "_native*.*"))
+        built = [path for path in built if not path.endswith((".c", ".o"))]
+        if not built:
+            sys.exit("the build produced no module")
+        for path in built:
+            shutil.copy2(path, os.path.join(_ROOT, "src", "rolewire"))
+            print("built", os.path.join("src", "rolewire", os.path.basename(path)))
