@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from rolewire.aio.workers import reuse_port_available
+from rolewire.benchmarks import workers as workers_bench
 
 
 def rolewire(*args, env_extra=None):
@@ -68,3 +69,12 @@ def test_bench_workers_json(tmp_path):
     assert report["handshakes_per_s_workers2"] > 0
     assert report["workers2_vs_workers1"] == report["ratios"]["workers2_vs_workers1"] > 0
     assert len(report["runs"]["workers1"]) == len(report["runs"]["workers2"]) == report["rounds"]
+    # What bench all takes from it (no target: the clients share the cores).
+    summary: dict = {"workers": report, "ratios": {}, "targets": {}}
+    workers_bench.merge_into(summary)
+    assert summary["workers1_handshakes_per_s"] == report["handshakes_per_s_workers1"]
+    assert summary["workers2_handshakes_per_s"] == report["handshakes_per_s_workers2"]
+    assert summary["ratios"]["workers2_vs_workers1"] == report["workers2_vs_workers1"]
+    assert summary["ratio_ranges"]["workers2_vs_workers1"] == (
+        report["ratio_ranges"]["workers2_vs_workers1"])
+    assert summary["targets"] == {}

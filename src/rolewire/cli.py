@@ -90,7 +90,7 @@ COMPARE_KINDS = ("channel", "auth", "connect", "fleet")
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    kinds = (["record", "handshake", *COMPARE_KINDS, "audit", "http", "nats"]
+    kinds = (["record", "handshake", "workers", *COMPARE_KINDS, "audit", "http", "nats"]
              if args.kind == "all" else [args.kind])
     wanted = [k for k in kinds if k in COMPARE_KINDS]
     if getattr(args, "plot", None) and not wanted and "http" not in kinds:
@@ -124,8 +124,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if "workers" in kinds:  # issue 13: serve_workers with 1 and 2 processes
         from rolewire.benchmarks import workers as workers_bench
 
+        # bench all runs it --quick (~10 s; the full run is bench workers).
         report["workers"] = _progress_runner("bench workers", workers_bench.run,
-                                             quick=args.quick)
+                                             quick=args.quick or args.kind == "all")
         workers_bench.print_report(report["workers"])
     if "audit" in kinds:  # issue 18: signed calls vs stored JWTs, end-user context
         from rolewire.benchmarks import audit
@@ -166,6 +167,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
             from rolewire.benchmarks import audit
 
             audit.merge_into(report)
+        if "workers" in report:
+            from rolewire.benchmarks import workers as workers_bench
+
+            workers_bench.merge_into(report)
         if "http" in report:
             for key in ("ratios", "ratio_ranges", "targets", "targets_met"):
                 report[key].update(report["http"][key])

@@ -164,6 +164,19 @@ def run(quick: bool = False, progress: Progress | None = None) -> dict[str, Any]
     }
 
 
+def merge_into(report: dict[str, Any]) -> None:
+    """Add this benchmark to a ``bench all`` summary: the two rates as
+    ``workers1_handshakes_per_s`` and ``workers2_handshakes_per_s`` at the
+    top, ``workers2_vs_workers1`` under ``ratios`` and ``ratio_ranges``
+    (no target: see the module docstring)."""
+    workers = report["workers"]
+    report["workers1_handshakes_per_s"] = workers["handshakes_per_s_workers1"]
+    report["workers2_handshakes_per_s"] = workers["handshakes_per_s_workers2"]
+    report.setdefault("ratios", {})["workers2_vs_workers1"] = workers["workers2_vs_workers1"]
+    report.setdefault("ratio_ranges", {})["workers2_vs_workers1"] = (
+        workers["ratio_ranges"]["workers2_vs_workers1"])
+
+
 def print_report(result: dict[str, Any]) -> None:
     """The two rates and their ratio."""
     from rich.console import Console
