@@ -30,7 +30,7 @@ from rolewire.protocol import (
     OtherMessage,
     ReplyReceived,
 )
-from rolewire.protocol.wire import FrameKind, encode_frame
+from rolewire.protocol.wire import CallMessage, FrameKind, MessageType, encode, encode_frame
 from rolewire.roles.key import KeyRole
 from rolewire.services import Service
 
@@ -47,13 +47,16 @@ def make_service() -> Service:
     svc.add("echo", lambda call, body: body, roles=["shop"])
     svc.add("sink", lambda call, body: None, roles=["shop"])
     svc.add("admin_op", lambda call, body: b"secret", roles=["admin"])
+    svc.add("echo_meta", lambda call, body: body, roles=["shop"])
     return svc
 
 
 def established(fast: bool, container_bytes: int, batched: bool = False,
-                service: Service | None = None) -> tuple[Connection, Connection]:
+                service: Service | None = None,
+                client_fast: bool = True) -> tuple[Connection, Connection]:
     client = Connection.client(CLIENT_CFG, now=NOW, peer="server",
-                               settings=ConnectionSettings(container_bytes=container_bytes))
+                               settings=ConnectionSettings(container_bytes=container_bytes,
+                                                           fast_receive=client_fast))
     server = Connection.server(SERVER_CFG, service or make_service(), now=NOW, peer="client",
                                settings=ConnectionSettings(
                                    fast_receive=fast, batch_notifications=batched,
@@ -324,6 +327,51 @@ def test_a_client_parses_replies_to_its_calls_on_the_fast_path():
     replies = [e for e in client.events() if isinstance(e, ReplyReceived)]
     assert [(r.call_id, r.body) for r in replies] == [(call_id, b"ping")]
     assert client._ops is not None and client._ops.find(b"echo") >= 0
+
+
+def _reply_event(event: object) -> tuple:
+    """A client event as comparable plain data (replies with id and body)."""
+    if isinstance(event, ReplyReceived):
+        return ("reply", event.call_id, event.body, dict(event.metadata))
+    if isinstance(event, CallFailed):
+        return ("failed", event.call_id, type(event.error).__name__, str(event.error))
+    return normal(event)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(calls=st.lists(st.sampled_from(["echo", "admin_op", "nope", "echo_meta"]),
+                      min_size=1, max_size=30),
+       container=st.sampled_from([0, 64, 16 * 1024]),
+       cuts=st.lists(st.integers(min_value=0, max_value=1 << 16), max_size=8),
+       close=st.booleans())
+def test_a_client_gets_the_reply_events_of_the_decoder_path(calls, container, cuts, close):
+    """Pipelined replies (responses, error replies, replies with metadata, a
+    CLOSE after a refusal or at the end) in one chunk or cut anywhere: the
+    client's fast path gives the events of its frame-decoder path, in order."""
+    results = []
+    for fast in (False, True):
+        client, server = established(True, container, client_fast=fast)
+        ids = [client.call(op, b"%d" % i, timeout=None) for i, op in enumerate(calls)]
+        server.receive_data(client.data_to_send(NOW), NOW)
+        for event in server.events():
+            if isinstance(event, CallReceived):
+                if event.operation.name == "echo_meta" and not server.closing:
+                    server.queue_message(encode(CallMessage(
+                        MessageType.RESPONSE, event.call_id, "echo_meta", event.body,
+                        {"trace": b"t"})))
+                    server.inflight -= 1
+                else:
+                    server.reply(event.call_id, event.operation.name, event.body)
+        if close:
+            server.begin_close("shutdown", NOW)
+        data = server.data_to_send(NOW)
+        positions = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
+        for a, b in itertools.pairwise(positions):
+            client.receive_data(data[a:b], NOW)
+        results.append(([_reply_event(e) for e in client.events()], client.pending_calls,
+                         client.ended))
+        assert ids
+    assert results[0] == results[1]
 
 
 def _burst(client: Connection, bodies: list[bytes], sink: object) -> bytes:

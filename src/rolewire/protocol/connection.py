@@ -984,6 +984,23 @@ class Connection:
                                                     bytes(view[at:at + body_len[i]]))
                                 i += 1
                                 continue
+                    if kind == _RESPONSE and index >= 0 and not admit:
+                        # A reply (pipelined calls): matched here, in order
+                        # after what is pending, without a CallMessage.
+                        if pending:
+                            if not self._drain_pending(pending, admit, close_before):
+                                return
+                            pending = []
+                            can_notify = (not (self._closing or close_before)
+                                          and self._service is not None)
+                        at = body_off[i]
+                        if not self._reply_received(batch.call_ids[i],
+                                                    plain[at:at + body_len[i]]
+                                                    if plain is not None else
+                                                    bytes(view[at:at + body_len[i]])):
+                            return
+                        i += 1
+                        continue
                     if plain is None:
                         plain = bytes(view[:used])
                     if index >= 0:
