@@ -37,7 +37,7 @@ def test_bench_record_json(tmp_path):
     assert result.returncode == 0, result.stderr
     report = json.loads(out.read_text())
     for name in ("record_batch64_vs_raw", "record_single64_vs_cryptography",
-                 "aegis_batch64_vs_chacha_batch64"):
+                 "aegis_batch64_vs_chacha_batch64", "aegis_raw64_vs_chacha_raw64"):
         assert report["ratios"][name] > 0
     impls = report["results"]["CHACHA20-POLY1305"]
     assert set(impls) == {"raw_c", "single", "batch", "pure", "cryptography"}
