@@ -240,11 +240,16 @@ def test_metadata_reaches_the_handler_context():
     assert dict(received.context.metadata) == {"trace": b"abc"}
 
 
+def small_records_pair() -> Pair:
+    """An established pair whose records hold at most 1 KiB of plaintext."""
+    def small() -> HandshakeConfig:
+        return HandshakeConfig(roles=[KeyRole("shop", SHOP_KEY)],
+                               record_limits=RecordLimits(max_plaintext=1024))
+    return established(client_cfg=small(), server_cfg=small())
+
+
 def test_record_too_large_is_refused_before_queueing():
-    small = HandshakeConfig(roles=[KeyRole("shop", SHOP_KEY)],
-                            record_limits=RecordLimits(max_plaintext=1024))
-    pair = established(client_cfg=small, server_cfg=HandshakeConfig(
-        roles=[KeyRole("shop", SHOP_KEY)], record_limits=RecordLimits(max_plaintext=1024)))
+    pair = small_records_pair()
     with pytest.raises(errors.RecordTooLarge):
         pair.client.call("echo", b"x" * 2000)
     with pytest.raises(errors.RecordTooLarge):
@@ -647,10 +652,7 @@ def test_send_call_starts_a_due_rehandshake_first():
 
 
 def test_send_call_refuses_like_call_with_nothing_sent():
-    small = HandshakeConfig(roles=[KeyRole("shop", SHOP_KEY)],
-                            record_limits=RecordLimits(max_plaintext=1024))
-    pair = established(client_cfg=small, server_cfg=HandshakeConfig(
-        roles=[KeyRole("shop", SHOP_KEY)], record_limits=RecordLimits(max_plaintext=1024)))
+    pair = small_records_pair()
     with pytest.raises(errors.RecordTooLarge):
         pair.client.send_call("echo", b"x" * 2000, now=pair.now)
     assert pair.client.pending_calls == 0 and not pair.client.has_output
