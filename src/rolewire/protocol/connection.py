@@ -148,6 +148,8 @@ _CLOSE = encode(CallMessage(MessageType.CLOSE, 0, ""))
 _NOTIFY = int(MessageType.NOTIFY)
 _REQUEST = int(MessageType.REQUEST)
 _RESPONSE = int(MessageType.RESPONSE)
+#: The fast-path route of a reply in Connection._fast_messages.
+_REPLY = object()
 #: Operation names a client connection's fast-path table holds (those of its
 #: calls; replies to others are decoded the slow way).
 CLIENT_OPERATIONS = 64
@@ -919,9 +921,14 @@ class Connection:
                 if st == MSG:
                     kind = types[i]
                     index = op_index[i]
-                    if kind == _NOTIFY and can_notify and index >= 0:
-                        entry = fast_notify.get(index)
-                        if entry is None and index not in undecided:
+                    # The fast way this message takes, if any: a cached
+                    # notification entry, a request's Operation, or a reply.
+                    route: Any = None
+                    if index < 0:
+                        pass
+                    elif kind == _NOTIFY and can_notify:
+                        route = fast_notify.get(index)
+                        if route is None and index not in undecided:
                             # Not decided yet: this one goes the slow way (in
                             # order), which decides and caches; later ones of
                             # the batch may then take the fast way.
@@ -939,68 +946,58 @@ class Connection:
                                 undecided.add(index)
                             i += 1
                             continue
-                        if entry is not None:
-                            if pending:
-                                if not self._drain_pending(pending, admit, close_before):
-                                    return
-                                pending = []
-                                can_notify = not self._closing
-                            if can_notify:
-                                j = i + 1
-                                if runs:
-                                    while j < count and op_index[j] == index and \
-                                            types[j] == _NOTIFY and status[j] == MSG:
-                                        j += 1
-                                if j - i > 1:
-                                    append(NotifiedBatch(entry[0], entry[1], [
-                                        plain[at:at + n]
-                                        for at, n in zip(body_off[i:j], body_len[i:j])]
-                                        if plain is not None else [
-                                        bytes(view[at:at + n])
-                                        for at, n in zip(body_off[i:j], body_len[i:j])]))
-                                else:
-                                    at = body_off[i]
-                                    append(Notified(entry[0], entry[1],
-                                                    plain[at:at + body_len[i]]
-                                                    if plain is not None else
-                                                    bytes(view[at:at + body_len[i]])))
-                                i = j
-                                continue
-                    if kind == _REQUEST and can_notify and index >= 0 and batch.call_ids[i]:
-                        operation = fast_request.get(index)
-                        if operation is None:
-                            operation = self._fast_request_entry(index, names[index])
-                        if operation is not None:
-                            if pending:
-                                if not self._drain_pending(pending, admit, close_before):
-                                    return
-                                pending = []
-                                can_notify = not self._closing
-                            if can_notify:
-                                at = body_off[i]
-                                self._call_received(operation, batch.call_ids[i],
-                                                    plain[at:at + body_len[i]]
-                                                    if plain is not None else
-                                                    bytes(view[at:at + body_len[i]]))
-                                i += 1
-                                continue
-                    if kind == _RESPONSE and index >= 0 and not admit:
-                        # A reply (pipelined calls): matched here, in order
-                        # after what is pending, without a CallMessage.
-                        if pending:
+                    elif kind == _REQUEST and can_notify and batch.call_ids[i]:
+                        route = fast_request.get(index)
+                        if route is None:
+                            route = self._fast_request_entry(index, names[index])
+                    elif kind == _RESPONSE and not admit:
+                        route = _REPLY  # (pipelined calls): no CallMessage
+                    if route is not None:
+                        if pending:  # what came before goes first, in order
                             if not self._drain_pending(pending, admit, close_before):
                                 return
                             pending = []
                             can_notify = (not (self._closing or close_before)
                                           and self._service is not None)
-                        at = body_off[i]
-                        if not self._reply_received(batch.call_ids[i],
-                                                    plain[at:at + body_len[i]]
-                                                    if plain is not None else
-                                                    bytes(view[at:at + body_len[i]])):
-                            return
-                        i += 1
-                        continue
+                        if kind == _RESPONSE:
+                            at = body_off[i]
+                            if not self._reply_received(batch.call_ids[i],
+                                                        plain[at:at + body_len[i]]
+                                                        if plain is not None else
+                                                        bytes(view[at:at + body_len[i]])):
+                                return
+                            i += 1
+                            continue
+                        if can_notify and kind == _NOTIFY:
+                            j = i + 1
+                            if runs:
+                                while j < count and op_index[j] == index and \
+                                        types[j] == _NOTIFY and status[j] == MSG:
+                                    j += 1
+                            if j - i > 1:
+                                append(NotifiedBatch(route[0], route[1], [
+                                    plain[at:at + n]
+                                    for at, n in zip(body_off[i:j], body_len[i:j])]
+                                    if plain is not None else [
+                                    bytes(view[at:at + n])
+                                    for at, n in zip(body_off[i:j], body_len[i:j])]))
+                            else:
+                                at = body_off[i]
+                                append(Notified(route[0], route[1],
+                                                plain[at:at + body_len[i]]
+                                                if plain is not None else
+                                                bytes(view[at:at + body_len[i]])))
+                            i = j
+                            continue
+                        if can_notify:  # a request
+                            at = body_off[i]
+                            self._call_received(route, batch.call_ids[i],
+                                                plain[at:at + body_len[i]]
+                                                if plain is not None else
+                                                bytes(view[at:at + body_len[i]]))
+                            i += 1
+                            continue
+                        # The drain began closing: the slow way refuses it.
                     if plain is None:
                         plain = bytes(view[:used])
                     if index >= 0:
