@@ -43,9 +43,20 @@ from rolewire.protocol.wire import split_packets
 from rolewire.services import Service
 
 if TYPE_CHECKING:
+    from typing import TypedDict
+
     from typing_extensions import Self
 
     from rolewire.telemetry import Telemetry
+
+    class _SessionOptions(TypedDict):
+        """NatsChannel's keyword arguments of :func:`_open_session`."""
+
+        timeout: float
+        batch: bool
+        call_timeout: float | None
+        keepalive_interval: float | None
+        liveness_timeout: float
 
 __all__ = ["NatsChannel", "NatsDriver", "NatsInstance", "connect_nats", "serve_nats"]
 
@@ -139,7 +150,7 @@ class NatsDriver(Driver):
     def __init__(self, conn: Connection, nc: Any, *, send_subject: str | None,
                  reply_subject: str, batch: bool = True,
                  on_timer_events: Callable[[], None] = lambda: None,
-                 on_end: Callable[[], None] = lambda: None) -> None:
+                 on_end: Callable[[], object] = lambda: None) -> None:
         super().__init__(conn, on_timer_events=on_timer_events)
         self.nc = nc
         self.send_subject = send_subject
@@ -603,9 +614,9 @@ class NatsChannel:
         self.nc = nc
         self.subject = subject
         self.config = config
-        self._options = {"timeout": timeout, "batch": batch, "call_timeout": call_timeout,
-                         "keepalive_interval": keepalive_interval,
-                         "liveness_timeout": liveness_timeout}
+        self._options: _SessionOptions = {
+            "timeout": timeout, "batch": batch, "call_timeout": call_timeout,
+            "keepalive_interval": keepalive_interval, "liveness_timeout": liveness_timeout}
         self._channel: Channel | None = None
         self._opening: asyncio.Lock = asyncio.Lock()
         self._closed = False

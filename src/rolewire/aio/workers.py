@@ -562,6 +562,7 @@ class WorkerPool:
         after :meth:`stop`, or once every index was given up."""
         assert self._wake is not None
         wake = self._wake[0]
+        slot: _Slot | None  # (also what watched.get() found, below)
         try:
             while True:
                 with self._lock:

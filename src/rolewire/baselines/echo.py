@@ -203,4 +203,4 @@ async def connect(host: str, port: int,
     transport, protocol = await loop.create_connection(
         _Client, host, port, ssl=ssl_context,
         server_hostname=server_hostname if ssl_context is not None else None)
-    return EchoClient(transport, protocol)  # type: ignore[arg-type]
+    return EchoClient(transport, protocol)

@@ -99,7 +99,7 @@ class _Clients:
         """Handshakes per second of all clients together against ``port``."""
         for pipe in self.pipes:
             pipe.send(("run", port, seconds))
-        results = [pipe.recv() for pipe in self.pipes]
+        results: list[tuple[int, float]] = [pipe.recv() for pipe in self.pipes]
         return sum(n / elapsed for n, elapsed in results)
 
     def close(self) -> None:

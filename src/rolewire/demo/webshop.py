@@ -307,6 +307,7 @@ class _NATS(_Transport):
     async def _client(self) -> Any:
         import nats
 
+        assert self.url is not None  # (set by start(), which runs first)
         client = await nats.connect(self.url)
         self.clients.append(client)
         return client

@@ -284,7 +284,7 @@ class EndUserVerifier:
         if not isinstance(token, str):
             raise EndUserTokenInvalid("end-user token is not text")
         digest = hashlib.sha256(token.encode("ascii", "replace")).digest()
-        entry = cache.get(digest) if cache is not None else None
+        entry: _CacheEntry | None = cache.get(digest) if cache is not None else None
         now = self.clock()
         if entry is not None and now <= entry.verified.expires_at + self.clock_skew:
             if entry.last is not None and entry.last[0] == act and entry.last[1] == peer_roles:

@@ -187,7 +187,8 @@ def frame(msg_type: int, body: bytes, max_size: int = MAX_MESSAGE_SIZE) -> bytes
     return bytes((msg_type,)) + len(body).to_bytes(3, "big") + body
 
 
-def parse_frame_header(header: bytes, max_size: int = MAX_MESSAGE_SIZE) -> tuple[int, int]:
+def parse_frame_header(header: bytes | bytearray,
+                       max_size: int = MAX_MESSAGE_SIZE) -> tuple[int, int]:
     """``(type, body_length)`` from the first 4 bytes of ``header`` (a frame
     header, or a buffer that starts with one); checks the size bound."""
     msg_type = header[0]

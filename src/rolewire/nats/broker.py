@@ -97,7 +97,7 @@ class NatsServer:
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
-    def start(self) -> NatsServer:
+    def start(self) -> Self:
         """Start the process and wait until it listens; returns ``self``."""
         if self.running:
             return self
@@ -188,7 +188,7 @@ class NatsCluster:
     def urls(self) -> list[str]:
         return [node.url for node in self.nodes]
 
-    def start(self, settle: float = 15.0) -> NatsCluster:
+    def start(self, settle: float = 15.0) -> Self:
         first = NatsServer(cluster_name=self.name).start()
         self.nodes = [first]
         try:

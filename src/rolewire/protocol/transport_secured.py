@@ -193,10 +193,12 @@ class TransportSecuredConnection(Connection):
         self.transport_session = TransportSession(frozenset(peer_roles),
                                                   max_plaintext=max_plaintext,
                                                   transcript_hash=transcript_hash)
-        # (read by _new_handshake, which the base constructor calls)
+        # (read by _new_handshake, which the base constructor calls). The
+        # ignores: TransportSecurity and TransportSession stand where a
+        # handshake suite and a Session are (see their docstrings).
         self._greeting = _Greeting(client, bytes(greeting), HandshakeComplete(
-            frozenset(peer_roles), security, transcript_hash,
-            self.transport_session))  # type: ignore[arg-type]
+            frozenset(peer_roles), security,  # type: ignore[arg-type]
+            transcript_hash, self.transport_session))  # type: ignore[arg-type]
         if s.max_frame is None:
             s = dataclasses.replace(s, max_frame=max_plaintext)
         # Frames carry plaintext call messages, not records: never the

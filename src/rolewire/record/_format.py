@@ -167,7 +167,9 @@ def error_for(code: int) -> RolewireError:
     return cls(message)
 
 
-_CODES = {(cls, message): code for code, (cls, message) in _ERRORS.items()}
+# Keyed by any exception's type: status_of() looks up whatever it is given.
+_CODES: dict[tuple[type[BaseException], str], int] = {
+    (cls, message): code for code, (cls, message) in _ERRORS.items()}
 
 
 def status_of(error: BaseException) -> int:

@@ -31,7 +31,7 @@ import datetime
 import enum
 import hashlib
 from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from rolewire.errors import ConfigurationError, RoleProofInvalid
 
@@ -118,13 +118,13 @@ def role_hint(hint_key: bytes, nonce: bytes, kind: int, flags: int, rid: bytes) 
     return _hint_finish(_hint_prefix(hint_key, nonce), kind, flags, rid)
 
 
-def _hint_prefix(hint_key: bytes, nonce: bytes) -> Any:
+def _hint_prefix(hint_key: bytes, nonce: bytes) -> hashlib.blake2b:
     """The keyed BLAKE2b state of :func:`role_hint` after the nonce (shared
     by a role's hints for every flag combination)."""
     return hashlib.blake2b(nonce, key=hint_key, digest_size=HINT_SIZE, person=b"rolewire2hint")
 
 
-def _hint_finish(prefix: Any, kind: int, flags: int, rid: bytes) -> bytes:
+def _hint_finish(prefix: hashlib.blake2b, kind: int, flags: int, rid: bytes) -> bytes:
     h = prefix.copy()
     h.update(bytes((kind, flags)) + rid)
     return h.digest()
