@@ -14,12 +14,27 @@ import asyncio
 import logging
 import weakref
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rolewire.errors import ConnectionClosed, PeerUnresponsive
 from rolewire.protocol import Connection, Failed, HandshakeDone
 
 log = logging.getLogger("rolewire.aio")
+
+if TYPE_CHECKING:
+    from typing import Protocol
+
+    class _HandshakeDriver(Protocol):
+        """What :func:`run_handshake` moves a handshake with: a
+        :class:`StreamDriver` (chunks of bytes) or rolewire.aio.nats's
+        NatsDriver (lists of packets); ``receive`` takes what ``read`` gives."""
+
+        conn: Connection
+        loop: asyncio.AbstractEventLoop
+
+        def receive(self, data: Any, /) -> None: ...
+        def flush(self, *, arm: bool = True) -> None: ...
+        async def read(self) -> Any: ...
 
 #: Bytes asked of the stream per read; every record of one chunk is opened
 #: with one native call. Buffers stay below glibc's mmap threshold (128 KiB):
@@ -208,7 +223,9 @@ class StreamDriver(Driver):
         super().__init__(conn, on_timer_events=on_timer_events)
         self.reader = reader
         self.writer = writer
-        self.transport = writer.transport
+        # StreamWriter.transport is typed a WriteTransport; a stream's is a
+        # full Transport (the server pauses and resumes reading through it).
+        self.transport: asyncio.Transport = writer.transport  # type: ignore[assignment]
         self.write_timeout = write_timeout
         self.transport.set_write_buffer_limits(high=WRITE_HIGH_WATER, low=WRITE_LOW_WATER)
         limit_recv_size(self.transport)
@@ -412,7 +429,7 @@ def handshake_outcome(conn: Connection) -> tuple[HandshakeDone | None, Failed | 
     return None, None
 
 
-async def run_handshake(driver: StreamDriver, first_data: bytes = b"") -> None:
+async def run_handshake(driver: _HandshakeDriver, first_data: bytes = b"") -> None:
     """Move the handshake's bytes until the connection is established or has
     ended (its events say which; protocol failures are events, not
     exceptions). ``first_data``: bytes already read from the stream. The

@@ -52,6 +52,8 @@ from rolewire.services import Refusal, Service
 from rolewire.session import Session
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable
+
     from typing_extensions import Self
 
     from rolewire.telemetry import Telemetry
@@ -242,7 +244,7 @@ class _ServerConnection:
         """Events outside a received chunk (timers, replies of tasks)."""
         for event in self.conn.events():
             if type(event) is CallReceived:  # cannot happen outside a chunk
-                self._call(event)  # type: ignore[arg-type]
+                self._call(event)
             else:
                 self._control(event)
         if self.conn.session is not None:
@@ -289,7 +291,10 @@ class _ServerConnection:
             kind = type(event)
             if kind is NotifiedBatch:
                 stats.notifications += len(event.bodies)
-                pending = invoke_many(event.operation, event.context, event.bodies)
+                # (ignore: invoke_many is None only for a service without
+                # one, whose connections are not set to batch notifications)
+                pending = invoke_many(  # type: ignore[misc]
+                    event.operation, event.context, event.bodies)
                 if pending is not None:
                     return _Stop(i, pending, False)
             elif kind is Notified:
@@ -350,7 +355,7 @@ class _ServerConnection:
         span = telemetry.start_call(service.name, name, True, self.peer,
                                     event.context.metadata)
         started = self._loop.time()
-        result: bytes | Refusal | None = None
+        result: bytes | Refusal | Awaitable[bytes | Refusal] | None = None
         try:
             if span is None:
                 result = service.invoke(event.operation, event.context, event.body)

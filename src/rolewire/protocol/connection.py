@@ -169,8 +169,12 @@ def _shared_operation_table(service: object) -> OperationTable | None:
     found = _OPERATION_TABLES.get(key)
     if found is not None and found[0]() is service:
         return found[1]
+
+    def forget(_ref: weakref.ref[Any], key: int = key) -> None:
+        _OPERATION_TABLES.pop(key, None)
+
     try:
-        ref = weakref.ref(service, lambda _ref, key=key: _OPERATION_TABLES.pop(key, None))
+        ref = weakref.ref(service, forget)
     except TypeError:
         return None
     table = OperationTable()
@@ -745,14 +749,14 @@ class Connection:
         errors: list[RecordError] | None = None
         for item in results:
             if item.__class__ is bytes:
-                if item[:1] == b"\x08":  # type: ignore[index]  # CONTAINER
+                if item[:1] == b"\x08":  # CONTAINER
                     try:
-                        good.extend(decode_container(item))  # type: ignore[arg-type]
+                        good.extend(decode_container(item))
                     except ProtocolViolation as exc:
                         self._fail(exc, "protocol_violation")
                         return
                 else:
-                    good.append(item)  # type: ignore[arg-type]
+                    good.append(item)
             elif isinstance(item, RecordError):
                 if errors is None:
                     errors = []
@@ -1500,8 +1504,9 @@ class Connection:
         :meth:`data_to_send`."""
         self.check_open()
         if metadata:
-            messages = [self._message(MessageType.NOTIFY, 0, operation, body, metadata)
-                        for body in bodies]
+            messages: list[bytes] | tuple[bytes, ...] = [
+                self._message(MessageType.NOTIFY, 0, operation, body, metadata)
+                for body in bodies]
             head = b""
         else:
             # Messages are built batch by batch below (head + body): a burst

@@ -158,7 +158,7 @@ class OperationTable:
         """``name`` (a str) has an index."""
         return name in self._by_name
 
-    def find(self, encoded: bytes) -> int:
+    def find(self, encoded: bytes | bytearray) -> int:
         """Index of an encoded name, or -1."""
         return self._index.get(bytes(encoded), -1)
 

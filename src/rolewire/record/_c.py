@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from array import array
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
@@ -63,12 +63,14 @@ _rw_seal = lib.rw_seal
 _rw_open = lib.rw_open
 # An extension built from older sources lacks the caller's-AEAD entry points
 # (a stale development build): then every record stays in libsodium - the
-# same bytes, only slower for large ones.
+# same bytes, only slower for large ones. The casts (at import, not per
+# call): these four are None only in such a build, where ``_large`` is
+# ``_NEVER`` and no path calls them.
 _EXTERNAL_AEAD = hasattr(lib, "rw_open_batch_step")
-_rw_seal_begin = getattr(lib, "rw_seal_begin", None)
-_rw_sender_end = getattr(lib, "rw_sender_end", None)
-_rw_open_begin = getattr(lib, "rw_open_begin", None)
-_rw_open_end = getattr(lib, "rw_open_end", None)
+_rw_seal_begin = cast("Callable[..., int]", getattr(lib, "rw_seal_begin", None))
+_rw_sender_end = cast("Callable[..., int]", getattr(lib, "rw_sender_end", None))
+_rw_open_begin = cast("Callable[..., int]", getattr(lib, "rw_open_begin", None))
+_rw_open_end = cast("Callable[..., int]", getattr(lib, "rw_open_end", None))
 _OPEN_NATIVE = getattr(lib, "RW_OPEN_NATIVE", None)
 #: "No record is large" for the C calls (no plaintext reaches 2**64 bytes).
 _NEVER = (1 << 64) - 1
