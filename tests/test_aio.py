@@ -591,6 +591,33 @@ def test_call_timeout():
     run(main())
 
 
+@pytest.mark.parametrize("pipelined", [False, True])
+def test_a_call_that_cannot_be_sealed_fails_at_once(pipelined):
+    """The session closed itself (its integrity limit) under the channel: the
+    next call raises the record layer's error instead of waiting for a reply
+    that was never sent, alone or with others outstanding."""
+    svc = make_service()
+
+    async def main():
+        async with (
+            serve(svc, SERVER_CFG) as server,
+            connect("127.0.0.1", server.port, SHOP_CFG) as channel,
+        ):
+            assert await channel.call("whoami") == b"shop"
+            other = (asyncio.ensure_future(channel.call("slow", b"0.5")) if pipelined
+                     else None)
+            await asyncio.sleep(0)
+            channel.connection.session.close()
+            with pytest.raises(errors.RecordLayerClosed):
+                await channel.call("whoami")
+            if other is not None:
+                with pytest.raises(errors.RolewireError):
+                    await other
+            assert channel.closed
+
+    run(main(), timeout=10.0)
+
+
 def test_client_handshake_timeout_against_a_silent_server():
     async def silent(reader, writer):
         try:

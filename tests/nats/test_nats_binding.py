@@ -112,6 +112,26 @@ def test_call_notify_send_many_and_roles(nats_server: NatsServer):
     assert ledger.notes == [b"n1"] + [b"m%d" % i for i in range(2000)]
 
 
+def test_a_call_that_cannot_be_sealed_fails_at_once(nats_server: NatsServer):
+    """The session closed itself (its integrity limit) under the channel: the
+    next call raises the record layer's error instead of waiting for a reply
+    that was never published."""
+    ledger = Ledger("a")
+
+    async def scenario():
+        snc, cnc = await nats.connect(nats_server.url), await nats.connect(nats_server.url)
+        async with await serve_nats(ledger.service, SERVER, snc, "svc.payment"), \
+                await connect_nats(cnc, "svc.payment", PAYMENT) as channel:
+            assert await channel.call("charge", b"1") == b"a:1"
+            channel.channel.connection.session.close()
+            with pytest.raises(errors.RecordLayerClosed):
+                await channel.call("charge", b"2")
+        await snc.close()
+        await cnc.close()
+
+    run(scenario(), timeout=20.0)
+
+
 @pytest.mark.parametrize("batch", [True, False])
 def test_large_bodies_and_batching(nats_server: NatsServer, batch: bool):
     ledger = Ledger("a")

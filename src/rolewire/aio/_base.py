@@ -187,6 +187,14 @@ class Driver:
         self._timer_at = when
         self._timer = self.loop.call_at(when, self._fire)
 
+    def _hand_on_if_ended(self) -> None:
+        """After sealing: a connection that failed while it sealed (the key
+        used up, the session closed itself) hands its events on now (the
+        calls' errors, the transport's close). Nothing else would read them
+        before the next input: an ended connection arms no timer."""
+        if self.conn.ended:
+            self._on_timer_events()
+
     def _fire(self) -> None:
         self._timer = None
         # asyncio may run a timer up to its clock resolution early.
@@ -238,6 +246,7 @@ class StreamDriver(Driver):
         data = self.conn.data_to_send(self.loop.time())
         if data and not self.transport.is_closing():
             self.transport.write(data)  # (what StreamWriter.write does)
+        self._hand_on_if_ended()
         if arm:
             self.arm_timer()
 
@@ -246,6 +255,7 @@ class StreamDriver(Driver):
         and arm the timer: a :meth:`flush` whose data is already taken."""
         if data and not self.transport.is_closing():
             self.transport.write(data)
+        self._hand_on_if_ended()
         self.arm_timer()
 
     def write_frames(self, data: bytes) -> None:

@@ -155,18 +155,23 @@ class Channel:
                                       body, metadata)
         calls = self._calls
         driver = self._driver
-        if not calls and metadata is None and driver.writes_frames and not driver.flush_pending:
+        lone = not calls
+        # Registered before the driver writes: if sealing failed the
+        # connection, the driver hands its events on at once, this call's
+        # error to this future included.
+        future: asyncio.Future[bytes] = self._loop.create_future()
+        if lone and metadata is None and driver.writes_frames and not driver.flush_pending:
             # Nothing else outstanding or queued (sequential calls): sealed,
             # framed and written now, with no queue, loop callback or wait
             # for the end of the iteration (the latency of sequential calls).
             call_id, data = conn.send_call(operation, body, timeout=timeout,
                                            now=self._loop.time())
+            calls[call_id] = future
             driver.write_now(data)
         else:
             call_id = conn.call(operation, body, timeout=timeout, metadata=metadata)
-            driver.flush_first(lone=not calls)
-        future: asyncio.Future[bytes] = self._loop.create_future()
-        calls[call_id] = future
+            calls[call_id] = future
+            driver.flush_first(lone=lone)
         try:
             if driver.unsent() > WRITE_HIGH_WATER:
                 await driver.drain()

@@ -216,6 +216,7 @@ class NatsDriver(Driver):
             self._outbox_bytes += sum(map(len, packets))
             if self._publishing is None or self._publishing.done():
                 self._publishing = self.loop.create_task(self._publish())
+        self._hand_on_if_ended()
         if arm:
             self.arm_timer()
 
