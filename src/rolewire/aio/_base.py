@@ -122,7 +122,13 @@ class Driver:
     connection's one timer on the event loop (:meth:`arm_timer`; when it
     fires, :meth:`~Connection.handle_timer` runs and ``on_timer_events``
     gets the events). Subclasses move the bytes: :meth:`flush`,
-    :meth:`receive`, :meth:`read`, :meth:`drain`, :meth:`unsent`."""
+    :meth:`receive`, :meth:`read`, :meth:`drain`, :meth:`unsent`.
+
+    After every flush, a connection that has ended hands its events to
+    ``on_timer_events`` at once: sealing can fail it (the key used up, the
+    session closed itself), and nothing else would read those events (the
+    calls' errors, the close) before the next input, since an ended
+    connection arms no timer."""
 
     #: Writes the connection's frames to a byte stream as they are
     #: (:meth:`write_now`): a caller may then take them from
@@ -187,14 +193,6 @@ class Driver:
         self._timer_at = when
         self._timer = self.loop.call_at(when, self._fire)
 
-    def _hand_on_if_ended(self) -> None:
-        """After sealing: a connection that failed while it sealed (the key
-        used up, the session closed itself) hands its events on now (the
-        calls' errors, the transport's close). Nothing else would read them
-        before the next input: an ended connection arms no timer."""
-        if self.conn.ended:
-            self._on_timer_events()
-
     def _fire(self) -> None:
         self._timer = None
         # asyncio may run a timer up to its clock resolution early.
@@ -246,7 +244,8 @@ class StreamDriver(Driver):
         data = self.conn.data_to_send(self.loop.time())
         if data and not self.transport.is_closing():
             self.transport.write(data)  # (what StreamWriter.write does)
-        self._hand_on_if_ended()
+        if self.conn.ended:  # (see the class docstring)
+            self._on_timer_events()
         if arm:
             self.arm_timer()
 
@@ -255,7 +254,8 @@ class StreamDriver(Driver):
         and arm the timer: a :meth:`flush` whose data is already taken."""
         if data and not self.transport.is_closing():
             self.transport.write(data)
-        self._hand_on_if_ended()
+        if self.conn.ended:  # (see the class docstring)
+            self._on_timer_events()
         self.arm_timer()
 
     def write_frames(self, data: bytes) -> None:

@@ -216,7 +216,8 @@ class NatsDriver(Driver):
             self._outbox_bytes += sum(map(len, packets))
             if self._publishing is None or self._publishing.done():
                 self._publishing = self.loop.create_task(self._publish())
-        self._hand_on_if_ended()
+        if self.conn.ended:  # (see Driver)
+            self._on_timer_events()
         if arm:
             self.arm_timer()
 

@@ -347,7 +347,7 @@ class Connection:
         "_ops", "_out", "_out_bytes", "_peer_roles", "_pending", "_ping_deadline", "_pings",
         "_pre_auth_frame", "_recv_epoch", "_rehandshake", "_send_epoch", "_send_key_changes", "_sent_since_recv",
         "_service", "_settings", "_started", "_state", "_stream", "_wire", "_wire_bytes",
-        "bad_records", "config", "failure", "guard", "inflight", "is_client", "peer", "session",
+        "bad_records", "config", "ended", "failure", "guard", "inflight", "is_client", "peer", "session",
         "side", "state",
     )
 
@@ -440,6 +440,9 @@ class Connection:
         self._close_reason = ""
         self._close_deadline: float | None = None
         self.failure: BaseException | None = None
+        #: The connection is closed or failed (terminal). An attribute, not a
+        #: property: the drivers read it after every flush.
+        self.ended = False
         # bad records, rekeys
         self.bad_records = 0
         self._bad_logged_at = -math.inf
@@ -501,10 +504,6 @@ class Connection:
         """The handshake completed and the connection has not ended."""
         return self._state is _OPEN
 
-    @property
-    def ended(self) -> bool:
-        """The connection is closed or failed (terminal)."""
-        return self._state is _CLOSED or self._state is _FAILED
 
     @property
     def closing(self) -> bool:
@@ -1797,6 +1796,7 @@ class Connection:
             if self.ended:
                 return
         self._state = _CLOSED
+        self.ended = True
         self._fail_pending(ConnectionClosed("the channel closed before the reply arrived"))
         self._events.append(Closed(reason, graceful))
         self._ended(reason)
@@ -1806,6 +1806,7 @@ class Connection:
             return
         handshaking = self._state is _HANDSHAKE
         self._state = _FAILED
+        self.ended = True
         self.failure = error
         self._out = []
         self._out_bytes = 0
