@@ -618,6 +618,32 @@ def test_a_call_that_cannot_be_sealed_fails_at_once(pipelined):
     run(main(), timeout=10.0)
 
 
+def test_a_server_that_cannot_seal_its_reply_closes_the_connection():
+    """Only the server's sending side closed under one connection (hazmat, C
+    record layer): sealing the reply fails that connection, and the server
+    closes it at once (the caller gets an error, not a wait for its call
+    timeout); the server goes on serving others."""
+    from rolewire.record._c import CRecordLayer, lib
+
+    svc = make_service()
+
+    async def main():
+        async with serve(svc, SERVER_CFG) as server:
+            async with connect("127.0.0.1", server.port, PAYMENT_CFG) as channel:
+                assert await channel.call("charge", b"1") == b"charged:1"  # (sync handler)
+                (served,) = server._established
+                layer = served.conn.session.record_layer
+                if not isinstance(layer, CRecordLayer):
+                    pytest.skip("needs the C record layer (ROLEWIRE_PURE=1)")
+                lib.rw_sender_close(layer._sender)
+                with pytest.raises(errors.ConnectionClosed):
+                    await channel.call("charge", b"2")
+            async with connect("127.0.0.1", server.port, PAYMENT_CFG) as other:
+                assert await other.call("charge", b"3") == b"charged:3"
+
+    run(main(), timeout=20.0)
+
+
 def test_client_handshake_timeout_against_a_silent_server():
     async def silent(reader, writer):
         try:
