@@ -345,10 +345,10 @@ class Connection:
         "_fast_request", "_hs", "_hs_deadline", "_hs_peer", "_last_activity", "_last_recv",
         "_log", "_max_plaintext", "_next_id", "_notify_contexts", "_notify_heads", "_now",
         "_ops", "_out", "_out_bytes", "_peer_roles", "_pending", "_ping_deadline", "_pings",
-        "_pre_auth_frame", "_recv_epoch", "_rehandshake", "_send_epoch", "_send_key_changes", "_sent_since_recv",
-        "_service", "_settings", "_started", "_state", "_stream", "_wire", "_wire_bytes",
-        "bad_records", "config", "ended", "failure", "guard", "inflight", "is_client", "peer", "session",
-        "side", "state",
+        "_pre_auth_frame", "_recv_epoch", "_rehandshake", "_send_epoch", "_send_key_changes",
+        "_sent_since_recv", "_service", "_settings", "_started", "_state", "_stream", "_wire",
+        "_wire_bytes", "bad_records", "config", "ended", "failure", "guard", "inflight",
+        "is_client", "peer", "session", "side", "state",
     )
 
     #: Why a frame too large for the handshake is refused before it (a
@@ -503,7 +503,6 @@ class Connection:
     def established(self) -> bool:
         """The handshake completed and the connection has not ended."""
         return self._state is _OPEN
-
 
     @property
     def closing(self) -> bool:

@@ -41,7 +41,7 @@ from rolewire.protocol.wire import (
     FrameKind,
     MessageType,
 )
-from rolewire.record import RecordLayer, error_for, native_library, status_of
+from rolewire.record import EPOCH_ADVANCED, RecordLayer, error_for, native_library, status_of
 
 __all__ = [
     "EPOCH_ADVANCED",
@@ -78,9 +78,8 @@ _PLAIN_TYPES = frozenset(range(int(MessageType.REQUEST), int(MessageType.CLOSE) 
 _CONTAINER = int(MessageType.CONTAINER)
 _RECORD = int(FrameKind.RECORD)
 _HANDSHAKE = int(FrameKind.HANDSHAKE)
-#: ``Received.flags`` bit: a record opened under a newer receive epoch.
-EPOCH_ADVANCED = 2
-_EPOCH_ADVANCED = EPOCH_ADVANCED
+# (EPOCH_ADVANCED, imported: the record layer's open status bit, which
+# ``Received.flags`` carries for a record opened under a newer epoch.)
 _ERR_FRAME = -101
 _ERR_KIND = -102
 _MIN_ITEM = HEAD_SIZE + ITEM_HEAD_SIZE
@@ -336,7 +335,7 @@ class FastReceiver:
             consumed, stop = self._feed_native(buf, batch)
         else:
             consumed, stop = self._feed_pure(buf, batch)
-        if batch.flags & _EPOCH_ADVANCED and self.native:
+        if batch.flags & EPOCH_ADVANCED and self.native:
             # What CRecordLayer.open counts for the session's grace period.
             self.layer.note_native_epoch_advance()  # type: ignore[attr-defined]
         self.handshake_pending = stop == STOP_HANDSHAKE
@@ -473,7 +472,7 @@ class FastReceiver:
             pos += 4 + length
             opened += 1
             if layer.recv_epoch != before:
-                flags |= _EPOCH_ADVANCED
+                flags |= EPOCH_ADVANCED
             n = len(plaintext)
             out[used:used + n] = plaintext
             items = _container_items(out, used, n)

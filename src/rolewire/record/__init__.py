@@ -16,6 +16,7 @@ from rolewire.record._base import (
 )
 from rolewire.record._format import (
     DEFAULT_WINDOW,
+    EPOCH_ADVANCED,
     HEADER_SIZE,
     OPENSSL_CHACHA_THRESHOLD,
     PROTOCOL_MAX_PLAINTEXT,
@@ -33,6 +34,7 @@ from rolewire.record._window import ReplayWindow
 
 __all__ = [
     "DEFAULT_WINDOW",
+    "EPOCH_ADVANCED",
     "HEADER_SIZE",
     "OPENSSL_CHACHA_THRESHOLD",
     "PROTOCOL_MAX_PLAINTEXT",

@@ -123,6 +123,8 @@ class RecordLimits:
 # test), so both backends report failures through the same table.
 OK = 0
 REKEY_DUE = 1
+#: Open status bit: the record was opened under a newer receive epoch (the
+#: native fast path reports it in ``Received.flags``).
 EPOCH_ADVANCED = 2
 ERR_MALFORMED = -1
 ERR_VERSION = -2
