@@ -244,6 +244,59 @@ def test_a_lone_call_leaves_at_once_and_calls_issued_together_share_a_write():
     assert run(main()) == [2, 2, 2]
 
 
+def test_callers_woken_by_one_chunk_call_again_in_one_write():
+    """Pipelining callers (each awaits its reply, then calls again): when one
+    chunk brings several replies, the callers it wakes call in the same loop
+    iteration, and the first of them is not taken for a lone call. Their
+    calls leave together in one write, not one call at once and the rest at
+    the iteration's end (a write, and a read on the server, more per round)."""
+    svc = Service("held")
+    gate = asyncio.Event()
+    arrived = []
+
+    @svc.operation("hold", roles=UNRESTRICTED)
+    async def hold(call, body):
+        # Both handlers return in one loop iteration: one server write.
+        arrived.append(body)
+        if len(arrived) == 2:
+            gate.set()
+            await asyncio.sleep(0)
+        await gate.wait()
+        return body
+
+    @svc.operation("echo", roles=UNRESTRICTED)
+    def echo(call, body):
+        return body
+
+    async def main():
+        async with (
+            serve(svc, SERVER_CFG) as server,
+            connect("127.0.0.1", server.port, SHOP_CFG) as channel,
+        ):
+            writes: list[int] = []
+            transport = channel._writer.transport
+            real_write = transport.write
+
+            def write(data):
+                writes.append(len(data))
+                real_write(data)
+
+            transport.write = write
+
+            async def caller(tag):
+                first = await channel.call("hold", tag)
+                return first, await channel.call("echo", tag)
+
+            results = await asyncio.gather(caller(b"0"), caller(b"1"))
+            transport.write = real_write
+            return results, writes
+
+    results, writes = run(main())
+    assert results == [(b"0", b"0"), (b"1", b"1")]
+    # hold: one lone write, one at the iteration's end; echo: both in one.
+    assert len(writes) == 3
+
+
 def test_oversized_message_is_a_typed_error_at_the_sender():
     svc = make_service()
     small = HandshakeConfig(roles=[KeyRole("shop", SHOP_KEY)],

@@ -87,6 +87,9 @@ class Channel:
         self._driver = driver
         self._loop = self._driver.loop
         self._calls: dict[int, asyncio.Future[bytes]] = {}
+        #: Replies the last chunk brought: two or more woke as many callers,
+        #: whose next calls come in the same loop iteration (pipelining).
+        self._replies_in_chunk = 0
         self.outgoing_hooks: list[OutgoingHook] = []
         self._end: Closed | Failed | None = None
         self._handle_events()  # records that arrived with the last handshake message
@@ -155,7 +158,9 @@ class Channel:
                                       body, metadata)
         calls = self._calls
         driver = self._driver
-        lone = not calls
+        # Lone: nothing else outstanding, and the last chunk did not wake
+        # other callers that are about to call in this iteration too.
+        lone = not calls and self._replies_in_chunk < 2
         # Registered before the driver writes: if sealing failed the
         # connection, the driver hands its events on at once, this call's
         # error to this future included.
@@ -227,12 +232,14 @@ class Channel:
     # -- events ------------------------------------------------------------------------
     def _handle_events(self) -> None:
         calls = self._calls
+        replies = 0
         for event in self.connection.events():
             kind = type(event)
             if kind is ReplyReceived:
                 future = calls.pop(event.call_id, None)  # type: ignore[union-attr]
                 if future is not None and not future.done():
                     future.set_result(event.body)  # type: ignore[union-attr]
+                    replies += 1
             elif kind is CallFailed:
                 future = calls.pop(event.call_id, None)  # type: ignore[union-attr]
                 if future is not None and not future.done():
@@ -248,6 +255,7 @@ class Channel:
             # HandshakeDone was taken by connect(); the client serves nothing,
             # so the connection answered any request itself (CallRefused);
             # notifications and other messages need nothing here.
+        self._replies_in_chunk = replies
 
     def _chunk(self, data: bytes) -> None:
         driver = self._driver
