@@ -115,13 +115,16 @@ def test_call_notify_send_many_and_roles(nats_server: NatsServer):
 def test_a_call_that_cannot_be_sealed_fails_at_once(nats_server: NatsServer):
     """The session closed itself (its integrity limit) under the channel: the
     next call raises the record layer's error instead of waiting for a reply
-    that was never published."""
+    that was never published. No timer could end the wait instead (no call
+    timeout, no keepalive): without the driver's hand-on of an ended
+    connection's events the call hangs and the run's bound fails the test."""
     ledger = Ledger("a")
 
     async def scenario():
         snc, cnc = await nats.connect(nats_server.url), await nats.connect(nats_server.url)
         async with await serve_nats(ledger.service, SERVER, snc, "svc.payment"), \
-                await connect_nats(cnc, "svc.payment", PAYMENT) as channel:
+                await connect_nats(cnc, "svc.payment", PAYMENT, call_timeout=None,
+                                   keepalive_interval=None) as channel:
             assert await channel.call("charge", b"1") == b"a:1"
             channel.channel.connection.session.close()
             with pytest.raises(errors.RecordLayerClosed):
