@@ -60,6 +60,31 @@ def test_demo_rejects_unknown_scene():
 
 
 @pytest.mark.skipif(not reuse_port_available(), reason="worker processes need SO_REUSEPORT")
+def test_bench_all_json_has_every_section_and_every_ratio_at_the_top(tmp_path):
+    """bench all (tiny): one JSON with each benchmark's section, and at its
+    top every ratio that has a target, with that target and whether it is
+    met, as the section reported it (what closing notes and the README
+    quote)."""
+    out = tmp_path / "all.json"
+    result = rolewire("bench", "all", "--json", str(out))
+    assert result.returncode == 0, result.stderr
+    report = json.loads(out.read_text())
+    assert {"http", "record", "handshake", "workers", "audit", "nats", "compare"} <= set(report)
+    for name in ("http", "record", "nats", "compare", "audit"):
+        section = report[name]
+        for key, target in section["targets"].items():
+            assert report["targets"][key] == target, key
+            assert report["ratios"][key] == section["ratios"][key], key
+            assert report["targets_met"][key] == section["targets_met"][key], key
+    for key in ("handshake_key_vs_mtls", "handshake_cert_nocache_vs_mtls",
+                "handshake_password_vs_mtls"):
+        assert report["ratios"][key] == report["handshake"]["ratios"][key]
+        assert key in report["targets_met"]
+    assert report["ratios"]["workers2_vs_workers1"] == report["workers"]["workers2_vs_workers1"]
+    assert set(report["targets_met"]) == set(report["targets"])
+
+
+@pytest.mark.skipif(not reuse_port_available(), reason="worker processes need SO_REUSEPORT")
 def test_bench_workers_json(tmp_path):
     out = tmp_path / "workers.json"
     result = rolewire("bench", "workers", "--quick", "--json", str(out))

@@ -171,9 +171,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
             from rolewire.benchmarks import workers as workers_bench
 
             workers_bench.merge_into(report)
-        if "http" in report:
-            for key in ("ratios", "ratio_ranges", "targets", "targets_met"):
-                report[key].update(report["http"][key])
+        # The other sections' ratios as they report them, targets included
+        # (the NATS ratios have no ranges: one figure per system).
+        for section in ("http", "record", "nats"):
+            if section in report:
+                for key in ("ratios", "ratio_ranges", "targets", "targets_met"):
+                    report[key].update(report[section].get(key, {}))
         compare.print_report({k: report[k] for k in ("ratios", "ratio_ranges", "targets")},
                              table=False)
     if args.json:
