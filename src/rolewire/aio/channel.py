@@ -87,8 +87,9 @@ class Channel:
         self._driver = driver
         self._loop = self._driver.loop
         self._calls: dict[int, asyncio.Future[bytes]] = {}
-        #: Replies the last chunk brought: two or more woke as many callers,
-        #: whose next calls come in the same loop iteration (pipelining).
+        #: Replies resolved by the last _handle_events (a chunk's events, or a
+        #: timer's: none): two or more woke as many callers, whose next calls
+        #: come in the same loop iteration (pipelining).
         self._replies_in_chunk = 0
         self.outgoing_hooks: list[OutgoingHook] = []
         self._end: Closed | Failed | None = None
