@@ -82,6 +82,20 @@ def test_bench_all_json_has_every_section_and_every_ratio_at_the_top(tmp_path):
         assert key in report["targets_met"]
     assert report["ratios"]["workers2_vs_workers1"] == report["workers"]["workers2_vs_workers1"]
     assert set(report["targets_met"]) == set(report["targets"])
+    assert {"enduser_overhead", "memory_per_conn_vs_tls"} <= set(report["lower_is_better"])
+    # The printed summary (the last line naming each ratio) says what the
+    # JSON says: the direction of the target and met or missed.
+    printed = {}
+    for line in result.stdout.splitlines():
+        name, sep, _ = line.partition(" = ")
+        if sep and name in report["targets"]:
+            printed[name] = line
+    assert set(printed) == {k for k, v in report["ratios"].items()
+                            if k in report["targets"] and v is not None}
+    for name, line in printed.items():
+        sign = "<=" if name in report["lower_is_better"] else ">="
+        verdict = "met" if report["targets_met"][name] else "MISSED"
+        assert f"(target {sign} " in line and line.endswith(f": {verdict})"), line
 
 
 @pytest.mark.skipif(not reuse_port_available(), reason="worker processes need SO_REUSEPORT")

@@ -163,6 +163,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if len(kinds) > 1 and wanted:
         # bench all: every ratio of the issue by its name, in one place.
         report.update(compare.merge_ratios(report))
+        report["lower_is_better"] = sorted(compare.LOWER_IS_BETTER)
         if "audit" in report:
             from rolewire.benchmarks import audit
 
@@ -177,7 +178,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
             if section in report:
                 for key in ("ratios", "ratio_ranges", "targets", "targets_met"):
                     report[key].update(report[section].get(key, {}))
-        compare.print_report({k: report[k] for k in ("ratios", "ratio_ranges", "targets")},
+        compare.print_report({k: report[k] for k in ("ratios", "ratio_ranges", "targets",
+                                                     "targets_met", "lower_is_better")},
                              table=False)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as handle:

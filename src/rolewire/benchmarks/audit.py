@@ -280,8 +280,10 @@ def run(quick: bool = False, progress: Progress | None = None) -> dict[str, Any]
 
 def merge_into(report: dict[str, Any]) -> None:
     """Add this benchmark's ratios to a ``bench all`` summary (``ratios``,
-    ``ratio_ranges``, ``targets``, ``targets_met``)."""
+    ``ratio_ranges``, ``targets``, ``targets_met``; ``enduser_overhead``
+    joins ``lower_is_better``)."""
     audit = report["audit"]
+    report["lower_is_better"] = sorted({*report.get("lower_is_better", ()), *LOWER_IS_BETTER})
     for key in ("nonrep_vs_jwt", "enduser_overhead"):
         report.setdefault("ratios", {})[key] = audit["ratios"][key]
         if key in audit["ratio_ranges"]:

@@ -328,18 +328,26 @@ def render_table(result: dict[str, Any]) -> Any:
 
 def print_report(result: dict[str, Any], console: Any = None, *, table: bool = True) -> None:
     """Print the table (unless ``table`` is false), the ratios against their
-    targets with their per-round ranges, and the notes."""
+    targets with their per-round ranges, and the notes. A ratio is better
+    lower when it is in ``LOWER_IS_BETTER`` or the report's
+    ``lower_is_better`` (``bench all``'s summary, which holds other
+    benchmarks' ratios); whether it is met is the report's ``targets_met``
+    where it has one (what the JSON says), else compared here."""
     from rich.console import Console
 
     out = console or Console()
     if table:
         out.print(render_table(result))
+    lower_names = LOWER_IS_BETTER | frozenset(result.get("lower_is_better", ()))
+    reported = result.get("targets_met", {})
     for name, value in result.get("ratios", {}).items():
         if value is None:
             continue
         goal = result.get("targets", {}).get(name)
-        lower = name in LOWER_IS_BETTER
-        met = goal is not None and (value <= goal if lower else value >= goal)
+        lower = name in lower_names
+        met = reported.get(name)
+        if met is None:
+            met = goal is not None and (value <= goal if lower else value >= goal)
         verdict = "" if goal is None else (
             f" (target {'<=' if lower else '>='} {goal:.2f}: {'met' if met else 'MISSED'})")
         span = (result.get("ratio_ranges") or {}).get(name)
