@@ -28,6 +28,17 @@ def test_same_bytes_as_cryptography(key, nonce, plaintext, ad):
     assert ours.decrypt(nonce, ciphertext, ad) == plaintext
 
 
+@pytest.mark.parametrize("kind", [bytearray, memoryview])
+def test_any_bytes_like_input(kind):
+    """What ``cryptography``'s cipher took, this one takes too (cffi passes
+    only ``bytes`` as a pointer)."""
+    key, nonce = os.urandom(32), os.urandom(12)
+    cipher = HandshakeCipher(key)
+    ciphertext = cipher.encrypt(kind(nonce), kind(b"field"), kind(b"ad"))
+    assert ciphertext == ChaCha20Poly1305(key).encrypt(nonce, b"field", b"ad")
+    assert cipher.decrypt(kind(nonce), kind(ciphertext), kind(b"ad")) == b"field"
+
+
 def test_rfc8439_aead_vector():
     """RFC 8439, section 2.8.2."""
     key = bytes(range(0x80, 0xA0))

@@ -100,6 +100,14 @@ class HandshakeCipher:
         self._key = bytes(key)
 
     def encrypt(self, nonce: bytes, plaintext: bytes, associated_data: bytes) -> bytes:
+        """``ciphertext || tag``. Any bytes-like input is taken (cffi passes
+        only ``bytes`` as a pointer: others are copied first)."""
+        if type(plaintext) is not bytes:
+            plaintext = bytes(plaintext)
+        if type(associated_data) is not bytes:
+            associated_data = bytes(associated_data)
+        if type(nonce) is not bytes:
+            nonce = bytes(nonce)
         if len(nonce) != _NONCE_SIZE:  # libsodium reads 12 bytes from it
             raise ValueError("the handshake nonce has 12 bytes")
         size = len(plaintext) + _TAG_SIZE
@@ -112,6 +120,12 @@ class HandshakeCipher:
     def decrypt(self, nonce: bytes, ciphertext: bytes, associated_data: bytes) -> bytes:
         """The plaintext; raises :class:`~rolewire.errors.HandshakeDecryptError`
         if ``ciphertext`` does not authenticate (or is shorter than a tag)."""
+        if type(ciphertext) is not bytes:
+            ciphertext = bytes(ciphertext)
+        if type(associated_data) is not bytes:
+            associated_data = bytes(associated_data)
+        if type(nonce) is not bytes:
+            nonce = bytes(nonce)
         if len(nonce) != _NONCE_SIZE:
             raise ValueError("the handshake nonce has 12 bytes")
         size = len(ciphertext) - _TAG_SIZE
