@@ -5,13 +5,17 @@ failure for every tampered, truncated or misdirected message."""
 
 from __future__ import annotations
 
+import ast
 import os
+from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from hypothesis import given
 from hypothesis import strategies as st
 
+import rolewire.handshake
+import rolewire.roles
 from rolewire.errors import HandshakeDecryptError, RolewireError
 from rolewire.handshake.schedule import HandshakeCipher, SymmetricState
 
@@ -110,3 +114,19 @@ def test_symmetric_state_messages_decrypt_on_the_peer_and_not_twice():
     assert sender.h == receiver.h
     with pytest.raises(HandshakeDecryptError):
         receiver.decrypt_and_hash(ciphertext)
+
+
+def test_the_handshake_does_not_import_openssls_aeads():
+    """A guard for the reason the handshake cipher is libsodium's: one call
+    of OpenSSL's ChaCha20-Poly1305 left ML-KEM at half speed on an AVX-512
+    CPU (see HandshakeCipher). No timing here: the handshake and role
+    modules import no AEAD from ``cryptography``."""
+    for package in (rolewire.handshake, rolewire.roles):
+        for path in Path(package.__file__).parent.glob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                if isinstance(node, ast.ImportFrom):
+                    assert not (node.module or "").startswith(
+                        "cryptography.hazmat.primitives.ciphers"), path
+                elif isinstance(node, ast.Import):
+                    assert not any(alias.name.startswith("cryptography.hazmat.primitives.ciphers")
+                                   for alias in node.names), path
